@@ -1,0 +1,3 @@
+"""ance: dense retriever training with asynchronous ANN negatives."""
+
+__version__ = "0.1.0"

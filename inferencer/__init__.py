@@ -1,0 +1,1 @@
+"""ance.inferencer role package."""

@@ -1,0 +1,1 @@
+"""ance.launch role package."""

@@ -1,0 +1,1 @@
+"""ance.trainer role package."""
