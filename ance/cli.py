@@ -1,0 +1,54 @@
+"""The `ance` command: a thin dispatcher over ``ance.commands.*``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import AnceError
+
+# Order is the order `ance --help` lists them in.
+COMMANDS = (
+    "launch", "train", "broker", "infer",
+    "retrieve", "encode", "search", "eval", "mine",
+    "monitor", "report", "keys",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ance",
+        description="Train dense retrievers with asynchronously refreshed ANN hard negatives (ANCE).",
+        epilog="Run `ance COMMAND --help` for the flags of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ance {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"ance.commands.{name}")
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except AnceError as exc:
+        print(f"ance {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ance {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""One typed config for a run: dataclasses, YAML, dotted overrides.
+
+``load_config("configs/x.yaml", ["train.lr=3e-5", "run_dir=runs/y"])`` reads the
+file, applies the overrides (values parse as YAML scalars) and validates every
+field. Unknown keys are errors that list the valid ones. The resolved config
+is what ``save_config`` writes to ``RUN_DIR/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = "../shared/data/scifact"
+    format: str = "auto"
+    train_split: str = "train"
+    eval_split: str | None = "dev"
+    max_docs: int | None = None
+    max_train_queries: int | None = None
+    max_eval_queries: int | None = None
+    subset_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pooling: str = "mean"
+    normalize: bool = True
+    similarity: str = "cosine"
+    temperature: float = 0.05
+    shared_towers: bool = True
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    long_doc: str = "firstp"
+    maxp_windows: int = 4
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    batch_size: int = 64
+    chunk_size: int | None = 32
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    loss: str = "infonce"
+    gist_guide: str | None = None
+    gist_margin: float = 0.0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    precision: str = "auto"
+    log_every: int = 1
+    device: str = "auto"
+    num_workers: int = 0
+
+
+@dataclass
+class NegativesConfig:
+    source: str = "async"
+    warmup: str = "inbatch"
+    static_file: str | None = None
+    n_per_query: int = 1
+    depth: int = 200
+    rank_window: list[int] = field(default_factory=lambda: [0, 200])
+    keep: int = 20
+    sampling: str = "uniform"
+    max_gap: int = 100
+    final_refresh: bool = True
+    wait_timeout_s: float = 1800.0
+
+
+@dataclass
+class BrokerConfig:
+    address: str = "tcp://127.0.0.1:5555"
+    heartbeat_s: float = 1.0
+    worker_timeout_s: float = 10.0
+    chunk_queries: int = 256
+    max_frame_bytes: int = 256 * 1024 * 1024
+    send_weights: bool = False
+    curve_keys: str | None = None
+
+
+@dataclass
+class InferencerConfig:
+    batch_size: int = 256
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass
+class TelemetryConfig:
+    tensorboard: bool = True
+    prometheus_port: int | None = None
+
+
+@dataclass
+class LaunchConfig:
+    inferencers: int = 2
+    restart_backoff_s: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
+    max_restarts: int = 10
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    seed: int = 13
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    inferencer: InferencerConfig = field(default_factory=InferencerConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "data.format": ("auto", "beir", "msmarco"),
+    "model.pooling": ("cls", "mean"),
+    "model.similarity": ("cosine", "dot"),
+    "model.long_doc": ("firstp", "maxp"),
+    "train.loss": ("infonce", "bidirectional"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "negatives.source": ("inbatch", "static", "async"),
+    "negatives.warmup": ("inbatch", "bm25", "static"),
+    "negatives.sampling": ("uniform", "top"),
+    "inferencer.backend": ("auto", "faiss", "torch"),
+    "inferencer.precision": ("auto", "bf16", "fp16", "fp32"),
+}
+
+_POSITIVE = (
+    "train.max_steps", "train.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.log_every", "negatives.n_per_query", "negatives.depth", "negatives.keep",
+    "broker.chunk_queries", "broker.max_frame_bytes", "inferencer.batch_size",
+    "model.query_max_length", "model.passage_max_length", "model.maxp_windows",
+)
+
+
+def _convert(value: Any, typ: Any, where: str) -> Any:
+    """Coerce a YAML value to a dataclass field's type, or raise ConfigError."""
+    origin = get_origin(typ)
+    args = get_args(typ)
+    if origin is not None and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {typ!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys{(' of ' + prefix) if prefix else ''}: "
+            + ", ".join(names)
+        )
+    kwargs = {}
+    for name in names:
+        if name not in values:
+            continue
+        where = f"{prefix}.{name}" if prefix else name
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, values[name] or {}, where)
+        else:
+            kwargs[name] = _convert(values[name], typ, where)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → nested dict; values parse as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=3e-5")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices, ranges and cross-field rules; return ``cfg``."""
+    flat = _flatten(cfg.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
+    lo, hi = (cfg.negatives.rank_window + [None, None])[:2]
+    if len(cfg.negatives.rank_window) != 2 or lo < 0 or hi <= lo:
+        raise ConfigError(f"negatives.rank_window: expected [lo, hi) with 0 <= lo < hi, got {cfg.negatives.rank_window}")
+    if hi > cfg.negatives.depth:
+        raise ConfigError(f"negatives.rank_window: hi={hi} exceeds negatives.depth={cfg.negatives.depth}")
+    if cfg.negatives.max_gap < 0:
+        raise ConfigError("negatives.max_gap: must be >= 0")
+    if cfg.negatives.n_per_query > cfg.negatives.keep:
+        raise ConfigError("negatives.n_per_query must be <= negatives.keep")
+    if "static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file:
+        raise ConfigError("negatives.static_file is required when negatives.source or negatives.warmup is static "
+                          "(make one with `ance mine`)")
+    if cfg.train.chunk_size is not None and cfg.train.chunk_size <= 0:
+        raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
+    if not 0.0 <= cfg.train.warmup_ratio < 1.0:
+        raise ConfigError("train.warmup_ratio: must be in [0, 1)")
+    if cfg.model.temperature <= 0:
+        raise ConfigError("model.temperature: must be > 0")
+    return cfg
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (YAML; None = defaults), apply dotted ``overrides``, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    tree = _merge(tree, parse_overrides(list(overrides or [])))
+    try:
+        cfg = _build(Config, tree, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return validate(cfg)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return validate(_build(Config, tree, ""))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_hash(cfg: Config) -> str:
+    """Digest of the settings that shape the model and data (not run_dir)."""
+    tree = cfg.to_dict()
+    tree.pop("run_dir", None)
+    for section in ("launch", "telemetry"):
+        tree.pop(section, None)
+    blob = json.dumps(tree, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(cfg: Config, run_dir: str | os.PathLike | None = None) -> Path:
+    """Write the resolved config to ``RUN_DIR/config.yaml`` atomically."""
+    run = Path(run_dir if run_dir is not None else cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    target = run / "config.yaml"
+    tmp = target.with_name(f".config.yaml.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(dump_config(cfg))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """The resolved config of an existing run (for --resume and the other roles)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no config.yaml in the run directory; is {run_dir} a run directory?")
+    cfg = load_config(path, overrides)
+    cfg.run_dir = str(run_dir)
+    return cfg
