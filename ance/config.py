@@ -360,3 +360,33 @@ def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | None = No
     cfg = load_config(path, overrides)
     cfg.run_dir = str(run_dir)
     return cfg
+
+
+def add_config_arguments(parser) -> None:
+    """The config flags every role takes: CONFIG [key=value ...] or --run-dir."""
+    parser.add_argument("config", nargs="?", help="YAML config file (see configs/); omit with --run-dir")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.lr=3e-5 run_dir=runs/x")
+    parser.add_argument("--run-dir", dest="from_run_dir", default=None,
+                        help="use RUN_DIR/config.yaml (the resolved config of an existing run)")
+
+
+def config_from_args(args) -> Config:
+    """Resolve the config from ``add_config_arguments`` flags.
+
+    A first positional that looks like ``key=value`` is an override, so
+    ``ance broker --run-dir R broker.address=...`` works too.
+    """
+    config = getattr(args, "config", None)
+    overrides = list(getattr(args, "overrides", None) or [])
+    if config is not None and "=" in config and not Path(config).is_file():
+        overrides.insert(0, config)
+        config = None
+    run_dir = getattr(args, "from_run_dir", None)
+    if run_dir:
+        if config is not None:
+            raise ConfigError("give either CONFIG or --run-dir, not both")
+        return load_run_config(run_dir, overrides)
+    if config is None:
+        raise ConfigError("a config file is required (e.g. configs/tiny-cpu.yaml), or --run-dir RUN_DIR")
+    return load_config(config, overrides)
