@@ -28,8 +28,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str | None = "dev"
     max_docs: int | None = None
-    max_train_queries: int | None = None
-    max_eval_queries: int | None = None
+    max_queries: int | None = None   # per split: the first N queries with judgements
     subset_seed: int = 0
 
 

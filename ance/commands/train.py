@@ -1,0 +1,45 @@
+"""`ance train`: one trainer process (or one rank under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "train"
+HELP = "Train a bi-encoder with GradCache on in-batch, static or asynchronously refreshed negatives."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/tiny-cpu.yaml); omit with --resume")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.lr=3e-5 run_dir=runs/x")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR from its newest complete checkpoint "
+                             "(model, optimizer, scheduler, RNG and data position)")
+    parser.add_argument("--log-level", default="INFO", help="logging level of this process")
+    parser.epilog = ("Several GPUs: torchrun --nproc-per-node N -m ance.cli train CONFIG ... "
+                     "(batch_size is the global batch, split over the ranks).")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from ance.config import config_from_args, load_run_config
+    from ance.logutil import setup_logging
+
+    setup_logging(args.log_level, role="trainer")
+    if args.resume:
+        overrides = list(args.overrides)
+        if args.config is not None:
+            overrides.insert(0, args.config)  # `ance train --resume R key=value`: no CONFIG
+        cfg = load_run_config(args.resume, overrides)
+    else:
+        cfg = config_from_args(argparse.Namespace(config=args.config, overrides=args.overrides, from_run_dir=None))
+
+    from ance.trainer.loop import Trainer
+
+    trainer = Trainer(cfg, resume=bool(args.resume))
+    summary = trainer.run()
+    if trainer.is_main:
+        logging.getLogger("ance.train").info("done: %s", json.dumps(summary))
+    return 0

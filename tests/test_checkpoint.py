@@ -1,0 +1,96 @@
+"""Atomic checkpoints: only complete ones are ever listed, whatever kills the writer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ance.errors import CheckpointError
+from ance.trainer.checkpoint import (checkpoint_dir, latest_checkpoint, list_checkpoints, load_trainer_state,
+                                     prune_checkpoints, read_manifest, sweep_incomplete, write_checkpoint)
+
+
+def fake_model(payload: bytes):
+    def save(path: Path) -> None:
+        (path / "model.safetensors").write_bytes(payload)
+        (path / "config.json").write_text("{}")
+    return save
+
+
+def test_write_list_load(tmp_path):
+    for step in (0, 5, 10):
+        write_checkpoint(tmp_path, step, fake_model(b"x" * step), {"step": step, "t": torch.ones(2)},
+                         {"config_hash": "abc"})
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [0, 5, 10]
+    step, path = latest_checkpoint(tmp_path)
+    assert step == 10 and path == checkpoint_dir(tmp_path, 10)
+    assert read_manifest(path)["config_hash"] == "abc"
+    assert load_trainer_state(path)["step"] == 10
+    # re-writing the same step replaces it atomically
+    write_checkpoint(tmp_path, 10, fake_model(b"y"), {"step": 10})
+    assert (path / "model.safetensors").read_bytes() == b"y"
+
+
+def test_incomplete_dirs_are_ignored_and_swept(tmp_path):
+    write_checkpoint(tmp_path, 1, fake_model(b"a"), {"step": 1})
+    half = checkpoint_dir(tmp_path, 2)
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    tmp = tmp_path / "checkpoints" / ".tmp-step-000003-123"
+    tmp.mkdir()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        read_manifest(half)
+    removed = sweep_incomplete(tmp_path)
+    assert set(removed) == {half, tmp}
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+
+
+def test_prune_keeps_newest_and_protected(tmp_path):
+    for step in range(0, 50, 10):
+        write_checkpoint(tmp_path, step, fake_model(b"m"), None)
+    deleted = prune_checkpoints(tmp_path, keep=2, protect={10})
+    assert deleted == [0, 20]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 30, 40]
+
+
+WRITER = r"""
+import sys, time
+from pathlib import Path
+from ance.trainer.checkpoint import write_checkpoint
+run, flag = sys.argv[1], Path(sys.argv[2])
+def save(path):
+    (path / "model.safetensors").write_bytes(b"w" * 1_000_000)
+write_checkpoint(run, 1, save, {"step": 1})
+def pause(tmp):
+    flag.write_text(str(tmp))
+    time.sleep(60)
+write_checkpoint(run, 2, save, {"step": 2}, _pause=pause)
+"""
+
+
+def test_kill_9_during_write_leaves_only_complete_checkpoints(tmp_path):
+    flag = tmp_path / "paused"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "run"), str(flag)])
+    try:
+        deadline = time.time() + 60
+        while not flag.exists():
+            assert proc.poll() is None, "writer died early"
+            assert time.time() < deadline, "writer never reached the pause"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert Path(flag.read_text()).exists()  # the half-written temp dir is there...
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]  # ...but never listed
+    assert load_trainer_state(checkpoint_dir(tmp_path / "run", 1))["step"] == 1
+    sweep_incomplete(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000001"]

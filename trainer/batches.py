@@ -1,0 +1,109 @@
+"""Which queries, positives and negatives make up each training step.
+
+Everything here is deterministic given its state, and the state is a small
+dict saved in every checkpoint, so ``--resume`` continues with the exact batch
+an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+
+class QuerySampler:
+    """Epochs of shuffled query indices, cut into global batches of ``batch_size``.
+
+    A batch never straddles an epoch boundary; the tail of an epoch shorter
+    than a batch is dropped (every step sees a full batch, which the loss and
+    DDP slicing need).
+    """
+
+    def __init__(self, n_queries: int, batch_size: int, seed: int):
+        if n_queries < batch_size:
+            raise ValueError(f"batch_size={batch_size} exceeds the {n_queries} training queries; "
+                             "lower train.batch_size or use more queries")
+        self.n = n_queries
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.offset = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next_batch(self) -> np.ndarray:
+        if self.offset + self.batch_size > self.n:
+            self.epoch += 1
+            self.offset = 0
+            self._order = self._permutation(self.epoch)
+        batch = self._order[self.offset:self.offset + self.batch_size]
+        self.offset += self.batch_size
+        return batch.astype(np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["n"] != self.n or state["seed"] != self.seed:
+            raise ValueError("the checkpoint's sampler was made for another query set or seed")
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._order = self._permutation(self.epoch)
+
+
+@dataclass
+class Batch:
+    """One global batch: query indices, their positives and hard negatives (corpus indices)."""
+
+    queries: np.ndarray            # int64 [B] train query indices
+    positives: np.ndarray          # int64 [B] one sampled positive per query
+    negatives: np.ndarray          # int64 [B, n] hard negatives (n may be 0)
+    negatives_version: int         # oldest negatives version among the batch's queries
+
+    def passages(self) -> np.ndarray:
+        """Positives first, then the hard negatives query by query: the loss's layout."""
+        return np.concatenate([self.positives, self.negatives.reshape(-1)])
+
+
+def sample_positives(q_idx: np.ndarray, positives: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One labelled positive per query, uniformly among its positives."""
+    out = np.empty(len(q_idx), dtype=np.int64)
+    for row, q in enumerate(q_idx):
+        pos = positives[q]
+        out[row] = pos[rng.integers(len(pos))] if len(pos) > 1 else pos[0]
+    return out
+
+
+def sample_negatives(
+    table: np.ndarray,
+    q_idx: np.ndarray,
+    positives: Sequence[np.ndarray],
+    n: int,
+    n_docs: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``n`` hard negatives per query drawn from its row of ``table`` (-1 = empty).
+
+    Where a row holds fewer than ``n`` negatives (in-batch warm-up, a short
+    list) the rest are random corpus documents that are not positives of the
+    query, so every step has the same shape.
+    """
+    out = np.empty((len(q_idx), n), dtype=np.int64)
+    if n == 0:
+        return out
+    for row, q in enumerate(q_idx):
+        cand = table[q][table[q] >= 0] if table is not None else np.empty(0, dtype=np.int64)
+        if len(cand) >= n:
+            out[row] = rng.choice(cand, size=n, replace=False)
+            continue
+        pos = set(int(p) for p in positives[q])
+        chosen = list(int(c) for c in cand)
+        while len(chosen) < n:
+            d = int(rng.integers(n_docs))
+            if d not in pos and d not in chosen:
+                chosen.append(d)
+        out[row] = chosen
+    return out

@@ -1,0 +1,76 @@
+"""The trainer's table of hard negatives, and the warm-up sources that fill it.
+
+The table holds, for every training query, the newest list of negatives it
+has received (``keep`` corpus indices, -1 padded) and the version (checkpoint
+step) that list came from. Warm-up negatives count as version 0. The async
+feed (``negatives_client.BrokerClient``) overwrites rows chunk by chunk as a
+refresh streams in, so a step can use fresh negatives before the whole
+refresh has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class NegativesTable:
+    def __init__(self, n_queries: int, keep: int):
+        self.neg = np.full((n_queries, keep), -1, dtype=np.int32)
+        self.version = np.zeros(n_queries, dtype=np.int64)
+
+    @property
+    def keep(self) -> int:
+        return self.neg.shape[1]
+
+    def update(self, q_idx: np.ndarray, neg: np.ndarray, version: int) -> None:
+        q_idx = np.asarray(q_idx, dtype=np.int64)
+        if len(q_idx) and (q_idx.min() < 0 or q_idx.max() >= len(self.version)):
+            raise ValueError(f"negatives for query index {int(q_idx.max())} but the table has "
+                             f"{len(self.version)} queries; trainer and broker load different data")
+        width = min(self.keep, neg.shape[1])
+        rows = np.full((len(q_idx), self.keep), -1, dtype=np.int32)
+        rows[:, :width] = neg[:, :width]
+        self.neg[q_idx] = rows
+        self.version[q_idx] = version
+
+    def batch_version(self, q_idx: np.ndarray) -> int:
+        """The oldest version among a batch's queries: what its gap is measured from."""
+        return int(self.version[q_idx].min())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"neg": self.neg.copy(), "version": self.version.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["neg"].shape[0] != self.neg.shape[0]:
+            raise ValueError("the checkpoint's negatives table was made for another query set")
+        self.neg = np.array(state["neg"], dtype=np.int32)
+        self.version = np.array(state["version"], dtype=np.int64)
+
+
+def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_ids: Sequence[str]) -> int:
+    """Load a negatives file (``ance mine`` output) as version 0; return queries covered."""
+    from ance.negatives import read_negatives
+
+    header, q_idx, neg = read_negatives(path, {q: i for i, q in enumerate(query_ids)},
+                                        {d: i for i, d in enumerate(doc_ids)}, keep=table.keep)
+    table.update(q_idx, neg, 0)
+    log.info("static negatives: %d of %d queries from %s", len(q_idx), len(query_ids), path)
+    return len(q_idx)
+
+
+def fill_bm25(table: NegativesTable, passages: Sequence[str], query_texts: Sequence[str],
+              positives: Sequence[np.ndarray], *, depth: int, rank_window: Sequence[int],
+              sampling: str, seed: int) -> None:
+    """BM25 warm-up negatives (the ANCE paper's warm-up), as version 0."""
+    from ance.bm25 import bm25_rank
+    from ance.negatives import select_negatives
+
+    ranked = bm25_rank(passages, query_texts, depth)
+    neg = select_negatives(ranked, positives, rank_window=tuple(rank_window), keep=table.keep,
+                           sampling=sampling, rng=np.random.default_rng(seed))
+    table.update(np.arange(len(query_texts)), neg, 0)

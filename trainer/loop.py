@@ -1,0 +1,368 @@
+"""The training loop: GradCache contrastive steps over a bounded-staleness feed of negatives.
+
+One ``Trainer`` per process; under ``torchrun`` every rank builds the same
+global batch (same seeds), rank 0 chooses its hard negatives and broadcasts
+them, each rank encodes its slice, and representations are all-gathered inside
+the loss so every rank's queries see every rank's passages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ance import distributed as dist_util
+from ance.config import Config, config_hash, save_config
+from ance.errors import AnceError, ConfigError
+
+from .batches import Batch, QuerySampler, sample_negatives, sample_positives
+from .checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, sweep_incomplete,
+                         write_checkpoint)
+from .feed import NegativesTable, fill_bm25, fill_static
+from .optim import build_optimizer, build_scheduler, grad_norm, last_layer_params
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        return "cpu"
+    return name
+
+
+def autocast_for(device: str, precision: str) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False):
+        from ance.data import load_for_config
+        from ance.model import BiEncoder, resolve_model
+        from ance.tokcache import TokenCache
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.device = resolve_device(cfg.train.device)
+        if self.distributed and not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.startswith("cuda") else "gloo"
+            torch.distributed.init_process_group(backend)
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(self.device))
+        self.rank, self.world = dist_util.rank(), dist_util.world_size()
+        self.is_main = self.rank == 0
+        if cfg.train.batch_size % self.world:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                              f"{self.world} trainer processes")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            sweep_incomplete(self.run_dir)
+            save_config(cfg, self.run_dir)
+
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.data = load_for_config(cfg)
+        self.split = self.data.split(cfg.data.train_split)
+        self.n_docs = len(self.data.corpus)
+
+        start = latest_checkpoint(self.run_dir) if resume else None
+        if resume and start is None:
+            raise AnceError(f"{self.run_dir}: nothing to resume, no complete checkpoint under checkpoints/")
+        model_path = str(start[1]) if start else resolve_model(cfg.model.name_or_path)
+        m = cfg.model
+        self.model = BiEncoder.load(model_path, pooling=m.pooling, normalize=m.normalize,
+                                    similarity=m.similarity, temperature=m.temperature,
+                                    shared_towers=m.shared_towers).to(self.device)
+        self.model.train()
+        self.tokenizer = self.model.tokenizer
+        self.passages = TokenCache.open(self.data.corpus.passages(), self.tokenizer,
+                                        m.passage_max_length - 2, self.run_dir / "cache",
+                                        self.data.corpus.source_hash, progress=self.is_main)
+        self.query_tokens = self.tokenizer(list(self.split.texts), add_special_tokens=False, truncation=True,
+                                           max_length=m.query_max_length - 2)["input_ids"]
+
+        self.ddp = self.model
+        if self.distributed:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.startswith("cuda") else None,
+                find_unused_parameters=not m.shared_towers)
+        t = cfg.train
+        self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, t.max_steps, t.warmup_ratio)
+        self.amp_dtype = autocast_for(self.device, t.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.loss_fn = self._build_loss()
+        self.guide = self._build_guide()
+        self._last_layer = last_layer_params(self.model)
+
+        self.sampler = QuerySampler(len(self.split), t.batch_size, cfg.seed)
+        self.pos_rng = np.random.default_rng([cfg.seed, 1])
+        self.neg_rng = np.random.default_rng([cfg.seed, 2])
+        self.table = NegativesTable(len(self.split), cfg.negatives.keep)
+        self.step = 0
+        self.wait_total = 0.0
+        self.metrics = None
+        self.client = None
+        if self.is_main:
+            from ance.telemetry import MetricsWriter, prometheus_port_for
+
+            self.metrics = MetricsWriter(self.run_dir, "trainer", tensorboard=cfg.telemetry.tensorboard,
+                                         prometheus_port=prometheus_port_for(cfg.telemetry.prometheus_port,
+                                                                             "trainer"))
+        if start:
+            self._restore(start[1])
+        elif self.is_main:
+            self._warmup_negatives()
+
+    # ---------------------------------------------------------------- setup
+    def _build_loss(self):
+        from ance.losses import BidirectionalInfoNCE, InfoNCE
+
+        cls = BidirectionalInfoNCE if self.cfg.train.loss == "bidirectional" else InfoNCE
+        return cls(temperature=self.cfg.model.temperature)
+
+    def _build_guide(self):
+        if not self.cfg.train.gist_guide:
+            return None
+        from ance.model import BiEncoder, resolve_model
+
+        guide = BiEncoder.load(resolve_model(self.cfg.train.gist_guide)).to(self.device).eval()
+        for p in guide.parameters():
+            p.requires_grad_(False)
+        return guide
+
+    def _warmup_negatives(self) -> None:
+        neg = self.cfg.negatives
+        source = neg.source if neg.source != "async" else neg.warmup
+        if source == "static":
+            fill_static(self.table, neg.static_file, self.split.ids, self.data.corpus.ids)
+        elif source == "bm25":
+            fill_bm25(self.table, self.data.corpus.passages(), self.split.texts, self.split.positives,
+                      depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed)
+
+    def _restore(self, path: Path) -> None:
+        state = load_trainer_state(path)
+        if state.get("config_hash") not in (None, config_hash(self.cfg)):
+            log.warning("resuming with a config that differs from the checkpoint's (%s)", path)
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.pos_rng.bit_generator.state = state["pos_rng"]
+        self.neg_rng.bit_generator.state = state["neg_rng"]
+        self.table.load_state_dict(state["table"])
+        self.wait_total = float(state.get("wait_total", 0.0))
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ---------------------------------------------------------------- steps
+    def _next_batch(self) -> Batch:
+        q_idx = self.sampler.next_batch()
+        positives = sample_positives(q_idx, self.split.positives, self.pos_rng)
+        n = self.cfg.negatives.n_per_query if self.cfg.negatives.source != "inbatch" else 0
+        negatives = np.zeros((len(q_idx), n), dtype=np.int64)
+        version = self.step + 1
+        if n and self.is_main:
+            version = self._await_fresh(q_idx)
+            negatives = sample_negatives(self.table.neg, q_idx, self.split.positives, n, self.n_docs,
+                                         self.neg_rng)
+        if n and self.distributed:
+            packed = torch.tensor(np.concatenate([negatives.reshape(-1), [version]]), dtype=torch.long,
+                                  device=self.device if self.device.startswith("cuda") else "cpu")
+            torch.distributed.broadcast(packed, src=0)
+            flat = packed.cpu().numpy()
+            negatives, version = flat[:-1].reshape(len(q_idx), n), int(flat[-1])
+        return Batch(q_idx, positives, negatives, version)
+
+    def _await_fresh(self, q_idx: np.ndarray) -> int:
+        """Block until the batch's negatives are at most ``max_gap`` steps old (async only)."""
+        if self.client is None:
+            return self.table.batch_version(q_idx)
+        self.client.poll(0)
+        target = self.step + 1 - self.cfg.negatives.max_gap
+        if self.table.batch_version(q_idx) < target:
+            waited = self.client.wait_for(lambda: self.table.batch_version(q_idx) >= target,
+                                          timeout=self.cfg.negatives.wait_timeout_s, step=self.step + 1)
+            self._step_wait += waited
+        return self.table.batch_version(q_idx)
+
+    def _inputs(self, batch: Batch):
+        from ance.tokcache import build_inputs
+
+        per = len(batch.queries) // self.world
+        lo, hi = self.rank * per, (self.rank + 1) * per
+        n = batch.negatives.shape[1]
+        q_tokens = [self.query_tokens[q] for q in batch.queries[lo:hi]]
+        local_p = np.concatenate([batch.positives[lo:hi], batch.negatives[lo:hi].reshape(-1)])
+        p_tokens = self.passages.take(local_p)
+        m = self.cfg.model
+        queries = {k: v.to(self.device) for k, v in build_inputs(q_tokens, self.tokenizer, m.query_max_length).items()}
+        passages = {k: v.to(self.device) for k, v in
+                    build_inputs(p_tokens, self.tokenizer, m.passage_max_length).items()}
+        # The gathered passage layout is rank-major: [pos_r, neg_r] for r = 0..world-1.
+        per_rank_p = per * (1 + n)
+        pos_index = torch.cat([torch.arange(per) + r * per_rank_p for r in range(self.world)])
+        all_p = np.concatenate([np.concatenate([batch.positives[r * per:(r + 1) * per],
+                                                batch.negatives[r * per:(r + 1) * per].reshape(-1)])
+                                for r in range(self.world)])
+        return queries, passages, pos_index.to(self.device), all_p
+
+    def _mask(self, batch: Batch, all_p: np.ndarray, pos_index: torch.Tensor, queries, passages):
+        from ance.losses import gist_mask, positive_mask
+
+        per = len(batch.queries) // self.world
+        order = np.concatenate([batch.queries[r * per:(r + 1) * per] for r in range(self.world)])
+        mask = positive_mask([self.split.positives[q] for q in order],
+                             torch.as_tensor(all_p, device=self.device), pos_index)
+        if self.guide is not None:
+            mask = mask | self._gist(order, all_p, pos_index)
+        return mask
+
+    @torch.no_grad()
+    def _gist(self, order: np.ndarray, all_p: np.ndarray, pos_index: torch.Tensor) -> torch.Tensor:
+        from ance.losses import gist_mask
+        from ance.tokcache import build_inputs
+
+        m = self.cfg.model
+        qi = build_inputs([self.query_tokens[q] for q in order], self.guide.tokenizer, m.query_max_length)
+        pi = build_inputs(self.passages.take(all_p), self.guide.tokenizer, m.passage_max_length)
+        gq = self.guide(**{k: v.to(self.device) for k, v in qi.items()}, kind="query")
+        gp = self.guide(**{k: v.to(self.device) for k, v in pi.items()}, kind="passage")
+        return gist_mask(gq, gp, pos_index, margin=self.cfg.train.gist_margin)
+
+    def train_step(self) -> dict[str, Any]:
+        from ance.gradcache import GradCache, plain_step
+
+        t0 = time.perf_counter()
+        self._step_wait = 0.0
+        batch = self._next_batch()
+        waited = self._step_wait
+        self.step += 1
+        queries, passages, pos_index, all_p = self._inputs(batch)
+        mask = self._mask(batch, all_p, pos_index, queries, passages)
+        kwargs = {"pos_index": pos_index, "mask": mask}
+        if self.cfg.train.chunk_size:
+            gc = GradCache(self.ddp, self.loss_fn, self.cfg.train.chunk_size, scaler=self.scaler,
+                           autocast_dtype=self.amp_dtype, device_type=self.device.split(":")[0])
+            loss = gc.step(queries, passages, **kwargs)
+        else:
+            loss = plain_step(self.ddp, self.loss_fn, queries, passages, **kwargs)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        last = grad_norm(self._last_layer)
+        total = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.wait_total += waited
+        elapsed = time.perf_counter() - t0
+        source = self.cfg.negatives.source
+        version = None if source == "inbatch" else batch.negatives_version
+        return {"step": self.step, "loss": float(loss), "lr": lr, "grad_norm": total, "grad_norm_last": last,
+                "examples_per_s": len(batch.queries) / max(elapsed - waited, 1e-9),
+                "negatives_version": version, "gap": 0 if version is None else self.step - version,
+                "wait_s": waited, "step_s": elapsed}
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "sampler": self.sampler.state_dict(), "pos_rng": self.pos_rng.bit_generator.state,
+                "neg_rng": self.neg_rng.bit_generator.state, "table": self.table.state_dict(),
+                "rng": rng_state(), "wait_total": self.wait_total, "config_hash": config_hash(self.cfg)}
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-N`` (rank 0) and announce it to the broker."""
+        t0 = time.time()
+        pause = _test_pause_hook()
+        path = write_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
+                                {"config_hash": config_hash(self.cfg)}, _pause=pause)
+        written = time.time()
+        self.metrics.log("checkpoint", step=self.step, path=str(path), write_s=written - t0)
+        if self.client is not None:
+            self.client.announce(self.step, str(path), written)
+        protect = set(int(v) for v in np.unique(self.table.version))
+        if self.client is not None:
+            protect |= self.client.pending_versions()
+        prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints, protect)
+        return path
+
+    # ----------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        is_async = cfg.negatives.source == "async"
+        if self.is_main and is_async:
+            from .negatives_client import BrokerClient
+
+            self.client = BrokerClient(cfg, self.table, self.metrics, self.split.ids, self.data.fingerprint)
+            self.client.connect()
+        try:
+            if self.is_main and (is_async and self.step == 0):
+                self.save_checkpoint()
+            while self.step < cfg.train.max_steps:
+                record = self.train_step()
+                if self.is_main:
+                    if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
+                        self.metrics.log("step", **record)
+                    if self.client is not None:
+                        self.client.status(self.step, record["negatives_version"], record["gap"])
+                        self.client.poll(0)
+                    if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.max_steps:
+                        self.save_checkpoint()
+                if self.distributed:
+                    torch.distributed.barrier()
+            summary = {"steps": self.step, "wait_s": self.wait_total}
+            if self.is_main and self.client is not None and cfg.negatives.final_refresh:
+                summary["final_refresh_s"] = self.client.wait_for_version(self.step, cfg.negatives.wait_timeout_s)
+            return summary
+        finally:
+            if self.client is not None:
+                self.client.close()
+            if self.metrics is not None:
+                self.metrics.close()
+
+
+def _test_pause_hook():
+    """Tests set ANCE_TEST_CHECKPOINT_PAUSE=FILE to freeze mid-write (then kill -9 us)."""
+    flag = os.environ.get("ANCE_TEST_CHECKPOINT_PAUSE")
+    if not flag:
+        return None
+
+    def pause(tmp: Path) -> None:
+        Path(flag).write_text(str(tmp))
+        time.sleep(3600)
+
+    return pause

@@ -1,0 +1,55 @@
+"""AdamW with linear warm-up and decay, and the gradient-norm diagnostics."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+_LAYER = re.compile(r"\blayers?\.(\d+)\.")
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if any(k in name for k in _NO_DECAY) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def linear_schedule(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: 0 → 1 over ``warmup`` steps, then linearly to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float):
+    warmup = int(total * warmup_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, total, warmup))
+
+
+def last_layer_params(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the highest-numbered transformer layer (of every tower).
+
+    The ANCE paper (Fig. 4) tracks this layer's gradient norm to show that
+    uninformative negatives give vanishing gradients.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    layers = [int(m.group(1)) for n, _ in named if (m := _LAYER.search(n))]
+    if not layers:
+        return []
+    top = max(layers)
+    return [p for n, p in named if (m := _LAYER.search(n)) and int(m.group(1)) == top]
+
+
+def grad_norm(params) -> float:
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.stack(norms).norm())
