@@ -1,0 +1,97 @@
+"""`ance launch`: broker + trainer group + inferencer pool, supervised, with live progress."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "launch"
+HELP = "Start a whole run (broker, trainer group, inferencer pool) and supervise it until training ends."
+
+
+def _gpus(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of GPU indices, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/scifact-minilm.yaml); omit with --resume")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, as for `ance train` (run_dir=PATH picks the run directory)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR (trainer from its newest checkpoint; broker reloads "
+                             "the newest persisted negatives)")
+    parser.add_argument("--trainer-gpus", type=_gpus, default=[], metavar="0,1",
+                        help="GPUs of the trainer group (torchrun over them when more than one); none = one CPU process")
+    parser.add_argument("--inferencer-gpus", type=_gpus, default=[], metavar="2,3",
+                        help="one inferencer worker per GPU listed; none = --inferencers CPU workers")
+    parser.add_argument("--inferencers", type=int, default=None,
+                        help="number of CPU inferencer workers when no --inferencer-gpus (default: launch.inferencers)")
+    parser.add_argument("--only", default="broker,trainer,inferencer",
+                        help="start only these roles (comma-separated), e.g. `inferencer` on a second node")
+    parser.add_argument("--nnodes", type=int, default=1, help="trainer nodes (torchrun rendezvous); 1 = this node only")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank among --nnodes")
+    parser.add_argument("--rdzv-endpoint", default=None, help="host:port of the torchrun rendezvous (multi-node)")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress line")
+    parser.add_argument("--log-level", default="INFO", help="the launcher's own logging level")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    import signal
+    import sys
+    from pathlib import Path
+
+    from ance.config import config_from_args, load_run_config, save_config
+    from ance.errors import ConfigError
+    from ance.launch.progress import Progress
+    from ance.launch.supervisor import Supervisor, plan
+    from ance.logutil import setup_logging
+
+    setup_logging(args.log_level, role="launch")
+    if args.resume:
+        overrides = list(args.overrides)
+        if args.config is not None:
+            overrides.insert(0, args.config)
+        cfg = load_run_config(args.resume, overrides)
+    else:
+        cfg = config_from_args(argparse.Namespace(config=args.config, overrides=args.overrides, from_run_dir=None))
+    roles = tuple(r.strip() for r in args.only.split(",") if r.strip())
+    unknown = set(roles) - {"broker", "trainer", "inferencer"}
+    if unknown:
+        raise ConfigError(f"--only: unknown role(s) {', '.join(sorted(unknown))}; use broker, trainer, inferencer")
+    run_dir = Path(cfg.run_dir)
+    save_config(cfg, run_dir)
+    n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
+    if cfg.negatives.source != "async":
+        roles = tuple(r for r in roles if r == "trainer")  # nothing to refresh
+    specs = plan(run_dir, resume=bool(args.resume), trainer_gpus=args.trainer_gpus,
+                 inferencer_gpus=args.inferencer_gpus, n_cpu_inferencers=n_cpu, nnodes=args.nnodes,
+                 node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, roles=roles)
+    log = logging.getLogger("ance.launch")
+
+    def on_event(event: str, **fields) -> None:
+        log.info("%s %s", event, json.dumps(fields))
+
+    sup = Supervisor(specs, run_dir, backoff_s=cfg.launch.restart_backoff_s, max_restarts=cfg.launch.max_restarts,
+                     on_event=on_event)
+
+    def handle(signum, _frame):
+        sup.request_stop(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    progress = None if args.no_progress else Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap)
+    log.info("run directory %s; logs in %s", run_dir, run_dir / "logs")
+    rc = sup.run(tick=progress.tick if progress else None)
+    result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
+    print(json.dumps(result))
+    before, after = result.get("before"), result.get("after")
+    if before and after:
+        print(f"{cfg.data.eval_split} nDCG@10: {before['ndcg@10']:.4f} at step {before['step']} -> "
+              f"{after['ndcg@10']:.4f} at step {after['step']}", file=sys.stderr)
+    return rc
