@@ -83,7 +83,8 @@ class NegativesConfig:
 
 @dataclass
 class BrokerConfig:
-    address: str = "tcp://127.0.0.1:5555"
+    address: str = "tcp://127.0.0.1:5555"      # where peers connect
+    bind: str | None = None                     # where the broker binds (default: address)
     heartbeat_s: float = 1.0
     worker_timeout_s: float = 10.0
     chunk_queries: int = 256
@@ -104,6 +105,7 @@ class InferencerConfig:
 class TelemetryConfig:
     tensorboard: bool = True
     prometheus_port: int | None = None
+    prometheus_addr: str = "127.0.0.1"
 
 
 @dataclass

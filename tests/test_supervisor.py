@@ -1,0 +1,96 @@
+"""The supervisor on real processes: restarts with backoff, teardown leaves nothing behind."""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ance.launch.supervisor import ProcSpec, Supervisor, plan
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_plan_cpu_and_gpu(tmp_path):
+    specs = plan(tmp_path, resume=False, trainer_gpus=[], inferencer_gpus=[], n_cpu_inferencers=2)
+    names = [s.name for s in specs]
+    assert names == ["broker", "trainer-0", "inferencer-0", "inferencer-1"]
+    assert "--run-dir" in specs[0].argv and specs[2].argv[-3:] == ["cpu", "--name", "0"]
+    assert not specs[1].restart and specs[2].restart
+    gpu = plan(tmp_path, resume=True, trainer_gpus=[0, 1], inferencer_gpus=[2, 3], n_cpu_inferencers=0)
+    trainer = gpu[1]
+    assert "torch.distributed.run" in trainer.argv and "--nproc-per-node" in trainer.argv
+    assert trainer.env["CUDA_VISIBLE_DEVICES"] == "0,1" and "--resume" in trainer.argv
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in gpu[2:]] == ["2", "3"]
+    only = plan(tmp_path, resume=False, trainer_gpus=[], inferencer_gpus=[], n_cpu_inferencers=3,
+                roles=("inferencer",))
+    assert [s.name for s in only] == ["inferencer-0", "inferencer-1", "inferencer-2"]
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_restart_then_trainer_exit_stops_all(tmp_path):
+    marker = tmp_path / "count"
+    flaky = py(f"import pathlib,sys,time; p=pathlib.Path({str(marker)!r}); n=int(p.read_text()) if p.exists() else 0;"
+               f" p.write_text(str(n+1)); sys.exit(3) if n < 2 else time.sleep(60)")
+    # the trainer outlives the second restart, then exits 0
+    specs = [ProcSpec("worker", flaky), ProcSpec("sleeper", py("import time; time.sleep(60)")),
+             ProcSpec("trainer-0", py("import time; time.sleep(2.5)"), restart=False)]
+    sup = Supervisor(specs, tmp_path, backoff_s=[0.2, 0.4], max_restarts=5)
+    pids = {}
+
+    def tick():
+        pids.update(sup.pids())
+
+    t0 = time.time()
+    assert sup.run(tick=tick) == 0
+    assert time.time() - t0 < 15
+    assert int(marker.read_text()) == 3  # started three times: two crashes, one restart that stayed up
+    assert all(not alive(pid) for pid in pids.values())
+    log = (tmp_path / "logs" / "worker.log").read_text()
+    assert log.count("start:") == 3
+
+
+def test_stop_request_kills_process_groups(tmp_path):
+    # a child that spawns a grandchild: both must go
+    token = f"grandchild-{os.getpid()}-{time.time_ns()}"
+    code = ("import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)', "
+            f"{token!r}]); time.sleep(60)")
+    specs = [ProcSpec("parent", py(code)), ProcSpec("trainer-0", py("import time; time.sleep(60)"), restart=False)]
+    sup = Supervisor(specs, tmp_path, backoff_s=[1], max_restarts=1)
+    seen = {}
+
+    def tick():
+        seen.update(sup.pids())
+        if time.time() - t0 > 1.0:
+            sup.request_stop("test")
+
+    t0 = time.time()
+    rc = sup.run(tick=tick)
+    assert rc == 130
+    assert time.time() - t0 < 10
+    assert all(not alive(pid) for pid in seen.values())
+    # the grandchild (same process group) is gone too
+    out = os.popen(f"pgrep -f {token}").read().split()
+    assert not [p for p in out if alive(int(p))]
+
+
+def test_gives_up_after_max_restarts(tmp_path):
+    specs = [ProcSpec("broken", py("import sys; sys.exit(1)")),
+             ProcSpec("trainer-0", py("import time; time.sleep(60)"), restart=False)]
+    sup = Supervisor(specs, tmp_path, backoff_s=[0.05], max_restarts=2)
+    assert sup.run() == 1
