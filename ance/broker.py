@@ -1,0 +1,628 @@
+"""The broker: the hub process between the trainer and the inferencer pool.
+
+One ZeroMQ ROUTER; the trainer and every inferencer connect a DEALER. The
+refresh logic lives in :class:`ance.refresh.RefreshState` (pure, tested on its
+own); this module is the loop around it: decode every frame (a bad one is
+logged with the peer and answered with ``error``; the broker goes on), track
+peers, turn the state's decisions into ``job`` messages, and for every merged
+chunk select negatives, **persist them, then send them** to the trainer.
+
+Files (``RUN_DIR/negatives/``): ``step-N.partial.tsv`` grows chunk by chunk
+(fsynced per chunk) and is renamed to ``step-N.tsv`` when the version is
+complete. On start the newest complete file is reloaded (so a trainer that says
+``hello`` gets it streamed) and the newest complete checkpoint newer than it is
+queued as a refresh, so killing the broker loses nothing.
+
+``version_done.stats`` (what the trainer logs as the ``refresh`` event):
+
+* ``load_s``, ``encode_s``, ``index_s``, ``search_s``: the slowest shard's
+  time for each stage (shards run in parallel, so the slowest one is what the
+  refresh waited for); ``search_s`` includes encoding the queries.
+* ``encode_docs_per_s``: ``n_docs / encode_s`` as above, the pool's effective
+  corpus-encoding rate (not the sum of per-worker rates, which ignores
+  stragglers).
+* ``merge_s``: broker time spent merging, selecting and persisting;
+  ``refresh_s``: job start to version complete, on the broker's clock.
+* ``overlap``: mean fraction of the previous version's negatives of a query
+  that reappear in the query's new top-``depth`` (ANCE's diagnostic); None for
+  the first version.
+* ``eval_ndcg@10``, ``eval_mrr@10``, ``eval_recall@100`` (and
+  ``eval_recall@1000`` when the eval depth reaches 1000) on the eval split.
+* ``n_docs``, ``n_queries``, ``depth``, ``keep``, ``reassigned`` (shards handed
+  to another worker), ``replayed`` (True when the version is re-streamed from
+  disk rather than just computed; its timings are then absent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from .errors import AnceError, ProtocolError
+from .protocol import decode, encode, pack_array, unpack_array
+from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files, chunk_range,
+                      complete_checkpoints, complete_versions, json_safe, n_chunks, negatives_path)
+
+log = logging.getLogger(__name__)
+
+_STAGES = ("load_s", "encode_s", "index_s", "search_s")
+_EVAL_MEASURES = {"ndcg@10": "eval_ndcg@10", "mrr@10": "eval_mrr@10", "recall@100": "eval_recall@100",
+                  "recall@1000": "eval_recall@1000"}
+
+
+def dataset_from_config(cfg: Config):
+    """The run's dataset (train split plus eval split when set), loaded as every role loads it,
+    so corpus and query indices agree (docs/design.md, "Identities of queries and documents")."""
+    from .data import load_for_config
+
+    return load_for_config(cfg)
+
+
+def eval_depth(depth: int) -> int:
+    """Depth searched for the eval split: enough for recall@100 at least."""
+    return max(100, int(depth))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Version:
+    """The negatives table of one version being built (or the latest complete one)."""
+
+    def __init__(self, version: int, n_train: int, keep: int):
+        self.version = version
+        self.neg = np.full((n_train, keep), -1, np.int32)
+        self.chunks: set[int] = set()     # merged train chunks
+        self.stats: dict[str, Any] = {}
+        self.n_shards = 0
+
+
+class Broker:
+    """``Broker(cfg).run()`` serves until ``stop``, SIGTERM or SIGINT; ``close()`` frees the socket.
+
+    ``dataset``: the loaded dataset (tests pass one in); default
+    :func:`dataset_from_config`. ``metrics``: a ``MetricsWriter``-like sink;
+    default ``MetricsWriter(run_dir, "broker", ...)``.
+    """
+
+    def __init__(self, cfg: Config, *, dataset=None, metrics=None):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.neg_dir = self.run_dir / "negatives"
+        self.neg_dir.mkdir(parents=True, exist_ok=True)
+        self.data = dataset if dataset is not None else dataset_from_config(cfg)
+        self.train = self.data.split(cfg.data.train_split)
+        self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
+        self.doc_ids = list(self.data.corpus.ids)
+        self.n_docs = len(self.doc_ids)
+        self.n_train = len(self.train.ids)
+        self.fingerprint = self.data.fingerprint
+        self.depth = cfg.negatives.depth
+        self.keep = cfg.negatives.keep
+        self.broker_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+        self.metrics = metrics if metrics is not None else self._metrics_writer()
+        self.state = RefreshState(self.n_docs, self.n_train, len(self.eval.ids) if self.eval else 0,
+                                  depth=self.depth, eval_depth=eval_depth(self.depth),
+                                  chunk_queries=cfg.broker.chunk_queries,
+                                  worker_timeout_s=cfg.broker.worker_timeout_s,
+                                  # job ids differ across broker restarts, so stale results are told apart
+                                  first_job_id=int(time.time() * 1000) % (1 << 40))
+        self.latest: _Version | None = None
+        self.current: _Version | None = None
+        self._job_id: int | None = None
+        self._partial = None  # open file of the version in progress
+        self._eval_ids: np.ndarray | None = None
+        self._eval_scores: np.ndarray | None = None
+        self._overlap = [0.0, 0]  # sum of per-query overlaps, queries counted
+        self._merge_s = 0.0
+        self._weights: dict[str, bytes] | None = None
+        self.trainer: bytes | None = None
+        self._trainer_pid: int | None = None
+        self._told_unknown: dict[bytes, float] = {}
+        self._stop_reason: str | None = None
+        self.ctx = None
+        self.sock = None
+        self._restore()
+
+    # ------------------------------------------------------------ startup
+    def _metrics_writer(self):
+        from .telemetry import MetricsWriter, prometheus_port_for
+
+        return MetricsWriter(self.run_dir, "broker", tensorboard=False,
+                             prometheus_port=prometheus_port_for(self.cfg.telemetry.prometheus_port, "broker"))
+
+    def _restore(self) -> None:
+        """Reload the newest complete negatives; queue a newer complete checkpoint."""
+        from .negatives import read_negatives
+
+        for stale in self.neg_dir.glob("step-*.partial.tsv"):  # an interrupted version: redone from scratch
+            log.info("removing %s (the refresh it belongs to was interrupted)", stale)
+            stale.unlink()
+        versions = complete_versions(self.run_dir)
+        if versions:
+            version, path = versions[-1]
+            t0 = time.time()
+            q_index = {q: i for i, q in enumerate(self.train.ids)}
+            d_index = {d: i for i, d in enumerate(self.doc_ids)}
+            header, q_idx, neg = read_negatives(path, q_index, d_index, keep=self.keep)
+            fp = header.get("data_fingerprint")
+            if fp is not None and fp != self.fingerprint:
+                raise AnceError(f"{path} was made from other data (fingerprint {fp}, ours {self.fingerprint}); "
+                                "use the run's config or move the negatives/ directory away")
+            latest = _Version(version, self.n_train, self.keep)
+            latest.neg[q_idx] = neg
+            latest.chunks = set(range(n_chunks(self.n_train, self.cfg.broker.chunk_queries)))
+            latest.stats = {"replayed": True}
+            latest.n_shards = int(header.get("n_shards", 0))
+            self.latest = latest
+            self.state.latest_version = version
+            log.info("reloaded negatives version %d (%d queries) from %s in %.2fs", version, len(q_idx), path,
+                     time.time() - t0)
+        ckpts = complete_checkpoints(self.run_dir)
+        if ckpts and ckpts[-1][0] > self.state.latest_version:
+            step, path = ckpts[-1]
+            written = (path / "manifest.json").stat().st_mtime
+            log.info("%s", self.state.on_checkpoint(step, str(path), written))
+
+    def bind(self) -> str:
+        """Create and bind the ROUTER; return the bound endpoint."""
+        import zmq
+
+        from .keys import check_bind_address, secure_server
+
+        b = self.cfg.broker
+        address = b.bind or b.address
+        check_bind_address(address, b.curve_keys)
+        self.ctx = zmq.Context()
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A vanished peer raises EHOSTUNREACH instead of a silent drop; a restarted peer takes its name over.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Transport cap: a frame over twice the protocol limit drops the connection before it is buffered;
+        # up to it, decode() refuses it with an `error` the peer can read.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * b.max_frame_bytes)
+        # A whole version streamed to a trainer that reads between steps: let it queue (bounded by size).
+        sock.setsockopt(zmq.SNDHWM, 1_000_000)
+        if b.curve_keys:
+            secure_server(sock, b.curve_keys)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise AnceError(f"broker cannot bind {address}: {exc} (is another broker running? "
+                            "set broker.address / broker.bind)") from None
+        self.sock = sock
+        endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        log.info("broker %s listening on %s (%d docs, %d train queries, %s)", self.broker_id, endpoint,
+                 self.n_docs, self.n_train, f"eval split {self.cfg.data.eval_split} with {len(self.eval.ids)} "
+                 "queries" if self.eval else "no eval split")
+        return endpoint
+
+    # --------------------------------------------------------------- loop
+    def run(self) -> int:
+        """Serve until stopped; return the exit code (0)."""
+        import zmq
+
+        if self.sock is None:
+            self.bind()
+        self._install_signals()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        timeout_ms = max(10, int(self.cfg.broker.heartbeat_s * 500))
+        try:
+            self._gauges()
+            self._schedule()
+            while self._stop_reason is None:
+                try:
+                    events = dict(poller.poll(timeout_ms))
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.EINTR:  # a signal: the flag says what to do
+                        continue
+                    raise
+                if self.sock in events:
+                    for _ in range(1000):  # drain what is there, but let timers run now and then
+                        try:
+                            parts = self.sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._dispatch(parts)
+                for name in self.state.expire(time.time()):
+                    log.warning("worker %s lost (silent for more than %gs)", name, self.cfg.broker.worker_timeout_s)
+                self._schedule()
+            log.info("broker stopping: %s", self._stop_reason)
+            return 0
+        finally:
+            self.close()
+
+    def _install_signals(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            self._stop_reason = f"signal {signal.Signals(signum).name}"
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def stop(self, reason: str = "stop requested") -> None:
+        self._stop_reason = reason
+
+    def close(self) -> None:
+        if self._partial is not None:
+            self._partial.flush()
+            os.fsync(self._partial.fileno())
+            self._partial.close()
+            self._partial = None
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+    # ------------------------------------------------------------ sending
+    def _send(self, peer: bytes, type_: str, **fields: Any) -> bool:
+        """Send one message; False (logged) when the peer is gone or its queue is full."""
+        import zmq
+
+        frame = encode(type_, **fields)
+        try:
+            self.sock.send_multipart([peer, frame], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            log.error("peer %s: send queue full, dropped a %r message", _name(peer), type_)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.warning("peer %s is gone; could not send %r", _name(peer), type_)
+            self._peer_gone(peer)
+        return False
+
+    def _error(self, peer: bytes, reason: str, of_type: str | None) -> None:
+        self._send(peer, "error", reason=reason, of_type=of_type)
+
+    def _peer_gone(self, peer: bytes) -> None:
+        if peer == self.trainer:
+            self.trainer = None
+        elif _name(peer) in self.state.workers:
+            self.state.on_lost(_name(peer), "disconnected")
+            self._emit()
+
+    # ------------------------------------------------------------ receive
+    def _dispatch(self, parts: list[bytes]) -> None:
+        if len(parts) != 2:
+            peer = parts[0] if parts else b"?"
+            log.error("peer %s: rejected a message of %d frames (one frame per message)", _name(peer),
+                      len(parts) - 1)
+            if parts:
+                self._error(peer, f"expected one frame per message, got {len(parts) - 1}", None)
+            return
+        peer, frame = parts
+        try:
+            msg = decode(frame, self.cfg.broker.max_frame_bytes)
+        except ProtocolError as exc:
+            log.error("peer %s: rejected a frame of %d bytes: %s", _name(peer), len(frame), exc)
+            self._error(peer, f"rejected: {exc}", getattr(exc, "of_type", None))
+            return
+        handler = getattr(self, f"_on_{msg.type}", None)
+        if handler is None:
+            log.error("peer %s: unexpected %r message (not sent to a broker)", _name(peer), msg.type)
+            self._error(peer, f"a broker does not accept {msg.type!r} messages", msg.type)
+            return
+        try:
+            handler(peer, msg)
+        except (RefreshError, ProtocolError) as exc:
+            log.error("peer %s: %r message refused: %s", _name(peer), msg.type, exc)
+            self._error(peer, f"refused: {exc}", msg.type)
+        except OSError:
+            raise  # the run directory is unwritable: stop; a restarted broker resumes from disk
+        except Exception as exc:  # a message we cannot handle must not take the broker down
+            log.exception("peer %s: handling a %r message failed", _name(peer), msg.type)
+            self._error(peer, f"broker could not handle it: {type(exc).__name__}: {exc}", msg.type)
+
+    def _known(self, peer: bytes, of_type: str) -> bool:
+        """True for a peer that said hello; otherwise ask it to (at most once per heartbeat)."""
+        if peer == self.trainer or _name(peer) in self.state.workers:
+            return True
+        now = time.time()
+        if now - self._told_unknown.get(peer, 0.0) >= self.cfg.broker.heartbeat_s:
+            if len(self._told_unknown) > 10_000:  # many one-off peers: forget them
+                self._told_unknown.clear()
+            self._told_unknown[peer] = now
+            self._error(peer, f"unknown peer {_name(peer)!r}: send hello first", of_type)
+        return False
+
+    def _on_hello(self, peer: bytes, msg) -> None:
+        name = _name(peer)
+        if msg.data_fingerprint != self.fingerprint:
+            reason = (f"data fingerprint {msg.data_fingerprint} differs from the broker's {self.fingerprint}: "
+                      "every role must load the same data with the same config (data.* settings)")
+            log.error("peer %s (%s, pid %d) refused: %s", name, msg.role, msg.pid, reason)
+            self._error(peer, reason, "hello")
+            self._send(peer, "stop", reason=reason)
+            return
+        self._told_unknown.pop(peer, None)
+        if msg.role == "trainer":
+            if self.trainer is not None and self.trainer != peer:
+                log.warning("a second trainer %s replaces %s", name, _name(self.trainer))
+            # The same trainer process saying hello again (it heard nothing for a while) already has
+            # the chunks of the version in progress; a new one (or one we did not know) gets them.
+            again = self.trainer == peer and self._trainer_pid == msg.pid
+            self.trainer, self._trainer_pid = peer, msg.pid
+            have = int(msg.get("have_version", -1))
+            log.info("trainer %s (pid %d) says hello%s, holds version %d", name, msg.pid, " again" if again else "",
+                     have)
+            self._welcome(peer)
+            self._stream_to_trainer(have, in_progress=not again)
+        else:
+            busy = msg.get("job_id") if msg.get("state") == "busy" else None
+            self.state.on_hello(name, time.time(), busy_job=busy, device=msg.device, pid=msg.pid)
+            log.info("inferencer %s (pid %d, %s) joined%s; %d workers", name, msg.pid, msg.device,
+                     f" busy with job {busy}" if busy is not None else "", len(self.state.workers))
+            self._welcome(peer)
+            self._emit()
+
+    def _welcome(self, peer: bytes) -> None:
+        self._send(peer, "welcome", broker_id=self.broker_id, latest_version=self.state.latest_version,
+                   heartbeat_s=float(self.cfg.broker.heartbeat_s))
+
+    def _on_heartbeat(self, peer: bytes, msg) -> None:
+        if peer == self.trainer:
+            return
+        if self._known(peer, "heartbeat"):
+            self.state.on_seen(_name(peer), time.time(), state=msg.state)
+
+    def _on_checkpoint(self, peer: bytes, msg) -> None:
+        self._known(peer, "checkpoint")  # accepted anyway: the announcement itself is self-contained
+        outcome = self.state.on_checkpoint(msg.step, msg.path, msg.written_at)
+        log.info("checkpoint %d announced by %s: %s", msg.step, _name(peer), outcome)
+
+    def _on_status(self, peer: bytes, msg) -> None:
+        self._known(peer, "status")
+        self._gauge("ance_trainer_step", msg.step)
+        self._gauge("ance_async_gap", msg.gap)
+        self._gauge("ance_negatives_version", msg.version_in_use)
+
+    def _on_stop(self, peer: bytes, msg) -> None:
+        log.info("stop from %s: %s", _name(peer), msg.reason)
+        self._stop_reason = f"stop from {_name(peer)}: {msg.reason}"
+
+    def _on_topk(self, peer: bytes, msg) -> None:
+        self._worker_seen(peer, "topk")
+        t0 = time.perf_counter()
+        ready = self.state.on_topk(_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
+                                   chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
+                                   scores=unpack_array(msg.scores), ids=unpack_array(msg.ids))
+        for r in ready:
+            self._chunk_ready(r)
+        if self.current is not None and msg.job_id == self._job_id:
+            self._merge_s += time.perf_counter() - t0
+
+    def _on_shard_done(self, peer: bytes, msg) -> None:
+        self._worker_seen(peer, "shard_done")
+        if self.state.on_shard_done(_name(peer), job_id=msg.job_id, shard=msg.shard, stats=msg.stats,
+                                    now=time.time()):
+            s = msg.stats
+            log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, _name(peer), s.get("n_docs"),
+                     " ".join(f"{k[:-2]} {s[k]:.2f}s" for k in _STAGES if isinstance(s.get(k), (int, float))))
+        self._emit()
+
+    def _on_shard_failed(self, peer: bytes, msg) -> None:
+        self._worker_seen(peer, "shard_failed")
+        log.error("shard %d of job %d failed on %s: %s", msg.shard, msg.job_id, _name(peer), msg.reason)
+        abandoned = self.state.on_shard_failed(_name(peer), job_id=msg.job_id, shard=msg.shard, reason=msg.reason)
+        if abandoned:
+            log.error("%s", abandoned)
+            self._drop_partial()
+        self._emit()
+
+    def _worker_seen(self, peer: bytes, of_type: str) -> None:
+        # Results count on their merits (job id, shard); an unknown sender is also asked to say hello.
+        if self._known(peer, of_type):
+            self.state.on_seen(_name(peer), time.time())
+
+    # ------------------------------------------------------------ schedule
+    def _schedule(self) -> None:
+        """Start jobs and hand out shards; close a complete version."""
+        before = self.state.job.job_id if self.state.job else None
+        assignments = self.state.assign(time.time())
+        job = self.state.job
+        if job is not None and job.job_id != before:
+            self._begin(job)
+        for worker, a in assignments:
+            if self.state.job is not job:  # abandoned while sending (weights unreadable)
+                break
+            self._send_job(worker, a)
+        if self.state.complete():
+            self._finish()
+        self._emit()
+
+    def _begin(self, job) -> None:
+        from .negatives import header_line
+
+        if self._partial is not None:
+            self._drop_partial()
+        self._job_id = job.job_id
+        self.current = _Version(job.version, self.n_train, self.keep)
+        self.current.n_shards = job.n_shards
+        self._overlap = [0.0, 0]
+        self._merge_s = 0.0
+        self._weights = None
+        if job.eval:
+            k = eval_depth(self.depth)
+            self._eval_ids = np.full((len(self.eval.ids), k), -1, np.int64)
+            self._eval_scores = np.full((len(self.eval.ids), k), -np.inf, np.float32)
+        path = negatives_path(self.run_dir, job.version, partial=True)
+        self._partial = open(path, "w", encoding="utf-8", newline="\n")
+        neg = self.cfg.negatives
+        self._partial.write(header_line({
+            "version": job.version, "checkpoint": job.ckpt.path, "keep": neg.keep, "depth": neg.depth,
+            "rank_window": list(neg.rank_window), "sampling": neg.sampling, "seed": self.cfg.seed,
+            "n_shards": job.n_shards, "n_docs": self.n_docs, "n_queries": self.n_train,
+            "data_fingerprint": self.fingerprint, "model": self.cfg.model.name_or_path}))
+        self._partial.flush()
+        os.fsync(self._partial.fileno())
+        log.info("refresh of version %d started: job %d, %d shards over %d docs, checkpoint %s", job.version,
+                 job.job_id, job.n_shards, self.n_docs, job.ckpt.path)
+
+    def _send_job(self, worker: str, a: Assignment) -> None:
+        fields: dict[str, Any] = {}
+        if self.cfg.broker.send_weights:
+            if self._weights is None:
+                try:
+                    self._weights = checkpoint_files(a.ckpt_path, self.cfg.broker.max_frame_bytes - (1 << 20))
+                except (OSError, ValueError) as exc:
+                    log.error("%s", self.state.abandon(f"cannot ship checkpoint {a.ckpt_path}: {exc}"))
+                    self._drop_partial()
+                    return
+            fields["weights"] = self._weights
+        sent = self._send(worker.encode(), "job", job_id=a.job_id, version=a.version, ckpt_path=a.ckpt_path,
+                          shard=a.shard, n_shards=a.n_shards, doc_lo=a.doc_lo, doc_hi=a.doc_hi, depth=self.depth,
+                          chunk_queries=self.cfg.broker.chunk_queries, eval=a.eval,
+                          data_fingerprint=self.fingerprint, eval_depth=eval_depth(self.depth), **fields)
+        if sent:
+            log.info("v%d shard %d/%d docs [%d, %d) -> %s", a.version, a.shard, a.n_shards, a.doc_lo, a.doc_hi,
+                     worker)
+
+    def _chunk_ready(self, r: ChunkReady) -> None:
+        if r.split == "eval":
+            self._eval_ids[r.q_lo:r.q_hi] = r.ids
+            self._eval_scores[r.q_lo:r.q_hi] = r.scores
+            return
+        from .negatives import append_negatives, overlap, select_negatives
+
+        neg_cfg = self.cfg.negatives
+        rng = np.random.default_rng([self.cfg.seed, r.version, r.chunk])  # same chunk, same draw
+        neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=tuple(neg_cfg.rank_window),
+                               keep=self.keep, sampling=neg_cfg.sampling, rng=rng)
+        if self.latest is not None:
+            prev = self.latest.neg[r.q_lo:r.q_hi]
+            has = (prev >= 0).any(axis=1)
+            if has.any():
+                self._overlap[0] += overlap(prev[has], r.ids[has]) * int(has.sum())
+                self._overlap[1] += int(has.sum())
+        q_idx = np.arange(r.q_lo, r.q_hi, dtype=np.int32)
+        cur = self.current
+        cur.neg[r.q_lo:r.q_hi] = neg
+        cur.chunks.add(r.chunk)
+        append_negatives(self._partial, self.train.ids, q_idx, neg, self.doc_ids)  # persist, then send
+        if self.trainer is not None:
+            self._send(self.trainer, "negatives", version=r.version, chunk=r.chunk,
+                       n_chunks=self.state.n_chunks("train"), q_idx=pack_array(q_idx), neg=pack_array(neg),
+                       sent_at=time.time())
+
+    def _finish(self) -> None:
+        job = self.state.finish()
+        cur, self.current = self.current, None
+        self._job_id = None
+        self._partial.flush()
+        os.fsync(self._partial.fileno())
+        self._partial.close()
+        self._partial = None
+        final = negatives_path(self.run_dir, job.version)
+        os.replace(negatives_path(self.run_dir, job.version, partial=True), final)
+        _fsync_dir(final.parent)
+        stats = self._stats(job)
+        cur.stats = stats
+        self.latest = cur
+        if self.trainer is not None:
+            self._send(self.trainer, "version_done", version=job.version, n_shards=job.n_shards, stats=stats)
+        log.info("negatives version %d complete in %.1fs -> %s: %s", job.version, stats["refresh_s"], final,
+                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+        self._gauges()
+
+    def _stats(self, job) -> dict[str, Any]:
+        shard_stats = list(job.done.values())
+        stats: dict[str, Any] = {}
+        for key in _STAGES:
+            vals = [float(s[key]) for s in shard_stats if isinstance(s.get(key), (int, float))]
+            stats[key] = max(vals) if vals else None
+        enc = stats.get("encode_s")
+        stats["encode_docs_per_s"] = self.n_docs / enc if enc else None
+        stats["merge_s"] = self._merge_s
+        stats["refresh_s"] = time.time() - job.started_at
+        stats["overlap"] = self._overlap[0] / self._overlap[1] if self._overlap[1] else None
+        stats.update(n_docs=self.n_docs, n_queries=self.n_train, depth=self.depth, keep=self.keep,
+                     reassigned=job.reassigned, replayed=False)
+        if job.eval:
+            t0 = time.perf_counter()
+            from .evaluate import evaluate_ranked
+
+            measures = [m for m in _EVAL_MEASURES if m != "recall@1000" or eval_depth(self.depth) >= 1000]
+            metrics = evaluate_ranked(self.eval.ids, self._eval_ids, self._eval_scores, self.doc_ids,
+                                      self.eval.qrels, measures=measures)
+            stats.update({_EVAL_MEASURES[m]: v for m, v in metrics.items()})
+            stats["eval_s"] = time.perf_counter() - t0
+        return json_safe(stats)
+
+    def _drop_partial(self) -> None:
+        if self._partial is not None:
+            path = Path(self._partial.name)
+            self._partial.close()
+            self._partial = None
+            path.unlink(missing_ok=True)
+        self.current = None
+        self._job_id = None
+
+    # ------------------------------------------------------------ trainer
+    def _stream_to_trainer(self, have: int, in_progress: bool = True) -> None:
+        """Send the newest complete version (if the trainer lacks it) and the chunks of the one in progress."""
+        latest = self.latest
+        if latest is not None and have < latest.version:
+            self._stream_version(latest, sorted(latest.chunks))
+            self._send(self.trainer, "version_done", version=latest.version, n_shards=latest.n_shards,
+                       stats={**latest.stats, "replayed": True})
+            log.info("streamed version %d in full to the trainer (it held %d)", latest.version, have)
+        if in_progress and self.current is not None and self.current.chunks:
+            self._stream_version(self.current, sorted(self.current.chunks))
+
+    def _stream_version(self, v: _Version, chunks: list[int]) -> None:
+        total = n_chunks(self.n_train, self.cfg.broker.chunk_queries)
+        for c in chunks:
+            lo, hi = chunk_range(c, self.n_train, self.cfg.broker.chunk_queries)
+            if not self._send(self.trainer, "negatives", version=v.version, chunk=c, n_chunks=total,
+                              q_idx=pack_array(np.arange(lo, hi, dtype=np.int32)), neg=pack_array(v.neg[lo:hi]),
+                              sent_at=time.time()):
+                return
+
+    # ------------------------------------------------------------ telemetry
+    def _emit(self) -> None:
+        for event in self.state.drain_events():
+            kind = event.pop("event")
+            if kind == "shard" and event["state"] not in ("assigned", "done"):
+                log.warning("v%s shard %s (%s): %s", event["version"], event["shard"], event["worker"],
+                            event["state"])
+            if self.metrics is not None:
+                self.metrics.log(kind, **event)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        self._gauge("ance_workers_alive", len(self.state.workers))
+        self._gauge("ance_refresh_shards_done", self.state.shards_done)
+
+    def _gauge(self, name: str, value: float) -> None:
+        if self.metrics is not None:
+            self.metrics.gauge(name, value)
+
+
+def _name(peer: bytes) -> str:
+    return peer.decode("utf-8", "backslashreplace")

@@ -1,0 +1,28 @@
+"""`ance broker`: the hub between the trainer and the inferencer pool."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "broker"
+HELP = "Run the broker: track inferencers, turn checkpoints into refresh jobs, merge and persist negatives."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ance.config import add_config_arguments
+
+    add_config_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", help="logging level of this process")
+    parser.epilog = ("Binds broker.bind (default broker.address, loopback); anything but loopback needs "
+                     "broker.curve_keys (see `ance keys`). Restart it any time: it reloads RUN_DIR/negatives/ "
+                     "and re-queues a checkpoint newer than the last complete version.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ance.broker import Broker
+    from ance.config import config_from_args
+    from ance.logutil import setup_logging
+
+    setup_logging(args.log_level, role="broker")
+    cfg = config_from_args(args)
+    return Broker(cfg).run()

@@ -1,0 +1,30 @@
+"""`ance monitor`: live view of a run from its metrics.jsonl."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "monitor"
+HELP = "Show a run's live state: training step, loss, async gap, refreshes, shards, workers, checkpoints."
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (reads RUN_DIR/metrics.jsonl "
+                        "and RUN_DIR/config.yaml)")
+    parser.add_argument("--once", action="store_true", help="print one snapshot and exit (for scripts)")
+    parser.add_argument("--interval", type=_positive, default=0.5, help="seconds between reads of metrics.jsonl")
+    parser.epilog = ("Works from any machine that sees RUN_DIR; the broker logs shard and worker events to the "
+                     "same file, so no connection to the run is needed. Ctrl-C leaves.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ance.launch.monitor import watch
+
+    return watch(args.run_dir, interval=args.interval, once=args.once)

@@ -1,0 +1,241 @@
+"""Evaluation: TREC run files, qrels, and metrics through ir-measures.
+
+Metric conventions are trec_eval's (ir-measures runs pytrec_eval):
+
+* nDCG uses linear gain (``rel``, not ``2**rel - 1``) and log2 discounts.
+* ``mrr@10`` is RR@10: 1/rank of the first relevant doc in the top 10, else 0.
+* a doc is relevant when its judgement is >= 1; judged 0 counts as not relevant.
+* documents with equal scores are ordered by doc id, descending (trec_eval's
+  rule), not by their position in the run.
+
+:func:`evaluate_run` averages over every query of the qrels that has at least
+one relevant document. ir-measures only reports queries present in the run, so
+a query the system returned nothing for would silently drop out of the mean
+and inflate it; here it counts 0, as trec_eval ``-c`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+MEASURES = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
+_SPACE = re.compile(r"\s")
+_NAME = re.compile(r"^(ndcg|mrr|recall|map|precision)@([1-9][0-9]*)$")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_trec_run(
+    path: str | Path,
+    query_ids: Sequence[str],
+    ids: np.ndarray,
+    scores: np.ndarray,
+    doc_ids: Sequence[str],
+    tag: str = "ance",
+) -> None:
+    """Write ``qid Q0 did rank score tag`` lines atomically (temp file, fsync, rename).
+
+    Row ``i`` of ``ids``/``scores`` (doc indices and scores in rank order)
+    belongs to ``query_ids[i]``; ``-1`` pads are skipped and ranks count from 1.
+    Scores are written with 9 significant digits, enough to round-trip float32,
+    so that no ties appear that the arrays did not have.
+    """
+    ids, scores = np.asarray(ids), np.asarray(scores)
+    if ids.ndim != 2 or ids.shape != scores.shape or ids.shape[0] != len(query_ids):
+        raise ValueError(
+            f"ids {ids.shape} and scores {scores.shape} must be [queries, k] with one row per query id "
+            f"({len(query_ids)})"
+        )
+    if ids.size and ids.max() >= len(doc_ids):
+        raise ValueError(f"ids hold doc index {int(ids.max())} but there are {len(doc_ids)} doc ids")
+    if not tag or any(c.isspace() for c in tag):
+        raise ValueError(f"tag must be one word without whitespace, got {tag!r}")
+    used = np.sort(ids[ids >= 0])
+    if used.size:
+        used = used[np.r_[True, used[1:] != used[:-1]]]
+    _check_words("doc id", [doc_ids[d] for d in used.tolist()])
+    _check_words("query id", query_ids)
+    path = Path(path)
+
+    def lines():
+        for qid, row_ids, row_scores in zip(query_ids, ids.tolist(), scores.tolist()):
+            rank = 0
+            for d, s in zip(row_ids, row_scores):
+                if d < 0:
+                    continue
+                rank += 1
+                yield f"{qid} Q0 {doc_ids[d]} {rank} {s:.9g} {tag}\n"
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.writelines(lines())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _check_words(kind: str, values: Sequence[str]) -> None:
+    values = list(values)
+    if not values or (_SPACE.search("\x00".join(values)) is None and min(map(len, values)) > 0):
+        return  # one scan over all ids; look for the culprit only when there is one
+    for value in values:
+        if not value or _SPACE.search(value):
+            raise ValueError(
+                f"{kind} {value!r} cannot be written to a TREC file: it must be non-empty without whitespace"
+            )
+
+
+def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read a TREC run (``qid Q0 did rank score tag``) into ``{qid: {did: score}}``."""
+    run: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(path, lineno, f"expected 6 columns `qid Q0 did rank score tag`, found {len(parts)}")
+            qid, _, did, _, score, _ = parts
+            try:
+                value = float(score)
+            except ValueError:
+                raise DataError(path, lineno, f"score {score!r} is not a number") from None
+            docs = run.setdefault(qid, {})
+            if did in docs:
+                raise DataError(path, lineno, f"document {did!r} appears twice for query {qid!r}")
+            docs[did] = value
+    return run
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read judgements into ``{qid: {did: relevance}}``.
+
+    Accepts BEIR tsv (``query-id<TAB>corpus-id<TAB>score``, header optional) and
+    TREC qrels (``qid iteration did relevance``). A pair judged twice with
+    different relevance is an error; an empty file too.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    columns = None
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if columns is None and [p.lower() for p in parts[:2]] == ["query-id", "corpus-id"]:
+                columns = 3
+                continue
+            if columns is None:
+                if len(parts) not in (3, 4):
+                    raise DataError(
+                        path, lineno,
+                        f"expected BEIR `query-id corpus-id score` (3 columns) or TREC `qid iter did rel` "
+                        f"(4 columns), found {len(parts)} columns",
+                    )
+                columns = len(parts)
+            if len(parts) != columns:
+                raise DataError(path, lineno, f"expected {columns} columns like the lines before, found {len(parts)}")
+            qid, did, rel = (parts[0], parts[1], parts[2]) if columns == 3 else (parts[0], parts[2], parts[3])
+            try:
+                value = int(rel)
+            except ValueError:
+                raise DataError(path, lineno, f"relevance {rel!r} is not an integer") from None
+            docs = qrels.setdefault(qid, {})
+            if docs.get(did, value) != value:
+                raise DataError(path, lineno, f"query {qid!r} doc {did!r} judged {docs[did]} before, now {value}")
+            docs[did] = value
+    if not qrels:
+        raise DataError(path, None, "no judgements in the file")
+    return qrels
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _measure(name: str):
+    import ir_measures
+
+    m = _NAME.match(name)
+    if not m:
+        raise ValueError(
+            f"unknown measure {name!r}: use ndcg@K, mrr@K, recall@K, map@K or precision@K (e.g. {', '.join(MEASURES)})"
+        )
+    kind, cutoff = m.group(1), int(m.group(2))
+    base = {"ndcg": ir_measures.nDCG, "mrr": ir_measures.RR, "recall": ir_measures.R,
+            "map": ir_measures.AP, "precision": ir_measures.P}[kind]
+    return base @ cutoff
+
+
+def evaluate_run(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    measures: Sequence[str] = MEASURES,
+) -> dict[str, float]:
+    """Mean of each measure over the qrels' queries with a relevant document.
+
+    Returns ``{name: value}`` with the names as given (``"ndcg@10"``,
+    ``"mrr@10"``, ``"recall@100"``, ``"recall@1000"`` by default). Queries the
+    run has but the qrels do not are ignored; qrels queries missing from the
+    run (or with an empty ranking) count 0.
+    """
+    import ir_measures
+
+    if isinstance(measures, str):
+        measures = (measures,)
+    names = list(dict.fromkeys(measures))
+    if not names:
+        raise ValueError("measures is empty: give names such as ('ndcg@10', 'recall@100')")
+    by_measure = {}
+    for name in names:
+        by_measure.setdefault(_measure(name), []).append(name)
+    judged = [q for q, docs in qrels.items() if any(r > 0 for r in docs.values())]
+    if not judged:
+        raise ValueError("the qrels have no relevant document (relevance >= 1): nothing to evaluate")
+    wanted = set(judged)
+    qrels_in = {q: {d: int(r) for d, r in qrels[q].items()} for q in judged}
+    run_in = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in wanted and docs}
+    totals = dict.fromkeys(names, 0.0)
+    if run_in:
+        for metric in ir_measures.iter_calc(list(by_measure), qrels_in, run_in):
+            for name in by_measure[metric.measure]:
+                totals[name] += float(metric.value)
+    return {name: totals[name] / len(judged) for name in names}
+
+
+def evaluate_ranked(
+    query_ids: Sequence[str],
+    ids: np.ndarray,
+    scores: np.ndarray,
+    doc_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    measures: Sequence[str] = MEASURES,
+) -> dict[str, float]:
+    """:func:`evaluate_run` on search results given as arrays (doc indices, ``-1`` pads skipped)."""
+    ids, scores = np.asarray(ids), np.asarray(scores)
+    if ids.ndim != 2 or ids.shape != scores.shape or ids.shape[0] != len(query_ids):
+        raise ValueError(
+            f"ids {ids.shape} and scores {scores.shape} must be [queries, k] with one row per query id "
+            f"({len(query_ids)})"
+        )
+    run: dict[str, dict[str, float]] = {}
+    for qid, row_ids, row_scores in zip(query_ids, ids.tolist(), scores.tolist()):
+        run[qid] = {doc_ids[d]: s for d, s in zip(row_ids, row_scores) if d >= 0}
+    return evaluate_run(run, qrels, measures)

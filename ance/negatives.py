@@ -1,0 +1,329 @@
+"""Hard negatives: selection from ranked lists, the overlap diagnostic, file I/O.
+
+Selection follows ANCE: take the ranks ``[lo, hi)`` of the *original* ranking
+(ANCE's "top 200"), drop every labelled positive of the query, then keep
+``keep`` of what is left, sampled uniformly or the top ones.
+
+A negatives file (``RUN_DIR/negatives/step-N.tsv``, ``ance mine``) is text::
+
+    # ance-negatives v1 {"version": 200, "keep": 20, ...}
+    <qid>\t<did>,<did>,...
+
+one line per query, string ids, documents in the order they were selected. A
+query with no negatives has an empty list after the tab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+MAGIC = "# ance-negatives v1 "
+SAMPLING = ("uniform", "top")
+
+
+# --------------------------------------------------------------------------- selection
+
+
+# Set operations below use sort + searchsorted rather than np.unique / np.isin,
+# which are 50x slower on millions of int64 in numpy 2.x.
+
+
+def _pair_codes(rows: np.ndarray, docs: np.ndarray, n_codes: int) -> np.ndarray:
+    """One int64 per (query row, doc), so set operations over all rows are one array operation."""
+    return rows.astype(np.int64) * n_codes + docs.astype(np.int64)
+
+
+def _unique(x: np.ndarray) -> np.ndarray:
+    s = np.sort(x, axis=None)
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
+
+
+def _member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """x in sorted_set, elementwise."""
+    if sorted_set.size == 0:
+        return np.zeros(x.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, x), sorted_set.size - 1)
+    return sorted_set[pos] == x
+
+
+def _positive_codes(positives: Sequence[np.ndarray], n_codes: int) -> np.ndarray:
+    arrays = [np.asarray(p, dtype=np.int64).ravel() for p in positives]
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    if lengths.sum() == 0:
+        return np.empty(0, np.int64)
+    docs = np.concatenate(arrays)
+    rows = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
+    ok = (docs >= 0) & (docs < n_codes)  # a positive outside the ranked ids cannot be in them
+    return _pair_codes(rows[ok], docs[ok], n_codes)
+
+
+def select_negatives(
+    ranked: np.ndarray,
+    positives: Sequence[np.ndarray],
+    *,
+    rank_window: tuple[int, int] = (0, 200),
+    keep: int = 20,
+    sampling: str = "uniform",
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Choose hard negatives for each query from its ranked list.
+
+    ``ranked``: int64 ``[nq, depth]`` global doc indices in rank order (``-1``
+    pads). ``positives[q]``: the doc indices labelled relevant for query ``q``;
+    none of them is ever returned. ``rank_window=(lo, hi)`` applies to the
+    original ranks (0-based, ``hi`` exclusive, may exceed ``depth``); the
+    positives inside it are then removed, so the window is not widened to make
+    up for them. ``sampling="uniform"`` draws ``keep`` candidates without
+    replacement (all of them when fewer), ``"top"`` keeps the best ranked
+    ``keep``. A doc listed twice in a row counts once.
+
+    Returns int32 ``[nq, keep]``, each row in rank order, ``-1`` padded.
+    """
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2 or not np.issubdtype(ranked.dtype, np.integer):
+        raise ValueError(f"ranked must be a 2-d integer array [queries, depth], got {ranked.dtype} {ranked.shape}")
+    nq = ranked.shape[0]
+    if len(positives) != nq:
+        raise ValueError(f"positives has {len(positives)} entries but ranked has {nq} query rows: give one array per query")
+    try:
+        lo, hi = (int(x) for x in rank_window)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rank_window must be two integers (lo, hi), got {rank_window!r}") from exc
+    if not 0 <= lo < hi:
+        raise ValueError(f"rank_window must satisfy 0 <= lo < hi, got {rank_window!r}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
+        raise ValueError(f"keep must be a positive integer, got {keep!r}")
+    if sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+    if sampling == "uniform" and not isinstance(rng, np.random.Generator):
+        raise ValueError("sampling='uniform' needs rng=np.random.default_rng(seed)")
+
+    window = ranked[:, lo:hi].astype(np.int64)
+    out = np.full((nq, keep), -1, np.int32)
+    if window.size == 0:
+        return out
+    n_codes = int(max(window.max(), 0)) + 1
+    rows = np.broadcast_to(np.arange(nq, dtype=np.int64)[:, None], window.shape)
+    codes = _pair_codes(rows, np.maximum(window, 0), n_codes)
+    cand = (window >= 0) & ~_member(codes, _unique(_positive_codes(positives, n_codes)))
+    # a doc listed twice in a row: keep its first (best ranked) occurrence
+    order = np.argsort(window, axis=1, kind="stable")
+    sorted_docs = np.take_along_axis(window, order, axis=1)
+    repeat = np.zeros(window.shape, dtype=bool)
+    repeat[:, 1:] = sorted_docs[:, 1:] == sorted_docs[:, :-1]
+    np.put_along_axis(repeat, order, repeat.copy(), axis=1)
+    cand &= ~repeat
+
+    if sampling == "top":
+        key = np.where(cand, 0.0, 1.0)  # the stable sort keeps rank order among candidates
+    else:
+        key = np.where(cand, rng.random(window.shape), 2.0)
+    pick = np.argsort(key, axis=1, kind="stable")[:, :keep]
+    n_pick = np.minimum(cand.sum(axis=1), keep)
+    chosen = np.arange(pick.shape[1])[None, :] < n_pick[:, None]
+    pick = np.sort(np.where(chosen, pick, window.shape[1]), axis=1)  # rank order, unused last
+    vals = np.take_along_axis(window, np.minimum(pick, window.shape[1] - 1), axis=1)
+    out[:, : pick.shape[1]] = np.where(pick < window.shape[1], vals, -1)
+    return out
+
+
+def overlap(previous: np.ndarray, ranked: np.ndarray) -> float:
+    """ANCE's overlap diagnostic between two refreshes.
+
+    Mean, over the queries that had previous negatives, of the fraction of
+    those negatives (as a set; ``-1`` ignored) that appear in the query's new
+    ranked list. Both arrays are ``[nq, *]`` with rows for the same queries.
+    ``nan`` when no query had previous negatives.
+    """
+    previous, ranked = np.asarray(previous), np.asarray(ranked)
+    if previous.ndim != 2 or ranked.ndim != 2 or previous.shape[0] != ranked.shape[0]:
+        raise ValueError(
+            f"previous {previous.shape} and ranked {ranked.shape} must be 2-d with rows for the same queries"
+        )
+    nq = previous.shape[0]
+    n_codes = int(max(previous.max(initial=-1), ranked.max(initial=-1), 0)) + 1
+
+    def code_set(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.broadcast_to(np.arange(nq, dtype=np.int64)[:, None], a.shape)
+        valid = a >= 0
+        codes = _unique(_pair_codes(rows[valid], a[valid], n_codes))
+        return codes, codes // n_codes
+
+    prev_codes, prev_rows = code_set(previous)
+    if len(prev_codes) == 0:
+        return float("nan")
+    new_codes, _ = code_set(ranked)
+    hit = _member(prev_codes, new_codes)
+    size = np.bincount(prev_rows, minlength=nq)
+    hits = np.bincount(prev_rows[hit], minlength=nq)
+    has = size > 0
+    return float(np.mean(hits[has] / size[has]))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def header_line(header: Mapping) -> str:
+    """The first line of a negatives file, newline included (for writers that append)."""
+    if not isinstance(header, Mapping):
+        raise ValueError(f"header must be a dict, got {type(header).__name__}")
+    try:
+        return MAGIC + json.dumps(dict(header)) + "\n"
+    except TypeError as exc:
+        raise ValueError(f"header must be JSON-serializable: {exc}") from None
+
+
+def _check_id(kind: str, value: str, seps: str) -> None:
+    if not value or any(c in value for c in seps):
+        raise ValueError(
+            f"{kind} {value!r} cannot be written to a negatives file: ids must be non-empty and contain "
+            "no tab, comma or newline"
+        )
+
+
+def _lines(query_ids: Sequence[str], q_idx: Iterable[int], neg: np.ndarray, doc_ids: Sequence[str]) -> Iterable[str]:
+    for row, q in zip(neg.tolist(), q_idx):
+        qid = query_ids[q]
+        _check_id("query id", qid, "\t\n\r")
+        yield f"{qid}\t{','.join(doc_ids[d] for d in row if d >= 0)}\n"
+
+
+def _check_neg(neg: np.ndarray, rows: int, doc_ids: Sequence[str]) -> np.ndarray:
+    neg = np.asarray(neg)
+    if neg.ndim != 2 or neg.shape[0] != rows or not np.issubdtype(neg.dtype, np.integer):
+        raise ValueError(f"neg must be an integer array with {rows} rows, got {neg.dtype} {neg.shape}")
+    if neg.size and (neg.max() >= len(doc_ids) or neg.min() < -1):
+        raise ValueError(f"neg holds doc indices outside [-1, {len(doc_ids)}): they must index doc_ids")
+    used = [doc_ids[d] for d in _unique(neg[neg >= 0]).tolist()]
+    joined = "\x00".join(used)  # one scan instead of one check per id
+    if any(c in joined for c in "\t\n\r,") or (used and min(map(len, used)) == 0):
+        for did in used:
+            _check_id("doc id", did, "\t\n\r,")
+    return neg
+
+
+def write_negatives(
+    path: str | Path, query_ids: Sequence[str], neg: np.ndarray, doc_ids: Sequence[str], header: dict
+) -> None:
+    """Write a complete negatives file atomically (temp file in the same dir, fsync, rename).
+
+    Row ``i`` of ``neg`` (doc indices, ``-1`` pads omitted) belongs to
+    ``query_ids[i]``; every query gets a line, possibly with no documents.
+    """
+    path = Path(path)
+    neg = _check_neg(neg, len(query_ids), doc_ids)
+    first = header_line(header)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(first)
+            fh.writelines(_lines(query_ids, range(len(query_ids)), neg, doc_ids))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def append_negatives(
+    fh: IO[str], query_ids: Sequence[str], q_idx: Sequence[int], neg: np.ndarray, doc_ids: Sequence[str]
+) -> None:
+    """Append the lines of queries ``q_idx`` (indices into ``query_ids``) to an open file, then fsync.
+
+    Used for ``step-N.partial.tsv``: write :func:`header_line` first, append a
+    chunk at a time, rename when complete.
+    """
+    q_idx = np.asarray(q_idx).ravel()
+    neg = _check_neg(neg, len(q_idx), doc_ids)
+    if q_idx.size and (q_idx.min() < 0 or q_idx.max() >= len(query_ids)):
+        raise ValueError(f"q_idx holds indices outside [0, {len(query_ids)}): they must index query_ids")
+    fh.writelines(_lines(query_ids, q_idx.tolist(), neg, doc_ids))
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def read_negatives(
+    path: str | Path,
+    query_index: Mapping[str, int],
+    doc_index: Mapping[str, int],
+    keep: int | None = None,
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Read a negatives file.
+
+    Returns ``(header, q_idx int32 [m], neg int32 [m, keep])`` in file order,
+    ``-1`` padded; ``keep=None`` takes the longest line's length, a given
+    ``keep`` keeps the first ``keep`` documents of each line. Raises
+    :class:`DataError` (``file:line: reason``) for a missing or garbled header,
+    a line without a tab, an unknown query or doc id, or a query listed twice.
+    """
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1):
+        raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
+    path = Path(path)
+    q_list: list[int] = []
+    rows: list[list[int]] = []
+    seen: dict[int, int] = {}
+    header: dict | None = None
+    with open(path, encoding="utf-8", newline="") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if header is None:
+                header = _parse_header(path, lineno, line)
+                continue
+            if not line.strip():
+                continue
+            qid, tab, rest = line.partition("\t")
+            if not tab:
+                raise DataError(path, lineno, "expected `qid<TAB>did,did,...`, found no tab")
+            q = query_index.get(qid)
+            if q is None:
+                raise DataError(path, lineno, f"unknown query id {qid!r} (not in this dataset's queries)")
+            if q in seen:
+                raise DataError(path, lineno, f"query {qid!r} is listed twice (first on line {seen[q]})")
+            seen[q] = lineno
+            docs = []
+            for did in rest.split(",") if rest else []:
+                d = doc_index.get(did)
+                if d is None:
+                    what = "empty doc id (stray comma?)" if not did else f"unknown doc id {did!r} (not in the corpus)"
+                    raise DataError(path, lineno, what)
+                docs.append(d)
+            q_list.append(q)
+            rows.append(docs)
+    if header is None:
+        raise DataError(path, 1, f"empty file: expected the header `{MAGIC.strip()} {{...}}`")
+    width = keep if keep is not None else max((len(r) for r in rows), default=0)
+    neg = np.full((len(rows), width), -1, np.int32)
+    for i, docs in enumerate(rows):
+        docs = docs[:width]
+        neg[i, : len(docs)] = docs
+    return header, np.asarray(q_list, dtype=np.int32), neg
+
+
+def _parse_header(path: Path, lineno: int, line: str) -> dict:
+    if not line.startswith("# ance-negatives "):
+        raise DataError(path, lineno, f"not a negatives file: expected the header `{MAGIC.strip()} {{...}}`")
+    if not line.startswith(MAGIC):
+        version = line.split()[2] if len(line.split()) > 2 else "?"
+        raise DataError(path, lineno, f"negatives file format {version} is not supported; this ance reads v1")
+    try:
+        header = json.loads(line[len(MAGIC) :])
+    except json.JSONDecodeError as exc:
+        raise DataError(path, lineno, f"garbled header JSON: {exc.msg} at column {exc.colno + len(MAGIC)}") from None
+    if not isinstance(header, dict):
+        raise DataError(path, lineno, "header JSON must be an object")
+    return header

@@ -1,0 +1,173 @@
+"""Trainer step throughput and memory: ance's GradCache step vs sentence-transformers'
+CachedMultipleNegativesRankingLoss, same model, same batches, same process.
+
+    python benchmarks/bench_train.py --device cuda --batch 64 --out results.json
+    python benchmarks/bench_train.py --device cuda --memory-sweep 64,256,1024,4096
+
+Each "step" is one optimizer step over B queries, B positives and B hard
+negatives (SciFact texts). Steps/s excludes a few warm-up steps. Peak memory is
+torch.cuda.max_memory_allocated over the timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def default_model() -> str:
+    if os.environ.get("ANCE_DEVICE_MODEL"):
+        return os.environ["ANCE_DEVICE_MODEL"]
+    from ance.model import resolve_model
+
+    return resolve_model("all-MiniLM-L6-v2")
+
+
+def load_texts(data: str, n: int, seed: int = 0):
+    from ance.data import load_dataset
+
+    ds = load_dataset(data, splits=("train",))
+    split = ds.split("train")
+    rng = np.random.default_rng(seed)
+    q = rng.choice(len(split), size=n, replace=len(split) < n)
+    queries = [split.texts[i] for i in q]
+    positives = [ds.corpus.passage(int(split.positives[i][0])) for i in q]
+    negatives = [ds.corpus.passage(int(d)) for d in rng.choice(len(ds.corpus), size=n)]
+    return queries, positives, negatives
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
+    from ance.gradcache import GradCache
+    from ance.losses import InfoNCE
+    from ance.model import BiEncoder
+    from ance.tokcache import build_inputs
+
+    model = BiEncoder.load(model_path).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    tok = model.tokenizer
+    queries, positives, negatives = texts
+    # Pre-tokenized, as the trainer does with its token cache.
+    q_ids = tok(queries, add_special_tokens=False, truncation=True, max_length=62)["input_ids"]
+    p_ids = tok(positives + negatives, add_special_tokens=False, truncation=True, max_length=max_length - 2)["input_ids"]
+    n = len(queries)
+    amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
+    gc = GradCache(model, InfoNCE(0.05), chunk, autocast_dtype=amp, device_type=device.split(":")[0])
+    times = []
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for s in range(warmup + steps):
+        idx = np.arange(s * batch, (s + 1) * batch) % n
+        sync(device)
+        t0 = time.perf_counter()
+        qi = {k: v.to(device, non_blocking=True) for k, v in build_inputs([q_ids[i] for i in idx], tok, 64).items()}
+        pi = {k: v.to(device, non_blocking=True) for k, v in
+              build_inputs([p_ids[i] for i in idx] + [p_ids[n + i] for i in idx], tok, max_length).items()}
+        gc.step(qi, pi, pos_index=torch.arange(batch, device=device))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if s >= warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"steps_per_s": 1.0 / float(np.mean(times)), "peak_mib": peak}
+
+
+def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
+
+    model = SentenceTransformer(model_path, device=device)
+    model = model.float()
+    model.max_seq_length = max_length
+    model.train()
+    loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=chunk)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    queries, positives, negatives = texts
+    n = len(queries)
+    amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
+    times = []
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for s in range(warmup + steps):
+        idx = np.arange(s * batch, (s + 1) * batch) % n
+        sync(device)
+        t0 = time.perf_counter()
+        feats = []
+        for column in (queries, positives, negatives):
+            f = model.tokenize([column[i] for i in idx])
+            feats.append({k: v.to(device) for k, v in f.items()})
+        with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
+            value = loss(feats, None)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if s >= warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"steps_per_s": 1.0 / float(np.mean(times)), "peak_mib": peak}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/scifact"))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--memory-sweep", default=None, help="comma-separated batch sizes: ance peak memory only")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    model = args.model or default_model()
+    results = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+               "model": Path(model).name, "batch": args.batch, "chunk": args.chunk, "max_length": args.max_length}
+    if args.memory_sweep:
+        sweep = {}
+        for b in [int(x) for x in args.memory_sweep.split(",")]:
+            texts = load_texts(args.data, b)
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            r = bench_ance(model, texts, b, args.chunk, 2, 1, args.device, args.max_length, "bf16")
+            sweep[b] = r
+            print(json.dumps({"batch": b, **r}), file=sys.stderr)
+        results["memory_sweep"] = sweep
+        bs = sorted(sweep)
+        if sweep[bs[0]]["peak_mib"]:
+            results["memory_ratio_max_vs_min"] = sweep[bs[-1]]["peak_mib"] / sweep[bs[0]]["peak_mib"]
+    else:
+        texts = load_texts(args.data, args.batch * (args.steps + args.warmup))
+        for precision in ("bf16", "fp32"):
+            a = bench_ance(model, texts, args.batch, args.chunk, args.steps, args.warmup, args.device,
+                           args.max_length, precision)
+            s = bench_st(model, texts, args.batch, args.chunk, args.steps, args.warmup, args.device,
+                         args.max_length, precision)
+            results[precision] = {"ance": a, "sentence_transformers": s,
+                                  "speedup": a["steps_per_s"] / s["steps_per_s"]}
+            print(json.dumps({precision: results[precision]}), file=sys.stderr)
+        results["speedup_default"] = results["bf16"]["ance"]["steps_per_s"] / results["fp32"]["sentence_transformers"]["steps_per_s"]
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

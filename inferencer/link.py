@@ -1,0 +1,191 @@
+"""The inferencer's connection to the broker, run by one I/O thread.
+
+ZeroMQ sockets must not be used from two threads, and the worker's main thread
+spends minutes inside torch and faiss (loading, tokenizing, encoding, building
+an index) where it cannot answer anything. So one background thread owns the
+DEALER socket: it sends heartbeats every ``heartbeat_s`` whatever the main
+thread is doing, forwards ``job``/``stop`` to :attr:`Link.inbox`, and sends what
+the main thread puts in the outbox. The broker therefore never times out a
+worker that is merely busy; ``worker_timeout_s`` only has to cover a dead or
+unreachable process (a wedged main thread keeps heartbeating, the price of this
+choice; the broker's shard events show a shard that never finishes).
+
+Reconnection: ZeroMQ reconnects the TCP connection by itself. A restarted
+broker does not know us and answers our next heartbeat with ``error`` "unknown
+peer"; we then say ``hello`` again (with ``state=busy`` and the job id when in
+the middle of a shard, so it is not handed another one). ``hello`` is also
+repeated while no ``welcome`` has come back.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from ance.config import Config
+from ance.errors import ProtocolError
+from ance.protocol import decode, encode
+
+log = logging.getLogger(__name__)
+
+
+class Link:
+    """``Link(cfg, name, device, fingerprint).start()``; ``send(type, **fields)``; ``inbox.get()``; ``close()``."""
+
+    def __init__(self, cfg: Config, name: str, device: str, fingerprint: str):
+        self.cfg = cfg
+        self.identity = f"inferencer-{name}".encode()
+        self.device = device
+        self.fingerprint = fingerprint
+        self.inbox: queue.Queue = queue.Queue()
+        self._outbox: queue.Queue = queue.Queue()
+        self._busy_job: int | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-link", daemon=True)
+        self.welcomed = threading.Event()
+        self.broker_id: str | None = None
+        self.error: BaseException | None = None
+        self._pending: collections.deque = collections.deque()  # frames the socket refused for now
+        self._unsent = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ main thread
+    def start(self) -> "Link":
+        self._thread.start()
+        return self
+
+    def send(self, type_: str, **fields: Any) -> None:
+        """Queue one message (encoded here, so a bad one fails in the caller)."""
+        frame = encode(type_, **fields)
+        with self._lock:
+            self._unsent += 1
+        self._outbox.put(frame)
+
+    def set_busy(self, job_id: int | None) -> None:
+        """The job the main thread works on (None: idle); goes into heartbeats and hellos."""
+        self._busy_job = job_id
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is sent (to the socket's queue); False on timeout."""
+        end = time.time() + timeout
+        while time.time() < end:
+            if self._unsent == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------ I/O thread
+    def _run(self) -> None:
+        import zmq
+
+        b = self.cfg.broker
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * b.max_frame_bytes)
+        sock.setsockopt(zmq.RECONNECT_IVL, 200)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        # Queue nothing while no broker is connected: heartbeats and hellos are then dropped (best effort)
+        # and results wait in self._pending, instead of piling up stale heartbeats for the next broker.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        try:
+            if b.curve_keys:
+                from ance.keys import secure_client
+
+                secure_client(sock, b.curve_keys)
+            sock.connect(b.address)
+            log.info("connecting to the broker at %s as %s", b.address, self.identity.decode())
+            last_hb = 0.0
+            hello_at = self._hello(sock)
+            hello_every = max(2.0, 3 * b.heartbeat_s)
+            while not self._stopping.is_set():
+                if sock.poll(50, zmq.POLLIN):
+                    for _ in range(100):
+                        try:
+                            frame = sock.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if self._handle(frame):
+                            hello_at = self._hello(sock)
+                while True:
+                    try:
+                        self._pending.append(self._outbox.get_nowait())
+                    except queue.Empty:
+                        break
+                while self._pending:
+                    try:
+                        sock.send(self._pending[0], zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._pending.popleft()
+                    with self._lock:
+                        self._unsent -= 1
+                now = time.time()
+                if now - last_hb >= b.heartbeat_s:
+                    last_hb = now
+                    job = self._busy_job
+                    self._send_now(sock, encode("heartbeat", state="busy" if job is not None else "idle",
+                                                job_id=job))
+                if not self.welcomed.is_set() and now - hello_at > hello_every:
+                    hello_at = self._hello(sock)
+        except BaseException as exc:  # surfaced to the main thread, which exits
+            log.exception("broker link failed")
+            self.error = exc
+            self.inbox.put(None)
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    def _send_now(self, sock, frame: bytes) -> None:
+        import zmq
+
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # heartbeats and hellos are best-effort; the next one follows soon
+
+    def _hello(self, sock) -> float:
+        self.welcomed.clear()
+        job = self._busy_job
+        self._send_now(sock, encode("hello", role="inferencer", name=self.identity.decode(), pid=os.getpid(),
+                                    device=self.device, data_fingerprint=self.fingerprint,
+                                    state="busy" if job is not None else "idle", job_id=job))
+        return time.time()
+
+    def _handle(self, frame: bytes) -> bool:
+        """Handle one frame from the broker; True when we must say hello again."""
+        try:
+            msg = decode(frame, self.cfg.broker.max_frame_bytes)
+        except ProtocolError as exc:
+            log.error("rejected a frame from the broker: %s", exc)
+            return False
+        if msg.type == "welcome":
+            if msg.broker_id != self.broker_id:
+                log.info("welcomed by broker %s (latest version %d)", msg.broker_id, msg.latest_version)
+            self.broker_id = msg.broker_id
+            self.welcomed.set()
+        elif msg.type in ("job", "stop"):
+            self.inbox.put(msg)
+        elif msg.type == "error":
+            if msg.reason.startswith("unknown peer"):
+                log.info("the broker does not know us (restarted?); saying hello again")
+                return True
+            log.error("broker error (about %s): %s", msg.of_type, msg.reason)
+        else:
+            log.warning("ignored an unexpected %r message from the broker", msg.type)
+        return False

@@ -1,0 +1,277 @@
+"""The refresh worker: one process per GPU (or CPU), stateless between refreshes.
+
+For a ``job`` (one shard of one refresh) it loads the checkpoint, encodes its
+document range from the shared token cache, indexes it, searches the training
+queries chunk by chunk (``topk`` per chunk, global doc indices), then the eval
+queries when asked, then sends ``shard_done`` with its stage times. Anything
+that goes wrong in a job becomes ``shard_failed`` (traceback in the log) and
+the worker waits for the next job. Only the token cache survives a job.
+
+Messaging runs on :class:`.link.Link`'s thread, so heartbeats go on while this
+thread is deep in torch or faiss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+
+from ance.config import Config
+from ance.errors import AnceError, CheckpointError, ProtocolError
+from ance.protocol import pack_array
+
+from .link import Link
+
+log = logging.getLogger(__name__)
+
+EXIT_REFUSED = 2
+
+
+class JobCancelled(Exception):
+    """The worker is stopping in the middle of a job."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise AnceError(f"--device {device!r}: use cpu, cuda or cuda:<i>")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return precision
+
+
+def dataset_from_config(cfg: Config):
+    from ance.broker import dataset_from_config as load
+
+    return load(cfg)
+
+
+def _safe_relpath(name: str) -> PurePosixPath:
+    p = PurePosixPath(name)
+    if (not name or p.is_absolute() or "\\" in name or any(part in ("", ".", "..") for part in p.parts)
+            or len(p.parts) > 4):
+        raise ProtocolError(f"job.weights: refusing file name {name!r} (relative paths inside the checkpoint only)")
+    return p
+
+
+class Worker:
+    """``Worker(cfg, device="cpu", name="0").run()`` serves jobs until ``stop`` or SIGTERM; returns the exit code."""
+
+    def __init__(self, cfg: Config, device: str | None = None, name: str = "0", *, dataset=None):
+        self.cfg = cfg
+        self.device = resolve_device(device or cfg.inferencer.device)
+        self.precision = resolve_precision(cfg.inferencer.precision, self.device)
+        self.name = str(name)
+        self.run_dir = Path(cfg.run_dir)
+        self.data = dataset if dataset is not None else dataset_from_config(cfg)
+        self.train = self.data.split(cfg.data.train_split)
+        self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
+        self.fingerprint = self.data.fingerprint
+        self.link = Link(cfg, self.name, self.device, self.fingerprint)
+        self._cache = None
+        self._stop = threading.Event()
+        self._stop_reason: str | None = None
+
+    # ------------------------------------------------------------ loop
+    def run(self) -> int:
+        self._install_signals()
+        self.link.start()
+        log.info("inferencer %s on %s (%s), %d train queries%s", self.name, self.device, self.precision,
+                 len(self.train.ids), f", {len(self.eval.ids)} eval queries" if self.eval else "")
+        code = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    msg = self.link.inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if msg is None:  # the link thread died
+                    raise AnceError(f"broker link failed: {self.link.error}")
+                if msg.type == "stop":
+                    log.info("stop from the broker: %s", msg.reason)
+                    code = EXIT_REFUSED if "fingerprint" in msg.reason else 0
+                    break
+                self._job(msg)
+            if self._stop_reason:
+                log.info("stopping: %s", self._stop_reason)
+        finally:
+            self.link.flush(2.0)
+            self.link.close()
+        return code
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            self._stop_reason = f"signal {signal.Signals(signum).name}"
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _job(self, job) -> None:
+        self.link.set_busy(job.job_id)
+        t0 = time.time()
+        log.info("job %d: version %d shard %d/%d docs [%d, %d)", job.job_id, job.version, job.shard,
+                 job.n_shards, job.doc_lo, job.doc_hi)
+        try:
+            stats = self.process(job)
+        except JobCancelled:
+            self.link.send("shard_failed", job_id=job.job_id, version=job.version, shard=job.shard,
+                           reason=f"inferencer {self.name} stopping ({self._stop_reason})")
+        except Exception as exc:  # any failure of a job is reported, and the worker stays up
+            log.error("job %d (version %d shard %d) failed:\n%s", job.job_id, job.version, job.shard,
+                      traceback.format_exc())
+            self.link.send("shard_failed", job_id=job.job_id, version=job.version, shard=job.shard,
+                           reason=f"{type(exc).__name__}: {exc}"[:2000])
+        else:
+            self.link.send("shard_done", job_id=job.job_id, version=job.version, shard=job.shard, stats=stats)
+            log.info("job %d done in %.1fs: %s", job.job_id, time.time() - t0,
+                     ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+        finally:
+            self.link.set_busy(None)
+
+    # ------------------------------------------------------------ one shard
+    def process(self, job) -> dict[str, Any]:
+        """Encode, index and search one shard, streaming ``topk``; return the stats."""
+        from ance.encode import encode_corpus
+        from ance.index import make_index
+
+        if job.data_fingerprint != self.fingerprint:
+            raise AnceError(f"job for data {job.data_fingerprint}, this inferencer loaded {self.fingerprint}")
+        if not 0 <= job.doc_lo < job.doc_hi <= len(self.data.corpus):
+            raise AnceError(f"doc range [{job.doc_lo}, {job.doc_hi}) outside the corpus of {len(self.data.corpus)}")
+        m = self.cfg.model
+        t = time.perf_counter()
+        with self._checkpoint(job) as path:
+            model = self._load_model(path)
+        cache = self._token_cache(model.tokenizer)
+        load_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        emb, owner = encode_corpus(model, cache, lo=job.doc_lo, hi=job.doc_hi, max_length=m.passage_max_length,
+                                   long_doc=m.long_doc, n_windows=m.maxp_windows,
+                                   batch_size=self.cfg.inferencer.batch_size, device=self.device,
+                                   precision=self.precision, progress=False)
+        encode_s = time.perf_counter() - t
+        self._check_stop()
+
+        t = time.perf_counter()
+        index = make_index(self.cfg.inferencer.backend, int(emb.shape[1]), self.device)
+        index.add(emb)
+        owner = np.asarray(owner, dtype=np.int64)
+        n_vectors = int(emb.shape[0])
+        del emb
+        index_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        query_s = self._search(job, model, index, owner, "train", self.train.texts, job.depth)
+        if job.eval:
+            if self.eval is None:
+                raise AnceError("the broker asks for eval results but data.eval_split is not set here")
+            query_s += self._search(job, model, index, owner, "eval", self.eval.texts,
+                                    job.get("eval_depth") or max(100, job.depth))
+        search_s = time.perf_counter() - t
+        return {"load_s": load_s, "encode_s": encode_s, "index_s": index_s, "search_s": search_s,
+                "query_encode_s": query_s, "n_docs": job.doc_hi - job.doc_lo, "n_vectors": n_vectors,
+                "backend": getattr(index, "backend_name", self.cfg.inferencer.backend), "device": self.device,
+                "worker": self.name}
+
+    def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int) -> float:
+        """Search ``texts`` in chunks, sending ``topk`` each; return the query-encoding seconds."""
+        from ance.encode import encode_texts
+        from ance.index import maxp_collapse
+
+        m = self.cfg.model
+        maxp = m.long_doc == "maxp"
+        n = len(texts)
+        n_chunks = (n + job.chunk_queries - 1) // job.chunk_queries
+        enc_s = 0.0
+        for c in range(n_chunks):
+            self._check_stop()
+            lo, hi = c * job.chunk_queries, min((c + 1) * job.chunk_queries, n)
+            t = time.perf_counter()
+            q = encode_texts(model, list(texts[lo:hi]), m.query_max_length, kind="query",
+                             batch_size=self.cfg.inferencer.batch_size, device=self.device, precision=self.precision)
+            enc_s += time.perf_counter() - t
+            if maxp:  # windows first, then the best window per document
+                scores, pos = index.search(q, depth * m.maxp_windows)
+                scores, ids = maxp_collapse(scores, pos, owner, depth)
+            else:
+                scores, pos = index.search(q, depth)
+                ids = np.where(pos >= 0, owner[np.maximum(pos, 0)], -1)
+            self.link.send("topk", job_id=job.job_id, version=job.version, shard=job.shard, chunk=c,
+                           n_chunks=n_chunks, q_lo=lo, q_hi=hi, split=split,
+                           ids=pack_array(np.ascontiguousarray(ids, dtype=np.int64)),
+                           scores=pack_array(np.ascontiguousarray(scores, dtype=np.float32)))
+        return enc_s
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise JobCancelled()
+
+    # ------------------------------------------------------------ resources
+    @contextlib.contextmanager
+    def _checkpoint(self, job) -> Iterator[Path]:
+        """The checkpoint dir: shipped weights in a temp dir, else the path (or the same step in our run dir)."""
+        weights = job.get("weights")
+        if weights:
+            tmp = Path(tempfile.mkdtemp(prefix=f"ance-ckpt-{job.version}-"))
+            try:
+                for name, blob in weights.items():
+                    target = tmp / _safe_relpath(name)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(blob)
+                yield tmp
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return
+        given = Path(job.ckpt_path)
+        for cand in (given, self.run_dir / "checkpoints" / given.name):
+            if (cand / "manifest.json").is_file():
+                yield cand
+                return
+        raise CheckpointError(f"checkpoint {given} not found here (nor {self.run_dir / 'checkpoints' / given.name}); "
+                              "share the run directory with the inferencers or set broker.send_weights=true")
+
+    def _load_model(self, path: Path):
+        from ance.model import BiEncoder
+
+        m = self.cfg.model
+        model = BiEncoder.load(str(path), pooling=m.pooling, normalize=m.normalize, similarity=m.similarity,
+                               temperature=m.temperature, shared_towers=m.shared_towers)
+        return model.to(self.device).eval()
+
+    def _token_cache(self, tokenizer):
+        """The tokenized corpus under RUN_DIR/cache, built once (by whichever process comes first)."""
+        if self._cache is None:
+            from ance.encode import corpus_max_tokens
+            from ance.tokcache import TokenCache
+
+            m = self.cfg.model
+            t = time.perf_counter()
+            self._cache = TokenCache.open(self.data.corpus.passages(), tokenizer,
+                                          corpus_max_tokens(tokenizer, m.passage_max_length, m.long_doc,
+                                                            m.maxp_windows),
+                                          self.run_dir / "cache", self.data.corpus.source_hash, progress=False)
+            log.info("token cache ready in %.1fs", time.perf_counter() - t)
+        return self._cache

@@ -1,0 +1,348 @@
+"""``ance monitor RUN_DIR``: a live terminal view of a run, built from ``RUN_DIR/metrics.jsonl``.
+
+Three layers, each usable alone:
+
+* :class:`RunSummary` / :func:`summarize` fold events into a plain dict
+  (pure: no clock, no files, no terminal);
+* :func:`render` turns that dict into a rich renderable;
+* :func:`watch` tails the file and redraws (``once=True``: one snapshot).
+
+The broker writes ``shard`` and ``worker`` events to the same file, so refresh
+progress and worker health need no connection to the broker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from ance.errors import ConfigError
+
+MAX_WORKERS_SHOWN = 32
+
+
+def read_run_config(run_dir: str | Path) -> dict | None:
+    """``RUN_DIR/config.yaml`` as a plain dict (``yaml.safe_load``); None while it does not exist."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def config_value(config: dict | None, section: str, key: str) -> Any:
+    """``config[section][key]``, or None when any level is missing."""
+    value = (config or {}).get(section)
+    return value.get(key) if isinstance(value, dict) else None
+
+
+class RunSummary:
+    """The state of a run, folded event by event (so a long run is not re-read at every redraw)."""
+
+    def __init__(self, config: dict | None = None):
+        self.config = config
+        self.n_events = 0
+        self.last_time: float | None = None
+        self.train: dict[str, Any] | None = None
+        self.max_gap_seen: int | None = None
+        self.wait_total = 0.0
+        self.n_waits = 0
+        self.refresh: dict[str, Any] | None = None
+        self.n_refreshes = 0
+        self.progress: dict[str, Any] | None = None
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.checkpoint: dict[str, Any] | None = None
+        self.n_checkpoints = 0
+
+    def update(self, events: Iterable[dict]) -> RunSummary:
+        for ev in events:
+            self.n_events += 1
+            t = ev.get("time")
+            if isinstance(t, (int, float)):
+                self.last_time = t if self.last_time is None else max(self.last_time, t)
+            handler = getattr(self, f"_on_{ev.get('event')}", None)
+            if handler is not None:
+                handler(ev)
+        return self
+
+    # ----------------------------------------------------------- events
+    def _on_step(self, ev: dict) -> None:
+        self.train = {k: ev.get(k) for k in ("step", "loss", "lr", "grad_norm", "examples_per_s",
+                                              "negatives_version", "gap", "time")}
+        gap = ev.get("gap")
+        if isinstance(gap, (int, float)):
+            self.max_gap_seen = gap if self.max_gap_seen is None else max(self.max_gap_seen, gap)
+        wait = ev.get("wait_s")
+        if isinstance(wait, (int, float)) and wait > 0:
+            self.wait_total += wait
+            self.n_waits += 1
+
+    def _on_refresh(self, ev: dict) -> None:
+        self.n_refreshes += 1
+        self.refresh = {k: ev.get(k) for k in ("version", "n_shards", "latency_first_s", "latency_all_s",
+                                                "encode_docs_per_s", "overlap", "eval_ndcg@10",
+                                                "eval_recall@100", "replayed", "time")}
+        p = self.progress
+        if p is not None and isinstance(ev.get("version"), int) and ev["version"] >= p["version"]:
+            p["complete"] = True
+
+    def _on_checkpoint(self, ev: dict) -> None:
+        self.n_checkpoints += 1
+        self.checkpoint = {k: ev.get(k) for k in ("step", "path", "write_s", "time")}
+
+    def _on_shard(self, ev: dict) -> None:
+        version, shard = ev.get("version"), ev.get("shard")
+        if not isinstance(version, int) or not isinstance(shard, int):
+            return
+        p = self.progress
+        if p is None or version > p["version"]:
+            p = self.progress = {"version": version, "n_shards": ev.get("n_shards"), "shards": {},
+                                 "complete": False}
+        elif version < p["version"]:
+            return  # a late message of an older refresh
+        if ev.get("n_shards") is not None:
+            p["n_shards"] = ev["n_shards"]
+        state = str(ev.get("state"))
+        entry = p["shards"].setdefault(shard, {"shard": shard, "worker": None, "state": None,
+                                               "docs_per_s": None})
+        entry.update(worker=ev.get("worker"), state=state)
+        if ev.get("docs_per_s") is not None:
+            entry["docs_per_s"] = ev["docs_per_s"]
+        worker = ev.get("worker")
+        if worker:
+            w = self._worker(worker)
+            w["shard"] = (version, shard) if state == "assigned" else None
+
+    def _on_worker(self, ev: dict) -> None:
+        name = ev.get("name")
+        if not name:
+            return
+        w = self._worker(name)
+        w["state"] = str(ev.get("state"))
+        if ev.get("last_seen") is not None:
+            w["last_seen"] = ev["last_seen"]
+        if w["state"].startswith("lost"):
+            w["shard"] = None
+
+    def _worker(self, name: str) -> dict[str, Any]:
+        return self.workers.setdefault(name, {"name": name, "state": None, "last_seen": None, "shard": None})
+
+    # ----------------------------------------------------------- result
+    def result(self) -> dict[str, Any]:
+        progress = None
+        if self.progress is not None:
+            p = self.progress
+            shards = [dict(p["shards"][s]) for s in sorted(p["shards"])]
+            done = sum(1 for s in shards if s["state"] == "done")
+            progress = {"version": p["version"], "n_shards": p["n_shards"], "done": done, "shards": shards,
+                        "complete": p["complete"] or (p["n_shards"] is not None and done >= p["n_shards"])}
+        train = None
+        if self.train is not None:
+            train = dict(self.train, max_gap_seen=self.max_gap_seen, wait_s_total=self.wait_total,
+                         n_waits=self.n_waits)
+        return {
+            "max_steps": config_value(self.config, "train", "max_steps"),
+            "max_gap": config_value(self.config, "negatives", "max_gap"),
+            "n_events": self.n_events,
+            "last_time": self.last_time,
+            "train": train,
+            "refresh": dict(self.refresh) if self.refresh else None,
+            "n_refreshes": self.n_refreshes,
+            "progress": progress,
+            "workers": [dict(self.workers[n]) for n in sorted(self.workers)],
+            "checkpoint": dict(self.checkpoint) if self.checkpoint else None,
+            "n_checkpoints": self.n_checkpoints,
+        }
+
+
+def summarize(events: list[dict], config: dict | None) -> dict[str, Any]:
+    """The monitor's view of a run: the latest training step, refresh, shards, workers and checkpoint."""
+    return RunSummary(config).update(events).result()
+
+
+# ------------------------------------------------------------------ render
+def _f(value: Any, fmt: str = "{}", none: str = "–") -> str:
+    if value is None:
+        return none
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("sh") else "s"))
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}min"
+    if value < 172800:
+        return f"{value / 3600:.1f}h"
+    return f"{value / 86400:.1f}d"
+
+
+def _gap_text(gap: Any, max_gap: Any):
+    from rich.text import Text
+
+    style = ""
+    if isinstance(gap, (int, float)) and isinstance(max_gap, (int, float)) and max_gap > 0:
+        style = "bold red" if gap > max_gap else ("yellow" if gap > 0.8 * max_gap else "green")
+    return Text(_f(gap), style=style)
+
+
+def _pairs(title: str, rows: list[tuple[str, Any]]):
+    from rich.table import Table
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    from rich.panel import Panel
+
+    return Panel(table, title=title, title_align="left")
+
+
+def render(summary: dict[str, Any], *, title: str | None = None, now: float | None = None):
+    """A rich renderable of :func:`summarize`'s dict. ``now`` (unix s) adds ages: last event, last seen."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    head = Text(title or "ance run", style="bold")
+    last = summary.get("last_time")
+    head.append(f"   {summary.get('n_events', 0)} events")
+    if now is not None and last is not None:
+        head.append(f", last {_seconds(max(0.0, now - last))} ago")
+    parts.append(head)
+
+    t = summary.get("train")
+    max_gap = summary.get("max_gap")
+    if t is None:
+        parts.append(Panel(Text("no training step logged yet", style="dim"), title="training", title_align="left"))
+    else:
+        step = _f(t["step"]) + (f" / {summary['max_steps']}" if summary.get("max_steps") else "")
+        gap = Text.assemble(_gap_text(t["gap"], max_gap), "  (max so far ", _gap_text(t["max_gap_seen"], max_gap),
+                            f", limit {max_gap})" if max_gap is not None else ")")
+        wait = f"{_seconds(t['wait_s_total'])} over {_plural(t['n_waits'], 'step')}"
+        parts.append(_pairs("training", [
+            ("step", step), ("loss", _f(t["loss"], "{:.4f}")), ("lr", _f(t["lr"], "{:.3g}")),
+            ("examples/s", _f(t["examples_per_s"], "{:.1f}")),
+            ("negatives version", _f(t["negatives_version"], none="in-batch")),
+            ("async gap", gap), ("waited for negatives", wait),
+        ]))
+
+    r = summary.get("refresh")
+    if r is not None:
+        rows = [("version", _f(r["version"]) + (" (replayed)" if r.get("replayed") else "")
+                 + f"   ({_plural(summary.get('n_refreshes', 0), 'refresh')} so far)"),
+                ("latency first / all", f"{_seconds(r['latency_first_s'])} / {_seconds(r['latency_all_s'])}"),
+                ("encode docs/s", _f(r["encode_docs_per_s"], "{:,.0f}")),
+                ("overlap with previous", _f(r["overlap"], "{:.3f}")),
+                ("eval nDCG@10", _f(r["eval_ndcg@10"], "{:.4f}"))]
+        if r.get("eval_recall@100") is not None:
+            rows.append(("eval recall@100", _f(r["eval_recall@100"], "{:.4f}")))
+        parts.append(_pairs("last refresh", rows))
+
+    p = summary.get("progress")
+    if p is not None:
+        table = Table(show_edge=False, pad_edge=False, expand=False)
+        for col in ("shard", "worker", "state", "docs/s"):
+            table.add_column(col)
+        for s in p["shards"]:
+            state = s["state"] or "–"
+            style = "green" if state == "done" else ("yellow" if state == "assigned" else "red")
+            table.add_row(str(s["shard"]), _f(s["worker"]), Text(state, style=style),
+                          _f(s["docs_per_s"], "{:,.0f}"))
+        status = "complete" if p["complete"] else "running"
+        parts.append(Panel(table, title=f"refresh v{p['version']}: {p['done']}/{_f(p['n_shards'], none='?')} "
+                                        f"shards done ({status})", title_align="left"))
+
+    workers = summary.get("workers") or []
+    if workers:
+        table = Table(show_edge=False, pad_edge=False, expand=False)
+        for col in ("worker", "state", "since", "working on"):
+            table.add_column(col)
+        for w in workers[:MAX_WORKERS_SHOWN]:
+            state = w["state"] or "seen"
+            lost = state.startswith("lost")
+            seen = w["last_seen"]
+            if seen is None:
+                seen_text = "–"
+            elif now is None:
+                seen_text = time.strftime("%H:%M:%S", time.localtime(seen))
+            else:
+                seen_text = f"{_seconds(max(0.0, now - seen))} ago"
+            job = f"v{w['shard'][0]} shard {w['shard'][1]}" if w.get("shard") else "–"
+            table.add_row(w["name"], Text(state, style="red" if lost else "green"), seen_text, job)
+        alive = sum(1 for w in workers if not (w["state"] or "").startswith("lost"))
+        more = f", {len(workers) - MAX_WORKERS_SHOWN} more not shown" if len(workers) > MAX_WORKERS_SHOWN else ""
+        parts.append(Panel(table, title=f"workers: {alive} alive of {len(workers)}{more}", title_align="left"))
+
+    c = summary.get("checkpoint")
+    if c is not None:
+        parts.append(_pairs("checkpoints", [
+            ("written", str(summary.get("n_checkpoints", 0))),
+            ("last", f"step {_f(c['step'])}  {_f(c['path'])}"),
+            ("write time", _seconds(c["write_s"])),
+        ]))
+    return Group(*parts)
+
+
+# -------------------------------------------------------------------- loop
+def watch(run_dir: str | Path, *, interval: float = 0.5, once: bool = False, console=None) -> int:
+    """Draw the run's state until Ctrl-C (``once``: print one snapshot). Returns the exit code."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from ance.telemetry import MetricsTail
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
+    console = console or Console()
+    config = read_run_config(run_dir)
+    tail = MetricsTail(run_dir)
+    summary = RunSummary(config).update(tail.read())
+    restarts = tail.restarts
+
+    def view():
+        title = f"ance monitor  {run_dir}"
+        if tail.skipped:
+            title += f"  ({tail.skipped} malformed lines skipped)"
+        return render(summary.result(), title=title, now=time.time())
+
+    if once:
+        console.print(view())
+        return 0
+    try:
+        with Live(view(), console=console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(interval)
+                if summary.config is None:
+                    summary.config = read_run_config(run_dir)
+                events = tail.read()
+                if tail.restarts != restarts:  # the file was replaced: start over
+                    restarts = tail.restarts
+                    summary = RunSummary(summary.config)
+                summary.update(events)
+                live.update(view())
+    except KeyboardInterrupt:
+        return 0

