@@ -130,9 +130,25 @@ class Supervisor:
     def request_stop(self, reason: str) -> None:
         self._stop_reason = self._stop_reason or reason
 
+    @staticmethod
+    def _group_alive(p: "_Proc") -> bool:
+        """Whether any process of the child's group is still there (the leader may be gone)."""
+        if p.popen is None:
+            return False
+        p.popen.poll()  # reap the leader so a zombie does not count
+        try:
+            os.killpg(p.popen.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def _signal_all(self, sig: int) -> None:
+        # the whole group, even when its leader has exited: a grandchild forked while the
+        # first signal was in flight would otherwise survive
         for p in self.procs:
-            if p.popen is not None and p.popen.poll() is None:
+            if self._group_alive(p):
                 try:
                     os.killpg(p.popen.pid, sig)
                 except ProcessLookupError:
@@ -142,7 +158,7 @@ class Supervisor:
         """SIGTERM every group, wait up to ``grace_s``, then SIGKILL what is left."""
         self._signal_all(signal.SIGTERM)
         deadline = time.time() + grace_s
-        while time.time() < deadline and any(p.popen is not None and p.popen.poll() is None for p in self.procs):
+        while time.time() < deadline and any(self._group_alive(p) for p in self.procs):
             time.sleep(0.05)
         self._signal_all(signal.SIGKILL)
         for p in self.procs:
@@ -169,6 +185,11 @@ class Supervisor:
                     rc = p.popen.poll()
                     if rc is None:
                         continue
+                    if self._group_alive(p):  # leader gone: take its leftovers with it
+                        try:
+                            os.killpg(p.popen.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
                     if not p.spec.restart:
                         trainer_rc = rc
                         self.request_stop(f"{p.spec.name} exited with code {rc}")

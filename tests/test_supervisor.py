@@ -23,6 +23,21 @@ def alive(pid: int) -> bool:
         return False
 
 
+def pids_with_arg(token: str) -> list[int]:
+    """Processes whose argv holds `token`, read from /proc (no shell that would match itself)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if token.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
 def test_plan_cpu_and_gpu(tmp_path):
     specs = plan(tmp_path, resume=False, trainer_gpus=[], inferencer_gpus=[], n_cpu_inferencers=2)
     names = [s.name for s in specs]
@@ -85,8 +100,7 @@ def test_stop_request_kills_process_groups(tmp_path):
     assert time.time() - t0 < 10
     assert all(not alive(pid) for pid in seen.values())
     # the grandchild (same process group) is gone too
-    out = os.popen(f"pgrep -f {token}").read().split()
-    assert not [p for p in out if alive(int(p))]
+    assert not [pid for pid in pids_with_arg(token) if alive(pid)]
 
 
 def test_gives_up_after_max_restarts(tmp_path):
