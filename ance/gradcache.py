@@ -79,9 +79,26 @@ def _check_inputs(inputs: Inputs, name: str) -> int:
     return n
 
 
+def _trim(chunk: Inputs) -> Inputs:
+    """Drop the trailing columns that are padding in every row of the chunk.
+
+    A batch is padded to its longest sequence; a chunk of shorter ones need not
+    pay for that. Only trailing (right) padding is cut, so token positions, and
+    therefore the representations, are unchanged.
+    """
+    mask = chunk.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return chunk
+    used = mask.any(dim=0).nonzero()
+    width = int(used.max()) + 1 if len(used) else mask.shape[1]
+    if width == mask.shape[1]:
+        return chunk
+    return {k: v[:, :width] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v for k, v in chunk.items()}
+
+
 def _chunks(inputs: Inputs, size: int) -> list[Inputs]:
     keys = list(inputs)
-    return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size, dim=0) for k in keys))]
+    return [_trim(dict(zip(keys, parts))) for parts in zip(*(inputs[k].split(size, dim=0) for k in keys))]
 
 
 def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -337,6 +337,7 @@ class MetricsTail:
     keeping a record glued to a torn fragment as :func:`read_metrics` does. A
     file that shrank or was replaced starts over from its beginning and bumps
     :attr:`restarts`, so a caller can drop what it built from the old one.
+    ``path`` is ``metrics.jsonl`` or a run directory, which need not exist yet.
     """
 
     def __init__(self, path: str | Path):
@@ -349,6 +350,8 @@ class MetricsTail:
         self._inode: int | None = None
 
     def read(self) -> list[dict]:
+        if self.path.is_dir():  # given a run directory that did not exist yet when we were made
+            self.path = self.path / METRICS_FILE
         try:
             fh = open(self.path, "rb")
         except FileNotFoundError:

@@ -5,7 +5,8 @@ CachedMultipleNegativesRankingLoss, same model, same batches, same process.
     python benchmarks/bench_train.py --device cuda --memory-sweep 64,256,1024,4096
 
 Each "step" is one optimizer step over B queries, B positives and B hard
-negatives (SciFact texts). Steps/s excludes a few warm-up steps. Peak memory is
+negatives (SciFact texts). Steps/s is 1 / the median step time after a few warm-up steps, the best of
+--repeats interleaved runs. Peak memory is
 torch.cuda.max_memory_allocated over the timed steps.
 """
 
@@ -82,7 +83,7 @@ def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_lengt
         if s >= warmup:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"steps_per_s": 1.0 / float(np.mean(times)), "peak_mib": peak}
+    return {"steps_per_s": 1.0 / float(np.median(times)), "peak_mib": peak}
 
 
 def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
@@ -108,7 +109,7 @@ def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length,
         feats = []
         for column in (queries, positives, negatives):
             f = model.tokenize([column[i] for i in idx])
-            feats.append({k: v.to(device) for k, v in f.items()})
+            feats.append({k: v.to(device) for k, v in f.items() if torch.is_tensor(v)})
         with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
             value = loss(feats, None)
         value.backward()
@@ -119,7 +120,7 @@ def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length,
         if s >= warmup:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"steps_per_s": 1.0 / float(np.mean(times)), "peak_mib": peak}
+    return {"steps_per_s": 1.0 / float(np.median(times)), "peak_mib": peak}
 
 
 def main(argv=None) -> int:
@@ -130,8 +131,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="the four configurations run this many times, interleaved; the best median is kept")
     ap.add_argument("--memory-sweep", default=None, help="comma-separated batch sizes: ance peak memory only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -153,11 +156,20 @@ def main(argv=None) -> int:
             results["memory_ratio_max_vs_min"] = sweep[bs[-1]]["peak_mib"] / sweep[bs[0]]["peak_mib"]
     else:
         texts = load_texts(args.data, args.batch * (args.steps + args.warmup))
-        for precision in ("bf16", "fp32"):
-            a = bench_ance(model, texts, args.batch, args.chunk, args.steps, args.warmup, args.device,
+        runs: dict[tuple[str, str], dict] = {}
+        # interleaved and repeated: the first configuration in a process pays CUDA's one-off costs
+        for _ in range(args.repeats):
+            for precision in ("bf16", "fp32"):
+                for name, fn in (("ance", bench_ance), ("sentence_transformers", bench_st)):
+                    r = fn(model, texts, args.batch, args.chunk, args.steps, args.warmup, args.device,
                            args.max_length, precision)
-            s = bench_st(model, texts, args.batch, args.chunk, args.steps, args.warmup, args.device,
-                         args.max_length, precision)
+                    best = runs.get((precision, name))
+                    if best is None or r["steps_per_s"] > best["steps_per_s"]:
+                        runs[(precision, name)] = r
+                    if args.device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+        for precision in ("bf16", "fp32"):
+            a, s = runs[(precision, "ance")], runs[(precision, "sentence_transformers")]
             results[precision] = {"ance": a, "sentence_transformers": s,
                                   "speedup": a["steps_per_s"] / s["steps_per_s"]}
             print(json.dumps({precision: results[precision]}), file=sys.stderr)

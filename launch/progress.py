@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-
-class MetricsTail:
-    """Reads new complete lines of ``metrics.jsonl`` as they are appended."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.offset = 0
-        self._partial = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read()
-        self.offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        events = []
-        for line in lines:
-            if line.strip():
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a torn line from a killed writer
-        return events
+from ance.telemetry import MetricsTail
 
 
 class Progress:
@@ -53,7 +26,11 @@ class Progress:
         self._last_line = ""
 
     def update(self) -> None:
-        for ev in self.tail.read():
+        restarts = self.tail.restarts
+        events = self.tail.read()
+        if self.tail.restarts != restarts:  # metrics.jsonl was replaced: what we built from it is stale
+            self.state, self.refreshes, self.max_seen_gap = {}, [], 0
+        for ev in events:
             kind = ev.get("event")
             if kind == "step":
                 self.state.update(step=ev.get("step"), loss=ev.get("loss"), gap=ev.get("gap"),
@@ -65,6 +42,8 @@ class Progress:
             elif kind == "checkpoint":
                 self.state["checkpoint"] = ev.get("step")
             elif kind == "shard":
+                if ev.get("version") != self.state.get("shard_version"):  # a new refresh: forget the last one's
+                    self.state["shards"] = {}
                 self.state.setdefault("shards", {})[ev.get("shard")] = ev.get("state")
                 self.state["shard_version"] = ev.get("version")
 

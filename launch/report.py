@@ -42,6 +42,7 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it 0600; a report is for others to read
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png")
             fh.flush()

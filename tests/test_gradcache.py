@@ -245,3 +245,18 @@ def test_argument_validation(batch):
         plain_step(model, InfoNCE(), queries, passages, chunk_size=-1, pos_index=torch.arange(B))
     with pytest.raises(ValueError, match="scalar"):
         GradCache(model, lambda q, p: q @ p.T, 2).step(queries, passages)
+
+
+def test_trim_drops_only_trailing_padding_columns():
+    from ance.gradcache import _chunks
+
+    ids = torch.tensor([[101, 5, 6, 102, 0, 0], [101, 7, 102, 0, 0, 0], [101, 1, 2, 3, 4, 102]])
+    mask = (ids != 0).long()
+    first, second = _chunks({"input_ids": ids, "attention_mask": mask}, 2)
+    assert first["input_ids"].shape == (2, 4) and first["attention_mask"].shape == (2, 4)
+    assert torch.equal(first["input_ids"], ids[:2, :4])
+    assert second["input_ids"].shape == (1, 6)
+    # left padding is kept: cutting leading columns would move the tokens' positions
+    left = torch.tensor([[0, 0, 101, 5, 102], [0, 101, 5, 6, 102]])
+    (chunk,) = _chunks({"input_ids": left, "attention_mask": (left != 0).long()}, 2)
+    assert chunk["input_ids"].shape == (2, 5)

@@ -87,23 +87,33 @@ def sample_negatives(
 ) -> np.ndarray:
     """``n`` hard negatives per query drawn from its row of ``table`` (-1 = empty).
 
-    Where a row holds fewer than ``n`` negatives (in-batch warm-up, a short
-    list) the rest are random corpus documents that are not positives of the
-    query, so every step has the same shape.
+    A query's own positives are never drawn, even if the table lists them (a
+    static file from elsewhere). Where a row holds fewer than ``n`` usable
+    negatives (in-batch warm-up, a short list) the rest are random corpus
+    documents that are not positives of the query, so every step has the same
+    shape.
     """
     out = np.empty((len(q_idx), n), dtype=np.int64)
     if n == 0:
         return out
     for row, q in enumerate(q_idx):
-        cand = table[q][table[q] >= 0] if table is not None else np.empty(0, dtype=np.int64)
+        pos = np.asarray(positives[q])
+        if table is not None:
+            listed = table[q]
+            cand = listed[(listed >= 0) & ~np.isin(listed, pos)]
+        else:
+            cand = np.empty(0, dtype=np.int64)
         if len(cand) >= n:
             out[row] = rng.choice(cand, size=n, replace=False)
             continue
-        pos = set(int(p) for p in positives[q])
+        if n_docs - len(pos) < n:
+            raise ValueError(f"query {int(q)} needs {n} negatives but the corpus has only "
+                             f"{n_docs - len(pos)} documents that are not its positives")
+        pos_set = set(int(p) for p in pos)
         chosen = list(int(c) for c in cand)
         while len(chosen) < n:
             d = int(rng.integers(n_docs))
-            if d not in pos and d not in chosen:
+            if d not in pos_set and d not in chosen:
                 chosen.append(d)
         out[row] = chosen
     return out

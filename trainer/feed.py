@@ -52,15 +52,47 @@ class NegativesTable:
         self.version = np.array(state["version"], dtype=np.int64)
 
 
-def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_ids: Sequence[str]) -> int:
-    """Load a negatives file (``ance mine`` output) as version 0; return queries covered."""
+def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_ids: Sequence[str],
+                fingerprint: str | None = None) -> int:
+    """Load a negatives file (``ance mine`` output) as version 0; return queries covered.
+
+    ``fingerprint`` (the run's ``Dataset.fingerprint``): when the file's ids do
+    not resolve and its header says it was mined from other data, the error
+    says so and how to mine a matching file.
+    """
+    from ance.errors import DataError
     from ance.negatives import read_negatives
 
-    header, q_idx, neg = read_negatives(path, {q: i for i, q in enumerate(query_ids)},
-                                        {d: i for i, d in enumerate(doc_ids)}, keep=table.keep)
+    try:
+        header, q_idx, neg = read_negatives(path, {q: i for i, q in enumerate(query_ids)},
+                                            {d: i for i, d in enumerate(doc_ids)}, keep=table.keep)
+    except DataError as exc:
+        theirs = _header_fingerprint(path)
+        if fingerprint is None or theirs is None or theirs == fingerprint:
+            raise
+        raise DataError(path, None, f"mined from other data (fingerprint {theirs}, this run's {fingerprint}): "
+                                    f"{exc}. Mine with the run's data settings: ance mine --data DATA.path "
+                                    "--split DATA.train_split --eval-split DATA.eval_split --max-docs "
+                                    "DATA.max_docs --max-queries DATA.max_queries --subset-seed "
+                                    "DATA.subset_seed ...") from None
     table.update(q_idx, neg, 0)
     log.info("static negatives: %d of %d queries from %s", len(q_idx), len(query_ids), path)
     return len(q_idx)
+
+
+def _header_fingerprint(path: str) -> str | None:
+    """The ``data_fingerprint`` a negatives file's header records, or None."""
+    import json
+
+    from ance.negatives import MAGIC
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            line = fh.readline().rstrip("\r\n")
+        header = json.loads(line[len(MAGIC):]) if line.startswith(MAGIC) else {}
+    except (OSError, ValueError):
+        return None
+    return header.get("data_fingerprint") if isinstance(header, dict) else None
 
 
 def fill_bm25(table: NegativesTable, passages: Sequence[str], query_texts: Sequence[str],

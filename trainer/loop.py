@@ -46,7 +46,7 @@ def autocast_for(device: str, precision: str) -> torch.dtype | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -54,6 +54,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -133,7 +135,8 @@ class Trainer:
 
             self.metrics = MetricsWriter(self.run_dir, "trainer", tensorboard=cfg.telemetry.tensorboard,
                                          prometheus_port=prometheus_port_for(cfg.telemetry.prometheus_port,
-                                                                             "trainer"))
+                                                                             "trainer"),
+                                         prometheus_addr=cfg.telemetry.prometheus_addr)
         if start:
             self._restore(start[1])
         elif self.is_main:
@@ -160,7 +163,8 @@ class Trainer:
         neg = self.cfg.negatives
         source = neg.source if neg.source != "async" else neg.warmup
         if source == "static":
-            fill_static(self.table, neg.static_file, self.split.ids, self.data.corpus.ids)
+            fill_static(self.table, neg.static_file, self.split.ids, self.data.corpus.ids,
+                        fingerprint=self.data.fingerprint)
         elif source == "bm25":
             fill_bm25(self.table, self.data.corpus.passages(), self.split.texts, self.split.positives,
                       depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed)
@@ -268,12 +272,14 @@ class Trainer:
         queries, passages, pos_index, all_p = self._inputs(batch)
         mask = self._mask(batch, all_p, pos_index, queries, passages)
         kwargs = {"pos_index": pos_index, "mask": mask}
+        device_type = self.device.split(":")[0]
         if self.cfg.train.chunk_size:
             gc = GradCache(self.ddp, self.loss_fn, self.cfg.train.chunk_size, scaler=self.scaler,
-                           autocast_dtype=self.amp_dtype, device_type=self.device.split(":")[0])
+                           autocast_dtype=self.amp_dtype, device_type=device_type)
             loss = gc.step(queries, passages, **kwargs)
         else:
-            loss = plain_step(self.ddp, self.loss_fn, queries, passages, **kwargs)
+            loss = plain_step(self.ddp, self.loss_fn, queries, passages, scaler=self.scaler,
+                              autocast_dtype=self.amp_dtype, device_type=device_type, **kwargs)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         last = grad_norm(self._last_layer)
@@ -307,7 +313,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-N`` (rank 0) and announce it to the broker."""
         t0 = time.time()
-        pause = _test_pause_hook()
+        pause = _test_pause_hook(self.step)
         path = write_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
                                 {"config_hash": config_hash(self.cfg)}, _pause=pause)
         written = time.time()
@@ -355,10 +361,20 @@ class Trainer:
                 self.metrics.close()
 
 
-def _test_pause_hook():
-    """Tests set ANCE_TEST_CHECKPOINT_PAUSE=FILE to freeze mid-write (then kill -9 us)."""
-    flag = os.environ.get("ANCE_TEST_CHECKPOINT_PAUSE")
-    if not flag:
+def _test_pause_hook(step: int):
+    """Test hook: ANCE_TEST_CHECKPOINT_PAUSE=STEP:FILE freezes the write of checkpoint STEP.
+
+    Between the model files and the manifest it writes the temp dir's path into
+    FILE and sleeps, so a test can ``kill -9`` us mid-write; other steps write
+    normally.
+    """
+    spec = os.environ.get("ANCE_TEST_CHECKPOINT_PAUSE")
+    if not spec:
+        return None
+    at, sep, flag = spec.partition(":")
+    if not sep or not at.strip().isdigit() or not flag:
+        raise ConfigError(f"ANCE_TEST_CHECKPOINT_PAUSE={spec!r}: expected STEP:FILE, e.g. 4:/tmp/paused")
+    if int(at) != step:
         return None
 
     def pause(tmp: Path) -> None:

@@ -136,6 +136,11 @@ class BrokerClient:
         first = self.first_chunk_at.get(version)
         written = self.written_at.get(version)
         stats = dict(msg.get("stats") or {})
+        if stats.get("replayed") and version <= self.latest_complete:
+            # A restarted broker re-sending a version we already have (or a newer one): not a new refresh.
+            log.info("negatives v%d re-streamed by the broker (v%d already complete here)", version,
+                     self.latest_complete)
+            return
         self.complete.add(version)
         self.latest_complete = max(self.latest_complete, version)
         event = {"version": version, "n_shards": msg.get("n_shards"),

@@ -10,14 +10,26 @@ HELP = "Create CURVE keys (broker and client keypairs) for an encrypted, authent
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="directory for the keys (created, mode 0700)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace existing keys (peers still holding the old ones are refused)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--force", action="store_true",
+                       help="replace existing keys (peers still holding the old ones are refused)")
+    which.add_argument("--if-missing", action="store_true",
+                       help="keep a complete, readable set of keys already in DIR and exit 0 (for a container "
+                            "that runs on every start); a partial set is still an error")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ance.keys import generate_keys
+    from pathlib import Path
 
-    paths = generate_keys(args.dir, force=args.force)
+    from ance.keys import KEY_FILES, generate_keys, load_client_keys, load_server_keys
+
+    out = Path(args.dir)
+    if args.if_missing and all((out / name).is_file() for name in KEY_FILES):
+        load_server_keys(out)  # a ConfigError naming the file if one is unreadable
+        load_client_keys(out)
+        print(f"{out} already holds CURVE keys; kept them")
+        return 0
+    paths = generate_keys(out, force=args.force)
     for path in paths.values():
         print(path)
     print(f"\nCopy {args.dir} to every host of the run (keep it private: it holds secret keys) and set\n"

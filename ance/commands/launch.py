@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ance.launch.progress import Progress
     from ance.launch.supervisor import Supervisor, plan
     from ance.logutil import setup_logging
+    from ance.telemetry import MetricsWriter
 
     setup_logging(args.log_level, role="launch")
     if args.resume:
@@ -73,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
                  inferencer_gpus=args.inferencer_gpus, n_cpu_inferencers=n_cpu, nnodes=args.nnodes,
                  node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, roles=roles)
     log = logging.getLogger("ance.launch")
+    # Process starts, exits and restarts go to metrics.jsonl too, so `ance monitor` and tests see them.
+    metrics = MetricsWriter(run_dir, "launch", tensorboard=False)
 
     def on_event(event: str, **fields) -> None:
         log.info("%s %s", event, json.dumps(fields))
+        metrics.log(event, **fields)
 
     sup = Supervisor(specs, run_dir, backoff_s=cfg.launch.restart_backoff_s, max_restarts=cfg.launch.max_restarts,
                      on_event=on_event)
@@ -87,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handle)
     progress = None if args.no_progress else Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap)
     log.info("run directory %s; logs in %s", run_dir, run_dir / "logs")
-    rc = sup.run(tick=progress.tick if progress else None)
+    try:
+        rc = sup.run(tick=progress.tick if progress else None)
+    finally:
+        metrics.close()
     result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
     print(json.dumps(result))
     before, after = result.get("before"), result.get("after")

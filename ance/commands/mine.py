@@ -13,6 +13,12 @@ HELP = "Mine static hard negatives: retrieve with a model, drop the positives, w
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_data_arguments(parser, split="train")
+    data = next(g for g in parser._action_groups if g.title == "data")  # the shared group above
+    data.add_argument(
+        "--eval-split", default=None,
+        help="also load this split, as a training run with data.eval_split does: with --max-docs the subset "
+             "then keeps its positives too, so the file's documents are those of the run's corpus (give the "
+             "run's data.max_docs, data.max_queries, data.subset_seed and data.eval_split)")
     add_encoding_arguments(parser)
     add_search_arguments(parser, k=200, k_flag="--depth")
     g = parser.add_argument_group("negatives")
@@ -47,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= lo < hi:
         raise ConfigError(f"--rank-window {lo} {hi}: need 0 <= LO < HI")
     t0 = time.perf_counter()
-    device, model, data = setup(args, args.split)
+    if args.eval_split and args.eval_split != args.split:
+        device, model, data = _setup_with_eval(args)
+    else:
+        device, model, data = setup(args, args.split)
     qids, ids, _ = retrieve(model, data, args.split, k=args.k, max_length=args.max_length,
                             query_max_length=args.query_max_length, device=device, backend=args.backend,
                             cache_root=args.cache_dir, batch_size=args.batch_size, long_doc=args.long_doc,
@@ -67,3 +76,24 @@ def run(args: argparse.Namespace) -> int:
           f"query) from ranks {args.rank_window[0]}-{args.rank_window[1]} of {args.k}, "
           f"{time.perf_counter() - t0:.1f}s -> {args.out}", file=sys.stderr)
     return 0
+
+
+def _setup_with_eval(args: argparse.Namespace):
+    """``setup`` loading the eval split too, so the subset (and fingerprint) is the training run's."""
+    import logging
+
+    from ance.data import load_dataset
+    from ance.encode import resolve_device
+    from ance.logutil import setup_logging
+    from ance.retrieve import load_encoder
+
+    from .retrieve import check_positive
+
+    if not logging.getLogger().handlers:
+        setup_logging("WARNING" if args.quiet else "INFO", role="ance-mine")
+    check_positive(args, "k", "max_length", "query_max_length", "windows", "batch_size", "max_docs", "max_queries")
+    data = load_dataset(args.data, splits=(args.split, args.eval_split), format=args.format,
+                        max_docs=args.max_docs, max_queries=args.max_queries, seed=args.subset_seed)
+    model = load_encoder(args.model, device=resolve_device(args.device), pooling=args.pooling,
+                         normalize=args.normalize)
+    return resolve_device(args.device), model, data

@@ -39,7 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from ance.trainer.loop import Trainer
 
     trainer = Trainer(cfg, resume=bool(args.resume))
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # under torchrun: leave the group cleanly
+            dist.destroy_process_group()
     if trainer.is_main:
         logging.getLogger("ance.train").info("done: %s", json.dumps(summary))
     return 0

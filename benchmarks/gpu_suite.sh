@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md and docs/results.md, as run on the
+# lent H100 (one call, everything side by side). Results go to $OUT (default
+# $OUT from the device tool, else runs/gpu). Sections: PARTS="zeroshot encode train memory quality"
+#   PACK=.device-model PARTS="zeroshot encode train memory quality" bash benchmarks/gpu_suite.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. benchmarks/device_env.sh
+OUT=${OUT:-runs/gpu}; mkdir -p "$OUT"
+M=${ANCE_DEVICE_MODEL:-all-MiniLM-L6-v2}
+PARTS=${PARTS:-"zeroshot encode train memory quality"}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+step() { echo "=== $1 $(date +%T)"; }
+for part in $PARTS; do
+  step "$part"
+  case $part in
+    zeroshot)
+      ance retrieve --model "$M" --data "$DATA" --split dev --out "$OUT/zeroshot.trec" --max-length 256 \
+          --device cuda --backend "${BACKEND:-auto}" --quiet 2>&1 | tail -2
+      ance eval --run "$OUT/zeroshot.trec" --qrels "$DATA/qrels/dev.tsv" | tee "$OUT/zeroshot.json" ;;
+    encode)
+      timeout 300 python benchmarks/bench_encode.py --model "$M" --data "$DATA" --device cuda \
+          --out "$OUT/bench_encode.json" 2>&1 | tail -15 ;;
+    train)
+      timeout 300 python benchmarks/bench_train.py --model "$M" --data "$DATA" --device cuda \
+          --batch 64 --chunk 32 --out "$OUT/bench_train.json" 2>&1 | tail -12 ;;
+    memory)
+      timeout 300 python benchmarks/bench_train.py --model "$M" --data "$DATA" --device cuda \
+          --chunk 32 --memory-sweep 64,256,1024,4096 --out "$OUT/bench_memory.json" 2>&1 | tail -12 ;;
+    quality)
+      MODEL="$M" OUT="$OUT/quality" BACKEND=${BACKEND:-auto} timeout ${QUALITY_TIMEOUT:-420} \
+          bash benchmarks/quality.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
+      for r in "$OUT"/quality/*/; do [ -d "$r/logs" ] && tail -3 "$r"/logs/*.log; done 2>/dev/null | tail -30
+      # keep the metrics, drop the checkpoints (too big to fetch)
+      find "$OUT/quality" -name checkpoints -type d -prune -exec rm -rf {} + ;;
+    refresh)
+      timeout 420 bash benchmarks/refresh_suite.sh "$OUT" 2>&1 | tail -30 ;;
+  esac
+done
+step done

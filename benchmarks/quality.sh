@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Quality of the three negative sources on SciFact (docs/results.md):
+# zero-shot, in-batch only, static mined hard negatives, ANCE async negatives,
+# each trained with configs/scifact-minilm-gpu.yaml and evaluated the same way
+# (`ance retrieve` of the last checkpoint on dev, exact search, max length 256).
+#   MODEL=all-MiniLM-L6-v2 DATA=../shared/data/scifact SEEDS="13 14" bash benchmarks/quality.sh
+# Env: MODEL, DATA, OUT (default runs/quality), SEEDS, METHODS (zeroshot inbatch static async),
+# BACKEND (auto|faiss|torch), GPUS (trainer and inferencer GPU, default 0), EXTRA (more overrides).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-all-MiniLM-L6-v2}
+DATA=${DATA:-../shared/data/scifact}
+OUT=${OUT:-runs/quality}
+SEEDS=${SEEDS:-"13 14"}
+METHODS=${METHODS:-"zeroshot inbatch static async"}
+BACKEND=${BACKEND:-auto}
+GPU=${GPUS:-0}
+CFG=configs/scifact-minilm-gpu.yaml
+EXTRA=${EXTRA:-}
+mkdir -p "$OUT"
+common="model.name_or_path=$MODEL data.path=$DATA inferencer.backend=$BACKEND $EXTRA"
+
+evaluate() {  # evaluate MODEL_DIR NAME
+  ance retrieve --model "$1" --data "$DATA" --split dev --out "$OUT/$2.dev.trec" --max-length 256 \
+      --query-max-length 64 --backend "$BACKEND" --quiet
+  ance eval --run "$OUT/$2.dev.trec" --qrels "$DATA/qrels/dev.tsv" | tee "$OUT/$2.dev.json"
+}
+last_ckpt() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }
+
+STATIC="$OUT/static-negatives.tsv"
+if [[ " $METHODS " == *" static "* ]] && [ ! -s "$STATIC" ]; then
+  t0=$EPOCHREALTIME
+  ance mine --model "$MODEL" --data "$DATA" --split train --out "$STATIC" --max-length 256 \
+      --query-max-length 64 --depth 100 --rank-window 0 30 --n 30 --backend "$BACKEND" --quiet
+  echo "{\"mine_s\": $(python -c "print(round($EPOCHREALTIME - $t0, 1))")}" > "$OUT/mine.json"
+fi
+for m in $METHODS; do
+  if [ "$m" = zeroshot ]; then evaluate "$MODEL" zeroshot; continue; fi
+  for s in $SEEDS; do
+    run="$OUT/$m-$s"; rm -rf "$run"
+    t0=$EPOCHREALTIME
+    case $m in
+      inbatch) ance train $CFG $common seed=$s run_dir=$run negatives.source=inbatch ;;
+      static)  ance train $CFG $common seed=$s run_dir=$run negatives.source=static negatives.static_file=$STATIC ;;
+      async)   ance launch $CFG $common seed=$s run_dir=$run --trainer-gpus $GPU --inferencer-gpus $GPU --no-progress ;;
+    esac
+    echo "{\"train_wall_s\": $(python -c "print(round($EPOCHREALTIME - $t0, 1))")}" > "$run/wall.json"
+    evaluate "$(last_ckpt "$run")" "$m-$s"
+  done
+done
+python - "$OUT" <<'PY'
+import json, sys, pathlib, statistics
+out = pathlib.Path(sys.argv[1])
+rows = {}
+for f in sorted(out.glob("*.dev.json")):
+    name = f.name[: -len(".dev.json")]
+    method = name.split("-")[0]
+    rows.setdefault(method, []).append((name, json.loads(f.read_text())["ndcg@10"]))
+for method, vals in rows.items():
+    xs = [v for _, v in vals]
+    print(f"{method:10s} nDCG@10 " + "  ".join(f"{n}={v:.4f}" for n, v in vals) + f"  mean={statistics.mean(xs):.4f}")
+PY

@@ -1,0 +1,349 @@
+"""The trainer on tiny-bert and a SciFact subset: real `ance train` / `ance mine` / torchrun processes.
+
+What a run leaves behind (step events, checkpoints that are plain HF model dirs
+with trainer state and a manifest, the last K kept, the resolved config), the
+static-negatives path from `ance mine`, the BM25 warm-up table, the GIST guide,
+two ranks under torchrun, and the small contracts of the loop (the checkpoint
+pause hook, autocast on the plain path, replayed refreshes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ance.config import config_hash, load_config, load_run_config
+from ance.errors import ConfigError, DataError
+from ance.telemetry import read_metrics
+from ance.trainer.batches import sample_negatives
+from ance.trainer.checkpoint import MANIFEST, STATE, list_checkpoints, load_trainer_state, read_manifest
+from ance.trainer.feed import NegativesTable, fill_bm25, fill_static
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "tiny-cpu.yaml"
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+pytestmark = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"no SciFact at {SCIFACT}")
+
+DATA = [f"data.path={SCIFACT}", "data.max_docs=300", "data.max_queries=40"]
+SMALL = [*DATA, "model.passage_max_length=64", "train.batch_size=4", "train.chunk_size=2", "train.device=cpu",
+         "train.log_every=1"]
+STEP_KEYS = {"step", "loss", "lr", "grad_norm", "grad_norm_last", "examples_per_s", "negatives_version", "gap",
+             "wait_s"}
+
+
+def env() -> dict[str, str]:
+    # One thread a process: on a shared 2-core box torch's thread pool under contention is ~10x slower.
+    out = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out.pop("ANCE_TEST_CHECKPOINT_PAUSE", None)
+    return out
+
+
+def start(argv: list, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env(), stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{proc.args[:4]} ran over {timeout}s:\n{log.read_text()[-3000:]}")
+    assert rc == 0, f"{proc.args[:4]} exited {rc}:\n{log.read_text()[-3000:]}"
+
+
+def ance(*argv) -> list:
+    return [sys.executable, "-m", "ance.cli", *argv]
+
+
+def steps(run_dir: Path) -> list[dict]:
+    return [ev for ev in read_metrics(run_dir) if ev["event"] == "step"]
+
+
+def dataset():
+    from ance.data import load_for_config
+
+    cfg = load_config(CONFIG, DATA)
+    data = load_for_config(cfg)
+    return data, data.split(cfg.data.train_split)
+
+
+# --------------------------------------------------------------------------- fixtures: real processes
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trainer")
+
+
+@pytest.fixture(scope="module")
+def mined(work) -> Path:
+    """`ance mine` with tiny-bert on the run's subset (train split, eval split's positives kept)."""
+    out = work / "mined.tsv"
+    log = work / "mine.log"
+    proc = start(ance("mine", "--model", "tiny-bert", "--data", SCIFACT, "--split", "train", "--eval-split", "dev",
+                      "--max-docs", 300, "--max-queries", 40, "--max-length", 64, "--query-max-length", 32,
+                      "--depth", 50, "--rank-window", 0, 50, "--n", 10, "--device", "cpu", "--quiet",
+                      "--cache-dir", work / "cache", "--out", out), log)
+    finish(proc, log)
+    return out
+
+
+@pytest.fixture(scope="module")
+def guide(work) -> Path:
+    """tiny-bert's model directory copied to a path of our own, as a frozen GIST guide."""
+    import shutil
+
+    from ance.model import resolve_model
+
+    path = work / "guide"
+    shutil.copytree(resolve_model("tiny-bert"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(request, work, guide) -> dict[str, Path]:
+    """`ance train` runs, overlapped (one thread each): GIST, and static negatives from `ance mine`."""
+    static, gist = work / "static", work / "gist"
+    # the plain path (no GradCache) with bf16 autocast, guided by a frozen model; runs while `ance mine` does
+    procs = {"gist": start(ance("train", CONFIG, f"run_dir={gist}", *SMALL, "train.max_steps=2",
+                                "train.chunk_size=null", "train.precision=bf16", f"train.gist_guide={guide}",
+                                "train.gist_margin=0.1"), work / "gist.log")}
+    try:
+        mined = request.getfixturevalue("mined")
+        procs["static"] = start(ance("train", CONFIG, f"run_dir={static}", *SMALL, "train.max_steps=5",
+                                     "train.checkpoint_every=2", "train.keep_checkpoints=2",
+                                     "negatives.source=static", "negatives.n_per_query=2",
+                                     f"negatives.static_file={mined}"), work / "static.log")
+        for name, proc in procs.items():
+            finish(proc, work / f"{name}.log")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {"static": static, "gist": gist}
+
+
+# --------------------------------------------------------------------------- a run's outputs
+
+
+def test_step_events_carry_every_field(runs):
+    events = steps(runs["static"])
+    assert [ev["step"] for ev in events] == [1, 2, 3, 4, 5]
+    for ev in events:
+        assert STEP_KEYS <= ev.keys(), STEP_KEYS - ev.keys()
+        assert math.isfinite(ev["loss"]) and ev["loss"] > 0
+        assert ev["lr"] > 0 and ev["grad_norm"] > 0 and ev["grad_norm_last"] > 0 and ev["examples_per_s"] > 0
+        assert ev["negatives_version"] == 0 and ev["gap"] == ev["step"]  # static negatives are version 0
+        assert ev["wait_s"] == 0
+    assert events[0]["lr"] != events[-1]["lr"]  # the schedule moves
+
+
+def test_checkpoints_are_hf_dirs_with_state_and_manifest_and_only_last_k_kept(runs):
+    from transformers import AutoModel
+
+    run = runs["static"]
+    logged = [ev["step"] for ev in read_metrics(run) if ev["event"] == "checkpoint"]
+    assert logged == [2, 4, 5]  # every 2 steps, and the last
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
+    assert [s for s, _ in list_checkpoints(run)] == [4, 5]
+
+    cfg = load_run_config(run)
+    for step, path in list_checkpoints(run):
+        manifest = read_manifest(path)
+        assert manifest["step"] == step and manifest["config_hash"] == config_hash(cfg)
+        assert abs(manifest["time"] - time.time()) < 3600
+        assert (path / MANIFEST).is_file() and (path / STATE).is_file()
+        model = AutoModel.from_pretrained(str(path))
+        assert model.config.hidden_size == 64
+        state = load_trainer_state(path)
+        assert state["step"] == step
+        assert {"optimizer", "scheduler", "rng", "sampler", "pos_rng", "neg_rng", "table"} <= state.keys()
+        assert (state["table"]["neg"] >= 0).any()  # the static negatives are part of the state
+    # the saved weights are the trained ones, not the starting model
+    from ance.model import resolve_model
+
+    start = AutoModel.from_pretrained(resolve_model("tiny-bert"))
+    last = AutoModel.from_pretrained(str(list_checkpoints(run)[-1][1]))
+    assert not torch.equal(start.embeddings.word_embeddings.weight, last.embeddings.word_embeddings.weight)
+
+
+def test_resolved_config_is_saved(runs):
+    run = runs["static"]
+    saved = load_run_config(run)
+    assert saved.run_dir == str(run)
+    expected = load_config(CONFIG, [f"run_dir={run}", *SMALL, "train.max_steps=5", "train.checkpoint_every=2",
+                                    "train.keep_checkpoints=2", "negatives.source=static",
+                                    "negatives.n_per_query=2",
+                                    f"negatives.static_file={saved.negatives.static_file}"])
+    assert saved.to_dict() == expected.to_dict()
+    assert saved.train.max_steps == 5 and saved.negatives.source == "static"
+
+
+def test_gist_guide_run_completes(runs):
+    events = steps(runs["gist"])
+    assert [ev["step"] for ev in events] == [1, 2]
+    assert all(math.isfinite(ev["loss"]) for ev in events)
+    assert [s for s, _ in list_checkpoints(runs["gist"])] == [2]
+
+
+# --------------------------------------------------------------------------- negatives
+
+
+def test_mined_negatives_fill_the_table_without_positives(mined):
+    data, split = dataset()
+    table = NegativesTable(len(split), keep=10)
+    covered = fill_static(table, str(mined), split.ids, data.corpus.ids, fingerprint=data.fingerprint)
+    assert covered == len(split)
+    assert (table.version == 0).all()
+    assert ((table.neg >= 0).sum(axis=1) > 0).all()
+    for q, pos in enumerate(split.positives):
+        assert not np.isin(table.neg[q], pos).any(), q
+
+    rng = np.random.default_rng(0)
+    q_idx = np.arange(len(split))
+    for _ in range(5):
+        drawn = sample_negatives(table.neg, q_idx, split.positives, 3, len(data.corpus), rng)
+        assert drawn.shape == (len(split), 3)
+        for q, row in zip(q_idx, drawn):
+            assert len(set(row.tolist())) == 3 and set(row.tolist()) <= set(table.neg[q].tolist())
+            assert not np.isin(row, split.positives[q]).any()
+
+
+def test_sampling_never_draws_a_positive_even_when_the_table_lists_it():
+    positives = [np.array([0, 1]), np.array([5])]
+    table = np.array([[0, 1, 2, -1], [5, 6, 7, 8]], dtype=np.int32)  # positives listed by a foreign file
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        out = sample_negatives(table, np.array([0, 1]), positives, 2, 10, rng)
+        assert 2 in out[0] and not np.isin(out[0], [0, 1]).any()  # 2 is the only listed negative; 1 more random
+        assert len(set(out[0].tolist())) == 2 and not np.isin(out[1], [5]).any()
+    empty = np.full((1, 4), -1, dtype=np.int32)  # in-batch warm-up: random non-positives
+    out = sample_negatives(empty, np.array([0]), positives[:1], 3, 5, rng)
+    assert set(out[0].tolist()) == {2, 3, 4}
+    with pytest.raises(ValueError, match="not its positives"):
+        sample_negatives(empty, np.array([0]), positives[:1], 4, 5, rng)
+
+
+def test_static_file_from_other_data_says_so(tmp_path):
+    data, split = dataset()
+    path = tmp_path / "other.tsv"
+    path.write_text('# ance-negatives v1 {"version": 0, "data_fingerprint": "0000000000000000"}\n'
+                    f"{split.ids[0]}\tnot-a-doc-here\n")
+    with pytest.raises(DataError, match="mined from other data.*--eval-split"):
+        fill_static(NegativesTable(len(split), 4), str(path), split.ids, data.corpus.ids,
+                    fingerprint=data.fingerprint)
+
+
+def test_bm25_warmup_fills_the_table_without_positives():
+    data, split = dataset()
+    table = NegativesTable(len(split), keep=8)
+    fill_bm25(table, data.corpus.passages(), split.texts, split.positives, depth=50, rank_window=[0, 50],
+              sampling="top", seed=13)
+    assert (table.version == 0).all()
+    filled = (table.neg >= 0).sum(axis=1)
+    assert (filled > 0).mean() > 0.9, filled  # almost every query shares words with some document
+    for q, pos in enumerate(split.positives):
+        assert not np.isin(table.neg[q], pos).any(), q
+    # "top": the best BM25-ranked documents that are not positives, in rank order
+    from ance.bm25 import bm25_rank
+
+    ranked = bm25_rank(data.corpus.passages(), split.texts, 50)
+    for q in range(5):
+        expected = [d for d in ranked[q] if d >= 0 and d not in set(split.positives[q].tolist())][:8]
+        assert table.neg[q][:len(expected)].tolist() == expected
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+def test_torchrun_two_ranks_on_cpu(work, mined):
+    run = work / "ddp"
+    log = work / "ddp.log"
+    proc = start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                  "-m", "ance.cli", "train", CONFIG, f"run_dir={run}", *SMALL, "train.max_steps=3",
+                  "train.checkpoint_every=3", "negatives.source=static", f"negatives.static_file={mined}"], log)
+    finish(proc, log, timeout=240)
+    events = read_metrics(run)
+    assert [ev["step"] for ev in events if ev["event"] == "step"] == [1, 2, 3]  # rank 0 alone logs
+    assert [ev["step"] for ev in events if ev["event"] == "checkpoint"] == [3]
+    assert [s for s, _ in list_checkpoints(run)] == [3]
+    assert load_trainer_state(run / "checkpoints" / "step-000003")["step"] == 3
+    assert all(math.isfinite(ev["loss"]) for ev in events if ev["event"] == "step")
+
+
+# --------------------------------------------------------------------------- small contracts of the loop
+
+
+def test_pause_hook_is_step_specific(monkeypatch, tmp_path):
+    from ance.trainer.loop import _test_pause_hook
+
+    monkeypatch.delenv("ANCE_TEST_CHECKPOINT_PAUSE", raising=False)
+    assert _test_pause_hook(4) is None
+    monkeypatch.setenv("ANCE_TEST_CHECKPOINT_PAUSE", f"4:{tmp_path / 'flag'}")
+    assert _test_pause_hook(2) is None and _test_pause_hook(6) is None
+    assert callable(_test_pause_hook(4))
+    monkeypatch.setenv("ANCE_TEST_CHECKPOINT_PAUSE", str(tmp_path / "flag"))
+    with pytest.raises(ConfigError, match="STEP:FILE"):
+        _test_pause_hook(4)
+
+
+def test_plain_path_gets_autocast_and_metrics_get_prometheus_addr(tmp_path, monkeypatch):
+    import ance.gradcache
+    from ance.trainer.loop import Trainer
+
+    seen = {}
+    real = ance.gradcache.plain_step
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ance.gradcache, "plain_step", spy)
+    cfg = load_config(CONFIG, [f"run_dir={tmp_path / 'run'}", *SMALL, "train.chunk_size=null",
+                               "train.precision=bf16", "train.max_steps=1", "telemetry.prometheus_port=0",
+                               "telemetry.prometheus_addr=localhost"])
+    trainer = Trainer(cfg)
+    try:
+        assert trainer.metrics.prometheus_addr == "localhost" and trainer.metrics.prometheus_port
+        record = trainer.train_step()
+    finally:
+        trainer.metrics.close()
+    assert seen["autocast_dtype"] == torch.bfloat16 and seen["device_type"] == "cpu" and "scaler" in seen
+    assert math.isfinite(record["loss"])
+
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+
+    def log(self, event, **fields):
+        self.events.append((event, fields))
+
+
+def test_replayed_refresh_is_not_logged_twice():
+    from ance.protocol import encode
+    from ance.trainer.negatives_client import BrokerClient
+
+    cfg = load_config(CONFIG, [])
+    metrics = _Recorder()
+    client = BrokerClient(cfg, NegativesTable(3, 2), metrics, ["a", "b", "c"], "f" * 16)
+    client._handle(encode("version_done", version=5, n_shards=2, stats={"replayed": False}))
+    client._handle(encode("version_done", version=5, n_shards=2, stats={"replayed": True}))  # broker restarted
+    assert [(e, f["version"]) for e, f in metrics.events] == [("refresh", 5)]
+    # a replay of a version this trainer never completed is still its first report (marked replayed)
+    client._handle(encode("version_done", version=7, n_shards=1, stats={"replayed": True}))
+    assert [(e, f["version"], f.get("replayed")) for e, f in metrics.events][-1] == ("refresh", 7, True)
+    assert client.latest_complete == 7
+    client._handle(encode("version_done", version=5, n_shards=2, stats={"replayed": True}))  # stale replay
+    assert len(metrics.events) == 2 and client.latest_complete == 7
