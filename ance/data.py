@@ -376,7 +376,9 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
     documents, in corpus order, then drops the judgements of dropped documents.
     Ids are always checked against the full files first.
     """
-    root = Path(path)
+    from .download import resolve_data_path
+
+    root = resolve_data_path(path)
     names = [splits] if isinstance(splits, str) else list(dict.fromkeys(splits))
     if not names or not all(isinstance(s, str) and s for s in names):
         raise ConfigError(f"splits must be a non-empty list of split names, got {splits!r}")

@@ -101,6 +101,29 @@ def _chunks(inputs: Inputs, size: int) -> list[Inputs]:
     return [_trim(dict(zip(keys, parts))) for parts in zip(*(inputs[k].split(size, dim=0) for k in keys))]
 
 
+def _length_order(inputs: Inputs) -> tuple[Inputs, Tensor | None]:
+    """The rows sorted by length, longest first, and the permutation that undoes it.
+
+    Chunks of similar lengths pad little (:func:`_trim`); the caller restores the
+    original row order of the representations with ``reps[inverse]``. Without an
+    attention mask, or when already sorted, the rows stay as they are (None).
+    """
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return inputs, None
+    lengths = mask.sum(dim=1)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    if bool((order == torch.arange(len(order), device=order.device)).all()):
+        return inputs, None
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return {k: v[order] for k, v in inputs.items()}, inverse
+
+
+def _unsort(reps: Tensor, inverse: Tensor | None) -> Tensor:
+    return reps if inverse is None else reps[inverse]
+
+
 def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -159,9 +182,10 @@ def plain_step(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     nq, np_ = _check_inputs(queries, "queries"), _check_inputs(passages, "passages")
+    (queries, q_inv), (passages, p_inv) = _length_order(queries), _length_order(passages)
     with _autocast(device_type, autocast_dtype):
-        q = torch.cat([model(**c, kind="query") for c in _chunks(queries, chunk_size or nq)])
-        p = torch.cat([model(**c, kind="passage") for c in _chunks(passages, chunk_size or np_)])
+        q = _unsort(torch.cat([model(**c, kind="query") for c in _chunks(queries, chunk_size or nq)]), q_inv)
+        p = _unsort(torch.cat([model(**c, kind="passage") for c in _chunks(passages, chunk_size or np_)]), p_inv)
     loss, to_backward = _global_loss(model, loss_fn, _upcast(q), _upcast(p), loss_kwargs)
     _backward(to_backward, scaler)
     return loss.detach()
@@ -237,15 +261,19 @@ class GradCache:
         """Accumulate the gradient of ``loss_fn`` over the whole batch; returns the detached loss."""
         _check_inputs(queries, "queries")
         _check_inputs(passages, "passages")
+        # longest first, so each chunk pads only to its own longest row
+        (queries, q_inv), (passages, p_inv) = _length_order(queries), _length_order(passages)
         q_chunks, p_chunks = _chunks(queries, self.chunk_size), _chunks(passages, self.chunk_size)
         jobs = [(c, "query") for c in q_chunks] + [(c, "passage") for c in p_chunks]
 
-        # (a) graph-less forward, recording each chunk's RNG state
+        # (a) graph-less forward, recording each chunk's RNG state (leaves in sorted row order)
         q, q_states = self._forward_no_grad(q_chunks, "query")
         p, p_states = self._forward_no_grad(p_chunks, "passage")
 
-        # (b) the loss over the whole batch, backpropagated to the representations only
-        loss, to_backward = _global_loss(self.model, self.loss_fn, q, p, loss_kwargs)
+        # (b) the loss over the whole batch in its original order, backpropagated to the
+        #     representations only; the leaves' gradients stay in chunk order
+        loss, to_backward = _global_loss(self.model, self.loss_fn, _unsort(q, q_inv), _unsort(p, p_inv),
+                                         loss_kwargs)
         _backward(to_backward, self.scaler)
         grads = list(q.grad.split(self.chunk_size)) + list(p.grad.split(self.chunk_size))
 

@@ -31,8 +31,10 @@ for part in $PARTS; do
       MODEL="$M" OUT="$OUT/quality" BACKEND=${BACKEND:-auto} timeout ${QUALITY_TIMEOUT:-420} \
           bash benchmarks/quality.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
       for r in "$OUT"/quality/*/; do [ -d "$r/logs" ] && tail -3 "$r"/logs/*.log; done 2>/dev/null | tail -30
-      # keep the metrics, drop the checkpoints (too big to fetch)
-      find "$OUT/quality" -name checkpoints -type d -prune -exec rm -rf {} + ;;
+      python benchmarks/summarize_runs.py "$OUT/quality" | tee "$OUT/quality-summary.json"
+      # one archive of metrics, configs and logs; drop checkpoints, caches and runs (too many files to fetch)
+      (cd "$OUT/quality" && tar -czf ../quality-runs.tgz --exclude=checkpoints --exclude=cache --exclude='*.trec' .)
+      rm -rf "$OUT/quality" ;;
     refresh)
       timeout 420 bash benchmarks/refresh_suite.sh "$OUT" 2>&1 | tail -30 ;;
   esac

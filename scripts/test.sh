@@ -7,7 +7,7 @@ bash scripts/setup.sh || exit 1
 # The compose test validates docker/docker-compose.yml with a real compose client.
 if ! (docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && apt-get install -y -qq docker-compose) >/dev/null 2>&1 \
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose) >/dev/null 2>&1 \
       || echo "note: could not install docker-compose; the compose test will say so and skip"
   fi
 fi

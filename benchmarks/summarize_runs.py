@@ -1,0 +1,66 @@
+"""One JSON summary of the quality runs under a folder (benchmarks/quality.sh's OUT):
+dev metrics of each run, and for each training run its wall time, trainer wait,
+async gap and refresh latencies read from metrics.jsonl.
+
+    python benchmarks/summarize_runs.py runs/quality
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def summarize_run(run: Path) -> dict:
+    steps, refreshes = [], []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("event") == "step":
+            steps.append(e)
+        elif e.get("event") == "refresh" and not e.get("replayed"):
+            refreshes.append(e)
+    out: dict = {"steps": len(steps)}
+    wall = run / "wall.json"
+    if wall.exists():
+        out.update(json.loads(wall.read_text()))
+    if steps:
+        out["wait_s"] = round(sum(s.get("wait_s") or 0.0 for s in steps), 3)
+        out["step_s"] = round(sum(s.get("step_s") or 0.0 for s in steps), 3)
+        # the training wall time: first step's start to the last step's end
+        span = steps[-1]["time"] - steps[0]["time"] + (steps[0].get("step_s") or 0.0)
+        out["train_span_s"] = round(span, 3)
+        out["wait_fraction"] = round(out["wait_s"] / max(span, 1e-9), 4)
+        gaps = [s["gap"] for s in steps if s.get("gap") is not None]
+        out["max_gap"] = max(gaps) if gaps else None
+        out["mean_gap"] = round(statistics.mean(gaps), 2) if gaps else None
+    if refreshes:
+        for key in ("latency_first_s", "latency_all_s", "encode_docs_per_s", "search_s", "overlap"):
+            vals = [r[key] for r in refreshes if isinstance(r.get(key), (int, float))]
+            if vals:
+                out[f"refresh_{key}_median"] = round(statistics.median(vals), 4)
+        out["refreshes"] = len(refreshes)
+        evals = [(r["version"], r["eval_ndcg@10"]) for r in refreshes if r.get("eval_ndcg@10") is not None]
+        out["eval_ndcg@10_by_version"] = evals
+    return out
+
+
+def main(folder: str) -> int:
+    root = Path(folder)
+    summary: dict = {}
+    for f in sorted(root.glob("*.dev.json")):
+        name = f.name[: -len(".dev.json")]
+        entry = {"dev": json.loads(f.read_text())}
+        if (root / name / "metrics.jsonl").exists():
+            entry.update(summarize_run(root / name))
+        summary[name] = entry
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "runs/quality"))
