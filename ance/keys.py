@@ -7,7 +7,10 @@
     DIR/client.key          client public key   (the broker allows the keys of DIR/*.key)
     DIR/client.key_secret   client keypair      (trainer and inferencers)
 
-Set ``broker.curve_keys=DIR`` on every process (copy DIR to the other hosts).
+Set ``broker.curve_keys=DIR`` on every process. The broker host keeps all four
+files; other hosts get only ``broker.key``, ``client.key`` and
+``client.key_secret`` (never ``broker.key_secret``: whoever holds it can pose
+as the broker).
 The broker's socket then encrypts everything and a ZAP authenticator accepts
 only clients whose public key is one of ``DIR/*.key``; a peer without the keys,
 or with another keypair, never completes the handshake and gets no answer.
@@ -76,7 +79,8 @@ def _load(path: Path, want_secret: bool) -> tuple[bytes, bytes | None]:
 
     if not path.is_file():
         raise ConfigError(f"missing CURVE key file {path}; run `ance keys {path.parent}` "
-                          "(or copy the directory made by it) and set broker.curve_keys to it")
+                          "on the broker host (other hosts need only broker.key, client.key and client.key_secret "
+                          "copied from there) and set broker.curve_keys to that directory")
     try:
         public, secret = zmq.auth.load_certificate(path)
     except ValueError as exc:

@@ -53,8 +53,12 @@ def cpu_threads(n_procs: int) -> str:
 def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpus: list[int],
          n_cpu_inferencers: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
          extra_train_overrides: list[str] | None = None, roles: tuple[str, ...] = ("broker", "trainer", "inferencer"),
-         ) -> list[ProcSpec]:
-    """The processes of a run, as argv lists (pure; tested on its own)."""
+         worker_prefix: str = "") -> list[ProcSpec]:
+    """The processes of a run, as argv lists (pure; tested on its own).
+
+    ``worker_prefix`` goes in front of the inferencers' names (``inferencer-<prefix><i>``,
+    ``--name <prefix><i>``), so pools launched on several hosts stay distinct at the broker.
+    """
     rd = str(run_dir)
     specs: list[ProcSpec] = []
     n_inf = len(inferencer_gpus) if inferencer_gpus else n_cpu_inferencers
@@ -81,15 +85,28 @@ def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpu
     if "inferencer" in roles:
         if inferencer_gpus:
             for i, gpu in enumerate(inferencer_gpus):
-                specs.append(ProcSpec(f"inferencer-{i}", ance_cmd("infer", "--run-dir", rd, "--device", "cuda:0",
-                                                                  "--name", str(i)),
+                specs.append(ProcSpec(f"inferencer-{worker_prefix}{i}",
+                                      ance_cmd("infer", "--run-dir", rd, "--device", "cuda:0",
+                                               "--name", f"{worker_prefix}{i}"),
                                       {"CUDA_VISIBLE_DEVICES": str(gpu)}))
         else:
             for i in range(n_cpu_inferencers):
-                specs.append(ProcSpec(f"inferencer-{i}", ance_cmd("infer", "--run-dir", rd, "--device", "cpu",
-                                                                  "--name", str(i)),
+                specs.append(ProcSpec(f"inferencer-{worker_prefix}{i}",
+                                      ance_cmd("infer", "--run-dir", rd, "--device", "cpu",
+                                               "--name", f"{worker_prefix}{i}"),
                                       {"CUDA_VISIBLE_DEVICES": "", **cpu_env}))
     return specs
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: SIGTERM us if the launcher dies, even by kill -9 (Linux)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: teardown relies on the launcher's own handlers
+        pass
 
 
 class Supervisor:
@@ -112,7 +129,8 @@ class Supervisor:
         logf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(proc.spec.argv)}\n".encode())
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **proc.spec.env}
         proc.popen = subprocess.Popen(proc.spec.argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=_terminate_with_parent)
         logf.close()
         proc.started_at = time.time()
         log.info("started %s (pid %d)", proc.spec.name, proc.popen.pid)

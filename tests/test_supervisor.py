@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,3 +109,38 @@ def test_gives_up_after_max_restarts(tmp_path):
              ProcSpec("trainer-0", py("import time; time.sleep(60)"), restart=False)]
     sup = Supervisor(specs, tmp_path, backoff_s=[0.05], max_restarts=2)
     assert sup.run() == 1
+
+
+def test_worker_prefix_names_remote_pools_apart(tmp_path):
+    from ance.commands.launch import worker_prefix
+
+    assert worker_prefix(None, ("broker", "trainer", "inferencer")) == ""
+    assert worker_prefix(None, ("inferencer",)).endswith("-")
+    specs = plan(tmp_path, resume=False, trainer_gpus=[], inferencer_gpus=[1], n_cpu_inferencers=0,
+                 roles=("inferencer",), worker_prefix="hostb-")
+    assert [s.name for s in specs] == ["inferencer-hostb-0"]
+    assert specs[0].argv[-2:] == ["--name", "hostb-0"]
+
+
+def test_children_go_when_the_launcher_is_killed_hard(tmp_path):
+    token = f"orphan-{os.getpid()}-{time.time_ns()}"
+    pidfile = tmp_path / "pids"
+    code = (
+        "import sys, time, json; from pathlib import Path\n"
+        "from ance.launch.supervisor import ProcSpec, Supervisor\n"
+        f"specs = [ProcSpec('worker', [sys.executable, '-c', 'import time; time.sleep(60)', {token!r}]),\n"
+        "         ProcSpec('trainer-0', [sys.executable, '-c', 'import time; time.sleep(60)'], restart=False)]\n"
+        f"sup = Supervisor(specs, Path({str(tmp_path)!r}), backoff_s=[1], max_restarts=1)\n"
+        f"sup.run(tick=lambda: Path({str(pidfile)!r}).write_text(json.dumps(sup.pids())))\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 30
+    while time.time() < deadline and not (pidfile.exists() and len(pidfile.read_text()) > 20):
+        time.sleep(0.1)
+    assert pids_with_arg(token), "the worker never started"
+    launcher.kill()  # kill -9: no handler of the launcher runs
+    launcher.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and [p for p in pids_with_arg(token) if alive(p)]:
+        time.sleep(0.1)
+    assert not [p for p in pids_with_arg(token) if alive(p)]

@@ -36,6 +36,9 @@ def resolve_device(name: str) -> str:
         if torch.cuda.is_available():
             return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but torch {torch.__version__} sees no CUDA GPU "
+                          "(a CPU build, or no driver); use train.device=cpu, or install a CUDA build of torch")
     return name
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 NAME = "launch"
 HELP = "Start a whole run (broker, trainer group, inferencer pool) and supervise it until training ends."
@@ -32,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of CPU inferencer workers when no --inferencer-gpus (default: launch.inferencers)")
     parser.add_argument("--only", default="broker,trainer,inferencer",
                         help="start only these roles (comma-separated), e.g. `inferencer` on a second node")
+    parser.add_argument("--worker-prefix", default=None,
+                        help="prefix of this launcher's inferencer names (inferencer-<prefix><i>); default: none "
+                             "when this launcher runs the broker, else '<hostname>-', so pools on several hosts "
+                             "never share a name")
     parser.add_argument("--nnodes", type=int, default=1, help="trainer nodes (torchrun rendezvous); 1 = this node only")
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank among --nnodes")
     parser.add_argument("--rdzv-endpoint", default=None, help="host:port of the torchrun rendezvous (multi-node)")
@@ -72,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         roles = tuple(r for r in roles if r == "trainer")  # nothing to refresh
     specs = plan(run_dir, resume=bool(args.resume), trainer_gpus=args.trainer_gpus,
                  inferencer_gpus=args.inferencer_gpus, n_cpu_inferencers=n_cpu, nnodes=args.nnodes,
-                 node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, roles=roles)
+                 node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, roles=roles,
+                 worker_prefix=worker_prefix(args.worker_prefix, roles))
     log = logging.getLogger("ance.launch")
     # Process starts, exits and restarts go to metrics.jsonl too, so `ance monitor` and tests see them.
     metrics = MetricsWriter(run_dir, "launch", tensorboard=False)
@@ -102,3 +108,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{cfg.data.eval_split} nDCG@10: {before['ndcg@10']:.4f} at step {before['step']} -> "
               f"{after['ndcg@10']:.4f} at step {after['step']}", file=sys.stderr)
     return rc
+
+
+def worker_prefix(given: str | None, roles: tuple[str, ...]) -> str:
+    if given is not None:
+        return given
+    return "" if "broker" in roles else f"{socket.gethostname()}-"
