@@ -147,3 +147,23 @@ def test_kill_9_mid_checkpoint_then_resume_matches_uninterrupted_run(tmp_path):
     assert worst <= 1e-5, f"final parameters differ by up to {worst}"
     start = params(broken / "checkpoints" / "step-000002")
     assert max(float(np.abs(pa[k] - start[k]).max()) for k in pa) > 1e-4  # and they did train after step 2
+
+
+def test_auto_resume_starts_fresh_then_continues(tmp_path):
+    """`ance train --auto-resume CONFIG`: fresh when the run dir has no checkpoint, resumed when it has."""
+    import json as _json
+    import os as _os
+    import subprocess as _sp
+    import sys as _sys
+
+    run = tmp_path / "run"
+    base = [_sys.executable, "-m", "ance.cli", "train", "--auto-resume", "configs/tiny-cpu.yaml", f"run_dir={run}",
+            "data.max_docs=200", "data.max_queries=32", "train.batch_size=8", "train.chunk_size=8",
+            "train.checkpoint_every=2", "negatives.source=inbatch", "telemetry.tensorboard=false"]
+    env = {**_os.environ, "OMP_NUM_THREADS": "1"}
+    _sp.run(base + ["train.max_steps=2"], check=True, env=env, capture_output=True, timeout=180)
+    out = _sp.run(base + ["train.max_steps=4"], check=True, env=env, capture_output=True, text=True, timeout=180)
+    assert "--auto-resume: continuing from" in out.stderr + out.stdout
+    steps = [_json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"event": "step"' in line]
+    assert steps == [1, 2, 3, 4]

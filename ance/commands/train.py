@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its newest complete checkpoint "
                              "(model, optimizer, scheduler, RNG and data position)")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="with CONFIG: resume when the run directory already holds a complete checkpoint, "
+                             "else start fresh (for restarts by docker compose or a scheduler)")
     parser.add_argument("--log-level", default="INFO", help="logging level of this process")
     parser.epilog = ("Several GPUs: torchrun --nproc-per-node N -m ance.cli train CONFIG ... "
                      "(batch_size is the global batch, split over the ranks).")
@@ -35,10 +38,20 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_run_config(args.resume, overrides)
     else:
         cfg = config_from_args(argparse.Namespace(config=args.config, overrides=args.overrides, from_run_dir=None))
+    resume = bool(args.resume)
+    if args.auto_resume and not resume:
+        from pathlib import Path
+
+        from ance.trainer.checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(Path(cfg.run_dir))
+        if found is not None:
+            logging.getLogger("ance.train").info("--auto-resume: continuing from %s", found[1])
+            resume = True
 
     from ance.trainer.loop import Trainer
 
-    trainer = Trainer(cfg, resume=bool(args.resume))
+    trainer = Trainer(cfg, resume=resume)
     try:
         summary = trainer.run()
     finally:
