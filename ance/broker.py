@@ -15,13 +15,18 @@ queued as a refresh, so killing the broker loses nothing.
 
 ``version_done.stats`` (what the trainer logs as the ``refresh`` event):
 
-* ``load_s``, ``encode_s``, ``index_s``, ``search_s``: the slowest shard's
-  time for each stage (shards run in parallel, so the slowest one is what the
-  refresh waited for); ``search_s`` includes encoding the queries.
+* ``load_s``, ``encode_s``, ``index_s``, ``search_s``, ``transfer_s`` (the
+  shard stages of :data:`ance.protocol.SHARD_STAGES`), ``query_encode_s`` and
+  ``knn_s`` (the parts of ``search_s``), ``shard_s``: the slowest shard's
+  time for each (shards run in parallel, so the slowest one is what the
+  refresh waited for).
 * ``encode_docs_per_s``: ``n_docs / encode_s`` as above, the pool's effective
   corpus-encoding rate (not the sum of per-worker rates, which ignores
   stragglers).
-* ``merge_s``: broker time spent merging, selecting and persisting;
+* ``queue_s``: checkpoint written (trainer's clock) to job started (ours);
+  ``merge_s``, ``select_s``, ``persist_s``, ``send_s``: broker time spent
+  merging the shards' top-k, selecting negatives, appending them to the
+  partial file (fsync) and sending them to the trainer, summed over the chunks;
   ``refresh_s``: job start to version complete, on the broker's clock.
 * ``overlap``: mean fraction of the previous version's negatives of a query
   that reappear in the query's new top-``depth`` (ANCE's diagnostic); None for
@@ -47,13 +52,14 @@ import numpy as np
 
 from .config import Config
 from .errors import AnceError, ProtocolError
-from .protocol import decode, encode, pack_array, unpack_array
+from .protocol import BROKER_STAGES, SHARD_STAGES, decode, encode, pack_array, unpack_array
 from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files, chunk_range,
                       complete_checkpoints, complete_versions, json_safe, n_chunks, negatives_path)
 
 log = logging.getLogger(__name__)
 
-_STAGES = ("load_s", "encode_s", "index_s", "search_s")
+_STAGES = SHARD_STAGES + ("query_encode_s", "knn_s", "shard_s")
+_CHUNK_TIMERS = tuple(k for k in BROKER_STAGES if k != "queue_s")  # summed over the chunks of a refresh
 _EVAL_MEASURES = {"ndcg@10": "eval_ndcg@10", "mrr@10": "eval_mrr@10", "recall@100": "eval_recall@100",
                   "recall@1000": "eval_recall@1000"}
 
@@ -127,7 +133,7 @@ class Broker:
         self._eval_ids: np.ndarray | None = None
         self._eval_scores: np.ndarray | None = None
         self._overlap = [0.0, 0]  # sum of per-query overlaps, queries counted
-        self._merge_s = 0.0
+        self._times = dict.fromkeys(_CHUNK_TIMERS, 0.0)
         self._weights: dict[str, bytes] | None = None
         self.trainer: bytes | None = None
         self._trainer_pid: int | None = None
@@ -141,8 +147,10 @@ class Broker:
     def _metrics_writer(self):
         from .telemetry import MetricsWriter, prometheus_port_for
 
+        t = self.cfg.telemetry
         return MetricsWriter(self.run_dir, "broker", tensorboard=False,
-                             prometheus_port=prometheus_port_for(self.cfg.telemetry.prometheus_port, "broker"))
+                             prometheus_port=prometheus_port_for(t.prometheus_port, "broker"),
+                             prometheus_addr=t.prometheus_addr)
 
     def _restore(self) -> None:
         """Reload the newest complete negatives; queue a newer complete checkpoint."""
@@ -412,10 +420,10 @@ class Broker:
         ready = self.state.on_topk(_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids))
+        if self.current is not None and msg.job_id == self._job_id:
+            self._times["merge_s"] += time.perf_counter() - t0
         for r in ready:
             self._chunk_ready(r)
-        if self.current is not None and msg.job_id == self._job_id:
-            self._merge_s += time.perf_counter() - t0
 
     def _on_shard_done(self, peer: bytes, msg) -> None:
         self._worker_seen(peer, "shard_done")
@@ -465,7 +473,7 @@ class Broker:
         self.current = _Version(job.version, self.n_train, self.keep)
         self.current.n_shards = job.n_shards
         self._overlap = [0.0, 0]
-        self._merge_s = 0.0
+        self._times = dict.fromkeys(_CHUNK_TIMERS, 0.0)
         self._weights = None
         if job.eval:
             k = eval_depth(self.depth)
@@ -510,6 +518,7 @@ class Broker:
             return
         from .negatives import append_negatives, overlap, select_negatives
 
+        t0 = time.perf_counter()
         neg_cfg = self.cfg.negatives
         rng = np.random.default_rng([self.cfg.seed, r.version, r.chunk])  # same chunk, same draw
         neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=tuple(neg_cfg.rank_window),
@@ -524,11 +533,17 @@ class Broker:
         cur = self.current
         cur.neg[r.q_lo:r.q_hi] = neg
         cur.chunks.add(r.chunk)
+        t1 = time.perf_counter()
         append_negatives(self._partial, self.train.ids, q_idx, neg, self.doc_ids)  # persist, then send
+        t2 = time.perf_counter()
         if self.trainer is not None:
             self._send(self.trainer, "negatives", version=r.version, chunk=r.chunk,
                        n_chunks=self.state.n_chunks("train"), q_idx=pack_array(q_idx), neg=pack_array(neg),
                        sent_at=time.time())
+        t3 = time.perf_counter()
+        self._times["select_s"] += t1 - t0
+        self._times["persist_s"] += t2 - t1
+        self._times["send_s"] += t3 - t2
 
     def _finish(self) -> None:
         job = self.state.finish()
@@ -558,7 +573,8 @@ class Broker:
             stats[key] = max(vals) if vals else None
         enc = stats.get("encode_s")
         stats["encode_docs_per_s"] = self.n_docs / enc if enc else None
-        stats["merge_s"] = self._merge_s
+        stats["queue_s"] = job.started_at - job.ckpt.written_at
+        stats.update(self._times)
         stats["refresh_s"] = time.time() - job.started_at
         stats["overlap"] = self._overlap[0] / self._overlap[1] if self._overlap[1] else None
         stats.update(n_docs=self.n_docs, n_queries=self.n_train, depth=self.depth, keep=self.keep,

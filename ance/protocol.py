@@ -63,6 +63,17 @@ SPEC: dict[str, tuple[dict[str, str], dict[str, str]]] = {
 }
 TYPES = tuple(SPEC)
 
+# Stage times (seconds) of a refresh, by name; the ``stats`` maps stay open maps (a newer peer may add keys).
+# ``shard_done.stats`` carries SHARD_STAGES, measured by the inferencer on its shard; they add up to about
+# its wall time: load (checkpoint + token cache), encode (corpus), index (build), search (query encoding
+# and k-NN), transfer (packing ``topk`` and handing every frame to the socket). ``version_done.stats``
+# carries, for each, the slowest shard's time, plus the broker's own BROKER_STAGES: queue (checkpoint
+# written -> job started, across two clocks), merge (``merge_topk``), select (negatives and overlap),
+# persist (append + fsync) and send (``negatives`` to the trainer), each summed over the chunks. The broker
+# stages overlap the shards' search, so the stages do not add up to the refresh latency.
+SHARD_STAGES = ("load_s", "encode_s", "index_s", "search_s", "transfer_s")
+BROKER_STAGES = ("queue_s", "merge_s", "select_s", "persist_s", "send_s")
+
 # Enumerated string fields (checked on decode and encode).
 _CHOICES = {
     ("hello", "role"): ("trainer", "inferencer"),

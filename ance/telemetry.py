@@ -45,6 +45,10 @@ KNOWN_METRICS = {
     "checkpoint_step": "step of the newest checkpoint written",
     "workers_alive": "inferencer workers the broker sees alive",
     "refresh_shards_done": "shards of the running refresh that are done",
+    "inferencer_docs_per_second": "encoding rate of this worker's last shard",
+    "inferencer_shards_done": "shard jobs this worker finished",
+    "inferencer_last_version": "checkpoint step of this worker's last finished shard",
+    "inferencer_shard_seconds": "wall time of this worker's last shard (load to last chunk sent)",
 }
 
 # event -> [(field, gauge)]: what ``log`` sets besides the JSON line. ``wait_s`` adds to a counter.

@@ -28,13 +28,13 @@ for part in $PARTS; do
       timeout 300 python benchmarks/bench_train.py --model "$M" --data "$DATA" --device cuda \
           --chunk 32 --memory-sweep 64,256,1024,4096 --out "$OUT/bench_memory.json" 2>&1 | tail -12 ;;
     quality)
-      MODEL="$M" OUT="$OUT/quality" BACKEND=${BACKEND:-auto} timeout ${QUALITY_TIMEOUT:-420} \
+      MODEL="$M" OUT="$OUT/${QNAME:-quality}" BACKEND=${BACKEND:-auto} timeout ${QUALITY_TIMEOUT:-420} \
           bash benchmarks/quality.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
-      for r in "$OUT"/quality/*/; do [ -d "$r/logs" ] && tail -3 "$r"/logs/*.log; done 2>/dev/null | tail -30
-      python benchmarks/summarize_runs.py "$OUT/quality" | tee "$OUT/quality-summary.json"
+      for r in "$OUT"/${QNAME:-quality}/*/; do [ -d "$r/logs" ] && tail -3 "$r"/logs/*.log; done 2>/dev/null | tail -30
+      python benchmarks/summarize_runs.py "$OUT/${QNAME:-quality}" | tee "$OUT/${QNAME:-quality}-summary.json"
       # one archive of metrics, configs and logs; drop checkpoints, caches and runs (too many files to fetch)
-      (cd "$OUT/quality" && tar -czf ../quality-runs.tgz --exclude=checkpoints --exclude=cache --exclude='*.trec' .)
-      rm -rf "$OUT/quality" ;;
+      (cd "$OUT/${QNAME:-quality}" && tar -czf "../${QNAME:-quality}-runs.tgz" --exclude=checkpoints --exclude=cache --exclude='*.trec' .)
+      rm -rf "$OUT/${QNAME:-quality}" ;;
     refresh)
       timeout 420 bash benchmarks/refresh_suite.sh "$OUT" 2>&1 | tail -30 ;;
   esac

@@ -5,7 +5,8 @@
 # (`ance retrieve` of the last checkpoint on dev, exact search, max length 256).
 #   MODEL=all-MiniLM-L6-v2 DATA=../shared/data/scifact SEEDS="13 14" bash benchmarks/quality.sh
 # Env: MODEL, DATA, OUT (default runs/quality), SEEDS, METHODS (zeroshot inbatch static async),
-# BACKEND (auto|faiss|torch), GPUS (trainer and inferencer GPU, default 0), EXTRA (more overrides).
+# BACKEND (auto|faiss|torch), GPUS (trainer and inferencer GPU, default 0), WINDOW (ranks the hard
+# negatives come from, static and async alike; default "0 30"), EXTRA (more overrides).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-all-MiniLM-L6-v2}
@@ -17,8 +18,10 @@ BACKEND=${BACKEND:-auto}
 GPU=${GPUS:-0}
 CFG=configs/scifact-minilm-gpu.yaml
 EXTRA=${EXTRA:-}
+WINDOW=${WINDOW:-"0 30"}
+read -r LO HI <<< "$WINDOW"
 mkdir -p "$OUT"
-common="model.name_or_path=$MODEL data.path=$DATA inferencer.backend=$BACKEND $EXTRA"
+common="model.name_or_path=$MODEL data.path=$DATA inferencer.backend=$BACKEND negatives.rank_window=[$LO,$HI] $EXTRA"
 
 evaluate() {  # evaluate MODEL_DIR NAME
   ance retrieve --model "$1" --data "$DATA" --split dev --out "$OUT/$2.dev.trec" --max-length 256 \
@@ -31,7 +34,7 @@ STATIC="$OUT/static-negatives.tsv"
 if [[ " $METHODS " == *" static "* ]] && [ ! -s "$STATIC" ]; then
   t0=$EPOCHREALTIME
   ance mine --model "$MODEL" --data "$DATA" --split train --out "$STATIC" --max-length 256 \
-      --query-max-length 64 --depth 100 --rank-window 0 30 --n 30 --backend "$BACKEND" --quiet
+      --query-max-length 64 --depth 100 --rank-window $LO $HI --n $((HI - LO)) --backend "$BACKEND" --quiet
   echo "{\"mine_s\": $(python -c "print(round($EPOCHREALTIME - $t0, 1))")}" > "$OUT/mine.json"
 fi
 for m in $METHODS; do

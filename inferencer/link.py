@@ -114,7 +114,8 @@ class Link:
             hello_at = self._hello(sock)
             hello_every = max(2.0, 3 * b.heartbeat_s)
             while not self._stopping.is_set():
-                if sock.poll(50, zmq.POLLIN):
+                # short waits while there is something to send: a queued result goes out within ~10 ms
+                if sock.poll(1 if (self._pending or not self._outbox.empty()) else 10, zmq.POLLIN):
                     for _ in range(100):
                         try:
                             frame = sock.recv(zmq.NOBLOCK)

@@ -3,7 +3,9 @@
 For a ``job`` (one shard of one refresh) it loads the checkpoint, encodes its
 document range from the shared token cache, indexes it, searches the training
 queries chunk by chunk (``topk`` per chunk, global doc indices), then the eval
-queries when asked, then sends ``shard_done`` with its stage times. Anything
+queries when asked, then sends ``shard_done`` with its stage times
+(:data:`ance.protocol.SHARD_STAGES`, plus ``query_encode_s`` and ``knn_s``, the
+two parts of ``search_s``, and ``shard_s``, the whole job). Anything
 that goes wrong in a job becomes ``shard_failed`` (traceback in the log) and
 the worker waits for the next job. Only the token cache survives a job.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import shutil
 import signal
 import tempfile
@@ -36,6 +39,9 @@ from .link import Link
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 2
+# At the end of a shard, wait at most this long for the link thread to hand the topk frames to the socket
+# (they stay queued after it either way; the wait only makes ``transfer_s`` mean what it says).
+_FLUSH_WAIT_S = 10.0
 
 
 class JobCancelled(Exception):
@@ -86,9 +92,35 @@ class Worker:
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
         self.fingerprint = self.data.fingerprint
         self.link = Link(cfg, self.name, self.device, self.fingerprint)
+        self.metrics = self._prometheus()
+        self.jobs_done = 0
         self._cache = None
         self._stop = threading.Event()
         self._stop_reason: str | None = None
+
+    def _prometheus(self):
+        """The /metrics endpoint of this worker (port base+2+i for a name ending in i), or None."""
+        t = self.cfg.telemetry
+        if t.prometheus_port is None:
+            return None
+        from ance.telemetry import MetricsWriter, prometheus_port_for
+
+        digits = re.search(r"(\d+)$", self.name)
+        port = prometheus_port_for(t.prometheus_port, "inferencer", int(digits.group(1))) if digits else 0
+        return MetricsWriter(self.run_dir, "inferencer", tensorboard=False, prometheus_port=port,
+                             prometheus_addr=t.prometheus_addr)
+
+    def _export(self, stats: dict[str, Any], version: int) -> None:
+        if self.metrics is None:
+            return
+        self.jobs_done += 1
+        encode_s = stats.get("encode_s") or 0.0
+        if encode_s > 0 and stats.get("n_docs"):
+            self.metrics.gauge("inferencer_docs_per_second", stats["n_docs"] / encode_s, worker=self.name)
+        self.metrics.gauge("inferencer_shards_done", self.jobs_done, worker=self.name)
+        self.metrics.gauge("inferencer_last_version", version, worker=self.name)
+        if stats.get("shard_s"):
+            self.metrics.gauge("inferencer_shard_seconds", stats["shard_s"], worker=self.name)
 
     # ------------------------------------------------------------ loop
     def run(self) -> int:
@@ -115,6 +147,8 @@ class Worker:
         finally:
             self.link.flush(2.0)
             self.link.close()
+            if self.metrics is not None:
+                self.metrics.close()
         return code
 
     def _install_signals(self) -> None:
@@ -145,6 +179,7 @@ class Worker:
                            reason=f"{type(exc).__name__}: {exc}"[:2000])
         else:
             self.link.send("shard_done", job_id=job.job_id, version=job.version, shard=job.shard, stats=stats)
+            self._export(stats, job.version)
             log.info("job %d done in %.1fs: %s", job.job_id, time.time() - t0,
                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
         finally:
@@ -153,6 +188,7 @@ class Worker:
     # ------------------------------------------------------------ one shard
     def process(self, job) -> dict[str, Any]:
         """Encode, index and search one shard, streaming ``topk``; return the stats."""
+        t_job = time.perf_counter()  # load_s includes these imports (torch) on the first job
         from ance.encode import encode_corpus
         from ance.index import make_index
 
@@ -161,11 +197,10 @@ class Worker:
         if not 0 <= job.doc_lo < job.doc_hi <= len(self.data.corpus):
             raise AnceError(f"doc range [{job.doc_lo}, {job.doc_hi}) outside the corpus of {len(self.data.corpus)}")
         m = self.cfg.model
-        t = time.perf_counter()
         with self._checkpoint(job) as path:
             model = self._load_model(path)
         cache = self._token_cache(model.tokenizer)
-        load_s = time.perf_counter() - t
+        load_s = time.perf_counter() - t_job
 
         t = time.perf_counter()
         emb, owner = encode_corpus(model, cache, lo=job.doc_lo, hi=job.doc_hi, max_length=m.passage_max_length,
@@ -184,20 +219,26 @@ class Worker:
         index_s = time.perf_counter() - t
 
         t = time.perf_counter()
-        query_s = self._search(job, model, index, owner, "train", self.train.texts, job.depth)
+        times = {"query_encode_s": 0.0, "knn_s": 0.0, "transfer_s": 0.0}
+        self._search(job, model, index, owner, "train", self.train.texts, job.depth, times)
         if job.eval:
             if self.eval is None:
                 raise AnceError("the broker asks for eval results but data.eval_split is not set here")
-            query_s += self._search(job, model, index, owner, "eval", self.eval.texts,
-                                    job.get("eval_depth") or max(100, job.depth))
-        search_s = time.perf_counter() - t
+            self._search(job, model, index, owner, "eval", self.eval.texts,
+                         job.get("eval_depth") or max(100, job.depth), times)
+        # Transfer ends when the link thread has handed every topk frame to the socket.
+        t_flush = time.perf_counter()
+        self.link.flush(_FLUSH_WAIT_S)
+        times["transfer_s"] += time.perf_counter() - t_flush
+        search_s = time.perf_counter() - t - times["transfer_s"]
         return {"load_s": load_s, "encode_s": encode_s, "index_s": index_s, "search_s": search_s,
-                "query_encode_s": query_s, "n_docs": job.doc_hi - job.doc_lo, "n_vectors": n_vectors,
-                "backend": getattr(index, "backend_name", self.cfg.inferencer.backend), "device": self.device,
-                "worker": self.name}
+                **times, "shard_s": time.perf_counter() - t_job, "n_docs": job.doc_hi - job.doc_lo,
+                "n_vectors": n_vectors, "backend": getattr(index, "backend_name", self.cfg.inferencer.backend),
+                "device": self.device, "worker": self.name}
 
-    def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int) -> float:
-        """Search ``texts`` in chunks, sending ``topk`` each; return the query-encoding seconds."""
+    def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int,
+                times: dict[str, float]) -> None:
+        """Search ``texts`` in chunks, sending ``topk`` each; add the seconds of each part to ``times``."""
         from ance.encode import encode_texts
         from ance.index import maxp_collapse
 
@@ -205,25 +246,27 @@ class Worker:
         maxp = m.long_doc == "maxp"
         n = len(texts)
         n_chunks = (n + job.chunk_queries - 1) // job.chunk_queries
-        enc_s = 0.0
         for c in range(n_chunks):
             self._check_stop()
             lo, hi = c * job.chunk_queries, min((c + 1) * job.chunk_queries, n)
-            t = time.perf_counter()
+            t0 = time.perf_counter()
             q = encode_texts(model, list(texts[lo:hi]), m.query_max_length, kind="query",
                              batch_size=self.cfg.inferencer.batch_size, device=self.device, precision=self.precision)
-            enc_s += time.perf_counter() - t
+            t1 = time.perf_counter()
             if maxp:  # windows first, then the best window per document
                 scores, pos = index.search(q, depth * m.maxp_windows)
                 scores, ids = maxp_collapse(scores, pos, owner, depth)
             else:
                 scores, pos = index.search(q, depth)
                 ids = np.where(pos >= 0, owner[np.maximum(pos, 0)], -1)
+            t2 = time.perf_counter()
             self.link.send("topk", job_id=job.job_id, version=job.version, shard=job.shard, chunk=c,
                            n_chunks=n_chunks, q_lo=lo, q_hi=hi, split=split,
                            ids=pack_array(np.ascontiguousarray(ids, dtype=np.int64)),
                            scores=pack_array(np.ascontiguousarray(scores, dtype=np.float32)))
-        return enc_s
+            times["query_encode_s"] += t1 - t0
+            times["knn_s"] += t2 - t1
+            times["transfer_s"] += time.perf_counter() - t2
 
     def _check_stop(self) -> None:
         if self._stop.is_set():

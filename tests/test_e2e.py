@@ -172,8 +172,8 @@ def scrape(port: int) -> dict[str, float]:
     except OSError:
         return {}
     samples = {}
-    for m in re.finditer(r"^(ance_[a-z0-9_]+) (\S+)$", text, re.M):
-        samples[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r"^(ance_[a-z0-9_]+)(\{[^}]*\})? (\S+)$", text, re.M):
+        samples[m.group(1)] = float(m.group(3))
     return samples
 
 
@@ -308,6 +308,12 @@ def test_launch_end_to_end(tmp_path, cleanup):
                 samples = scrape(port)
                 if {"ance_async_gap", "ance_negatives_version", "ance_trainer_step"} <= samples.keys():
                     prom[role] = samples
+        # ... and inferencer-0's own endpoint (base+2) once it has finished a shard
+        if "inferencer-0" not in prom and any(e["event"] == "shard" and e.get("state") == "done"
+                                              and e.get("worker") == "inferencer-0" for e in events):
+            samples = scrape(base + 2)
+            if {"ance_inferencer_shards_done", "ance_inferencer_docs_per_second"} <= samples.keys():
+                prom["inferencer-0"] = samples
         # 2. kill inferencer-1 as soon as it is handed a shard of a refresh after the first one
         for e in new:
             if e["event"] != "shard":
@@ -330,7 +336,8 @@ def test_launch_end_to_end(tmp_path, cleanup):
 
     # Prometheus gauges were served while running, with sane values
     max_gap = load_run_config(run_dir).negatives.max_gap
-    assert set(prom) == {"trainer", "broker"}, f"gauges not served: {prom}\n{tails(*logs)}"
+    assert set(prom) == {"trainer", "broker", "inferencer-0"}, f"gauges not served: {prom}\n{tails(*logs)}"
+    assert prom.pop("inferencer-0")["ance_inferencer_shards_done"] >= 1
     for role, samples in prom.items():
         assert 0 <= samples["ance_async_gap"] <= max_gap, (role, samples)
         assert samples["ance_negatives_version"] <= samples["ance_trainer_step"], (role, samples)

@@ -34,6 +34,7 @@ class BrokerClient:
         self.ctx = None
         self.written_at: dict[int, float] = {}      # checkpoint step -> when it was written
         self.first_chunk_at: dict[int, float] = {}
+        self.last_chunk_at: dict[int, float] = {}
         self.chunks_seen: dict[int, set[int]] = {}
         self.complete: set[int] = set()
         self.latest_complete = -1
@@ -118,6 +119,7 @@ class BrokerClient:
             now = time.time()
             if version not in self.first_chunk_at:
                 self.first_chunk_at[version] = now
+            self.last_chunk_at[version] = now
             self.chunks_seen.setdefault(version, set()).add(int(msg["chunk"]))
         elif kind == "version_done":
             self._version_done(int(msg["version"]), msg)
@@ -143,9 +145,13 @@ class BrokerClient:
             return
         self.complete.add(version)
         self.latest_complete = max(self.latest_complete, version)
+        last = self.last_chunk_at.get(version)
+        # latency_all_s: to the last negatives chunk; latency_done_s: to version_done, which
+        # follows the evaluation of the checkpoint when an eval split is configured
         event = {"version": version, "n_shards": msg.get("n_shards"),
                  "latency_first_s": (first - written) if (first and written) else None,
-                 "latency_all_s": (now - written) if written else None, **stats}
+                 "latency_all_s": (last - written) if (last and written) else None,
+                 "latency_done_s": (now - written) if written else None, **stats}
         self.metrics.log("refresh", **event)
         log.info("negatives v%d complete: %s", version, {k: v for k, v in event.items() if v is not None})
 
