@@ -99,6 +99,7 @@ class InferencerConfig:
     backend: str = "auto"
     device: str = "auto"
     precision: str = "auto"
+    warm_up: bool = True          # tokenize the corpus and initialise the device before the first job
 
 
 @dataclass

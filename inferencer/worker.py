@@ -128,6 +128,8 @@ class Worker:
         self.link.start()
         log.info("inferencer %s on %s (%s), %d train queries%s", self.name, self.device, self.precision,
                  len(self.train.ids), f", {len(self.eval.ids)} eval queries" if self.eval else "")
+        if self.cfg.inferencer.warm_up:
+            self.warm_up()
         code = 0
         try:
             while not self._stop.is_set():
@@ -306,15 +308,42 @@ class Worker:
 
     def _token_cache(self, tokenizer):
         """The tokenized corpus under RUN_DIR/cache, built once (by whichever process comes first)."""
-        if self._cache is None:
-            from ance.encode import corpus_max_tokens
-            from ance.tokcache import TokenCache
+        from ance.encode import corpus_max_tokens
+        from ance.tokcache import TokenCache, cache_key
 
-            m = self.cfg.model
+        m = self.cfg.model
+        max_tokens = corpus_max_tokens(tokenizer, m.passage_max_length, m.long_doc, m.maxp_windows)
+        if self._cache is None or self._cache.key != cache_key(tokenizer, max_tokens, self.data.corpus.source_hash):
             t = time.perf_counter()
-            self._cache = TokenCache.open(self.data.corpus.passages(), tokenizer,
-                                          corpus_max_tokens(tokenizer, m.passage_max_length, m.long_doc,
-                                                            m.maxp_windows),
+            self._cache = TokenCache.open(self.data.corpus.passages(), tokenizer, max_tokens,
                                           self.run_dir / "cache", self.data.corpus.source_hash, progress=False)
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
+
+    def warm_up(self) -> None:
+        """Before the first job: imports, device initialisation and the corpus token cache.
+
+        The first checkpoint arrives while the trainer is still starting; doing the
+        one-off work now keeps it out of the first refresh's latency (and out of
+        the trainer's wait). Best effort: a failure here is logged and the job
+        does the work instead.
+        """
+        t = time.perf_counter()
+        try:
+            import torch
+            from transformers import AutoTokenizer
+
+            import ance.encode  # noqa: F401  (the heavy imports a job needs)
+            import ance.index  # noqa: F401
+            from ance.model import resolve_model
+
+            base = resolve_model(self.cfg.model.name_or_path)
+            self._token_cache(AutoTokenizer.from_pretrained(base))
+            # one load of the base model: the model classes' imports, the device's context and kernels
+            self._load_model(Path(base))
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        except Exception as exc:  # noqa: BLE001 - the first job will retry and report properly
+            log.warning("warm-up skipped (%s: %s); the first job does it", type(exc).__name__, exc)
+            return
+        log.info("warmed up in %.1fs (imports, device, token cache)", time.perf_counter() - t)

@@ -190,3 +190,20 @@ def test_rehello_after_broker_restart_then_stop(setup):
         assert proc.wait(20) == 0
     finally:
         new.close()
+
+
+def test_warm_up_builds_the_token_cache_the_first_job_uses(setup, tmp_path):
+    """Before any job: the corpus is tokenized (once, on disk) and the model classes are loaded."""
+    import dataclasses
+
+    from ance.inferencer.worker import Worker
+    from ance.model import BiEncoder
+
+    cfg, data, ckpt, *_ = setup
+    cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "run"))
+    worker = Worker(cfg, device="cpu", name="w", dataset=data)
+    worker.warm_up()
+    warmed = worker._cache
+    assert warmed is not None and warmed.path.is_relative_to(tmp_path / "run" / "cache")
+    # the checkpoint's tokenizer is the base model's: the job finds the same cache, nothing is rebuilt
+    assert worker._token_cache(BiEncoder.load(str(ckpt)).tokenizer) is warmed
