@@ -79,45 +79,42 @@ def _check_inputs(inputs: Inputs, name: str) -> int:
     return n
 
 
-def _trim(chunk: Inputs) -> Inputs:
-    """Drop the trailing columns that are padding in every row of the chunk.
+def _plan(inputs: Inputs, size: int) -> tuple[list[Inputs], Tensor | None]:
+    """The rows in chunks of ``size``, longest first, each chunk cut to its own widest row;
+    and the permutation that restores the original row order (None when unchanged).
 
-    A batch is padded to its longest sequence; a chunk of shorter ones need not
-    pay for that. Only trailing (right) padding is cut, so token positions, and
-    therefore the representations, are unchanged.
+    A batch is padded to its longest sequence; chunks of similar lengths need not
+    pay for that. Only trailing all-padding columns are cut, so token positions,
+    and therefore the representations, are unchanged (left-padded rows are never
+    cut). The plan is made from one host copy of the attention mask, so building
+    the chunks costs a single device synchronisation, not one per chunk: the step
+    is launch-bound for small encoders, and every sync stalls the launch queue.
+    The caller restores the order of the representations with ``reps[inverse]``.
     """
-    mask = chunk.get("attention_mask")
-    if mask is None or mask.dim() != 2:
-        return chunk
-    used = mask.any(dim=0).nonzero()
-    width = int(used.max()) + 1 if len(used) else mask.shape[1]
-    if width == mask.shape[1]:
-        return chunk
-    return {k: v[:, :width] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v for k, v in chunk.items()}
-
-
-def _chunks(inputs: Inputs, size: int) -> list[Inputs]:
     keys = list(inputs)
-    return [_trim(dict(zip(keys, parts))) for parts in zip(*(inputs[k].split(size, dim=0) for k in keys))]
-
-
-def _length_order(inputs: Inputs) -> tuple[Inputs, Tensor | None]:
-    """The rows sorted by length, longest first, and the permutation that undoes it.
-
-    Chunks of similar lengths pad little (:func:`_trim`); the caller restores the
-    original row order of the representations with ``reps[inverse]``. Without an
-    attention mask, or when already sorted, the rows stay as they are (None).
-    """
     mask = inputs.get("attention_mask")
     if mask is None or mask.dim() != 2:
-        return inputs, None
-    lengths = mask.sum(dim=1)
-    order = torch.sort(lengths, descending=True, stable=True).indices
-    if bool((order == torch.arange(len(order), device=order.device)).all()):
-        return inputs, None
+        return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size, dim=0) for k in keys))], None
+    host = mask.detach().to("cpu")
+    n, width = host.shape
+    # extent of each row: one past its last non-padding column
+    extent = ((host != 0).long() * torch.arange(1, width + 1)).amax(dim=1) if width else torch.zeros(n, dtype=torch.long)
+    order = torch.sort(extent, descending=True, stable=True).indices
+    identity = bool((order == torch.arange(n)).all())
+    device = mask.device
+    order_dev = None if identity else order.to(device, non_blocking=True)
+    chunks = []
+    for lo in range(0, n, size):
+        hi = min(lo + size, n)
+        cut = int(extent[order[lo:hi]].max()) or width
+        rows = slice(lo, hi) if identity else order_dev[lo:hi]
+        chunks.append({k: (v[rows, :cut] if v.dim() == 2 and v.shape[1] == width else v[rows])
+                       for k, v in inputs.items()})
+    if identity:
+        return chunks, None
     inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return {k: v[order] for k, v in inputs.items()}, inverse
+    inverse[order] = torch.arange(n)
+    return chunks, inverse.to(device, non_blocking=True)
 
 
 def _unsort(reps: Tensor, inverse: Tensor | None) -> Tensor:
@@ -182,10 +179,10 @@ def plain_step(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     nq, np_ = _check_inputs(queries, "queries"), _check_inputs(passages, "passages")
-    (queries, q_inv), (passages, p_inv) = _length_order(queries), _length_order(passages)
+    (q_chunks, q_inv), (p_chunks, p_inv) = _plan(queries, chunk_size or nq), _plan(passages, chunk_size or np_)
     with _autocast(device_type, autocast_dtype):
-        q = _unsort(torch.cat([model(**c, kind="query") for c in _chunks(queries, chunk_size or nq)]), q_inv)
-        p = _unsort(torch.cat([model(**c, kind="passage") for c in _chunks(passages, chunk_size or np_)]), p_inv)
+        q = _unsort(torch.cat([model(**c, kind="query") for c in q_chunks]), q_inv)
+        p = _unsort(torch.cat([model(**c, kind="passage") for c in p_chunks]), p_inv)
     loss, to_backward = _global_loss(model, loss_fn, _upcast(q), _upcast(p), loss_kwargs)
     _backward(to_backward, scaler)
     return loss.detach()
@@ -262,8 +259,7 @@ class GradCache:
         _check_inputs(queries, "queries")
         _check_inputs(passages, "passages")
         # longest first, so each chunk pads only to its own longest row
-        (queries, q_inv), (passages, p_inv) = _length_order(queries), _length_order(passages)
-        q_chunks, p_chunks = _chunks(queries, self.chunk_size), _chunks(passages, self.chunk_size)
+        (q_chunks, q_inv), (p_chunks, p_inv) = _plan(queries, self.chunk_size), _plan(passages, self.chunk_size)
         jobs = [(c, "query") for c in q_chunks] + [(c, "passage") for c in p_chunks]
 
         # (a) graph-less forward, recording each chunk's RNG state (leaves in sorted row order)

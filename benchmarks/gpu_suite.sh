@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md and docs/results.md, as run on the
 # lent H100 (one call, everything side by side). Results go to $OUT (default
-# $OUT from the device tool, else runs/gpu). Sections: PARTS="zeroshot encode train memory quality"
+# $OUT from the device tool, else runs/gpu). Sections: PARTS="zeroshot encode train memory quality refresh stref"
 #   PACK=.device-model PARTS="zeroshot encode train memory quality" bash benchmarks/gpu_suite.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,14 @@ for part in $PARTS; do
       # one archive of metrics, configs and logs; drop checkpoints, caches and runs (too many files to fetch)
       (cd "$OUT/${QNAME:-quality}" && tar -czf "../${QNAME:-quality}-runs.tgz" --exclude=checkpoints --exclude=cache --exclude='*.trec' .)
       rm -rf "$OUT/${QNAME:-quality}" ;;
+    stref)   # the sentence-transformers reference recipe, evaluated like ance's runs (not yet run on the GPU)
+      ance mine --model "$M" --data "$DATA" --split train --out "$OUT/st-static.tsv" --max-length 256 \
+          --query-max-length 64 --depth 100 --rank-window 0 30 --n 30 --quiet
+      for neg in none static; do
+        timeout 300 python benchmarks/st_reference.py --model "$M" --data "$DATA" --negatives $neg \
+            --static-file "$OUT/st-static.tsv" --seed ${SEED:-13} --out "$OUT/stref-$neg" 2>&1 | tail -1
+        rm -rf "$OUT/stref-$neg/model" "$OUT/stref-$neg/dev.trec"
+      done ;;
     refresh)
       timeout 420 bash benchmarks/refresh_suite.sh "$OUT" 2>&1 | tail -30 ;;
   esac

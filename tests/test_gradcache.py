@@ -247,16 +247,21 @@ def test_argument_validation(batch):
         GradCache(model, lambda q, p: q @ p.T, 2).step(queries, passages)
 
 
-def test_trim_drops_only_trailing_padding_columns():
-    from ance.gradcache import _chunks
+def test_plan_sorts_longest_first_and_cuts_only_trailing_padding():
+    from ance.gradcache import _plan, _unsort
 
-    ids = torch.tensor([[101, 5, 6, 102, 0, 0], [101, 7, 102, 0, 0, 0], [101, 1, 2, 3, 4, 102]])
-    mask = (ids != 0).long()
-    first, second = _chunks({"input_ids": ids, "attention_mask": mask}, 2)
-    assert first["input_ids"].shape == (2, 4) and first["attention_mask"].shape == (2, 4)
-    assert torch.equal(first["input_ids"], ids[:2, :4])
-    assert second["input_ids"].shape == (1, 6)
-    # left padding is kept: cutting leading columns would move the tokens' positions
+    ids = torch.tensor([[101, 7, 102, 0, 0, 0], [101, 5, 6, 102, 0, 0], [101, 1, 2, 3, 4, 102]])
+    inputs = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    chunks, inverse = _plan(inputs, 2)
+    assert [c["input_ids"].shape for c in chunks] == [(2, 6), (1, 3)]
+    assert torch.equal(chunks[0]["input_ids"], ids[[2, 1]])          # longest first
+    assert torch.equal(chunks[1]["input_ids"], ids[[0], :3])         # cut to its own width
+    rows = torch.cat([c["input_ids"][:, :3] for c in chunks])
+    assert torch.equal(_unsort(rows, inverse), ids[:, :3])           # inverse restores the order
+    # already sorted: views, no permutation
+    chunks, inverse = _plan({"input_ids": ids[[2, 1, 0]], "attention_mask": (ids[[2, 1, 0]] != 0).long()}, 2)
+    assert inverse is None and chunks[1]["input_ids"].shape == (1, 3)
+    # left padding is never cut: cutting leading columns would move the tokens' positions
     left = torch.tensor([[0, 0, 101, 5, 102], [0, 101, 5, 6, 102]])
-    (chunk,) = _chunks({"input_ids": left, "attention_mask": (left != 0).long()}, 2)
-    assert chunk["input_ids"].shape == (2, 5)
+    (chunk,), inverse = _plan({"input_ids": left, "attention_mask": (left != 0).long()}, 2)
+    assert chunk["input_ids"].shape == (2, 5) and inverse is None
