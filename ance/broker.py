@@ -52,6 +52,7 @@ import numpy as np
 
 from .config import Config
 from .errors import AnceError, ProtocolError
+from .fsio import fsync_dir
 from .protocol import BROKER_STAGES, SHARD_STAGES, decode, encode, pack_array, unpack_array
 from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files, chunk_range,
                       complete_checkpoints, complete_versions, json_safe, n_chunks, negatives_path)
@@ -75,14 +76,6 @@ def dataset_from_config(cfg: Config):
 def eval_depth(depth: int) -> int:
     """Depth searched for the eval split: enough for recall@100 at least."""
     return max(100, int(depth))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Version:
@@ -555,7 +548,7 @@ class Broker:
         self._partial = None
         final = negatives_path(self.run_dir, job.version)
         os.replace(negatives_path(self.run_dir, job.version, partial=True), final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         stats = self._stats(job)
         cur.stats = stats
         self.latest = cur

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import AnceError, ConfigError
+from .fsio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -263,14 +264,6 @@ def encode_corpus(model, cache, *, lo: int = 0, hi: int | None = None, max_lengt
 # --------------------------------------------------------------------------- embeddings on disk
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_embeddings(out_dir: str | Path, emb: np.ndarray, owner: np.ndarray, doc_ids: Sequence[str],
                      meta: dict) -> None:
     """Write an embeddings dir (module docstring); ``doc_ids[j]`` is row j's document id.
@@ -309,7 +302,7 @@ def write_embeddings(out_dir: str | Path, emb: np.ndarray, owner: np.ndarray, do
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out / META_FILE)
-    _fsync_dir(out)
+    fsync_dir(out)
 
 
 def read_embeddings(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str], dict]:

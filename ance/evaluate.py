@@ -16,15 +16,14 @@ and inflate it; here it counts 0, as trec_eval ``-c`` does.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .errors import DataError
+from .fsio import atomic_write_lines
 
 MEASURES = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 _SPACE = re.compile(r"\s")
@@ -75,22 +74,7 @@ def write_trec_run(
                 rank += 1
                 yield f"{qid} Q0 {doc_ids[d]} {rank} {s:.9g} {tag}\n"
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(lines())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_lines(path, lines())
 
 
 def _check_words(kind: str, values: Sequence[str]) -> None:

@@ -15,15 +15,16 @@ query with no negatives has an empty list after the tab.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import DataError
+from .fsio import atomic_write_lines
 
 MAGIC = "# ance-negatives v1 "
 SAMPLING = ("uniform", "top")
@@ -221,23 +222,7 @@ def write_negatives(
     path = Path(path)
     neg = _check_neg(neg, len(query_ids), doc_ids)
     first = header_line(header)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(first)
-            fh.writelines(_lines(query_ids, range(len(query_ids)), neg, doc_ids))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_lines(path, itertools.chain([first], _lines(query_ids, range(len(query_ids)), neg, doc_ids)))
 
 
 def append_negatives(

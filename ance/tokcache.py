@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .fsio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,6 @@ def cache_key(tokenizer: Any, max_tokens: int, source_hash: str) -> str:
         "source_hash": str(source_hash),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -179,7 +172,7 @@ def _build(tmp: Path, texts: Sequence[str], tokenizer: Any, max_tokens: int, key
             "source_hash": source_hash, "tokenizer": type(tokenizer).__name__, "created": time.time(),
             "build_s": round(time.perf_counter() - t0, 3)}
     _write(tmp / "meta.json", json.dumps(meta, indent=1).encode())  # last: marks the cache complete
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     log.info("tokenized %d texts (%d tokens) in %.1fs", n, meta["n_tokens"], meta["build_s"])
 
 
@@ -200,7 +193,7 @@ def _install(tmp: Path, final: Path) -> None:
             raise
         log.info("%s was built by another process meanwhile; using it", final)
         return
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 # --------------------------------------------------------------------------- model inputs

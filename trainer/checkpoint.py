@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from ance.errors import CheckpointError
+from ance.fsio import fsync_dir
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
@@ -30,19 +31,11 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
+            fsync_dir(Path(dirpath) / name)
+        fsync_dir(Path(dirpath))
 
 
 def write_checkpoint(
@@ -78,7 +71,7 @@ def write_checkpoint(
         json.dump(info, fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_path(tmp)
+    fsync_dir(tmp)
     if final.exists():  # re-writing a step (resume): move the old one aside first
         old = parent / f".tmp-old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -86,7 +79,7 @@ def write_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_path(parent)
+    fsync_dir(parent)
     info["write_s"] = time.time() - started
     return final
 
