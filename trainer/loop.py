@@ -242,7 +242,7 @@ class Trainer:
         return queries, passages, pos_index.to(self.device), all_p
 
     def _mask(self, batch: Batch, all_p: np.ndarray, pos_index: torch.Tensor, queries, passages):
-        from ance.losses import gist_mask, positive_mask
+        from ance.losses import positive_mask
 
         per = len(batch.queries) // self.world
         order = np.concatenate([batch.queries[r * per:(r + 1) * per] for r in range(self.world)])
