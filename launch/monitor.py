@@ -346,3 +346,82 @@ def watch(run_dir: str | Path, *, interval: float = 0.5, once: bool = False, con
                 live.update(view())
     except KeyboardInterrupt:
         return 0
+
+
+# ------------------------------------------------------------- over HTTP
+#: what the remote view shows, from a broker's (or trainer's) Prometheus endpoint
+REMOTE_ROWS = [
+    ("trainer step", "ance_trainer_step", "{:.0f}"),
+    ("negatives version", "ance_negatives_version", "{:.0f}"),
+    ("async gap", "ance_async_gap", "{:.0f}"),
+    ("newest refreshed version", "ance_refresh_version", "{:.0f}"),
+    ("refresh shards done", "ance_refresh_shards_done", "{:.0f}"),
+    ("workers alive", "ance_workers_alive", "{:.0f}"),
+    ("refresh latency first / all", ("ance_refresh_latency_first_seconds", "ance_refresh_latency_all_seconds"), "{:.2f}s"),
+    ("encode docs/s", "ance_encode_docs_per_second", "{:,.0f}"),
+    ("eval nDCG@10", "ance_eval_ndcg_at_10", "{:.4f}"),
+    ("trainer wait total", "ance_wait_seconds_total", "{:.1f}s"),
+    ("examples/s", "ance_examples_per_second", "{:.1f}"),
+    ("loss", "ance_train_loss", "{:.4f}"),
+]
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """``name -> value`` of the ``ance_*`` samples in Prometheus text format (labelled ones: the last)."""
+    import re
+
+    samples: dict[str, float] = {}
+    for m in re.finditer(r"^(ance_[A-Za-z0-9_]+)(?:\{[^}]*\})?\s+(\S+)", text, re.M):
+        try:
+            samples[m.group(1)] = float(m.group(2))
+        except ValueError:
+            continue
+    return samples
+
+
+def fetch(url: str, timeout: float = 3.0) -> dict[str, float]:
+    import urllib.request
+
+    target = url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as resp:
+            return parse_prometheus(resp.read().decode())
+    except OSError as exc:
+        raise ConfigError(f"{target}: no Prometheus metrics there ({exc}); give the broker's endpoint, "
+                          "http://HOST:PORT with PORT = telemetry.prometheus_port (the trainer's is +1)") from None
+
+
+def render_remote(samples: dict[str, float], url: str):
+    """A rich renderable of the gauges an endpoint serves (those it does not serve show as –)."""
+    from rich.text import Text
+
+    rows = []
+    for label, names, fmt in REMOTE_ROWS:
+        if isinstance(names, tuple):
+            rows.append((label, " / ".join(_f(samples.get(n), fmt) for n in names)))
+        else:
+            rows.append((label, _f(samples.get(names), fmt)))
+    return _pairs(f"ance monitor  {url}", [(k, Text(v)) for k, v in rows])
+
+
+def watch_url(url: str, *, interval: float = 1.0, once: bool = False, console=None) -> int:
+    """Like :func:`watch`, from a Prometheus endpoint instead of the run directory."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    console = console or Console()
+    if once:
+        console.print(render_remote(fetch(url), url))
+        return 0
+    try:
+        with Live(render_remote(fetch(url), url), console=console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(interval)
+                try:
+                    live.update(render_remote(fetch(url), url))
+                except ConfigError as exc:  # the endpoint went away (a restart): say so, keep trying
+                    live.update(Text(str(exc), style="red"))
+    except KeyboardInterrupt:
+        return 0
+

@@ -193,3 +193,29 @@ def test_live_loop_follows_the_file_and_leaves_on_ctrl_c(tmp_path):
             proc.kill()
     assert proc.returncode == 0, err
     assert "46 / 200" in out and "step 50" in out  # the final frame shows events appended while watching
+
+
+def test_monitor_over_http_reads_the_prometheus_gauges(tmp_path):
+    """`ance monitor http://HOST:PORT`: the gauges of a live endpoint, no run directory needed."""
+    import io
+
+    from rich.console import Console
+
+    from ance.errors import ConfigError
+    from ance.launch.monitor import parse_prometheus, watch_url
+    from ance.telemetry import MetricsWriter
+
+    w = MetricsWriter(tmp_path / "run", "trainer", tensorboard=False, prometheus_port=0)
+    try:
+        w.log("step", step=42, loss=0.5, negatives_version=40, gap=2, examples_per_s=10.0, wait_s=0.0)
+        w.log("refresh", version=40, latency_first_s=0.5, latency_all_s=0.75, encode_docs_per_s=1000.0)
+        out = io.StringIO()
+        assert watch_url(w.prometheus_url, once=True, console=Console(file=out, width=120)) == 0
+        text = out.getvalue()
+        assert "trainer step" in text and "42" in text and "0.50s / 0.75s" in text
+    finally:
+        w.close()
+    assert parse_prometheus('ance_x{worker="0"} 3.0\nance_y 1e3\n# HELP ance_z\nother 1\n') == {"ance_x": 3.0,
+                                                                                                 "ance_y": 1000.0}
+    with pytest.raises(ConfigError, match="no Prometheus metrics there"):
+        watch_url("http://127.0.0.1:9/", once=True, console=Console(file=io.StringIO()))

@@ -16,15 +16,19 @@ def _positive(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (reads RUN_DIR/metrics.jsonl "
-                        "and RUN_DIR/config.yaml)")
+    parser.add_argument("run_dir", metavar="RUN_DIR|URL", help="the run directory (reads RUN_DIR/metrics.jsonl "
+                        "and RUN_DIR/config.yaml), or a broker's Prometheus endpoint http://HOST:PORT "
+                        "(PORT = telemetry.prometheus_port) from a machine without the run directory")
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit (for scripts)")
     parser.add_argument("--interval", type=_positive, default=0.5, help="seconds between reads of metrics.jsonl")
     parser.epilog = ("Works from any machine that sees RUN_DIR; the broker logs shard and worker events to the "
-                     "same file, so no connection to the run is needed. Ctrl-C leaves.")
+                     "same file, so no connection to the run is needed. Elsewhere, point it at the broker's "
+                     "Prometheus endpoint (a shorter view: gauges only). Ctrl-C leaves.")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ance.launch.monitor import watch
+    from ance.launch.monitor import watch, watch_url
 
+    if args.run_dir.startswith(("http://", "https://")):
+        return watch_url(args.run_dir, interval=max(args.interval, 1.0), once=args.once)
     return watch(args.run_dir, interval=args.interval, once=args.once)
