@@ -13,6 +13,9 @@ progress and worker health need no connection to the broker.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -307,6 +310,26 @@ def render(summary: dict[str, Any], *, title: str | None = None, now: float | No
 
 
 # -------------------------------------------------------------------- loop
+@contextlib.contextmanager
+def _ctrl_c():
+    """An event set by Ctrl-C (SIGINT) or SIGTERM while the block runs.
+
+    A handler that sets a flag, rather than KeyboardInterrupt: an exception
+    raised at an arbitrary point could land inside rich's Live while it holds
+    its lock, and the view would then hang on exit instead of leaving.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def watch(run_dir: str | Path, *, interval: float = 0.5, once: bool = False, console=None) -> int:
     """Draw the run's state until Ctrl-C (``once``: print one snapshot). Returns the exit code."""
     from rich.console import Console
@@ -332,20 +355,17 @@ def watch(run_dir: str | Path, *, interval: float = 0.5, once: bool = False, con
     if once:
         console.print(view())
         return 0
-    try:
-        with Live(view(), console=console, refresh_per_second=2) as live:
-            while True:
-                time.sleep(interval)
-                if summary.config is None:
-                    summary.config = read_run_config(run_dir)
-                events = tail.read()
-                if tail.restarts != restarts:  # the file was replaced: start over
-                    restarts = tail.restarts
-                    summary = RunSummary(summary.config)
-                summary.update(events)
-                live.update(view())
-    except KeyboardInterrupt:
-        return 0
+    with _ctrl_c() as stop, Live(view(), console=console, refresh_per_second=2) as live:
+        while not stop.wait(interval):
+            if summary.config is None:
+                summary.config = read_run_config(run_dir)
+            events = tail.read()
+            if tail.restarts != restarts:  # the file was replaced: start over
+                restarts = tail.restarts
+                summary = RunSummary(summary.config)
+            summary.update(events)
+            live.update(view())
+    return 0
 
 
 # ------------------------------------------------------------- over HTTP
@@ -414,14 +434,11 @@ def watch_url(url: str, *, interval: float = 1.0, once: bool = False, console=No
     if once:
         console.print(render_remote(fetch(url), url))
         return 0
-    try:
-        with Live(render_remote(fetch(url), url), console=console, refresh_per_second=2) as live:
-            while True:
-                time.sleep(interval)
-                try:
-                    live.update(render_remote(fetch(url), url))
-                except ConfigError as exc:  # the endpoint went away (a restart): say so, keep trying
-                    live.update(Text(str(exc), style="red"))
-    except KeyboardInterrupt:
-        return 0
+    with _ctrl_c() as stop, Live(render_remote(fetch(url), url), console=console, refresh_per_second=2) as live:
+        while not stop.wait(interval):
+            try:
+                live.update(render_remote(fetch(url), url))
+            except ConfigError as exc:  # the endpoint went away (a restart): say so, keep trying
+                live.update(Text(str(exc), style="red"))
+    return 0
 

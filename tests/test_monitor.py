@@ -181,8 +181,19 @@ def test_live_loop_follows_the_file_and_leaves_on_ctrl_c(tmp_path):
             "sys.exit(watch(sys.argv[1], interval=0.05, console=Console(width=110, force_terminal=False)))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    def watching() -> bool:  # the view's signal handlers are in place (SIGTERM caught: bit 15 of SigCgt)
+        try:
+            status = open(f"/proc/{proc.pid}/status").read()
+        except OSError:
+            return False
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt")), 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+
     try:
-        time.sleep(1.5)
+        deadline = time.time() + 60
+        while not watching() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)
         with open(run / "metrics.jsonl", "a") as fh:
             fh.write("".join(json.dumps(e) + "\n" for e in EVENTS[4:]))
         time.sleep(1.0)
