@@ -1,4 +1,4 @@
-"""Exact inner-product search behind one interface, and the pure top-k maths.
+"""Exact inner-product search behind one interface (the top-k maths: :mod:`ance.topk`).
 
 Two backends implement :class:`SearchIndex`:
 
@@ -22,6 +22,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from .topk import _check_k, _sort_rows, maxp_collapse, merge_topk  # noqa: F401  (re-exported)
+
 # Rows converted to float32 at a time when adding, so a float16 memmap of the
 # whole corpus is never copied to float32 in one piece.
 _ADD_CHUNK = 65536
@@ -42,104 +44,6 @@ class SearchIndex(Protocol):
     def add(self, emb: np.ndarray) -> None: ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-# --------------------------------------------------------------------------- pure top-k maths
-
-
-def _sort_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: valid ids first, score descending, smaller id first on ties; first k, padded."""
-    scores = np.asarray(scores, dtype=np.float32)
-    ids = np.asarray(ids, dtype=np.int64)
-    m, width = ids.shape
-    invalid = ids < 0
-    order = np.lexsort((ids, -scores, invalid), axis=-1)[:, :k]
-    out_s = np.take_along_axis(scores, order, axis=1)
-    out_i = np.take_along_axis(ids, order, axis=1)
-    out_s[out_i < 0] = -np.inf
-    if width < k:
-        out_s = np.concatenate([out_s, np.full((m, k - width), -np.inf, np.float32)], axis=1)
-        out_i = np.concatenate([out_i, np.full((m, k - width), -1, np.int64)], axis=1)
-    return np.ascontiguousarray(out_s), np.ascontiguousarray(out_i)
-
-
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
-
-
-def merge_topk(
-    scores_list: Sequence[np.ndarray], ids_list: Sequence[np.ndarray], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard top-k lists of the same queries into the global top-k.
-
-    Each shard gives ``scores [m, k_s]`` and ``ids [m, k_s]`` with *global* ids
-    (``-1`` = pad); shards hold disjoint documents (an id appears in one shard
-    only). Returns ``(scores float32 [m, k], ids int64 [m, k])`` sorted by score
-    descending, ties broken by the smaller id so the result does not depend on
-    shard order or on how a backend orders ties. Pads come last, only when
-    fewer than ``k`` valid ids exist, as ``-1`` / ``-inf``.
-    """
-    k = _check_k(k)
-    if len(scores_list) == 0 or len(scores_list) != len(ids_list):
-        raise ValueError(
-            f"merge_topk needs one scores and one ids array per shard, got "
-            f"{len(scores_list)} scores and {len(ids_list)} ids arrays"
-        )
-    rows = None
-    for s, (sc, ix) in enumerate(zip(scores_list, ids_list)):
-        sc, ix = np.asarray(sc), np.asarray(ix)
-        if sc.ndim != 2 or sc.shape != ix.shape:
-            raise ValueError(
-                f"shard {s}: scores {sc.shape} and ids {ix.shape} must be 2-d arrays of one shape"
-            )
-        if rows is None:
-            rows = sc.shape[0]
-        elif sc.shape[0] != rows:
-            raise ValueError(
-                f"shard {s} has {sc.shape[0]} query rows, shard 0 has {rows}: "
-                "merge results of the same queries only"
-            )
-    scores = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores_list], axis=1)
-    ids = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids_list], axis=1)
-    return _sort_rows(scores, ids, k)
-
-
-def maxp_collapse(
-    scores: np.ndarray, ids: np.ndarray, owner: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """MaxP: turn window-level hits into document-level top-k.
-
-    ``ids`` index windows (``-1`` = pad), ``owner[window]`` is the document the
-    window belongs to. A document scores the max over its retrieved windows.
-    Returns ``(scores float32 [m, k], doc ids int64 [m, k])`` without duplicate
-    documents, sorted as :func:`merge_topk` sorts. Search the windows with a
-    larger k first (e.g. ``k * windows``) so that k distinct documents survive.
-    """
-    k = _check_k(k)
-    scores = np.asarray(scores, dtype=np.float32)
-    ids = np.asarray(ids, dtype=np.int64)
-    owner = np.asarray(owner)
-    if scores.ndim != 2 or scores.shape != ids.shape:
-        raise ValueError(f"scores {scores.shape} and ids {ids.shape} must be 2-d arrays of one shape")
-    if owner.ndim != 1 or not np.issubdtype(owner.dtype, np.integer):
-        raise ValueError(f"owner must be a 1-d integer array (window -> document), got {owner.dtype} {owner.shape}")
-    if ids.size and ids.max(initial=-1) >= len(owner):
-        raise ValueError(
-            f"window id {int(ids.max())} is outside owner (length {len(owner)}): "
-            "owner must map every indexed window to its document"
-        )
-    valid = ids >= 0
-    docs = np.where(valid, owner[np.where(valid, ids, 0)], -1).astype(np.int64)
-    # Group each row by document, best window first; keep the first of each group.
-    order = np.lexsort((-scores, docs), axis=-1)
-    d = np.take_along_axis(docs, order, axis=1)
-    s = np.take_along_axis(scores, order, axis=1)
-    first = np.ones(d.shape, dtype=bool)
-    first[:, 1:] = d[:, 1:] != d[:, :-1]
-    keep = first & (d >= 0)
-    return _sort_rows(np.where(keep, s, -np.inf), np.where(keep, d, -1), k)
 
 
 # --------------------------------------------------------------------------- faiss

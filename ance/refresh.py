@@ -285,7 +285,7 @@ class RefreshState:
         A chunk of another job (stale) or one already received is ignored
         (``[]``); one that contradicts the job raises :class:`RefreshError`.
         """
-        from .index import merge_topk
+        from .topk import merge_topk
 
         job = self._job_for(job_id)
         if job is None:

@@ -77,7 +77,7 @@ def search_docs(index, owner: np.ndarray, queries: np.ndarray, k: int, *, long_d
     ``owner[row]`` is the corpus index of index row ``row``. MaxP searches
     ``k * n_windows`` windows, then keeps each document's best window.
     """
-    from .index import maxp_collapse
+    from .topk import maxp_collapse
 
     owner = np.asarray(owner, dtype=np.int64)
     if long_doc == "maxp":
@@ -122,7 +122,8 @@ def search_shards(emb_dirs: Sequence[str | Path], queries: np.ndarray, k: int, *
     """
     from .encode import read_embeddings
     from .errors import AnceError
-    from .index import make_index, merge_topk
+    from .index import make_index
+    from .topk import merge_topk
 
     results, metas = [], []
     for d in emb_dirs:

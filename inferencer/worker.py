@@ -242,7 +242,7 @@ class Worker:
                 times: dict[str, float]) -> None:
         """Search ``texts`` in chunks, sending ``topk`` each; add the seconds of each part to ``times``."""
         from ance.encode import encode_texts
-        from ance.index import maxp_collapse
+        from ance.topk import maxp_collapse
 
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
