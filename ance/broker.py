@@ -7,11 +7,12 @@ logged with the peer and answered with ``error``; the broker goes on), track
 peers, turn the state's decisions into ``job`` messages, and for every merged
 chunk select negatives, **persist them, then send them** to the trainer.
 
-Files (``RUN_DIR/negatives/``): ``step-N.partial.tsv`` grows chunk by chunk
-(fsynced per chunk) and is renamed to ``step-N.tsv`` when the version is
-complete. On start the newest complete file is reloaded (so a trainer that says
-``hello`` gets it streamed) and the newest complete checkpoint newer than it is
-queued as a refresh, so killing the broker loses nothing.
+The versions' files and tables are :class:`ance.versions.NegativesStore`'s
+(``RUN_DIR/negatives/step-N.partial.tsv`` fsynced per chunk, renamed
+``step-N.tsv`` when complete). On start the newest complete version is reloaded
+(so a trainer that says ``hello`` gets it streamed) and the newest complete
+checkpoint newer than it is queued as a refresh, so killing the broker loses
+nothing.
 
 ``version_done.stats`` (what the trainer logs as the ``refresh`` event):
 
@@ -52,10 +53,10 @@ import numpy as np
 
 from .config import Config
 from .errors import AnceError, ProtocolError
-from .fsio import fsync_dir
 from .protocol import BROKER_STAGES, SHARD_STAGES, decode, encode, pack_array, unpack_array
-from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files, chunk_range,
-                      complete_checkpoints, complete_versions, json_safe, n_chunks, negatives_path)
+from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files, complete_checkpoints,
+                      json_safe)
+from .versions import NegativesStore, Version
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,6 @@ def eval_depth(depth: int) -> int:
     return max(100, int(depth))
 
 
-class _Version:
-    """The negatives table of one version being built (or the latest complete one)."""
-
-    def __init__(self, version: int, n_train: int, keep: int):
-        self.version = version
-        self.neg = np.full((n_train, keep), -1, np.int32)
-        self.chunks: set[int] = set()     # merged train chunks
-        self.stats: dict[str, Any] = {}
-        self.n_shards = 0
-
-
 class Broker:
     """``Broker(cfg).run()`` serves until ``stop``, SIGTERM or SIGINT; ``close()`` frees the socket.
 
@@ -100,8 +90,6 @@ class Broker:
     def __init__(self, cfg: Config, *, dataset=None, metrics=None):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
-        self.neg_dir = self.run_dir / "negatives"
-        self.neg_dir.mkdir(parents=True, exist_ok=True)
         self.data = dataset if dataset is not None else dataset_from_config(cfg)
         self.train = self.data.split(cfg.data.train_split)
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
@@ -119,10 +107,9 @@ class Broker:
                                   worker_timeout_s=cfg.broker.worker_timeout_s,
                                   # job ids differ across broker restarts, so stale results are told apart
                                   first_job_id=int(time.time() * 1000) % (1 << 40))
-        self.latest: _Version | None = None
-        self.current: _Version | None = None
+        self.store = NegativesStore(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
+                                    chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
         self._job_id: int | None = None
-        self._partial = None  # open file of the version in progress
         self._eval_ids: np.ndarray | None = None
         self._eval_scores: np.ndarray | None = None
         self._overlap = [0.0, 0]  # sum of per-query overlaps, queries counted
@@ -147,31 +134,9 @@ class Broker:
 
     def _restore(self) -> None:
         """Reload the newest complete negatives; queue a newer complete checkpoint."""
-        from .negatives import read_negatives
-
-        for stale in self.neg_dir.glob("step-*.partial.tsv"):  # an interrupted version: redone from scratch
-            log.info("removing %s (the refresh it belongs to was interrupted)", stale)
-            stale.unlink()
-        versions = complete_versions(self.run_dir)
-        if versions:
-            version, path = versions[-1]
-            t0 = time.time()
-            q_index = {q: i for i, q in enumerate(self.train.ids)}
-            d_index = {d: i for i, d in enumerate(self.doc_ids)}
-            header, q_idx, neg = read_negatives(path, q_index, d_index, keep=self.keep)
-            fp = header.get("data_fingerprint")
-            if fp is not None and fp != self.fingerprint:
-                raise AnceError(f"{path} was made from other data (fingerprint {fp}, ours {self.fingerprint}); "
-                                "use the run's config or move the negatives/ directory away")
-            latest = _Version(version, self.n_train, self.keep)
-            latest.neg[q_idx] = neg
-            latest.chunks = set(range(n_chunks(self.n_train, self.cfg.broker.chunk_queries)))
-            latest.stats = {"replayed": True}
-            latest.n_shards = int(header.get("n_shards", 0))
-            self.latest = latest
-            self.state.latest_version = version
-            log.info("reloaded negatives version %d (%d queries) from %s in %.2fs", version, len(q_idx), path,
-                     time.time() - t0)
+        latest = self.store.restore()
+        if latest is not None:
+            self.state.latest_version = latest.version
         ckpts = complete_checkpoints(self.run_dir)
         if ckpts and ckpts[-1][0] > self.state.latest_version:
             step, path = ckpts[-1]
@@ -265,11 +230,7 @@ class Broker:
         self._stop_reason = reason
 
     def close(self) -> None:
-        if self._partial is not None:
-            self._partial.flush()
-            os.fsync(self._partial.fileno())
-            self._partial.close()
-            self._partial = None
+        self.store.close()
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -413,7 +374,7 @@ class Broker:
         ready = self.state.on_topk(_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids))
-        if self.current is not None and msg.job_id == self._job_id:
+        if self.store.current is not None and msg.job_id == self._job_id:
             self._times["merge_s"] += time.perf_counter() - t0
         for r in ready:
             self._chunk_ready(r)
@@ -458,13 +419,11 @@ class Broker:
         self._emit()
 
     def _begin(self, job) -> None:
-        from .negatives import header_line
-
-        if self._partial is not None:
-            self._drop_partial()
         self._job_id = job.job_id
-        self.current = _Version(job.version, self.n_train, self.keep)
-        self.current.n_shards = job.n_shards
+        neg = self.cfg.negatives
+        self.store.begin(job.version, job.n_shards, checkpoint=job.ckpt.path, depth=neg.depth,
+                         rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
+                         model=self.cfg.model.name_or_path)
         self._overlap = [0.0, 0]
         self._times = dict.fromkeys(_CHUNK_TIMERS, 0.0)
         self._weights = None
@@ -472,16 +431,6 @@ class Broker:
             k = eval_depth(self.depth)
             self._eval_ids = np.full((len(self.eval.ids), k), -1, np.int64)
             self._eval_scores = np.full((len(self.eval.ids), k), -np.inf, np.float32)
-        path = negatives_path(self.run_dir, job.version, partial=True)
-        self._partial = open(path, "w", encoding="utf-8", newline="\n")
-        neg = self.cfg.negatives
-        self._partial.write(header_line({
-            "version": job.version, "checkpoint": job.ckpt.path, "keep": neg.keep, "depth": neg.depth,
-            "rank_window": list(neg.rank_window), "sampling": neg.sampling, "seed": self.cfg.seed,
-            "n_shards": job.n_shards, "n_docs": self.n_docs, "n_queries": self.n_train,
-            "data_fingerprint": self.fingerprint, "model": self.cfg.model.name_or_path}))
-        self._partial.flush()
-        os.fsync(self._partial.fileno())
         log.info("refresh of version %d started: job %d, %d shards over %d docs, checkpoint %s", job.version,
                  job.job_id, job.n_shards, self.n_docs, job.ckpt.path)
 
@@ -509,25 +458,22 @@ class Broker:
             self._eval_ids[r.q_lo:r.q_hi] = r.ids
             self._eval_scores[r.q_lo:r.q_hi] = r.scores
             return
-        from .negatives import append_negatives, overlap, select_negatives
+        from .negatives import overlap, select_negatives
 
         t0 = time.perf_counter()
         neg_cfg = self.cfg.negatives
         rng = np.random.default_rng([self.cfg.seed, r.version, r.chunk])  # same chunk, same draw
         neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=tuple(neg_cfg.rank_window),
                                keep=self.keep, sampling=neg_cfg.sampling, rng=rng)
-        if self.latest is not None:
-            prev = self.latest.neg[r.q_lo:r.q_hi]
+        if self.store.latest is not None:
+            prev = self.store.latest.neg[r.q_lo:r.q_hi]
             has = (prev >= 0).any(axis=1)
             if has.any():
                 self._overlap[0] += overlap(prev[has], r.ids[has]) * int(has.sum())
                 self._overlap[1] += int(has.sum())
         q_idx = np.arange(r.q_lo, r.q_hi, dtype=np.int32)
-        cur = self.current
-        cur.neg[r.q_lo:r.q_hi] = neg
-        cur.chunks.add(r.chunk)
         t1 = time.perf_counter()
-        append_negatives(self._partial, self.train.ids, q_idx, neg, self.doc_ids)  # persist, then send
+        self.store.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send
         t2 = time.perf_counter()
         if self.trainer is not None:
             self._send(self.trainer, "negatives", version=r.version, chunk=r.chunk,
@@ -540,18 +486,10 @@ class Broker:
 
     def _finish(self) -> None:
         job = self.state.finish()
-        cur, self.current = self.current, None
         self._job_id = None
-        self._partial.flush()
-        os.fsync(self._partial.fileno())
-        self._partial.close()
-        self._partial = None
-        final = negatives_path(self.run_dir, job.version)
-        os.replace(negatives_path(self.run_dir, job.version, partial=True), final)
-        fsync_dir(final.parent)
+        final = self.store.finish()
         stats = self._stats(job)
-        cur.stats = stats
-        self.latest = cur
+        self.store.latest.stats = stats
         if self.trainer is not None:
             self._send(self.trainer, "version_done", version=job.version, n_shards=job.n_shards, stats=stats)
         log.info("negatives version %d complete in %.1fs -> %s: %s", job.version, stats["refresh_s"], final,
@@ -584,33 +522,27 @@ class Broker:
         return json_safe(stats)
 
     def _drop_partial(self) -> None:
-        if self._partial is not None:
-            path = Path(self._partial.name)
-            self._partial.close()
-            self._partial = None
-            path.unlink(missing_ok=True)
-        self.current = None
+        self.store.drop()
         self._job_id = None
 
     # ------------------------------------------------------------ trainer
     def _stream_to_trainer(self, have: int, in_progress: bool = True) -> None:
         """Send the newest complete version (if the trainer lacks it) and the chunks of the one in progress."""
-        latest = self.latest
+        latest = self.store.latest
         if latest is not None and have < latest.version:
             self._stream_version(latest, sorted(latest.chunks))
             self._send(self.trainer, "version_done", version=latest.version, n_shards=latest.n_shards,
                        stats={**latest.stats, "replayed": True})
             log.info("streamed version %d in full to the trainer (it held %d)", latest.version, have)
-        if in_progress and self.current is not None and self.current.chunks:
-            self._stream_version(self.current, sorted(self.current.chunks))
+        current = self.store.current
+        if in_progress and current is not None and current.chunks:
+            self._stream_version(current, sorted(current.chunks))
 
-    def _stream_version(self, v: _Version, chunks: list[int]) -> None:
-        total = n_chunks(self.n_train, self.cfg.broker.chunk_queries)
+    def _stream_version(self, v: Version, chunks: list[int]) -> None:
         for c in chunks:
-            lo, hi = chunk_range(c, self.n_train, self.cfg.broker.chunk_queries)
-            if not self._send(self.trainer, "negatives", version=v.version, chunk=c, n_chunks=total,
-                              q_idx=pack_array(np.arange(lo, hi, dtype=np.int32)), neg=pack_array(v.neg[lo:hi]),
-                              sent_at=time.time()):
+            q_idx, neg = self.store.chunk(v, c)
+            if not self._send(self.trainer, "negatives", version=v.version, chunk=c, n_chunks=self.store.n_chunks,
+                              q_idx=pack_array(q_idx), neg=pack_array(neg), sent_at=time.time()):
                 return
 
     # ------------------------------------------------------------ telemetry
