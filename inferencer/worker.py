@@ -95,6 +95,7 @@ class Worker:
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
+        self._queries: dict[tuple[str, str], list[list[int]]] = {}
         self._stop = threading.Event()
         self._stop_reason: str | None = None
 
@@ -241,19 +242,21 @@ class Worker:
     def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int,
                 times: dict[str, float]) -> None:
         """Search ``texts`` in chunks, sending ``topk`` each; add the seconds of each part to ``times``."""
-        from ance.encode import encode_texts
+        from ance.encode import encode_token_lists
         from ance.topk import maxp_collapse
 
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
+        tokens = self._query_tokens(split, texts, model.tokenizer)
         n = len(texts)
         n_chunks = (n + job.chunk_queries - 1) // job.chunk_queries
         for c in range(n_chunks):
             self._check_stop()
             lo, hi = c * job.chunk_queries, min((c + 1) * job.chunk_queries, n)
             t0 = time.perf_counter()
-            q = encode_texts(model, list(texts[lo:hi]), m.query_max_length, kind="query",
-                             batch_size=self.cfg.inferencer.batch_size, device=self.device, precision=self.precision)
+            q = encode_token_lists(model, tokens[lo:hi], np.arange(hi - lo), model.tokenizer, m.query_max_length,
+                                   kind="query", batch_size=self.cfg.inferencer.batch_size, device=self.device,
+                                   precision=self.precision, progress=False)
             t1 = time.perf_counter()
             if maxp:  # windows first, then the best window per document
                 scores, pos = index.search(q, depth * m.maxp_windows)
@@ -320,6 +323,19 @@ class Worker:
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
 
+    def _query_tokens(self, split: str, texts, tokenizer) -> list[list[int]]:
+        """The split's query token ids, tokenized once per tokenizer (queries never change in a run)."""
+        from ance.encode import n_special_tokens
+        from ance.tokcache import cache_key
+
+        room = int(self.cfg.model.query_max_length) - n_special_tokens(tokenizer)
+        key = (split, cache_key(tokenizer, room, f"queries:{split}:{len(texts)}"))
+        if key not in self._queries:
+            self._queries[key] = tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                           max_length=max(room, 1), return_attention_mask=False,
+                                           return_token_type_ids=False)["input_ids"]
+        return self._queries[key]
+
     def warm_up(self) -> None:
         """Before the first job: imports, device initialisation and the corpus token cache.
 
@@ -338,7 +354,11 @@ class Worker:
             from ance.model import resolve_model
 
             base = resolve_model(self.cfg.model.name_or_path)
-            self._token_cache(AutoTokenizer.from_pretrained(base))
+            tokenizer = AutoTokenizer.from_pretrained(base)
+            self._token_cache(tokenizer)
+            self._query_tokens("train", self.train.texts, tokenizer)
+            if self.eval is not None:
+                self._query_tokens("eval", self.eval.texts, tokenizer)
             # one load of the base model: the model classes' imports, the device's context and kernels
             self._load_model(Path(base))
             if self.device.startswith("cuda"):

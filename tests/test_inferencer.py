@@ -206,4 +206,10 @@ def test_warm_up_builds_the_token_cache_the_first_job_uses(setup, tmp_path):
     warmed = worker._cache
     assert warmed is not None and warmed.path.is_relative_to(tmp_path / "run" / "cache")
     # the checkpoint's tokenizer is the base model's: the job finds the same cache, nothing is rebuilt
-    assert worker._token_cache(BiEncoder.load(str(ckpt)).tokenizer) is warmed
+    tokenizer = BiEncoder.load(str(ckpt)).tokenizer
+    assert worker._token_cache(tokenizer) is warmed
+    # the training queries too: tokenized once, the same lists for every job
+    train = worker._query_tokens("train", worker.train.texts, tokenizer)
+    assert len(train) == len(worker.train.texts) and worker._query_tokens("train", worker.train.texts,
+                                                                         tokenizer) is train
+    assert train[0] == tokenizer(worker.train.texts[0], add_special_tokens=False)["input_ids"][:len(train[0])]
