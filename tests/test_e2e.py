@@ -21,6 +21,7 @@ Everything is polled from files and events with generous timeouts; no fixed slee
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re
@@ -467,4 +468,39 @@ def test_roles_started_by_hand(tmp_path, cleanup):
         codes = [p.wait(timeout=15) for p in (broker, *workers)]
     assert codes == [0, 0, 0], f"broker/inferencers on SIGTERM: {codes}\n{tails(*logs)}"
     check_run(run_dir, logs)
+    assert_nothing_left(run_dir)
+
+
+@pytest.mark.timeout(360)
+def test_launch_resume_after_ctrl_c(tmp_path, cleanup):
+    """Ctrl-C after a checkpoint, then `ance launch --resume RUN_DIR`: training continues from it."""
+    from ance.trainer.checkpoint import latest_checkpoint
+
+    steps = 24
+    proc, run_dir, launch_log = start_launch(tmp_path, f"train.max_steps={steps}")
+    logs = (launch_log, run_dir / "logs")
+    wait_for(lambda: proc.poll() is not None or (latest_checkpoint(run_dir) or (0,))[0] >= 8, 200,
+             "a checkpoint at step 8", logs)
+    assert proc.poll() is None, f"launch ended before the checkpoint\n{tails(*logs)}"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 130
+    assert_nothing_left(run_dir)
+    resumed_from = latest_checkpoint(run_dir)[0]
+    n_before = len((run_dir / "metrics.jsonl").read_text().splitlines())
+
+    log2 = tmp_path / "resume.log"
+    proc2 = start(ance("launch", "--resume", str(run_dir), "--no-progress"), log2)
+    try:
+        rc = proc2.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc2.poll() is None:
+            proc2.kill()
+    assert rc == 0, f"resumed launch exited with {rc}\n{tails(log2, run_dir / 'logs')}"
+    after = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()[n_before:]]
+    step_events = [e["step"] for e in after if e.get("event") == "step"]
+    assert step_events == list(range(resumed_from + 1, steps + 1)), step_events
+    max_gap = load_run_config(run_dir).negatives.max_gap
+    assert all(e["gap"] <= max_gap for e in after if e.get("event") == "step")
+    assert any(e.get("event") == "refresh" and e.get("version") == steps for e in after), "no final refresh"
+    assert "resumed from" in (run_dir / "logs" / "trainer-0.log").read_text()
     assert_nothing_left(run_dir)
