@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import DataError
+from .fsio import default_cache_dir
 
 PREFIX = "beir:"
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -26,7 +27,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*(/[a-z0-9_.-]+)?$")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ANCE_CACHE_DIR") or Path.home() / ".cache" / "ance").expanduser() / "beir"
+    return default_cache_dir() / "beir"
 
 
 def resolve_data_path(path: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Crash-safe file writes: what every writer of the run directory shares.
+"""File-system helpers every role shares: crash-safe writes and the cache location.
 
 A reader either sees the old file or the whole new one, never a torn one, and a
 completed write survives a power cut: write a temp file in the same directory,
@@ -11,6 +11,11 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterable
+
+
+def default_cache_dir() -> Path:
+    """``$ANCE_CACHE_DIR``, else ``~/.cache/ance``: built models, token caches, downloaded datasets."""
+    return Path(os.environ.get("ANCE_CACHE_DIR") or Path.home() / ".cache" / "ance").expanduser()
 
 
 def fsync_dir(path: str | Path) -> None:

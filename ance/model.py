@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .fsio import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 # --------------------------------------------------------------------------- names -> paths
-
-
-def default_cache_dir() -> Path:
-    """``$ANCE_CACHE_DIR``, else ``~/.cache/ance``."""
-    return Path(os.environ.get("ANCE_CACHE_DIR") or Path.home() / ".cache" / "ance").expanduser()
 
 
 def minilm_dir() -> Path | None:

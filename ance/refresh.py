@@ -323,13 +323,19 @@ class RefreshState:
         m_scores, m_ids = merge_topk([parts[s][0] for s in order], [parts[s][1] for s in order], k)
         return [ChunkReady(job.version, split, chunk, lo, hi, m_scores, m_ids)]
 
+    def _release(self, sender: str, job_id: int, shard: int) -> None:
+        """The worker that sent a shard's end (done or failed) is no longer busy with it."""
+        w = self.workers.get(sender)
+        if w is None:
+            return
+        if w.busy_with == (job_id, shard):
+            w.busy_with = None
+        if w.foreign_job == job_id:
+            w.foreign_job = None
+
     def on_shard_done(self, sender: str, *, job_id: int, shard: int, stats: dict, now: float) -> bool:
         """``shard_done``; True when it completed the shard (False: stale or duplicate)."""
-        w = self.workers.get(sender)
-        if w is not None and w.busy_with == (job_id, shard):
-            w.busy_with = None
-        if w is not None and w.foreign_job == job_id:
-            w.foreign_job = None
+        self._release(sender, job_id, shard)
         job = self._job_for(job_id)
         if job is None or not 0 <= shard < job.n_shards or shard in job.done:
             return False
@@ -359,11 +365,7 @@ class RefreshState:
 
         Returns the reason the job was abandoned, or None.
         """
-        w = self.workers.get(sender)
-        if w is not None and w.busy_with == (job_id, shard):
-            w.busy_with = None
-        if w is not None and w.foreign_job == job_id:
-            w.foreign_job = None
+        self._release(sender, job_id, shard)
         job = self._job_for(job_id)
         if job is None or not 0 <= shard < job.n_shards or shard in job.done:
             return None

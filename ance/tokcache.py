@@ -42,10 +42,28 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+_last_vocab: tuple[dict | None, str] = (None, "")
+
+
+def _vocab_sha256(vocab: dict) -> str:
+    """sha256 of the tokenizer's vocabulary; the last one is remembered.
+
+    Serialising a 30k-entry vocabulary takes ~0.1 s, and an inferencer asks for
+    the key of every checkpoint's (identical) tokenizer at every refresh;
+    comparing the dict with the last one costs about a millisecond.
+    """
+    global _last_vocab
+    if _last_vocab[0] == vocab:
+        return _last_vocab[1]
+    digest = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
+    _last_vocab = (vocab, digest)
+    return digest
+
+
 def cache_key(tokenizer: Any, max_tokens: int, source_hash: str) -> str:
     """Stable hex digest of everything the cached ids depend on."""
     vocab = tokenizer.get_vocab()
-    vocab_hash = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
+    vocab_hash = _vocab_sha256(vocab)
     parts = {
         "format": FORMAT_VERSION,
         "tokenizer": type(tokenizer).__name__,

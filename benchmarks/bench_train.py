@@ -49,22 +49,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
-    from ance.gradcache import GradCache
-    from ance.losses import InfoNCE
-    from ance.model import BiEncoder
-    from ance.tokcache import build_inputs
-
-    model = BiEncoder.load(model_path).to(device).train()
+def timed_steps(model, step, n, batch, steps, warmup, device) -> dict:
+    """Run ``step(idx)`` (forward + backward of one batch) then clip + AdamW, ``warmup + steps`` times;
+    steps/s from the median timed step, and the peak GPU memory over all of them."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
-    tok = model.tokenizer
-    queries, positives, negatives = texts
-    # Pre-tokenized, as the trainer does with its token cache.
-    q_ids = tok(queries, add_special_tokens=False, truncation=True, max_length=62)["input_ids"]
-    p_ids = tok(positives + negatives, add_special_tokens=False, truncation=True, max_length=max_length - 2)["input_ids"]
-    n = len(queries)
-    amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
-    gc = GradCache(model, InfoNCE(0.05), chunk, autocast_dtype=amp, device_type=device.split(":")[0])
     times = []
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -72,10 +60,7 @@ def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_lengt
         idx = np.arange(s * batch, (s + 1) * batch) % n
         sync(device)
         t0 = time.perf_counter()
-        qi = {k: v.to(device, non_blocking=True) for k, v in build_inputs([q_ids[i] for i in idx], tok, 64).items()}
-        pi = {k: v.to(device, non_blocking=True) for k, v in
-              build_inputs([p_ids[i] for i in idx] + [p_ids[n + i] for i in idx], tok, max_length).items()}
-        gc.step(qi, pi, pos_index=torch.arange(batch, device=device))
+        step(idx)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -84,6 +69,31 @@ def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_lengt
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return {"steps_per_s": 1.0 / float(np.median(times)), "peak_mib": peak}
+
+
+def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
+    from ance.gradcache import GradCache
+    from ance.losses import InfoNCE
+    from ance.model import BiEncoder
+    from ance.tokcache import build_inputs
+
+    model = BiEncoder.load(model_path).to(device).train()
+    tok = model.tokenizer
+    queries, positives, negatives = texts
+    # Pre-tokenized, as the trainer does with its token cache.
+    q_ids = tok(queries, add_special_tokens=False, truncation=True, max_length=62)["input_ids"]
+    p_ids = tok(positives + negatives, add_special_tokens=False, truncation=True, max_length=max_length - 2)["input_ids"]
+    n = len(queries)
+    amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
+    gc = GradCache(model, InfoNCE(0.05), chunk, autocast_dtype=amp, device_type=device.split(":")[0])
+
+    def step(idx):
+        qi = {k: v.to(device, non_blocking=True) for k, v in build_inputs([q_ids[i] for i in idx], tok, 64).items()}
+        pi = {k: v.to(device, non_blocking=True) for k, v in
+              build_inputs([p_ids[i] for i in idx] + [p_ids[n + i] for i in idx], tok, max_length).items()}
+        gc.step(qi, pi, pos_index=torch.arange(batch, device=device))
+
+    return timed_steps(model, step, n, batch, steps, warmup, device)
 
 
 def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
@@ -95,17 +105,11 @@ def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length,
     model.max_seq_length = max_length
     model.train()
     loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=chunk)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
     queries, positives, negatives = texts
     n = len(queries)
     amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
-    times = []
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    for s in range(warmup + steps):
-        idx = np.arange(s * batch, (s + 1) * batch) % n
-        sync(device)
-        t0 = time.perf_counter()
+
+    def step(idx):
         feats = []
         for column in (queries, positives, negatives):
             f = model.tokenize([column[i] for i in idx])
@@ -113,14 +117,8 @@ def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length,
         with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
             value = loss(feats, None)
         value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync(device)
-        if s >= warmup:
-            times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"steps_per_s": 1.0 / float(np.median(times)), "peak_mib": peak}
+
+    return timed_steps(model, step, n, batch, steps, warmup, device)
 
 
 def main(argv=None) -> int:
