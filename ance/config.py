@@ -51,6 +51,7 @@ class TrainConfig:
     max_steps: int = 200
     batch_size: int = 64
     chunk_size: int | None = 32
+    chunk_by_tokens: bool = True
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1

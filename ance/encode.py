@@ -52,6 +52,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def describe_device(device: str) -> str:
+    """``cuda:0`` with the physical GPU it is when CUDA_VISIBLE_DEVICES renumbers them."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if device.startswith("cuda") and visible:
+        index = int(device.split(":")[1]) if ":" in device else 0
+        gpus = [g.strip() for g in visible.split(",")]
+        if index < len(gpus) and gpus[index] != str(index):
+            return f"{device} (GPU {gpus[index]})"
+    return device
+
+
 def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``precision``: ``auto`` is bf16 on CUDA and None (fp32) elsewhere."""
     if precision not in PRECISIONS:

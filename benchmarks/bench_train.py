@@ -85,7 +85,10 @@ def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_lengt
     p_ids = tok(positives + negatives, add_special_tokens=False, truncation=True, max_length=max_length - 2)["input_ids"]
     n = len(queries)
     amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
-    gc = GradCache(model, InfoNCE(0.05), chunk, autocast_dtype=amp, device_type=device.split(":")[0])
+    # the trainer's default (train.chunk_by_tokens): chunk x max_length tokens a chunk, so the
+    # activation memory is that of `chunk` full-length rows, as sentence-transformers' mini-batch
+    gc = GradCache(model, InfoNCE(0.05), chunk, chunk_tokens=chunk * max_length, autocast_dtype=amp,
+                   device_type=device.split(":")[0])
 
     def step(idx):
         qi = {k: v.to(device, non_blocking=True) for k, v in build_inputs([q_ids[i] for i in idx], tok, 64).items()}

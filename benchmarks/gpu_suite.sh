@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md and docs/results.md, as run on the
 # lent H100 (one call, everything side by side). Results go to $OUT (default
-# $OUT from the device tool, else runs/gpu). Sections: PARTS="zeroshot encode train memory quality refresh stref"
+# $OUT from the device tool, else runs/gpu). Sections: PARTS="zeroshot encode train profile memory quality refresh stref"
 #   PACK=.device-model PARTS="zeroshot encode train memory quality" bash benchmarks/gpu_suite.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,9 @@ for part in $PARTS; do
     train)
       timeout 300 python benchmarks/bench_train.py --model "$M" --data "$DATA" --device cuda \
           --batch 64 --chunk 32 --out "$OUT/bench_train.json" 2>&1 | tail -12 ;;
+    profile)
+      timeout 200 python benchmarks/profile_train.py --model "$M" --data "$DATA" --device cuda \
+          --batch 64 --chunks ${CHUNKS:-32,64} --out "$OUT/profile_train.json" 2>&1 | grep -v "^USDT" | tail -80 ;;
     memory)
       timeout 300 python benchmarks/bench_train.py --model "$M" --data "$DATA" --device cuda \
           --chunk 32 --memory-sweep 64,256,1024,4096 --out "$OUT/bench_memory.json" 2>&1 | tail -12 ;;

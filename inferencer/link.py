@@ -110,7 +110,7 @@ class Link:
                 secure_client(sock, b.curve_keys)
             sock.connect(b.address)
             log.info("connecting to the broker at %s as %s", b.address, self.identity.decode())
-            last_hb = 0.0
+            last_hb, last_job = 0.0, None
             hello_at = self._hello(sock)
             hello_every = max(2.0, 3 * b.heartbeat_s)
             while not self._stopping.is_set():
@@ -137,9 +137,10 @@ class Link:
                     with self._lock:
                         self._unsent -= 1
                 now = time.time()
-                if now - last_hb >= b.heartbeat_s:
-                    last_hb = now
-                    job = self._busy_job
+                job = self._busy_job
+                # every heartbeat_s, and at once when the main thread takes or finishes a job
+                if now - last_hb >= b.heartbeat_s or job != last_job:
+                    last_hb, last_job = now, job
                     self._send_now(sock, encode("heartbeat", state="busy" if job is not None else "idle",
                                                 job_id=job))
                 if not self.welcomed.is_set() and now - hello_at > hello_every:

@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ance.config import Config
+from ance.encode import describe_device
 from ance.errors import AnceError, CheckpointError, ProtocolError
 from ance.protocol import pack_array
 
@@ -91,7 +92,7 @@ class Worker:
         self.train = self.data.split(cfg.data.train_split)
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
         self.fingerprint = self.data.fingerprint
-        self.link = Link(cfg, self.name, self.device, self.fingerprint)
+        self.link = Link(cfg, self.name, describe_device(self.device), self.fingerprint)
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
@@ -127,7 +128,7 @@ class Worker:
     def run(self) -> int:
         self._install_signals()
         self.link.start()
-        log.info("inferencer %s on %s (%s), %d train queries%s", self.name, self.device, self.precision,
+        log.info("inferencer %s on %s (%s), %d train queries%s", self.name, describe_device(self.device), self.precision,
                  len(self.train.ids), f", {len(self.eval.ids)} eval queries" if self.eval else "")
         if self.cfg.inferencer.warm_up:
             self.warm_up()

@@ -226,3 +226,16 @@ def test_second_encode_reuses_the_token_cache(tmp_path, capsys):
     assert [(m["lo"], m["hi"]) for m in metas] == [(0, 150), (150, 300)]
     assert run_command("encode", *common, "--shard", "2/2", "--out", tmp_path / "emb") == 2
     assert "0 <= i < n" in capsys.readouterr().err
+
+
+def test_describe_device_names_the_physical_gpu(monkeypatch):
+    from ance.encode import describe_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert describe_device("cuda:0") == "cuda:0 (GPU 3)"
+    assert describe_device("cuda") == "cuda (GPU 3)"
+    assert describe_device("cpu") == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert describe_device("cuda:1") == "cuda:1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert describe_device("cuda:2") == "cuda:2"

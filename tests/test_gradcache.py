@@ -141,6 +141,18 @@ def test_gradcache_matches_plain_step_with_dropout(batch, chunk):
         assert_tensors_close(got[1], whole[1])
 
 
+@pytest.mark.parametrize("tokens", [P_LEN, 2 * P_LEN + 1, 10 * P_LEN])
+def test_gradcache_by_token_budget_matches_plain_step_with_dropout(batch, tokens):
+    queries, passages = batch
+    loss_fn, pos = InfoNCE(0.05), torch.arange(B)
+    ref = run_step(lambda m: plain_step(m, loss_fn, queries, passages, chunk_size=1, chunk_tokens=tokens,
+                                        pos_index=pos))
+    got = run_step(lambda m: GradCache(m, loss_fn, 1, chunk_tokens=tokens).step(queries, passages, pos_index=pos))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=0)
+    assert_tensors_close(got[1], ref[1])
+    assert_tensors_close(got[2], ref[2])
+
+
 def test_dropout_is_on_in_these_tests(batch):
     queries, passages = batch
     loss_fn, pos = InfoNCE(0.05), torch.arange(B)
@@ -212,6 +224,21 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(batch):
     assert F.cosine_similarity(g32, g16, dim=0) > 0.95
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_bf16_gradcache_matches_the_bf16_plain_step(batch, chunk):
+    """Under autocast GradCache casts each weight once per phase and runs every chunk's
+    backward through that one cast: the gradients are those of the plain step at bf16."""
+    queries, passages = batch
+    loss_fn, pos = InfoNCE(0.05), torch.arange(B)
+    amp = {"autocast_dtype": torch.bfloat16, "device_type": "cpu"}
+    ref = run_step(lambda m: plain_step(m, loss_fn, queries, passages, chunk_size=chunk, pos_index=pos, **amp))
+    got = run_step(lambda m: GradCache(m, loss_fn, chunk, **amp).step(queries, passages, pos_index=pos))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-3, atol=0)
+    assert got[1].keys() == ref[1].keys()
+    assert all(g.dtype == torch.float32 for g in got[1].values())
+    assert_tensors_close(got[1], ref[1], rel=1e-2)
+
+
 def test_scaler_scales_the_parameter_gradients(batch):
     queries, passages = batch
     loss_fn, pos = InfoNCE(0.05), torch.arange(B)
@@ -261,6 +288,14 @@ def test_plan_sorts_longest_first_and_cuts_only_trailing_padding():
     # already sorted: views, no permutation
     chunks, inverse = _plan({"input_ids": ids[[2, 1, 0]], "attention_mask": (ids[[2, 1, 0]] != 0).long()}, 2)
     assert inverse is None and chunks[1]["input_ids"].shape == (1, 3)
+    # a token budget packs rows while rows x the chunk's width fits: 6 | 4, 3 -> widths 6 and 4
+    chunks, inverse = _plan(inputs, 99, tokens=8)
+    assert [c["input_ids"].shape for c in chunks] == [(1, 6), (2, 4)]
+    assert torch.equal(_unsort(torch.cat([c["input_ids"][:, :3] for c in chunks]), inverse), ids[:, :3])
+    chunks, _ = _plan(inputs, 99, tokens=1)                         # at least one row a chunk
+    assert [c["input_ids"].shape[0] for c in chunks] == [1, 1, 1]
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        GradCache(make_model(), InfoNCE(), 2, chunk_tokens=0)
     # left padding is never cut: cutting leading columns would move the tokens' positions
     left = torch.tensor([[0, 0, 101, 5, 102], [0, 101, 5, 6, 102]])
     (chunk,), inverse = _plan({"input_ids": left, "attention_mask": (left != 0).long()}, 2)

@@ -86,12 +86,18 @@ def job_fields(cfg, data, ckpt, **kw):
     return fields
 
 
+def welcome(broker, log):
+    """Wait for the worker's hello and welcome it (each test may run alone); returns the hello."""
+    hello = broker.wait(lambda ms: [m for m in ms if m.type == "hello"], 90, "hello", [log])[0]
+    broker.send(b"inferencer-t", "welcome", broker_id="fake", latest_version=-1, heartbeat_s=0.25)
+    return hello
+
+
 def test_hello_and_heartbeats(setup):
     cfg, data, ckpt, broker, proc, log, _ = setup
-    hello = broker.wait(lambda ms: [m for m in ms if m.type == "hello"], 90, "hello", [log])[0]
+    hello = welcome(broker, log)
     assert hello.role == "inferencer" and hello.name == "inferencer-t" and hello.device == "cpu"
     assert hello.data_fingerprint == data.fingerprint and hello.state == "idle"
-    broker.send(b"inferencer-t", "welcome", broker_id="fake", latest_version=-1, heartbeat_s=0.25)
     n = len(broker.of("heartbeat"))
     broker.wait(lambda ms: len(broker.of("heartbeat")) >= n + 3, 10, "heartbeats", [log])
     assert broker.of("heartbeat")[-1].state == "idle"
@@ -103,6 +109,7 @@ def test_job_streams_chunks_that_match_an_exact_search(setup):
     from ance.tokcache import TokenCache
 
     cfg, data, ckpt, broker, proc, log, tmp = setup
+    welcome(broker, log)
     broker.got.clear()
     sent = time.time()
     broker.send(b"inferencer-t", "job", **job_fields(cfg, data, ckpt))

@@ -110,6 +110,32 @@ def test_output_is_float32_under_autocast_and_pooler_is_frozen(tiny_path):
     assert frozen and all(".pooler." in n for n in frozen)
 
 
+def test_prepared_masks_give_the_same_representations_and_gradients(tiny_path):
+    """The GPU path's prepared 4-D padding mask (no host sync per forward) against HF's own
+    handling of the 2-D mask, forced on here on CPU; with padding, in training mode too."""
+    from ance import model as model_module
+
+    model = BiEncoder.load(tiny_path).eval()
+    inputs = model.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    assert not bool(inputs["attention_mask"].all())
+    if model_module._TRANSFORMERS_PASSES_4D_MASKS:
+        assert model_module.sdpa_mask(model.query_encoder, inputs["attention_mask"]).shape == (len(TEXTS), 1, 1,
+                                                                                              inputs["input_ids"].shape[1])
+    outs, grads = {}, {}
+    for prepared in (False, True):
+        model.prepared_masks = prepared
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs)
+        out.square().sum().backward()
+        outs[prepared] = out.detach()
+        grads[prepared] = model.query_encoder.embeddings.word_embeddings.weight.grad.clone()
+    torch.testing.assert_close(outs[True], outs[False], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[True], grads[False], atol=1e-6, rtol=1e-5)
+    model.prepared_masks = None  # default: prepared on CUDA inputs only
+    with torch.inference_mode():
+        torch.testing.assert_close(model(**inputs), outs[False], atol=1e-6, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- save / load
 
 

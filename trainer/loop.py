@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ance import distributed as dist_util
+from ance.encode import describe_device
 from ance.config import Config, config_hash, save_config
 from ance.errors import AnceError, ConfigError
 
@@ -74,12 +75,17 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.device = resolve_device(cfg.train.device)
-        if self.distributed and not torch.distributed.is_initialized():
-            backend = "nccl" if self.device.startswith("cuda") else "gloo"
-            torch.distributed.init_process_group(backend)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))
+        if self.distributed and not torch.distributed.is_initialized():
+            if self.device.startswith("cuda"):  # NCCL bound to this rank's GPU from the start
+                torch.distributed.init_process_group("nccl", device_id=torch.device(self.device))
+            else:
+                torch.distributed.init_process_group("gloo")
         self.rank, self.world = dist_util.rank(), dist_util.world_size()
+        if self.distributed:
+            log.info("trainer rank %d of %d on %s (%s)", self.rank, self.world, describe_device(self.device),
+                     torch.distributed.get_backend())
         self.is_main = self.rank == 0
         if cfg.train.batch_size % self.world:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
@@ -277,7 +283,9 @@ class Trainer:
         kwargs = {"pos_index": pos_index, "mask": mask}
         device_type = self.device.split(":")[0]
         if self.cfg.train.chunk_size:
-            gc = GradCache(self.ddp, self.loss_fn, self.cfg.train.chunk_size, scaler=self.scaler,
+            chunk = self.cfg.train.chunk_size
+            tokens = chunk * self.cfg.model.passage_max_length if self.cfg.train.chunk_by_tokens else None
+            gc = GradCache(self.ddp, self.loss_fn, chunk, chunk_tokens=tokens, scaler=self.scaler,
                            autocast_dtype=self.amp_dtype, device_type=device_type)
             loss = gc.step(queries, passages, **kwargs)
         else:
