@@ -71,13 +71,16 @@ def timed_steps(model, step, n, batch, steps, warmup, device) -> dict:
     return {"steps_per_s": 1.0 / float(np.median(times)), "peak_mib": peak}
 
 
-def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
+def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *, by_tokens=True, prepared=None):
+    """ance's model and its two-part step: ``build(idx)`` (the batch from token ids, on the
+    device) and ``run(inputs)`` (the GradCache forward + backward)."""
     from ance.gradcache import GradCache
     from ance.losses import InfoNCE
     from ance.model import BiEncoder
     from ance.tokcache import build_inputs
 
     model = BiEncoder.load(model_path).to(device).train()
+    model.prepared_masks = prepared
     tok = model.tokenizer
     queries, positives, negatives = texts
     # Pre-tokenized, as the trainer does with its token cache.
@@ -87,16 +90,24 @@ def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_lengt
     amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
     # the trainer's default (train.chunk_by_tokens): chunk x max_length tokens a chunk, so the
     # activation memory is that of `chunk` full-length rows, as sentence-transformers' mini-batch
-    gc = GradCache(model, InfoNCE(0.05), chunk, chunk_tokens=chunk * max_length, autocast_dtype=amp,
-                   device_type=device.split(":")[0])
+    gc = GradCache(model, InfoNCE(0.05), chunk, chunk_tokens=chunk * max_length if by_tokens else None,
+                   autocast_dtype=amp, device_type=device.split(":")[0])
 
-    def step(idx):
+    def build(idx):
         qi = {k: v.to(device, non_blocking=True) for k, v in build_inputs([q_ids[i] for i in idx], tok, 64).items()}
         pi = {k: v.to(device, non_blocking=True) for k, v in
               build_inputs([p_ids[i] for i in idx] + [p_ids[n + i] for i in idx], tok, max_length).items()}
-        gc.step(qi, pi, pos_index=torch.arange(batch, device=device))
+        return qi, pi
 
-    return timed_steps(model, step, n, batch, steps, warmup, device)
+    def run(inputs):
+        gc.step(*inputs, pos_index=torch.arange(batch, device=device))
+
+    return model, build, run
+
+
+def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
+    model, build, run = ance_step(model_path, texts, batch, chunk, device, max_length, precision)
+    return timed_steps(model, lambda idx: run(build(idx)), len(texts[0]), batch, steps, warmup, device)
 
 
 def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
@@ -124,20 +135,31 @@ def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length,
     return timed_steps(model, step, n, batch, steps, warmup, device)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def common_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--model", default=None)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/scifact"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--out", default=None)
+    return ap
+
+
+def emit(results: dict, out: str | None) -> None:
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2,
                     help="the four configurations run this many times, interleaved; the best median is kept")
     ap.add_argument("--memory-sweep", default=None, help="comma-separated batch sizes: ance peak memory only")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     model = args.model or default_model()
     results = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
@@ -175,10 +197,7 @@ def main(argv=None) -> int:
                                   "speedup": a["steps_per_s"] / s["steps_per_s"]}
             print(json.dumps({precision: results[precision]}), file=sys.stderr)
         results["speedup_default"] = results["bf16"]["ance"]["steps_per_s"] / results["fp32"]["sentence_transformers"]["steps_per_s"]
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(results, args.out)
     return 0
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import default_model, load_texts, sync  # noqa: E402
+from bench_train import ance_step, common_args, default_model, emit, load_texts, sync  # noqa: E402
 
 
 VARIANTS = {  # name: (chunk by tokens, prepared 4-D masks)
@@ -30,35 +30,20 @@ VARIANTS = {  # name: (chunk by tokens, prepared 4-D masks)
 
 
 def phases(model_path, texts, batch, chunk, steps, device, max_length, table_rows, variant="tokens"):
-    from ance.gradcache import GradCache
-    from ance.losses import InfoNCE
-    from ance.model import BiEncoder
-    from ance.tokcache import build_inputs
-
     by_tokens, prepared = VARIANTS[variant]
-    model = BiEncoder.load(model_path).to(device).train()
-    model.prepared_masks = prepared
-    tok = model.tokenizer
-    queries, positives, negatives = texts
-    q_ids = tok(queries, add_special_tokens=False, truncation=True, max_length=62)["input_ids"]
-    p_ids = tok(positives + negatives, add_special_tokens=False, truncation=True,
-                max_length=max_length - 2)["input_ids"]
-    n = len(queries)
-    amp = torch.bfloat16 if device.startswith("cuda") else None
-    gc = GradCache(model, InfoNCE(0.05), chunk, chunk_tokens=chunk * max_length if by_tokens else None,
-                   autocast_dtype=amp, device_type=device.split(":")[0])
+    model, build, run = ance_step(model_path, texts, batch, chunk, device, max_length, "bf16",
+                                  by_tokens=by_tokens, prepared=prepared)
+    n = len(texts[0])
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
     timings: dict[str, list[float]] = {"build": [], "step": [], "clip": [], "adamw": []}
 
     def one(s, record):
         idx = np.arange(s * batch, (s + 1) * batch) % n
         marks = [time.perf_counter()]
-        qi = {k: v.to(device, non_blocking=True) for k, v in build_inputs([q_ids[i] for i in idx], tok, 64).items()}
-        pi = {k: v.to(device, non_blocking=True) for k, v in
-              build_inputs([p_ids[i] for i in idx] + [p_ids[n + i] for i in idx], tok, max_length).items()}
+        inputs = build(idx)
         sync(device)
         marks.append(time.perf_counter())
-        gc.step(qi, pi, pos_index=torch.arange(batch, device=device))
+        run(inputs)
         sync(device)
         marks.append(time.perf_counter())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -103,17 +88,11 @@ def phases(model_path, texts, batch, chunk, steps, device, max_length, table_row
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/scifact"))
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=64)
+    ap = common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     ap.add_argument("--chunks", default="32", help="comma-separated chunk sizes to profile")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--variants", default="tokens", help=f"comma-separated, of {', '.join(VARIANTS)}")
-    ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--rows", type=int, default=15, help="rows of each operator table")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     model = args.model or default_model()
     texts = load_texts(args.data, args.batch * 120)
@@ -124,10 +103,7 @@ def main(argv=None) -> int:
             results[key] = phases(model, texts, args.batch, chunk, args.steps, args.device, args.max_length,
                                   args.rows, variant)
             print(json.dumps({"variant": key, **results[key]}), file=sys.stderr)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(results, args.out)
     return 0
 
 

@@ -1,0 +1,48 @@
+"""benchmarks/bench_train.py and benchmarks/profile_train.py run end to end, tiny and on CPU,
+so the scripts behind docs/benchmarks.md's trainer figures do not rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers_refresh import SCIFACT, needs_scifact
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--device", "cpu", "--batch", "4", "--max-length", "32", "--data", str(SCIFACT)]
+
+
+def run(script: str, tmp_path: Path, *args: str) -> dict:
+    from ance.model import resolve_model
+
+    out = tmp_path / f"{script}.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--model", resolve_model("tiny-bert"), *TINY,
+                           "--out", str(out), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@needs_scifact
+def test_bench_train_compares_with_sentence_transformers(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    got = run("bench_train.py", tmp_path, "--chunk", "2", "--steps", "2", "--warmup", "1", "--repeats", "1")
+    for precision in ("bf16", "fp32"):
+        row = got[precision]
+        assert row["ance"]["steps_per_s"] > 0 and row["sentence_transformers"]["steps_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["ance"]["steps_per_s"] / row["sentence_transformers"]["steps_per_s"])
+
+
+@needs_scifact
+def test_profile_train_times_each_phase_of_each_variant(tmp_path):
+    got = run("profile_train.py", tmp_path, "--chunks", "2", "--steps", "2", "--rows", "3",
+              "--variants", "rows-hfmask,tokens")
+    assert set(got) == {"rows-hfmask-2", "tokens-2"}
+    for row in got.values():
+        assert all(row[k] > 0 for k in ("build", "step", "clip", "adamw"))
+        assert row["total_ms"] == pytest.approx(sum(row[k] for k in ("build", "step", "clip", "adamw")), abs=0.05)
