@@ -14,29 +14,8 @@ The versions' files and tables are :class:`ance.versions.NegativesStore`'s
 checkpoint newer than it is queued as a refresh, so killing the broker loses
 nothing.
 
-``version_done.stats`` (what the trainer logs as the ``refresh`` event):
-
-* ``load_s``, ``encode_s``, ``index_s``, ``search_s``, ``transfer_s`` (the
-  shard stages of :data:`ance.protocol.SHARD_STAGES`), ``query_encode_s`` and
-  ``knn_s`` (the parts of ``search_s``), ``shard_s``: the slowest shard's
-  time for each (shards run in parallel, so the slowest one is what the
-  refresh waited for).
-* ``encode_docs_per_s``: ``n_docs / encode_s`` as above, the pool's effective
-  corpus-encoding rate (not the sum of per-worker rates, which ignores
-  stragglers).
-* ``queue_s``: checkpoint written (trainer's clock) to job started (ours);
-  ``merge_s``, ``select_s``, ``persist_s``, ``send_s``: broker time spent
-  merging the shards' top-k, selecting negatives, appending them to the
-  partial file (fsync) and sending them to the trainer, summed over the chunks;
-  ``refresh_s``: job start to version complete, on the broker's clock.
-* ``overlap``: mean fraction of the previous version's negatives of a query
-  that reappear in the query's new top-``depth`` (ANCE's diagnostic); None for
-  the first version.
-* ``eval_ndcg@10``, ``eval_mrr@10``, ``eval_recall@100`` (and
-  ``eval_recall@1000`` when the eval depth reaches 1000) on the eval split.
-* ``n_docs``, ``n_queries``, ``depth``, ``keep``, ``reassigned`` (shards handed
-  to another worker), ``replayed`` (True when the version is re-streamed from
-  disk rather than just computed; its timings are then absent).
+``version_done.stats`` (what the trainer logs as the ``refresh`` event) are
+:mod:`ance.refresh_stats`'s.
 """
 
 from __future__ import annotations
@@ -53,17 +32,14 @@ import numpy as np
 
 from .config import Config
 from .errors import AnceError, ProtocolError
-from .protocol import BROKER_STAGES, SHARD_STAGES, decode, encode, pack_array, unpack_array
-from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files, complete_checkpoints,
-                      json_safe)
+from .protocol import decode, encode, pack_array, unpack_array
+from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files,
+                      complete_checkpoints)
+from .refresh_stats import STAGES, RefreshTally, eval_depth
 from .versions import NegativesStore, Version
 
 log = logging.getLogger(__name__)
 
-_STAGES = SHARD_STAGES + ("query_encode_s", "knn_s", "shard_s")
-_CHUNK_TIMERS = tuple(k for k in BROKER_STAGES if k != "queue_s")  # summed over the chunks of a refresh
-_EVAL_MEASURES = {"ndcg@10": "eval_ndcg@10", "mrr@10": "eval_mrr@10", "recall@100": "eval_recall@100",
-                  "recall@1000": "eval_recall@1000"}
 
 
 def dataset_from_config(cfg: Config):
@@ -72,11 +48,6 @@ def dataset_from_config(cfg: Config):
     from .data import load_for_config
 
     return load_for_config(cfg)
-
-
-def eval_depth(depth: int) -> int:
-    """Depth searched for the eval split: enough for recall@100 at least."""
-    return max(100, int(depth))
 
 
 class Broker:
@@ -110,10 +81,7 @@ class Broker:
         self.store = NegativesStore(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
                                     chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
         self._job_id: int | None = None
-        self._eval_ids: np.ndarray | None = None
-        self._eval_scores: np.ndarray | None = None
-        self._overlap = [0.0, 0]  # sum of per-query overlaps, queries counted
-        self._times = dict.fromkeys(_CHUNK_TIMERS, 0.0)
+        self._tally = RefreshTally(depth=self.depth)  # the refresh in progress
         self._weights: dict[str, bytes] | None = None
         self.trainer: bytes | None = None
         self._trainer_pid: int | None = None
@@ -375,7 +343,7 @@ class Broker:
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids))
         if self.store.current is not None and msg.job_id == self._job_id:
-            self._times["merge_s"] += time.perf_counter() - t0
+            self._tally.add_time("merge_s", time.perf_counter() - t0)
         for r in ready:
             self._chunk_ready(r)
 
@@ -385,7 +353,7 @@ class Broker:
                                     now=time.time()):
             s = msg.stats
             log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, _name(peer), s.get("n_docs"),
-                     " ".join(f"{k[:-2]} {s[k]:.2f}s" for k in _STAGES if isinstance(s.get(k), (int, float))))
+                     " ".join(f"{k[:-2]} {s[k]:.2f}s" for k in STAGES if isinstance(s.get(k), (int, float))))
         self._emit()
 
     def _on_shard_failed(self, peer: bytes, msg) -> None:
@@ -424,13 +392,8 @@ class Broker:
         self.store.begin(job.version, job.n_shards, checkpoint=job.ckpt.path, depth=neg.depth,
                          rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
                          model=self.cfg.model.name_or_path)
-        self._overlap = [0.0, 0]
-        self._times = dict.fromkeys(_CHUNK_TIMERS, 0.0)
+        self._tally = RefreshTally(n_eval=len(self.eval.ids) if job.eval else 0, depth=self.depth)
         self._weights = None
-        if job.eval:
-            k = eval_depth(self.depth)
-            self._eval_ids = np.full((len(self.eval.ids), k), -1, np.int64)
-            self._eval_scores = np.full((len(self.eval.ids), k), -np.inf, np.float32)
         log.info("refresh of version %d started: job %d, %d shards over %d docs, checkpoint %s", job.version,
                  job.job_id, job.n_shards, self.n_docs, job.ckpt.path)
 
@@ -455,8 +418,7 @@ class Broker:
 
     def _chunk_ready(self, r: ChunkReady) -> None:
         if r.split == "eval":
-            self._eval_ids[r.q_lo:r.q_hi] = r.ids
-            self._eval_scores[r.q_lo:r.q_hi] = r.scores
+            self._tally.add_eval(r.q_lo, r.q_hi, r.ids, r.scores)
             return
         from .negatives import overlap, select_negatives
 
@@ -469,8 +431,7 @@ class Broker:
             prev = self.store.latest.neg[r.q_lo:r.q_hi]
             has = (prev >= 0).any(axis=1)
             if has.any():
-                self._overlap[0] += overlap(prev[has], r.ids[has]) * int(has.sum())
-                self._overlap[1] += int(has.sum())
+                self._tally.add_overlap(overlap(prev[has], r.ids[has]), int(has.sum()))
         q_idx = np.arange(r.q_lo, r.q_hi, dtype=np.int32)
         t1 = time.perf_counter()
         self.store.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send
@@ -480,46 +441,22 @@ class Broker:
                        n_chunks=self.state.n_chunks("train"), q_idx=pack_array(q_idx), neg=pack_array(neg),
                        sent_at=time.time())
         t3 = time.perf_counter()
-        self._times["select_s"] += t1 - t0
-        self._times["persist_s"] += t2 - t1
-        self._times["send_s"] += t3 - t2
+        self._tally.add_time("select_s", t1 - t0)
+        self._tally.add_time("persist_s", t2 - t1)
+        self._tally.add_time("send_s", t3 - t2)
 
     def _finish(self) -> None:
         job = self.state.finish()
         self._job_id = None
         final = self.store.finish()
-        stats = self._stats(job)
+        stats = self._tally.stats(job, n_docs=self.n_docs, n_train=self.n_train, keep=self.keep,
+                                  eval_split=self.eval, doc_ids=self.doc_ids)
         self.store.latest.stats = stats
         if self.trainer is not None:
             self._send(self.trainer, "version_done", version=job.version, n_shards=job.n_shards, stats=stats)
         log.info("negatives version %d complete in %.1fs -> %s: %s", job.version, stats["refresh_s"], final,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
         self._gauges()
-
-    def _stats(self, job) -> dict[str, Any]:
-        shard_stats = list(job.done.values())
-        stats: dict[str, Any] = {}
-        for key in _STAGES:
-            vals = [float(s[key]) for s in shard_stats if isinstance(s.get(key), (int, float))]
-            stats[key] = max(vals) if vals else None
-        enc = stats.get("encode_s")
-        stats["encode_docs_per_s"] = self.n_docs / enc if enc else None
-        stats["queue_s"] = job.started_at - job.ckpt.written_at
-        stats.update(self._times)
-        stats["refresh_s"] = time.time() - job.started_at
-        stats["overlap"] = self._overlap[0] / self._overlap[1] if self._overlap[1] else None
-        stats.update(n_docs=self.n_docs, n_queries=self.n_train, depth=self.depth, keep=self.keep,
-                     reassigned=job.reassigned, replayed=False)
-        if job.eval:
-            t0 = time.perf_counter()
-            from .evaluate import evaluate_ranked
-
-            measures = [m for m in _EVAL_MEASURES if m != "recall@1000" or eval_depth(self.depth) >= 1000]
-            metrics = evaluate_ranked(self.eval.ids, self._eval_ids, self._eval_scores, self.doc_ids,
-                                      self.eval.qrels, measures=measures)
-            stats.update({_EVAL_MEASURES[m]: v for m, v in metrics.items()})
-            stats["eval_s"] = time.perf_counter() - t0
-        return json_safe(stats)
 
     def _drop_partial(self) -> None:
         self.store.drop()

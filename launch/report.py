@@ -112,26 +112,36 @@ def plot_gap(events: list[dict], max_gap: int | None, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_refresh_latency(events: list[dict], path: str | Path) -> Path:
-    """Seconds from checkpoint written to its first / last negatives chunk received, per version."""
-    path, title = Path(path), "Refresh latency (checkpoint written → negatives received)"
+def _per_version(events: list[dict], path: Path, title: str, lines: list[tuple[str, str, str, str]], *,
+                 ylabel: str, ylim: tuple[float, float | None], legend: str, annotate: bool, missing: str) -> Path:
+    """One plot of refresh-event fields against the version: ``lines`` are (field, marker
+    style, colour, label); replayed versions are skipped, the newest event of a version wins."""
     rows = _latest_by(events, "refresh", "version", skip_replayed=True)
-    x1, first = _series(rows, "version", "latency_first_s")
-    x2, last = _series(rows, "version", "latency_all_s")
-    if not x1 and not x2:
-        return _no_data(path, title, "no refresh events with latencies")
+    series = [(_series(rows, "version", key), style, color, label) for key, style, color, label in lines]
+    if not any(xs for (xs, _), *_ in series):
+        return _no_data(path, title, missing)
     fig, (ax,) = _figure()
-    if x1:
-        ax.plot(x1, first, "o-", color="tab:green", label="first chunk (latency_first_s)")
-    if x2:
-        ax.plot(x2, last, "s-", color="tab:purple", label="all chunks (latency_all_s)")
+    for (xs, ys), style, color, label in series:
+        if xs:
+            ax.plot(xs, ys, style, color=color, label=label)
+            if annotate:
+                ax.annotate(f"{ys[-1]:.4f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("negatives version (checkpoint step)")
-    ax.set_ylabel("seconds")
-    ax.set_ylim(bottom=0)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc=legend)
     return _save(fig, path)
+
+
+def plot_refresh_latency(events: list[dict], path: str | Path) -> Path:
+    """Seconds from checkpoint written to its first / last negatives chunk received, per version."""
+    return _per_version(events, Path(path), "Refresh latency (checkpoint written → negatives received)",
+                        [("latency_first_s", "o-", "tab:green", "first chunk (latency_first_s)"),
+                         ("latency_all_s", "s-", "tab:purple", "all chunks (latency_all_s)")],
+                        ylabel="seconds", ylim=(0, None), legend="upper left", annotate=False,
+                        missing="no refresh events with latencies")
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -182,26 +192,11 @@ def plot_loss(events: list[dict], path: str | Path) -> Path:
 
 def plot_eval(events: list[dict], path: str | Path) -> Path:
     """Eval nDCG@10 and recall@100 of each refreshed version (the eval split searched with the refresh)."""
-    path, title = Path(path), "Evaluation at each refresh"
-    rows = _latest_by(events, "refresh", "version", skip_replayed=True)
-    xn, ndcg = _series(rows, "version", "eval_ndcg@10")
-    xr, recall = _series(rows, "version", "eval_recall@100")
-    if not xn and not xr:
-        return _no_data(path, title, "no refresh events with eval_ndcg@10 / eval_recall@100")
-    fig, (ax,) = _figure()
-    if xn:
-        ax.plot(xn, ndcg, "o-", color="tab:blue", label="nDCG@10")
-        ax.annotate(f"{ndcg[-1]:.4f}", (xn[-1], ndcg[-1]), textcoords="offset points", xytext=(4, 4))
-    if xr:
-        ax.plot(xr, recall, "s-", color="tab:orange", label="recall@100")
-        ax.annotate(f"{recall[-1]:.4f}", (xr[-1], recall[-1]), textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("negatives version (checkpoint step)")
-    ax.set_ylabel("score")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    return _save(fig, path)
+    return _per_version(events, Path(path), "Evaluation at each refresh",
+                        [("eval_ndcg@10", "o-", "tab:blue", "nDCG@10"),
+                         ("eval_recall@100", "s-", "tab:orange", "recall@100")],
+                        ylabel="score", ylim=(0, 1.05), legend="lower right", annotate=True,
+                        missing="no refresh events with eval_ndcg@10 / eval_recall@100")
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
