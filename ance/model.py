@@ -86,10 +86,14 @@ def sdpa_mask(tower: nn.Module, attention_mask: Tensor) -> Tensor:
     Given a 2-D mask, transformers (5.x) first asks whether it is all ones (to drop it):
     a device-to-host copy per forward, which stalls the GPU's launch queue twelve times in
     a MiniLM GradCache step. A prepared 4-D mask is passed through as is. Only for SDPA
-    attention on transformers >= 5, where that pass-through exists; the representations
-    are the same (tests/test_model.py).
+    attention on transformers >= 5, where that pass-through exists, and only for the
+    bidirectional encoder families of :data:`_BIDIRECTIONAL_ENCODERS` (a prepared mask
+    replaces the model's own, so a causal model would lose its causal mask); the
+    representations are the same (tests/test_model.py).
     """
-    if not _TRANSFORMERS_PASSES_4D_MASKS or getattr(tower.config, "_attn_implementation", None) != "sdpa":
+    config = tower.config
+    if (not _TRANSFORMERS_PASSES_4D_MASKS or getattr(config, "_attn_implementation", None) != "sdpa"
+            or getattr(config, "model_type", None) not in _BIDIRECTIONAL_ENCODERS):
         return attention_mask
     return attention_mask[:, None, None, :].bool()
 
@@ -104,6 +108,9 @@ def _transformers_major() -> int:
 
 
 _TRANSFORMERS_PASSES_4D_MASKS = _transformers_major() >= 5
+#: model types whose attention is bidirectional with a padding mask only
+_BIDIRECTIONAL_ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra",
+                                     "mpnet", "ernie"})
 
 
 # --------------------------------------------------------------------------- names -> paths

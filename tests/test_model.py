@@ -131,6 +131,13 @@ def test_prepared_masks_give_the_same_representations_and_gradients(tiny_path):
         grads[prepared] = model.query_encoder.embeddings.word_embeddings.weight.grad.clone()
     torch.testing.assert_close(outs[True], outs[False], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grads[True], grads[False], atol=1e-6, rtol=1e-5)
+    # only bidirectional encoders: a causal model keeps its own mask handling
+    from types import SimpleNamespace
+
+    mask = inputs["attention_mask"]
+    for model_type, prepared in (("llama", False), ("qwen2", False), ("bert", model_module._TRANSFORMERS_PASSES_4D_MASKS)):
+        tower = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", model_type=model_type))
+        assert (model_module.sdpa_mask(tower, mask) is not mask) == prepared, model_type
     model.prepared_masks = None  # default: prepared on CUDA inputs only
     with torch.inference_mode():
         torch.testing.assert_close(model(**inputs), outs[False], atol=1e-6, rtol=1e-5)
