@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config
-from .errors import AnceError, ProtocolError
+from .errors import ProtocolError
 from .protocol import decode, encode, pack_array, unpack_array
 from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files,
                       complete_checkpoints)
@@ -115,32 +115,15 @@ class Broker:
         """Create and bind the ROUTER; return the bound endpoint."""
         import zmq
 
-        from .keys import check_bind_address, secure_server
+        from .transport import router_socket
 
-        b = self.cfg.broker
-        address = b.bind or b.address
-        check_bind_address(address, b.curve_keys)
         self.ctx = zmq.Context()
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # A vanished peer raises EHOSTUNREACH instead of a silent drop; a restarted peer takes its name over.
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # Transport cap: a frame over twice the protocol limit drops the connection before it is buffered;
-        # up to it, decode() refuses it with an `error` the peer can read.
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * b.max_frame_bytes)
-        # A whole version streamed to a trainer that reads between steps: let it queue (bounded by size).
-        sock.setsockopt(zmq.SNDHWM, 1_000_000)
-        if b.curve_keys:
-            secure_server(sock, b.curve_keys)
         try:
-            sock.bind(address)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise AnceError(f"broker cannot bind {address}: {exc} (is another broker running? "
-                            "set broker.address / broker.bind)") from None
-        self.sock = sock
-        endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self.sock, endpoint = router_socket(self.ctx, self.cfg.broker)
+        except BaseException:
+            self.ctx.term()
+            self.ctx = None
+            raise
         log.info("broker %s listening on %s (%d docs, %d train queries, %s)", self.broker_id, endpoint,
                  self.n_docs, self.n_train, f"eval split {self.cfg.data.eval_split} with {len(self.eval.ids)} "
                  "queries" if self.eval else "no eval split")

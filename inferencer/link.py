@@ -30,6 +30,7 @@ from typing import Any
 from ance.config import Config
 from ance.errors import ProtocolError
 from ance.protocol import decode, encode
+from ance.transport import dealer_socket
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +95,11 @@ class Link:
 
         b = self.cfg.broker
         ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * b.max_frame_bytes)
-        sock.setsockopt(zmq.RECONNECT_IVL, 200)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        # Queue nothing while no broker is connected: heartbeats and hellos are then dropped (best effort)
-        # and results wait in self._pending, instead of piling up stale heartbeats for the next broker.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock = None
         try:
-            if b.curve_keys:
-                from ance.keys import secure_client
-
-                secure_client(sock, b.curve_keys)
-            sock.connect(b.address)
+            # immediate: queue nothing while no broker is connected: heartbeats and hellos are then dropped
+            # (best effort) and results wait in self._pending, not piled up stale for the next broker.
+            sock = dealer_socket(ctx, b, self.identity, immediate=True)
             log.info("connecting to the broker at %s as %s", b.address, self.identity.decode())
             last_hb, last_job = 0.0, None
             hello_at = self._hello(sock)
@@ -150,7 +141,8 @@ class Link:
             self.error = exc
             self.inbox.put(None)
         finally:
-            sock.close(0)
+            if sock is not None:
+                sock.close(0)
             ctx.term()
 
     def _send_now(self, sock, frame: bytes) -> None:

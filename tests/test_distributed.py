@@ -63,7 +63,7 @@ LOSSES = {"infonce": InfoNCE(0.05), "bidirectional": BidirectionalInfoNCE(0.05)}
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=120))
     try:
         results = {"is_distributed": du.is_distributed(), "rank": du.rank(), "world": du.world_size()}
         queries, passages = global_batch()
@@ -97,7 +97,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def run_workers(tmp_path: Path, deadline_s: float = 50.0) -> list[dict]:
+def run_workers(tmp_path: Path, deadline_s: float = 150.0) -> list[dict]:
     ctx = mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=False)
     start = time.monotonic()
     try:

@@ -45,16 +45,10 @@ class BrokerClient:
     def connect(self) -> None:
         import zmq
 
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, b"trainer")
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.broker.max_frame_bytes)
-        if self.cfg.broker.curve_keys:
-            from ance.keys import secure_client
+        from ance.transport import dealer_socket
 
-            secure_client(self.sock, self.cfg.broker.curve_keys)
-        self.sock.connect(self.cfg.broker.address)
+        self.ctx = zmq.Context.instance()
+        self.sock = dealer_socket(self.ctx, self.cfg.broker, b"trainer")
         self._hello()
 
     def _hello(self) -> None:
