@@ -98,7 +98,7 @@ def _plan(inputs: Inputs, size: int, tokens: int | None = None) -> tuple[list[In
     mask = inputs.get("attention_mask")
     if mask is None or mask.dim() != 2:
         first = next(iter(inputs.values()))
-        rows = size if tokens is None else max(1, tokens // (first.shape[1] if first.dim() == 2 else 1))
+        rows = _chunk_rows(size, tokens, first.shape[1] if first.dim() == 2 else 1)
         return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(rows, dim=0) for k in keys))], None
     host = mask.detach().to("cpu")
     n, width = host.shape
@@ -112,7 +112,7 @@ def _plan(inputs: Inputs, size: int, tokens: int | None = None) -> tuple[list[In
     lo = 0
     while lo < n:
         cut = int(extent[order[lo]]) or width   # sorted: the first row is the chunk's widest
-        hi = min(n, lo + (size if tokens is None else max(1, tokens // max(1, cut))))
+        hi = min(n, lo + _chunk_rows(size, tokens, cut))
         rows = slice(lo, hi) if identity else order_dev[lo:hi]
         chunks.append({k: (v[rows, :cut] if v.dim() == 2 and v.shape[1] == width else v[rows])
                        for k, v in inputs.items()})
@@ -124,10 +124,17 @@ def _plan(inputs: Inputs, size: int, tokens: int | None = None) -> tuple[list[In
     return chunks, inverse.to(device, non_blocking=True)
 
 
-def _check_chunk_tokens(chunk_tokens) -> None:
-    if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
-                                     or chunk_tokens < 1):
-        raise ValueError(f"chunk_tokens must be a positive integer or None, got {chunk_tokens!r}")
+def _chunk_rows(size: int, tokens: int | None, width: int) -> int:
+    """Rows a chunk of rows ``width`` wide holds: ``size``, or as many as the ``tokens`` budget allows (>= 1)."""
+    return size if tokens is None else max(1, tokens // max(1, width))
+
+
+def _check_count(name: str, value, *, optional: bool) -> None:
+    """``value`` must be a positive int (or None when ``optional``); bools are refused."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
 
 
 def _rows(chunks: list[Inputs]) -> list[int]:
@@ -202,9 +209,8 @@ def plain_step(
     two can be compared with dropout on; it saves no memory. Distributed and scaler handling as in
     :meth:`GradCache.step`.
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    _check_chunk_tokens(chunk_tokens)
+    _check_count("chunk_size", chunk_size, optional=True)
+    _check_count("chunk_tokens", chunk_tokens, optional=True)
     nq, np_ = _check_inputs(queries, "queries"), _check_inputs(passages, "passages")
     (q_chunks, q_inv), (p_chunks, p_inv) = (_plan(queries, chunk_size or nq, chunk_tokens),
                                             _plan(passages, chunk_size or np_, chunk_tokens))
@@ -255,9 +261,8 @@ class GradCache:
         autocast_dtype: torch.dtype | None = None,
         device_type: str = "cpu",
     ):
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        _check_chunk_tokens(chunk_tokens)
+        _check_count("chunk_size", chunk_size, optional=False)
+        _check_count("chunk_tokens", chunk_tokens, optional=True)
         if autocast_dtype not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype}")
         if device_type not in ("cpu", "cuda"):

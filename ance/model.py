@@ -342,9 +342,8 @@ class BiEncoder(nn.Module):
         """Pooled (and, with ``normalize``, L2-normalised) float32 representations ``[n, d]``."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         tower = self.tower(kind)
-        mask = attention_mask
-        if self.prepared_masks if self.prepared_masks is not None else input_ids.is_cuda:
-            mask = sdpa_mask(tower, attention_mask)
+        prepare = input_ids.is_cuda if self.prepared_masks is None else self.prepared_masks
+        mask = sdpa_mask(tower, attention_mask) if prepare else attention_mask
         with attention_kernels(input_ids.device.type):
             out = tower(input_ids=input_ids, attention_mask=mask, return_dict=True, **extra)
         hidden = out.last_hidden_state.float()

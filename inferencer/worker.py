@@ -92,7 +92,8 @@ class Worker:
         self.train = self.data.split(cfg.data.train_split)
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
         self.fingerprint = self.data.fingerprint
-        self.link = Link(cfg, self.name, describe_device(self.device), self.fingerprint)
+        self.device_name = describe_device(self.device)  # cuda:0 (GPU 3) under CUDA_VISIBLE_DEVICES
+        self.link = Link(cfg, self.name, self.device_name, self.fingerprint)
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
@@ -128,7 +129,7 @@ class Worker:
     def run(self) -> int:
         self._install_signals()
         self.link.start()
-        log.info("inferencer %s on %s (%s), %d train queries%s", self.name, describe_device(self.device), self.precision,
+        log.info("inferencer %s on %s (%s), %d train queries%s", self.name, self.device_name, self.precision,
                  len(self.train.ids), f", {len(self.eval.ids)} eval queries" if self.eval else "")
         if self.cfg.inferencer.warm_up:
             self.warm_up()

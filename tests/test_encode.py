@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,20 +195,11 @@ def test_write_read_embeddings_round_trip(tmp_path):
 # --------------------------------------------------------------------------- `ance encode`
 
 
-def run_command(name: str, *argv: str) -> int:
-    """Parse and run one subcommand as ``ance.cli`` does (AnceError -> exit 2)."""
-    import importlib
+def run_command(name: str, *argv) -> int:
+    """One subcommand through ``ance.cli.main`` (AnceError -> one line, exit 2)."""
+    from ance.cli import main
 
-    module = importlib.import_module(f"ance.commands.{name}")
-    parser = argparse.ArgumentParser(prog=f"ance {name}")
-    module.add_arguments(parser)
-    args = parser.parse_args([str(a) for a in argv])
-    args.command = name
-    try:
-        return module.run(args)
-    except AnceError as exc:
-        print(f"ance {name}: error: {exc}", file=sys.stderr)
-        return 2
+    return main([name, *map(str, argv)])
 
 
 @needs_scifact

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from ance.errors import AnceError
+from helpers_refresh import SCIFACT
 
-SCIFACT = Path("/work/shared/data/scifact")
 COMMANDS = ("retrieve", "eval", "encode", "search", "mine")
 pytestmark = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"no SciFact at {SCIFACT}")
 
@@ -25,15 +23,10 @@ def build(name: str) -> argparse.ArgumentParser:
 
 
 def run_command(name: str, *argv) -> int:
-    """Parse and run one subcommand as ``ance.cli`` does (AnceError -> one line, exit 2)."""
-    module = importlib.import_module(f"ance.commands.{name}")
-    args = build(name).parse_args([str(a) for a in argv])
-    args.command = name
-    try:
-        return module.run(args)
-    except AnceError as exc:
-        print(f"ance {name}: error: {exc}", file=sys.stderr)
-        return 2
+    """One subcommand through ``ance.cli.main`` (AnceError -> one line, exit 2)."""
+    from ance.cli import main
+
+    return main([name, *map(str, argv)])
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.loss_fn = self._build_loss()
         self.guide = self._build_guide()
+        self.gradcache = self._build_gradcache()
         self._last_layer = last_layer_params(self.model)
 
         self.sampler = QuerySampler(len(self.split), t.batch_size, cfg.seed)
@@ -152,6 +153,18 @@ class Trainer:
             self._warmup_negatives()
 
     # ---------------------------------------------------------------- setup
+    def _build_gradcache(self):
+        """The GradCache step of ``train.chunk_size`` (None: the plain step); with
+        ``train.chunk_by_tokens`` a chunk holds chunk_size x passage_max_length tokens."""
+        from ance.gradcache import GradCache
+
+        chunk = self.cfg.train.chunk_size
+        if not chunk:
+            return None
+        tokens = chunk * self.cfg.model.passage_max_length if self.cfg.train.chunk_by_tokens else None
+        return GradCache(self.ddp, self.loss_fn, chunk, chunk_tokens=tokens, scaler=self.scaler,
+                         autocast_dtype=self.amp_dtype, device_type=self.device.split(":")[0])
+
     def _build_loss(self):
         from ance.losses import BidirectionalInfoNCE, InfoNCE
 
@@ -271,7 +284,7 @@ class Trainer:
         return gist_mask(gq, gp, pos_index, margin=self.cfg.train.gist_margin)
 
     def train_step(self) -> dict[str, Any]:
-        from ance.gradcache import GradCache, plain_step
+        from ance.gradcache import plain_step
 
         t0 = time.perf_counter()
         self._step_wait = 0.0
@@ -281,16 +294,11 @@ class Trainer:
         queries, passages, pos_index, all_p = self._inputs(batch)
         mask = self._mask(batch, all_p, pos_index, queries, passages)
         kwargs = {"pos_index": pos_index, "mask": mask}
-        device_type = self.device.split(":")[0]
-        if self.cfg.train.chunk_size:
-            chunk = self.cfg.train.chunk_size
-            tokens = chunk * self.cfg.model.passage_max_length if self.cfg.train.chunk_by_tokens else None
-            gc = GradCache(self.ddp, self.loss_fn, chunk, chunk_tokens=tokens, scaler=self.scaler,
-                           autocast_dtype=self.amp_dtype, device_type=device_type)
-            loss = gc.step(queries, passages, **kwargs)
+        if self.gradcache is not None:
+            loss = self.gradcache.step(queries, passages, **kwargs)
         else:
             loss = plain_step(self.ddp, self.loss_fn, queries, passages, scaler=self.scaler,
-                              autocast_dtype=self.amp_dtype, device_type=device_type, **kwargs)
+                              autocast_dtype=self.amp_dtype, device_type=self.device.split(":")[0], **kwargs)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         last = grad_norm(self._last_layer)
