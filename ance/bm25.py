@@ -7,9 +7,33 @@ characters, English stopwords removed, no stemming); scoring is bm25s's default
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import numpy as np
+
+
+def _import_bm25s():
+    """Import bm25s without letting it start JAX.
+
+    Where JAX is installed, importing bm25s runs a top-k through JAX, which on a
+    GPU machine initialises JAX's GPU backend, and JAX then reserves 75% of the
+    GPU's memory for the rest of the process: a trainer with BM25 warm-up took
+    105 GiB of an H200 and left the inferencers on that GPU out of memory. Only
+    bm25s's numpy top-k is used here, so JAX is hidden while bm25s is imported
+    (unless the process imported JAX itself before).
+    """
+    if "bm25s" in sys.modules:
+        return sys.modules["bm25s"]
+    hide = "jax" not in sys.modules
+    if hide:
+        sys.modules["jax"] = None  # type: ignore[assignment]  # `import jax` now raises ImportError
+    try:
+        import bm25s
+    finally:
+        if hide and sys.modules.get("jax", 0) is None:
+            del sys.modules["jax"]
+    return bm25s
 
 
 def bm25_rank(
@@ -24,7 +48,7 @@ def bm25_rank(
     is all ``-1``. Equal scores are ordered by corpus index.
     ``threads``: 0 = in this thread, -1 = one per CPU core, n = n threads.
     """
-    import bm25s
+    bm25s = _import_bm25s()
 
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
@@ -51,7 +75,8 @@ def bm25_rank(
 
     k = min(depth, len(corpus_texts))
     docs, scores = retriever.retrieve(
-        [query_ids[i] for i in rows], k=k, n_threads=threads, show_progress=False
+        [query_ids[i] for i in rows], k=k, n_threads=threads, show_progress=False,
+        backend_selection="numpy",
     )
     docs = np.asarray(docs, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float32)

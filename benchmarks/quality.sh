@@ -6,7 +6,8 @@
 #   MODEL=all-MiniLM-L6-v2 DATA=../shared/data/scifact SEEDS="13 14" bash benchmarks/quality.sh
 # Env: MODEL, DATA, OUT (default runs/quality), SEEDS, METHODS (zeroshot inbatch static async),
 # BACKEND (auto|faiss|torch), GPUS (trainer and inferencer GPU, default 0), WINDOW (ranks the hard
-# negatives come from, static and async alike; default "0 30"), EXTRA (more overrides).
+# negatives come from, static and async alike; default "0 30"), EXTRA (more overrides),
+# STATIC (the static negatives file; mined into OUT when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-all-MiniLM-L6-v2}
@@ -15,7 +16,7 @@ OUT=${OUT:-runs/quality}
 SEEDS=${SEEDS:-"13 14"}
 METHODS=${METHODS:-"zeroshot inbatch static async"}
 BACKEND=${BACKEND:-auto}
-GPU=${GPUS:-0}
+GPU=${GPUS-0}   # empty: let ance launch place the processes (CPU here)
 CFG=configs/scifact-minilm-gpu.yaml
 EXTRA=${EXTRA:-}
 WINDOW=${WINDOW:-"0 30"}
@@ -30,7 +31,7 @@ evaluate() {  # evaluate MODEL_DIR NAME
 }
 last_ckpt() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }
 
-STATIC="$OUT/static-negatives.tsv"
+STATIC=${STATIC:-$OUT/static-negatives.tsv}   # a file mined beforehand may be shared
 if [[ " $METHODS " == *" static "* ]] && [ ! -s "$STATIC" ]; then
   t0=$EPOCHREALTIME
   ance mine --model "$MODEL" --data "$DATA" --split train --out "$STATIC" --max-length 256 \
@@ -45,7 +46,7 @@ for m in $METHODS; do
     case $m in
       inbatch) ance train $CFG $common seed=$s run_dir=$run negatives.source=inbatch ;;
       static)  ance train $CFG $common seed=$s run_dir=$run negatives.source=static negatives.static_file=$STATIC ;;
-      async)   ance launch $CFG $common seed=$s run_dir=$run --trainer-gpus $GPU --inferencer-gpus $GPU --no-progress ;;
+      async)   ance launch $CFG $common seed=$s run_dir=$run ${GPU:+--trainer-gpus $GPU --inferencer-gpus $GPU} --no-progress ;;
     esac
     echo "{\"train_wall_s\": $(python -c "print(round($EPOCHREALTIME - $t0, 1))")}" > "$run/wall.json"
     evaluate "$(last_ckpt "$run")" "$m-$s"

@@ -76,3 +76,32 @@ def test_scifact_ranks_in_seconds():
     doc_ids = [d for d, _ in docs]
     hits = [any(doc_ids[i] in qrels[q] for i in row[:10] if i >= 0) for q, row in zip(qids, ranked)]
     assert np.mean(hits) > 0.7
+
+
+def test_bm25_does_not_start_jax(tmp_path):
+    """bm25s imports JAX when it can and runs a top-k on JAX's default device, which
+    on a GPU reserves 75% of its memory; ance's BM25 keeps JAX out. A stand-in `jax`
+    package records being imported; after ranking it has not been, and the process
+    can still import it afterwards."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "jax"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "jax-imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (fake / "lax.py").write_text("def top_k(x, k):\n    raise AssertionError('bm25s used JAX')\n")
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
+        "from ance.bm25 import bm25_rank\n"
+        "print(bm25_rank(['graphene sheets', 'protein folding', 'cell biology'], ['protein'], 2).tolist())\n"
+        f"assert not __import__('os').path.exists({str(marker)!r}), 'bm25s imported JAX'\n"
+        "import jax\n"
+        "print('jax importable', jax.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[[1, -1]]" in out.stdout
+    assert "jax importable jax" in out.stdout
+    assert marker.exists()  # imported by the test's own `import jax`, after the ranking
