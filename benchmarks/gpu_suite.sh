@@ -46,11 +46,11 @@ for part in $PARTS; do
             --static-file "$OUT/st-static.tsv" --seed ${SEED:-13} --out "$OUT/stref-$neg" 2>&1 | tail -1
         rm -rf "$OUT/stref-$neg/model" "$OUT/stref-$neg/dev.trec"
       done ;;
-    sweep)   # recipes side by side (benchmarks/quality_sweep.sh); SWEEP lines NAME|METHODS|SEEDS|EXTRA
+    sweep)   # recipes side by side (benchmarks/quality_sweep.sh); SWEEP lines NAME|METHODS|SEEDS|EXTRA|WINDOW
       ROOT="$OUT/sweep" BACKEND=${BACKEND:-auto} MODEL="$M" JOBS=${JOBS:-4} timeout ${SWEEP_TIMEOUT:-540} \
           bash benchmarks/quality_sweep.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
       (cd "$OUT/sweep" && tar -czf ../sweep-runs.tgz --exclude=checkpoints --exclude=cache --exclude='*.trec' \
-          --exclude='static-negatives.tsv' .)
+          --exclude='static-*.tsv' .)
       cp "$OUT/sweep/sweep.json" "$OUT/sweep.json" 2>/dev/null; rm -rf "$OUT/sweep" ;;
     refresh)
       timeout 420 bash benchmarks/refresh_suite.sh "$OUT" 2>&1 | tail -30 ;;

@@ -6,7 +6,8 @@
 # ROOT/sweep.json (summarize_runs.py per setting).
 #   SWEEP='n7|static async|13 14|negatives.n_per_query=7
 #   lr5e-5|static async|13|train.lr=5e-5' ROOT=runs/sweep JOBS=4 bash benchmarks/quality_sweep.sh
-# A SWEEP line: NAME|METHODS|SEEDS|EXTRA overrides (the window is quality.sh's WINDOW, default "0 30").
+# A SWEEP line: NAME|METHODS|SEEDS|EXTRA overrides|WINDOW (ranks the hard negatives come from, static
+# and async alike, default "0 30"; the static file of each window is mined once and shared).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-runs/sweep}
@@ -14,23 +15,26 @@ JOBS=${JOBS:-4}
 MODEL=${MODEL:-all-MiniLM-L6-v2}
 DATA=${DATA:-../shared/data/scifact}
 BACKEND=${BACKEND:-auto}
-WINDOW=${WINDOW:-"0 30"}
-read -r LO HI <<< "$WINDOW"
 mkdir -p "$ROOT"
-STATIC="$ROOT/static-negatives.tsv"
-if [[ "$SWEEP" == *static* ]] && [ ! -s "$STATIC" ]; then   # mined once, shared by every setting
-  ance mine --model "$MODEL" --data "$DATA" --split train --out "$STATIC" --max-length 256 \
-      --query-max-length 64 --depth 100 --rank-window $LO $HI --n $((HI - LO)) --backend "$BACKEND" --quiet
-fi
+static_file() {  # static_file LO HI: the zero-shot model's negatives from ranks [LO, HI), mined once
+  local f="$ROOT/static-$1-$2.tsv" depth=$(( $2 > 100 ? $2 : 100 ))
+  [ -s "$f" ] || ance mine --model "$MODEL" --data "$DATA" --split train --out "$f" --max-length 256 \
+      --query-max-length 64 --depth $depth --rank-window $1 $2 --n $(($2 - $1)) --backend "$BACKEND" --quiet >&2
+  echo "$f"
+}
 port=5600
-while IFS='|' read -r name methods seeds extra; do
+while IFS='|' read -r name methods seeds extra window; do
   [ -z "${name// }" ] && continue
+  window=${window:-"0 30"}
+  read -r LO HI <<< "$window"
+  STATIC=""
+  [[ " $methods " == *" static "* ]] && STATIC=$(static_file $LO $HI)
   for m in $methods; do
     for s in $seeds; do
       while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
       port=$((port + 1))
       echo "=== $(date +%T) start $name $m seed $s"
-      MODEL="$MODEL" DATA="$DATA" BACKEND="$BACKEND" WINDOW="$WINDOW" STATIC="$STATIC" \
+      MODEL="$MODEL" DATA="$DATA" BACKEND="$BACKEND" WINDOW="$window" STATIC="$STATIC" \
         OUT="$ROOT/$name" METHODS=$m SEEDS=$s EXTRA="$extra broker.address=tcp://127.0.0.1:$port" \
         timeout "${JOB_TIMEOUT:-540}" bash benchmarks/quality.sh > "$ROOT/$name.$m-$s.log" 2>&1 &
     done
