@@ -11,8 +11,8 @@ Set ``broker.curve_keys=DIR`` on every process. The broker host keeps all four
 files; other hosts get only ``broker.key``, ``client.key`` and
 ``client.key_secret`` (never ``broker.key_secret``: whoever holds it can pose
 as the broker).
-The broker's socket then encrypts everything and a ZAP authenticator accepts
-only clients whose public key is one of ``DIR/*.key``; a peer without the keys,
+The broker's socket then encrypts everything and a ZAP handler (:class:`CurveZap`)
+accepts only clients whose public key is one of ``DIR/*.key``; a peer without the keys,
 or with another keypair, never completes the handshake and gets no answer.
 
 :func:`check_bind_address` refuses to listen off loopback without keys: the
@@ -105,38 +105,120 @@ def load_client_keys(keys_dir: str | Path) -> tuple[bytes, bytes, bytes]:
 
 
 # ---------------------------------------------------------------- sockets
-# One ZAP authenticator per context (ZAP is the context-wide inproc://zeromq.zap.01), shared by the
-# secured sockets of that context and stopped when the last of them closes: its own sockets would
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's ZAP handler (RFC 27)
+
+
+class CurveZap:
+    """The ZAP handler of one context: accepts CURVE clients whose public key is allowed.
+
+    A plain thread with a REP socket polled every 100 ms (level-triggered, so a
+    stop request is never missed) that stops within a poll interval. It stands
+    in for pyzmq's ``ThreadAuthenticator``, whose asyncio thread has no timeout
+    on stop and is stopped again from ``__del__`` in whichever thread collects it.
+    """
+
+    def __init__(self, ctx, keys_dir: Path):
+        self.ctx = ctx
+        self.keys_dir = keys_dir
+        self.allowed: frozenset[bytes] = frozenset()
+        self._refused: set[tuple[bytes, bytes]] = set()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="ance-zap", daemon=True)
+
+    def reload(self) -> None:
+        """Re-read the allowed public keys: every ``keys_dir/*.key``."""
+        import zmq.auth
+        from zmq.utils import z85
+
+        self.allowed = frozenset(z85.decode(k) for k in zmq.auth.load_certificates(str(self.keys_dir)))
+
+    def start(self) -> None:
+        self.reload()
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the ZAP handler thread did not start within 10 s")
+        if self._error is not None:
+            raise ConfigError(f"cannot serve ZAP on this ZeroMQ context ({self._error}): another "
+                              "authenticator already runs on it") from self._error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                log.warning("the ZAP handler thread did not stop within %gs", timeout)
+
+    def _run(self) -> None:
+        import zmq
+
+        sock = self.ctx.socket(zmq.REP)
+        sock.linger = 0
+        try:
+            sock.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError as exc:
+            self._error = exc
+            sock.close(0)
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                if sock.poll(100, zmq.POLLIN):
+                    sock.send_multipart(self.reply(sock.recv_multipart()))
+        finally:
+            sock.close(0)
+
+    def reply(self, request: list[bytes]) -> list[bytes]:
+        """The ZAP reply to one request: 200 for an allowed CURVE key, 400 otherwise, 500 if malformed."""
+        if len(request) < 6 or request[0] != b"1.0":
+            log.warning("CURVE: malformed ZAP request (%d frames) refused", len(request))
+            return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed request", b"", b""]
+        _, request_id, _domain, address, _identity, mechanism, *credentials = request
+        if mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in self.allowed:
+            from zmq.utils import z85
+
+            return [b"1.0", request_id, b"200", b"OK", z85.encode(credentials[0]), b""]
+        key = credentials[0] if mechanism == b"CURVE" and credentials else mechanism
+        if (address, key) not in self._refused:  # once per client, not once per reconnect
+            self._refused.add((address, key))
+            log.warning("CURVE: refused a %s client from %s: its public key is not in %s/*.key",
+                        mechanism.decode(errors="replace"), address.decode(errors="replace") or "?",
+                        self.keys_dir)
+        return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
+
+
+# One ZAP handler per context (ZAP is the context-wide inproc://zeromq.zap.01), shared by the
+# secured sockets of that context and stopped when the last of them closes: its socket would
 # otherwise keep `ctx.term()` waiting forever.
 _auth_lock = threading.Lock()
-_authenticators: dict[int, list] = {}  # id(context) -> [authenticator, keys_dir, open secured sockets]
+_authenticators: dict[int, list] = {}  # id(context) -> [CurveZap, open secured sockets]; CurveZap holds the context
 
 
 def secure_server(socket, keys_dir: str | Path) -> None:
     """Make ``socket`` a CURVE server that accepts only the public keys in ``keys_dir``.
 
-    Call before ``bind``. Starts (or shares) a ``zmq.auth.ThreadAuthenticator``
-    on the socket's context; ``socket.close()`` stops it again once no other
-    secured socket of that context is open.
+    Call before ``bind``. Starts (or shares) the context's :class:`CurveZap`;
+    ``socket.close()`` stops it again once no other secured socket of that
+    context is open.
     """
-    from zmq.auth.thread import ThreadAuthenticator
-
     keys_dir = Path(keys_dir).resolve()
     public, secret = load_server_keys(keys_dir)
     ctx = socket.context
     with _auth_lock:
         entry = _authenticators.get(id(ctx))
         if entry is None:
-            auth = ThreadAuthenticator(ctx, log=logging.getLogger("ance.keys.zap"))
-            auth.start()
+            zap = CurveZap(ctx, keys_dir)
+            zap.start()
             log.info("CURVE: accepting only clients whose public key is in %s/*.key", keys_dir)
-            entry = _authenticators[id(ctx)] = [auth, keys_dir, 0]
-        elif entry[1] != keys_dir:
-            raise ConfigError(f"this ZeroMQ context already authenticates with the keys of {entry[1]}; "
+            entry = _authenticators[id(ctx)] = [zap, 0]
+        elif entry[0].keys_dir != keys_dir:
+            raise ConfigError(f"this ZeroMQ context already authenticates with the keys of {entry[0].keys_dir}; "
                               f"cannot also use {keys_dir} (use one keys directory, or another context)")
-        # Re-read the allowed keys each time: keys may have been added since the first socket.
-        entry[0].configure_curve(domain="*", location=str(keys_dir))
-        entry[2] += 1
+        else:
+            entry[0].reload()  # keys may have been added since the first socket
+        entry[1] += 1
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_server = True
@@ -154,7 +236,7 @@ def secure_server(socket, keys_dir: str | Path) -> None:
                 _release(ctx)
 
     # pyzmq sockets take no new attributes, but may shadow their own methods: hook close() so that
-    # the callers' usual `sock.close(); ctx.term()` stops the authenticator in between.
+    # the callers' usual `sock.close(); ctx.term()` stops the ZAP handler in between.
     socket.close = close_and_release
 
 
@@ -163,8 +245,8 @@ def _release(ctx) -> None:
         entry = _authenticators.get(id(ctx))
         if entry is None:
             return
-        entry[2] -= 1
-        if entry[2] > 0:
+        entry[1] -= 1
+        if entry[1] > 0:
             return
         del _authenticators[id(ctx)]
     entry[0].stop()

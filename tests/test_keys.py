@@ -172,3 +172,48 @@ def test_other_addresses_need_keys(address, keys_dir):
 def test_not_an_endpoint():
     with pytest.raises(ConfigError, match="not a ZeroMQ endpoint"):
         check_bind_address("127.0.0.1:5555", None)
+
+
+def test_zap_replies(keys_dir, tmp_path, caplog):
+    from zmq.utils import z85
+
+    from ance.keys import CurveZap
+
+    zap = CurveZap(None, keys_dir)
+    zap.reload()
+    client = z85.decode(load_client_keys(keys_dir)[0])
+    generate_keys(tmp_path / "other")
+    stranger = z85.decode(load_client_keys(tmp_path / "other")[0])
+
+    def ask(mechanism, *credentials):
+        return zap.reply([b"1.0", b"7", b"", b"10.0.0.2", b"", mechanism, *credentials])
+
+    ok = ask(b"CURVE", client)
+    assert ok[:4] == [b"1.0", b"7", b"200", b"OK"] and ok[4] == z85.encode(client)
+    with caplog.at_level("WARNING", logger="ance.keys"):
+        assert ask(b"CURVE", stranger)[2] == b"400"
+        assert ask(b"CURVE", stranger)[2] == b"400"
+        assert ask(b"NULL")[2] == b"400"
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2 and "10.0.0.2" in refusals[0] and str(keys_dir) in refusals[0]  # once per client
+    assert zap.reply([b"1.0", b"8"])[:3] == [b"1.0", b"8", b"500"]
+    assert zap.reply([b"2.0", b"9", b"", b"", b"", b"CURVE", client])[2] == b"500"
+
+
+def test_zap_handler_stops_promptly_and_is_one_per_context(keys_dir):
+    import time
+
+    from ance.keys import CurveZap
+
+    ctx = zmq.Context()
+    zap = CurveZap(ctx, keys_dir)
+    zap.start()
+    with pytest.raises(ConfigError, match="another authenticator"):
+        CurveZap(ctx, keys_dir).start()
+    t0 = time.monotonic()
+    zap.stop()
+    assert not zap.thread.is_alive() and time.monotonic() - t0 < 2
+    done = threading.Thread(target=ctx.term, daemon=True)
+    done.start()
+    done.join(5)
+    assert not done.is_alive(), "context.term() hung: the ZAP socket was left open"
