@@ -414,7 +414,8 @@ class Broker:
             prev = self.store.latest.neg[r.q_lo:r.q_hi]
             has = (prev >= 0).any(axis=1)
             if has.any():
-                self._tally.add_overlap(overlap(prev[has], r.ids[has]), int(has.sum()))
+                lo, hi = neg_cfg.rank_window  # still a candidate: back inside the new rank window
+                self._tally.add_overlap(overlap(prev[has], r.ids[has, lo:hi]), int(has.sum()))
         q_idx = np.arange(r.q_lo, r.q_hi, dtype=np.int32)
         t1 = time.perf_counter()
         self.store.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send

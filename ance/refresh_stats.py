@@ -22,8 +22,9 @@ arrive and asks it for the stats once, when the refresh completes.
   partial file (fsync) and sending them to the trainer, summed over the chunks;
   ``refresh_s``: job start to version complete, on the broker's clock.
 * ``overlap``: mean fraction of the previous version's negatives of a query
-  that reappear in the query's new top-``depth`` (ANCE's diagnostic); None for
-  the first version.
+  that are again candidates, i.e. inside the new version's rank window
+  (ANCE's diagnostic: 1 means the refresh found nothing new); None for the
+  first version.
 * ``eval_ndcg@10``, ``eval_mrr@10``, ``eval_recall@100`` (and
   ``eval_recall@1000`` when the eval depth reaches 1000) on the eval split.
 * ``n_docs``, ``n_queries``, ``depth``, ``keep``, ``reassigned`` (shards handed
