@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from ance.telemetry import read_metrics
+from helpers_proc import finish, proc_env
 from ance.trainer.checkpoint import MANIFEST, STATE, latest_checkpoint, list_checkpoints, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,27 +36,9 @@ SMALL = [f"data.path={SCIFACT}", "data.max_docs=300", "data.max_queries=40", "mo
          "negatives.source=static", "negatives.n_per_query=2"]
 
 
-def env(**extra: str) -> dict[str, str]:
-    # One thread: on a shared 2-core box, torch's thread pool contending with other processes is 10x slower.
-    out = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    out.pop("ANCE_TEST_CHECKPOINT_PAUSE", None)
-    out.update(extra)
-    return out
-
-
 def train(*argv, log: Path, **extra_env: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ance.cli", "train", *map(str, argv), "--log-level", "WARNING"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env(**extra_env), stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"`ance train` ran over {timeout}s:\n{log.read_text()[-3000:]}")
-    assert rc == 0, f"`ance train` exited {rc}:\n{log.read_text()[-3000:]}"
+    return subprocess.Popen(cmd, cwd=ROOT, env=proc_env(**extra_env), stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 def static_negatives(path: Path) -> Path:

@@ -10,7 +10,6 @@ pause hook, autocast on the plain path, replayed refreshes).
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from ance.telemetry import read_metrics
 from ance.trainer.batches import sample_negatives
 from ance.trainer.checkpoint import MANIFEST, STATE, list_checkpoints, load_trainer_state, read_manifest
 from ance.trainer.feed import NegativesTable, fill_bm25, fill_static
+from helpers_proc import finish, proc_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny-cpu.yaml"
@@ -39,26 +39,9 @@ STEP_KEYS = {"step", "loss", "lr", "grad_norm", "grad_norm_last", "examples_per_
              "wait_s"}
 
 
-def env() -> dict[str, str]:
-    # One thread a process: on a shared 2-core box torch's thread pool under contention is ~10x slower.
-    out = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    out.pop("ANCE_TEST_CHECKPOINT_PAUSE", None)
-    return out
-
-
 def start(argv: list, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env(), stdout=log.open("wb"),
+    return subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=proc_env(), stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"{proc.args[:4]} ran over {timeout}s:\n{log.read_text()[-3000:]}")
-    assert rc == 0, f"{proc.args[:4]} exited {rc}:\n{log.read_text()[-3000:]}"
 
 
 def ance(*argv) -> list:
