@@ -34,8 +34,7 @@ last_ckpt() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }
 STATIC=${STATIC:-$OUT/static-negatives.tsv}   # a file mined beforehand may be shared
 if [[ " $METHODS " == *" static "* ]] && [ ! -s "$STATIC" ]; then
   t0=$EPOCHREALTIME
-  ance mine --model "$MODEL" --data "$DATA" --split train --out "$STATIC" --max-length 256 \
-      --query-max-length 64 --depth 100 --rank-window $LO $HI --n $((HI - LO)) --backend "$BACKEND" --quiet
+  MODEL="$MODEL" DATA="$DATA" BACKEND="$BACKEND" bash benchmarks/mine_static.sh $LO $HI "$STATIC"
   echo "{\"mine_s\": $(python -c "print(round($EPOCHREALTIME - $t0, 1))")}" > "$OUT/mine.json"
 fi
 for m in $METHODS; do
@@ -52,15 +51,4 @@ for m in $METHODS; do
     evaluate "$(last_ckpt "$run")" "$m-$s"
   done
 done
-python - "$OUT" <<'PY'
-import json, sys, pathlib, statistics
-out = pathlib.Path(sys.argv[1])
-rows = {}
-for f in sorted(out.glob("*.dev.json")):
-    name = f.name[: -len(".dev.json")]
-    method = name.split("-")[0]
-    rows.setdefault(method, []).append((name, json.loads(f.read_text())["ndcg@10"]))
-for method, vals in rows.items():
-    xs = [v for _, v in vals]
-    print(f"{method:10s} nDCG@10 " + "  ".join(f"{n}={v:.4f}" for n, v in vals) + f"  mean={statistics.mean(xs):.4f}")
-PY
+python benchmarks/summarize_runs.py --table "$OUT"

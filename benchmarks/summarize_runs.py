@@ -2,7 +2,9 @@
 dev metrics of each run, and for each training run its wall time, trainer wait,
 async gap and refresh latencies read from metrics.jsonl.
 
-    python benchmarks/summarize_runs.py runs/quality
+    python benchmarks/summarize_runs.py runs/quality            # JSON
+    python benchmarks/summarize_runs.py --table runs/quality    # one line a method
+    python benchmarks/summarize_runs.py --sweep runs/sweep      # quality_sweep.sh: lines + sweep.json
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def summarize_run(run: Path) -> dict:
     return out
 
 
-def main(folder: str) -> int:
-    root = Path(folder)
+def summarize_folder(root: Path) -> dict:
+    """``{run name: {"dev": metrics, ...run summary}}`` for every ``NAME.dev.json`` in ``root``."""
     summary: dict = {}
     for f in sorted(root.glob("*.dev.json")):
         name = f.name[: -len(".dev.json")]
@@ -58,9 +60,34 @@ def main(folder: str) -> int:
         if (root / name / "metrics.jsonl").exists():
             entry.update(summarize_run(root / name))
         summary[name] = entry
-    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def method_lines(summary: dict, label: str = "") -> list[str]:
+    """One line a method (the run name up to its first ``-``): each run's dev nDCG@10 and their mean."""
+    by_method: dict[str, list] = {}
+    for run, entry in summary.items():
+        by_method.setdefault(run.split("-")[0], []).append((run, entry["dev"]["ndcg@10"]))
+    return [f"{label + ' ' if label else ''}{method:8s} nDCG@10 " + "  ".join(f"{n}={v:.4f}" for n, v in vals)
+            + f"  mean={statistics.mean(v for _, v in vals):.4f}" for method, vals in sorted(by_method.items())]
+
+
+def main(argv: list[str]) -> int:
+    """``FOLDER``: the JSON summary of one quality.sh folder. ``--table FOLDER``: its per-method lines.
+    ``--sweep ROOT``: a quality_sweep.sh root, one folder a setting: per-method lines of every setting,
+    and the summaries in ROOT/sweep.json."""
+    if argv[:1] == ["--table"]:
+        print("\n".join(method_lines(summarize_folder(Path(argv[1])))))
+    elif argv[:1] == ["--sweep"]:
+        root = Path(argv[1])
+        sweep = {d.name: summarize_folder(d) for d in sorted(root.iterdir()) if d.is_dir()}
+        for setting, summary in sweep.items():
+            print("\n".join(method_lines(summary, f"{setting:14s}")))
+        (root / "sweep.json").write_text(json.dumps(sweep, indent=1))
+    else:
+        print(json.dumps(summarize_folder(Path(argv[0] if argv else "runs/quality")), indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "runs/quality"))
+    sys.exit(main(sys.argv[1:]))
