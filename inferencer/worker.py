@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ance.config import Config
+from ance.data import load_for_config
 from ance.encode import describe_device
 from ance.errors import AnceError, CheckpointError, ProtocolError
 from ance.protocol import pack_array
@@ -65,12 +66,6 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def dataset_from_config(cfg: Config):
-    from ance.broker import dataset_from_config as load
-
-    return load(cfg)
-
-
 def _safe_relpath(name: str) -> PurePosixPath:
     p = PurePosixPath(name)
     if (not name or p.is_absolute() or "\\" in name or any(part in ("", ".", "..") for part in p.parts)
@@ -88,7 +83,7 @@ class Worker:
         self.precision = resolve_precision(cfg.inferencer.precision, self.device)
         self.name = str(name)
         self.run_dir = Path(cfg.run_dir)
-        self.data = dataset if dataset is not None else dataset_from_config(cfg)
+        self.data = dataset if dataset is not None else load_for_config(cfg)
         self.train = self.data.split(cfg.data.train_split)
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
         self.fingerprint = self.data.fingerprint

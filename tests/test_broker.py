@@ -30,7 +30,7 @@ import pytest
 from ance.config import load_config
 from ance.negatives import read_negatives
 from ance.protocol import pack_array, unpack_array
-from ance.refresh import negatives_path
+from ance.broker.refresh import negatives_path
 
 from helpers_refresh import (MAX_FRAME, Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
                              write_config)
@@ -108,7 +108,7 @@ class FakeWorker(Peer):
 
 @pytest.fixture
 def broker(tmp_path):
-    from ance.broker import Broker
+    from ance.broker.hub import Broker
 
     port = free_port()
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"broker.address=tcp://127.0.0.1:{port}",
@@ -226,7 +226,7 @@ def test_wrong_results_are_refused_with_an_error(broker):
 
 
 def test_curve_keys_let_only_key_holders_in(tmp_path):
-    from ance.broker import Broker
+    from ance.broker.hub import Broker
     from ance.keys import generate_keys
 
     keys = tmp_path / "keys"
@@ -259,7 +259,7 @@ def test_curve_keys_let_only_key_holders_in(tmp_path):
 
 class Cluster:
     def __init__(self, tmp):
-        from ance.broker import dataset_from_config
+        from ance.data import load_for_config as dataset_from_config
         from ance.config import load_config
 
         self.tmp = tmp

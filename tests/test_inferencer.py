@@ -61,7 +61,7 @@ class FakeBroker:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ance.broker import dataset_from_config
+    from ance.data import load_for_config as dataset_from_config
     from ance.config import load_config
 
     tmp = tmp_path_factory.mktemp("infer")
@@ -167,7 +167,7 @@ def test_bad_job_fails_the_shard_and_the_worker_goes_on(setup):
 
 
 def test_weights_shipped_in_the_job(setup):
-    from ance.refresh import checkpoint_files
+    from ance.broker.refresh import checkpoint_files
 
     cfg, data, ckpt, broker, proc, log, _ = setup
     broker.got.clear()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ance.negatives import select_negatives
-from ance.refresh import RefreshError, RefreshState, checkpoint_files, json_safe, shard_ranges
+from ance.broker.refresh import RefreshError, RefreshState, checkpoint_files, json_safe, shard_ranges
 
 N_DOCS, N_TRAIN, N_EVAL, DEPTH, CQ = 100, 10, 3, 8, 4
 

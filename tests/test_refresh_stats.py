@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ance.refresh import Checkpoint, Job
-from ance.refresh_stats import CHUNK_TIMERS, STAGES, RefreshTally, eval_depth
+from ance.broker.refresh import Checkpoint, Job
+from ance.broker.stats import CHUNK_TIMERS, STAGES, RefreshTally, eval_depth
 
 
 def job(eval_: bool = False) -> Job:

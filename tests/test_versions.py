@@ -12,8 +12,8 @@ import pytest
 
 from ance.errors import AnceError
 from ance.negatives import read_negatives
-from ance.refresh import negatives_path
-from ance.versions import NegativesStore
+from ance.broker.refresh import negatives_path
+from ance.broker.versions import NegativesStore
 
 QIDS = [f"q{i}" for i in range(5)]
 DIDS = [f"d{i}" for i in range(8)]

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ance.broker import Broker
+    from ance.broker.hub import Broker
     from ance.config import config_from_args
     from ance.logutil import setup_logging
 

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import BROKER_STAGES, SHARD_STAGES
+from ance.evaluate import evaluate_ranked
+from ance.protocol import BROKER_STAGES, SHARD_STAGES
 from .refresh import Job, json_safe
 
 #: per-shard worker stages; a refresh reports the slowest shard's
@@ -109,7 +110,6 @@ class RefreshTally:
         stats.update(n_docs=n_docs, n_queries=n_train, depth=self.depth, keep=keep,
                      reassigned=job.reassigned, replayed=False)
         if job.eval and eval_split is not None and self.eval_ids is not None:
-            from .evaluate import evaluate_ranked
 
             t0 = time.perf_counter()
             measures = [m for m in EVAL_MEASURES if m != "recall@1000" or eval_depth(self.depth) >= 1000]

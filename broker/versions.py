@@ -9,7 +9,7 @@ newest complete file is reloaded, refused when it was made from other data.
 Each version also lives in memory as a :class:`Version` table (one row of
 ``keep`` doc indices per train query), so the broker can re-stream it and
 compute the overlap with the next one. No sockets or clocks here; the file
-format is :mod:`ance.negatives`', the file names :mod:`ance.refresh`'.
+format is :mod:`ance.negatives`', the file names :mod:`ance.broker.refresh`'.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import IO, Any, Sequence
 
 import numpy as np
 
-from .errors import AnceError
-from .fsio import fsync_dir
+from ance.errors import AnceError
+from ance.fsio import fsync_dir
+from ance.negatives import append_negatives, header_line, read_negatives
 from .refresh import chunk_range, complete_versions, n_chunks, negatives_path
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ class NegativesStore:
         Raises :class:`AnceError` when that file was made from other data (its
         ``data_fingerprint`` differs), and ``DataError`` when it does not parse.
         """
-        from .negatives import read_negatives
 
         for stale in self.dir.glob("step-*.partial.tsv"):  # an interrupted version: redone from scratch
             log.info("removing %s (the refresh it belongs to was interrupted)", stale)
@@ -116,7 +116,6 @@ class NegativesStore:
     def begin(self, version: int, n_shards: int, *, checkpoint: str, depth: int, rank_window: Sequence[int],
               sampling: str, seed: int, model: str) -> Version:
         """Start ``version`` (dropping one still in progress): its table, and its partial file with the header."""
-        from .negatives import header_line
 
         if self._partial is not None:
             self.drop()
@@ -136,7 +135,6 @@ class NegativesStore:
 
     def append(self, chunk: int, q_lo: int, q_hi: int, neg: np.ndarray) -> None:
         """Put train chunk ``chunk`` (queries ``[q_lo, q_hi)``) in the table and append it to the file, fsynced."""
-        from .negatives import append_negatives
 
         cur = self._in_progress("append")
         cur.neg[q_lo:q_hi] = neg

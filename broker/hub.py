@@ -1,13 +1,13 @@
 """The broker: the hub process between the trainer and the inferencer pool.
 
 One ZeroMQ ROUTER; the trainer and every inferencer connect a DEALER. The
-refresh logic lives in :class:`ance.refresh.RefreshState` (pure, tested on its
+refresh logic lives in :class:`ance.broker.refresh.RefreshState` (pure, tested on its
 own); this module is the loop around it: decode every frame (a bad one is
 logged with the peer and answered with ``error``; the broker goes on), track
 peers, turn the state's decisions into ``job`` messages, and for every merged
 chunk select negatives, **persist them, then send them** to the trainer.
 
-The versions' files and tables are :class:`ance.versions.NegativesStore`'s
+The versions' files and tables are :class:`ance.broker.versions.NegativesStore`'s
 (``RUN_DIR/negatives/step-N.partial.tsv`` fsynced per chunk, renamed
 ``step-N.tsv`` when complete). On start the newest complete version is reloaded
 (so a trainer that says ``hello`` gets it streamed) and the newest complete
@@ -15,7 +15,7 @@ checkpoint newer than it is queued as a refresh, so killing the broker loses
 nothing.
 
 ``version_done.stats`` (what the trainer logs as the ``refresh`` event) are
-:mod:`ance.refresh_stats`'s.
+:mod:`ance.broker.stats`'s.
 """
 
 from __future__ import annotations
@@ -24,44 +24,42 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
-from .config import Config
-from .errors import ProtocolError
-from .protocol import decode, encode, pack_array, unpack_array
+from ance.config import Config
+from ance.data import load_for_config
+from ance.errors import ProtocolError
+from ance.negatives import overlap, select_negatives
+from ance.protocol import decode, encode, pack_array, unpack_array
+from ance.telemetry import MetricsWriter, prometheus_port_for
+from ance.transport import router_socket
 from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files,
                       complete_checkpoints)
-from .refresh_stats import STAGES, RefreshTally, eval_depth
+from .stats import STAGES, RefreshTally, eval_depth
 from .versions import NegativesStore, Version
 
 log = logging.getLogger(__name__)
 
 
 
-def dataset_from_config(cfg: Config):
-    """The run's dataset (train split plus eval split when set), loaded as every role loads it,
-    so corpus and query indices agree (docs/design.md, "Identities of queries and documents")."""
-    from .data import load_for_config
-
-    return load_for_config(cfg)
-
-
 class Broker:
     """``Broker(cfg).run()`` serves until ``stop``, SIGTERM or SIGINT; ``close()`` frees the socket.
 
     ``dataset``: the loaded dataset (tests pass one in); default
-    :func:`dataset_from_config`. ``metrics``: a ``MetricsWriter``-like sink;
+    :func:`ance.data.load_for_config`. ``metrics``: a ``MetricsWriter``-like sink;
     default ``MetricsWriter(run_dir, "broker", ...)``.
     """
 
     def __init__(self, cfg: Config, *, dataset=None, metrics=None):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
-        self.data = dataset if dataset is not None else dataset_from_config(cfg)
+        self.data = dataset if dataset is not None else load_for_config(cfg)
         self.train = self.data.split(cfg.data.train_split)
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
         self.doc_ids = list(self.data.corpus.ids)
@@ -93,7 +91,6 @@ class Broker:
 
     # ------------------------------------------------------------ startup
     def _metrics_writer(self):
-        from .telemetry import MetricsWriter, prometheus_port_for
 
         t = self.cfg.telemetry
         return MetricsWriter(self.run_dir, "broker", tensorboard=False,
@@ -113,9 +110,7 @@ class Broker:
 
     def bind(self) -> str:
         """Create and bind the ROUTER; return the bound endpoint."""
-        import zmq
 
-        from .transport import router_socket
 
         self.ctx = zmq.Context()
         try:
@@ -132,7 +127,6 @@ class Broker:
     # --------------------------------------------------------------- loop
     def run(self) -> int:
         """Serve until stopped; return the exit code (0)."""
-        import zmq
 
         if self.sock is None:
             self.bind()
@@ -166,7 +160,6 @@ class Broker:
             self.close()
 
     def _install_signals(self) -> None:
-        import threading
 
         if threading.current_thread() is not threading.main_thread():
             return
@@ -195,7 +188,6 @@ class Broker:
     # ------------------------------------------------------------ sending
     def _send(self, peer: bytes, type_: str, **fields: Any) -> bool:
         """Send one message; False (logged) when the peer is gone or its queue is full."""
-        import zmq
 
         frame = encode(type_, **fields)
         try:
@@ -403,7 +395,6 @@ class Broker:
         if r.split == "eval":
             self._tally.add_eval(r.q_lo, r.q_hi, r.ids, r.scores)
             return
-        from .negatives import overlap, select_negatives
 
         t0 = time.perf_counter()
         neg_cfg = self.cfg.negatives

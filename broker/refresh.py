@@ -2,7 +2,7 @@
 
 No sockets, no files, no clocks: every method takes ``now`` and returns what
 the broker must do, so the whole refresh logic is tested without processes.
-:class:`ance.broker.Broker` is the thin ZeroMQ loop around it.
+:class:`ance.broker.hub.Broker` is the thin ZeroMQ loop around it.
 
 A refresh of checkpoint ``version`` (its step) runs as one *job*: the corpus
 ``[0, n_docs)`` is split into ``n_shards`` contiguous ranges, ``n_shards`` being
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ance.topk import merge_topk
 SPLITS = ("train", "eval")
 
 
@@ -285,7 +286,6 @@ class RefreshState:
         A chunk of another job (stale) or one already received is ignored
         (``[]``); one that contradicts the job raises :class:`RefreshError`.
         """
-        from .topk import merge_topk
 
         job = self._job_for(job_id)
         if job is None:
