@@ -1,9 +1,9 @@
-"""Every wire message, defined once: a spec table, ``encode`` and ``decode``.
+"""Every wire message, defined once: a spec table, ``pack_message`` and ``unpack_message``.
 
 A message is one ZeroMQ frame holding a msgpack map
 ``{"v": PROTOCOL_VERSION, "type": str, ...fields}``. ``SPEC`` lists, per type,
-the required and optional fields with their types; ``encode`` refuses a
-message that does not match it (a bug at the sender), ``decode`` refuses a
+the required and optional fields with their types; ``pack_message`` refuses a
+message that does not match it (a bug at the sender), ``unpack_message`` refuses a
 frame that does not match it with a :class:`ProtocolError` naming the reason
 (oversized, not msgpack, not a map, missing/unknown version, unknown type,
 missing field, wrongly typed field, malformed array). Unknown *extra* fields
@@ -202,10 +202,10 @@ def validate(type_: str, fields: dict) -> None:
             _check_field(type_, name, kind, fields[name])
 
 
-# --------------------------------------------------------------------------- encode / decode
+# --------------------------------------------------------------------------- pack_message / unpack_message
 
 
-def encode(type_: str, **fields: Any) -> bytes:
+def pack_message(type_: str, **fields: Any) -> bytes:
     """One frame for message ``type_``. Unknown fields are refused here (a typo at the sender)."""
     if type_ not in SPEC:
         raise ProtocolError(f"cannot encode unknown message type {type_!r}; known types: {', '.join(TYPES)}")
@@ -219,7 +219,7 @@ def encode(type_: str, **fields: Any) -> bytes:
     return msgpack.packb({"v": PROTOCOL_VERSION, "type": type_, **fields}, use_bin_type=True)
 
 
-def decode(frame: bytes, max_bytes: int) -> Message:
+def unpack_message(frame: bytes, max_bytes: int) -> Message:
     """Parse and validate one frame, or raise ProtocolError saying why not."""
     size = len(frame)
     if size > max_bytes:

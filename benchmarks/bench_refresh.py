@@ -137,18 +137,18 @@ class FakeTrainer:
         self.sock.connect(cfg.broker.address)
 
     def send(self, type_: str, **fields: Any) -> None:
-        from ance.protocol import encode
+        from ance.protocol import pack_message
 
-        self.sock.send(encode(type_, **fields))
+        self.sock.send(pack_message(type_, **fields))
 
     def recv(self, timeout_s: float):
         """One decoded message and its arrival time, or None."""
-        from ance.protocol import decode
+        from ance.protocol import unpack_message
 
         if not self.sock.poll(int(timeout_s * 1000)):
             return None
         frame = self.sock.recv()
-        return decode(frame, self.cfg.broker.max_frame_bytes), time.time()
+        return unpack_message(frame, self.cfg.broker.max_frame_bytes), time.time()
 
     def hello(self, timeout_s: float, logs: list[Path]) -> None:
         end = time.time() + timeout_s

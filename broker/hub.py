@@ -36,7 +36,7 @@ from ance.config import Config
 from ance.data import load_for_config
 from ance.errors import ProtocolError
 from ance.negatives import overlap, select_negatives
-from ance.protocol import decode, encode, pack_array, unpack_array
+from ance.protocol import unpack_message, pack_message, pack_array, unpack_array
 from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.transport import router_socket
 from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files,
@@ -189,7 +189,7 @@ class Broker:
     def _send(self, peer: bytes, type_: str, **fields: Any) -> bool:
         """Send one message; False (logged) when the peer is gone or its queue is full."""
 
-        frame = encode(type_, **fields)
+        frame = pack_message(type_, **fields)
         try:
             self.sock.send_multipart([peer, frame], zmq.NOBLOCK)
             return True
@@ -223,7 +223,7 @@ class Broker:
             return
         peer, frame = parts
         try:
-            msg = decode(frame, self.cfg.broker.max_frame_bytes)
+            msg = unpack_message(frame, self.cfg.broker.max_frame_bytes)
         except ProtocolError as exc:
             log.error("peer %s: rejected a frame of %d bytes: %s", _name(peer), len(frame), exc)
             self._error(peer, f"rejected: {exc}", getattr(exc, "of_type", None))

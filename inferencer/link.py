@@ -29,7 +29,7 @@ from typing import Any
 
 from ance.config import Config
 from ance.errors import ProtocolError
-from ance.protocol import decode, encode
+from ance.protocol import unpack_message, pack_message
 from ance.transport import dealer_socket
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Link:
 
     def send(self, type_: str, **fields: Any) -> None:
         """Queue one message (encoded here, so a bad one fails in the caller)."""
-        frame = encode(type_, **fields)
+        frame = pack_message(type_, **fields)
         with self._lock:
             self._unsent += 1
         self._outbox.put(frame)
@@ -132,7 +132,7 @@ class Link:
                 # every heartbeat_s, and at once when the main thread takes or finishes a job
                 if now - last_hb >= b.heartbeat_s or job != last_job:
                     last_hb, last_job = now, job
-                    self._send_now(sock, encode("heartbeat", state="busy" if job is not None else "idle",
+                    self._send_now(sock, pack_message("heartbeat", state="busy" if job is not None else "idle",
                                                 job_id=job))
                 if not self.welcomed.is_set() and now - hello_at > hello_every:
                     hello_at = self._hello(sock)
@@ -156,7 +156,7 @@ class Link:
     def _hello(self, sock) -> float:
         self.welcomed.clear()
         job = self._busy_job
-        self._send_now(sock, encode("hello", role="inferencer", name=self.identity.decode(), pid=os.getpid(),
+        self._send_now(sock, pack_message("hello", role="inferencer", name=self.identity.decode(), pid=os.getpid(),
                                     device=self.device, data_fingerprint=self.fingerprint,
                                     state="busy" if job is not None else "idle", job_id=job))
         return time.time()
@@ -164,7 +164,7 @@ class Link:
     def _handle(self, frame: bytes) -> bool:
         """Handle one frame from the broker; True when we must say hello again."""
         try:
-            msg = decode(frame, self.cfg.broker.max_frame_bytes)
+            msg = unpack_message(frame, self.cfg.broker.max_frame_bytes)
         except ProtocolError as exc:
             log.error("rejected a frame from the broker: %s", exc)
             return False

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from ance.protocol import decode, encode
+from ance.protocol import unpack_message, pack_message
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 MAX_FRAME = 16 << 20  # a tiny-bert checkpoint (~9 MB) fits in one job frame
@@ -129,7 +129,7 @@ class Peer:
         self.received: list = []
 
     def send(self, type_: str, **fields) -> None:
-        self.sock.send(encode(type_, **fields))
+        self.sock.send(pack_message(type_, **fields))
 
     def send_raw(self, frame: bytes) -> None:
         self.sock.send(frame)
@@ -139,7 +139,7 @@ class Peer:
 
         ms = int(timeout * 1000)
         while self.sock.poll(ms, zmq.POLLIN):
-            self.received.append(decode(self.sock.recv(), MAX_FRAME))
+            self.received.append(unpack_message(self.sock.recv(), MAX_FRAME))
             ms = 0
 
     def wait_for(self, pred: Callable[[list], Any], timeout: float, what: str, logs: list[Path] = ()):

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from ance.protocol import decode, encode, unpack_array
+from ance.protocol import unpack_message, pack_message, unpack_array
 
 from helpers_refresh import (MAX_FRAME, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
                               write_config)
@@ -37,11 +37,11 @@ class FakeBroker:
         ms = int(timeout * 1000)
         while self.sock.poll(ms, zmq.POLLIN):
             peer, frame = self.sock.recv_multipart()
-            self.got.append((peer, decode(frame, MAX_FRAME), time.time()))
+            self.got.append((peer, unpack_message(frame, MAX_FRAME), time.time()))
             ms = 0
 
     def send(self, peer: bytes, type_: str, **fields) -> None:
-        self.sock.send_multipart([peer, encode(type_, **fields)])
+        self.sock.send_multipart([peer, pack_message(type_, **fields)])
 
     def wait(self, pred, timeout: float, what: str, logs=()):
         def check():

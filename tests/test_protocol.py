@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ance.errors import ProtocolError
-from ance.protocol import PROTOCOL_VERSION, SPEC, decode, encode, pack_array, unpack_array
+from ance.protocol import PROTOCOL_VERSION, SPEC, unpack_message, pack_message, pack_array, unpack_array
 
 MAX = 1 << 20
 
@@ -42,7 +42,7 @@ def test_examples_cover_every_type():
 
 @pytest.mark.parametrize("type_", sorted(EXAMPLES))
 def test_round_trip(type_):
-    msg = decode(encode(type_, **EXAMPLES[type_]), MAX)
+    msg = unpack_message(pack_message(type_, **EXAMPLES[type_]), MAX)
     assert msg.type == type_ and msg["v"] == PROTOCOL_VERSION
     for key, value in EXAMPLES[type_].items():
         assert msg[key] == value
@@ -52,28 +52,28 @@ def test_arrays_round_trip_exactly():
     a = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
     for arr in (a, a.astype(np.float16), np.arange(7, dtype=np.int32), np.zeros((0, 3), np.int64),
                 a.astype(">f4")):
-        back = unpack_array(decode(encode("topk", **{**EXAMPLES["topk"], "ids": pack_array(arr)}), MAX)["ids"])
+        back = unpack_array(unpack_message(pack_message("topk", **{**EXAMPLES["topk"], "ids": pack_array(arr)}), MAX)["ids"])
         assert back.shape == arr.shape and np.array_equal(back, arr) and back.dtype.byteorder in "<=|"
 
 
 def test_optional_fields_may_be_left_out_or_none():
-    msg = decode(encode("hello", role="trainer", name="trainer", pid=1, device="", data_fingerprint="x",
+    msg = unpack_message(pack_message("hello", role="trainer", name="trainer", pid=1, device="", data_fingerprint="x",
                         have_version=None), MAX)
     assert "have_version" not in msg
-    assert decode(encode("heartbeat", state="busy"), MAX).state == "busy"
+    assert unpack_message(pack_message("heartbeat", state="busy"), MAX).state == "busy"
 
 
 def test_encode_refuses_bad_messages():
     with pytest.raises(ProtocolError, match="unknown message type"):
-        encode("hallo", x=1)
+        pack_message("hallo", x=1)
     with pytest.raises(ProtocolError, match="unknown field"):
-        encode("stop", reason="x", reasn="y")
+        pack_message("stop", reason="x", reasn="y")
     with pytest.raises(ProtocolError, match="lacks field"):
-        encode("checkpoint", step=1, path="p")
+        pack_message("checkpoint", step=1, path="p")
     with pytest.raises(ProtocolError, match="expected int"):
-        encode("status", step=True, version_in_use=0, gap=0)
+        pack_message("status", step=True, version_in_use=0, gap=0)
     with pytest.raises(ProtocolError, match="not one of"):
-        encode("hello", **{**EXAMPLES["hello"], "role": "admin"})
+        pack_message("hello", **{**EXAMPLES["hello"], "role": "admin"})
 
 
 def _raw(obj) -> bytes:
@@ -82,19 +82,19 @@ def _raw(obj) -> bytes:
 
 def _bad(frame: bytes, match: str, max_bytes: int = MAX):
     with pytest.raises(ProtocolError, match=match):
-        decode(frame, max_bytes)
+        unpack_message(frame, max_bytes)
 
 
 def test_oversized_frame_is_refused_before_unpacking():
-    frame = encode("stop", reason="x" * 1000)
+    frame = pack_message("stop", reason="x" * 1000)
     _bad(frame, "exceeds the limit of 100", max_bytes=100)
 
 
 def test_not_msgpack():
     _bad(b"\xc1\xc1\xc1", "not valid msgpack")
     _bad(b"", "not valid msgpack")
-    _bad(encode("stop", reason="x") + b"\x00", "not valid msgpack")  # trailing bytes
-    _bad(encode("stop", reason="x")[:-3], "not valid msgpack")        # truncated
+    _bad(pack_message("stop", reason="x") + b"\x00", "not valid msgpack")  # trailing bytes
+    _bad(pack_message("stop", reason="x")[:-3], "not valid msgpack")        # truncated
 
 
 def test_hostile_lengths_do_not_allocate():
@@ -131,13 +131,13 @@ def test_missing_and_wrongly_typed_fields():
     _bad(_raw({"v": 1, "type": "job", **{**EXAMPLES["job"], "weights": {"a": "text"}}}), "expected bytes_map")
     _bad(_raw({"v": 1, "type": "topk", **{**EXAMPLES["topk"], "split": "test"}}), "not one of train, eval")
     try:
-        decode(_raw({"v": 1, "type": "status", "step": 1, "gap": 0}), MAX)
+        unpack_message(_raw({"v": 1, "type": "status", "step": 1, "gap": 0}), MAX)
     except ProtocolError as exc:
         assert exc.of_type == "status"
 
 
 def test_extra_fields_are_tolerated_on_decode():
-    msg = decode(_raw({"v": 1, "type": "stop", "reason": "x", "from_the_future": 1}), MAX)
+    msg = unpack_message(_raw({"v": 1, "type": "stop", "reason": "x", "from_the_future": 1}), MAX)
     assert msg.reason == "x"
 
 

@@ -315,18 +315,18 @@ class _Recorder:
 
 
 def test_replayed_refresh_is_not_logged_twice():
-    from ance.protocol import encode
+    from ance.protocol import pack_message
     from ance.trainer.negatives_client import BrokerClient
 
     cfg = load_config(CONFIG, [])
     metrics = _Recorder()
     client = BrokerClient(cfg, NegativesTable(3, 2), metrics, ["a", "b", "c"], "f" * 16)
-    client._handle(encode("version_done", version=5, n_shards=2, stats={"replayed": False}))
-    client._handle(encode("version_done", version=5, n_shards=2, stats={"replayed": True}))  # broker restarted
+    client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": False}))
+    client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": True}))  # broker restarted
     assert [(e, f["version"]) for e, f in metrics.events] == [("refresh", 5)]
     # a replay of a version this trainer never completed is still its first report (marked replayed)
-    client._handle(encode("version_done", version=7, n_shards=1, stats={"replayed": True}))
+    client._handle(pack_message("version_done", version=7, n_shards=1, stats={"replayed": True}))
     assert [(e, f["version"], f.get("replayed")) for e, f in metrics.events][-1] == ("refresh", 7, True)
     assert client.latest_complete == 7
-    client._handle(encode("version_done", version=5, n_shards=2, stats={"replayed": True}))  # stale replay
+    client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": True}))  # stale replay
     assert len(metrics.events) == 2 and client.latest_complete == 7

@@ -57,9 +57,9 @@ class BrokerClient:
         self.last_heard = time.time()
 
     def _send(self, type_: str, **fields: Any) -> None:
-        from ance.protocol import encode
+        from ance.protocol import pack_message
 
-        self.sock.send(encode(type_, **fields))
+        self.sock.send(pack_message(type_, **fields))
 
     def close(self) -> None:
         if self.sock is not None:
@@ -94,10 +94,10 @@ class BrokerClient:
         return handled
 
     def _handle(self, frame: bytes) -> None:
-        from ance.protocol import decode, unpack_array
+        from ance.protocol import unpack_message, unpack_array
 
         try:
-            msg = decode(frame, self.cfg.broker.max_frame_bytes)
+            msg = unpack_message(frame, self.cfg.broker.max_frame_bytes)
         except ProtocolError as exc:
             log.error("rejected a message from the broker: %s", exc)
             return
