@@ -9,7 +9,7 @@ PACK=${PACK:-.device-model}
 . "$PACK/env.sh"
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null || true
 rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r ance /tmp/pkg/ance
-for role in trainer inferencer launch; do ln -s "$PWD/$role" "/tmp/pkg/ance/$role"; done
+for role in trainer inferencer broker launch; do ln -s "$PWD/$role" "/tmp/pkg/ance/$role"; done
 export PYTHONPATH="/tmp/pkg:/tmp/site:$PYTHONPATH"
 mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python -m ance.cli "$@"\n' > /tmp/bin/ance && chmod +x /tmp/bin/ance
 export PATH="/tmp/bin:$PATH"
