@@ -12,8 +12,13 @@ import pytest
 
 from ance.errors import AnceError
 from ance.negatives import read_negatives
-from ance.broker.refresh import negatives_path
+from ance.rundir import RunDir
 from ance.broker.versions import NegativesStore
+
+
+def negatives_path(run_dir, version: int, partial: bool = False):
+    return RunDir(run_dir).negatives(version, partial)
+
 
 QIDS = [f"q{i}" for i in range(5)]
 DIDS = [f"d{i}" for i in range(8)]
