@@ -7,7 +7,7 @@ logged with the peer and answered with ``error``; the broker goes on), track
 peers, turn the state's decisions into ``job`` messages, and for every merged
 chunk select negatives, **persist them, then send them** to the trainer.
 
-The versions' files and tables are :class:`ance.broker.versions.NegativesStore`'s
+The versions' files and tables are :class:`ance.broker.versions.NegativesVersions`'s
 (``RUN_DIR/negatives/step-N.partial.tsv`` fsynced per chunk, renamed
 ``step-N.tsv`` when complete). On start the newest complete version is reloaded
 (so a trainer that says ``hello`` gets it streamed) and the newest complete
@@ -43,7 +43,7 @@ from ance.rundir import RunDir, checkpoint_files, manifest_path
 from .refresh import Assignment, ChunkReady, RefreshError, RefreshState
 from .stats import STAGES, RefreshTally, eval_depth
 from .stream import TrainerStream
-from .versions import NegativesStore
+from .versions import NegativesVersions
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,12 @@ class Broker:
                                   worker_timeout_s=cfg.broker.worker_timeout_s,
                                   # job ids differ across broker restarts, so stale results are told apart
                                   first_job_id=int(time.time() * 1000) % (1 << 40))
-        self.store = NegativesStore(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
+        self.versions = NegativesVersions(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
                                     chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
         self._job_id: int | None = None
         self._tally = RefreshTally(depth=self.depth)  # the refresh in progress
         self._weights: dict[str, bytes] | None = None
-        self.trainer = TrainerStream(self.store, self._send)
+        self.trainer = TrainerStream(self.versions, self._send)
         self._told_unknown: dict[bytes, float] = {}
         self._stop_reason: str | None = None
         self.ctx = None
@@ -98,7 +98,7 @@ class Broker:
 
     def _restore(self) -> None:
         """Reload the newest complete negatives; queue a newer complete checkpoint."""
-        latest = self.store.restore()
+        latest = self.versions.restore()
         if latest is not None:
             self.state.latest_version = latest.version
         ckpts = RunDir(self.run_dir).complete_checkpoints()
@@ -170,7 +170,7 @@ class Broker:
         self._stop_reason = reason
 
     def close(self) -> None:
-        self.store.close()
+        self.versions.close()
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -309,7 +309,7 @@ class Broker:
         ready = self.state.on_topk(_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids))
-        if self.store.current is not None and msg.job_id == self._job_id:
+        if self.versions.current is not None and msg.job_id == self._job_id:
             self._tally.add_time("merge_s", time.perf_counter() - t0)
         for r in ready:
             self._chunk_ready(r)
@@ -356,7 +356,7 @@ class Broker:
     def _begin(self, job) -> None:
         self._job_id = job.job_id
         neg = self.cfg.negatives
-        self.store.begin(job.version, job.n_shards, checkpoint=job.ckpt.path, depth=neg.depth,
+        self.versions.begin(job.version, job.n_shards, checkpoint=job.ckpt.path, depth=neg.depth,
                          rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
                          model=self.cfg.model.name_or_path)
         self._tally = RefreshTally(n_eval=len(self.eval.ids) if job.eval else 0, depth=self.depth)
@@ -393,15 +393,15 @@ class Broker:
         rng = np.random.default_rng([self.cfg.seed, r.version, r.chunk])  # same chunk, same draw
         neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=neg_cfg.rank_window,
                                keep=self.keep, sampling=neg_cfg.sampling, rng=rng)
-        if self.store.latest is not None:
-            prev = self.store.latest.neg[r.q_lo:r.q_hi]
+        if self.versions.latest is not None:
+            prev = self.versions.latest.neg[r.q_lo:r.q_hi]
             has = (prev >= 0).any(axis=1)
             if has.any():
                 lo, hi = neg_cfg.rank_window  # still a candidate: back inside the new rank window
                 self._tally.add_overlap(overlap(prev[has], r.ids[has, lo:hi]), int(has.sum()))
         q_idx = np.arange(r.q_lo, r.q_hi, dtype=np.int32)
         t1 = time.perf_counter()
-        self.store.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send
+        self.versions.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send
         t2 = time.perf_counter()
         self.trainer.chunk(r.version, r.chunk, self.state.n_chunks("train"), q_idx, neg)
         t3 = time.perf_counter()
@@ -412,17 +412,17 @@ class Broker:
     def _finish(self) -> None:
         job = self.state.finish()
         self._job_id = None
-        final = self.store.finish()
+        final = self.versions.finish()
         stats = self._tally.stats(job, n_docs=self.n_docs, n_train=self.n_train, keep=self.keep,
                                   eval_split=self.eval, doc_ids=self.doc_ids)
-        self.store.latest.stats = stats
+        self.versions.latest.stats = stats
         self.trainer.version_done(job.version, job.n_shards, stats)
         log.info("negatives version %d complete in %.1fs -> %s: %s", job.version, stats["refresh_s"], final,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
         self._gauges()
 
     def _drop_partial(self) -> None:
-        self.store.drop()
+        self.versions.drop()
         self._job_id = None
 
     # ------------------------------------------------------------ telemetry

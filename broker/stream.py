@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ance.protocol import pack_array
-from .versions import NegativesStore, Version
+from .versions import NegativesVersions, Version
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ Send = Callable[..., bool]  # send(peer, type, **fields) -> False when not sent
 
 
 class TrainerStream:
-    def __init__(self, store: NegativesStore, send: Send):
-        self.store = store
+    def __init__(self, versions: NegativesVersions, send: Send):
+        self.versions = versions
         self._send = send
         self.peer: bytes | None = None
         self.pid: int | None = None
@@ -58,17 +58,17 @@ class TrainerStream:
 
     def _catch_up(self, have: int, in_progress: bool) -> None:
         """The newest complete version (if the trainer lacks it) and the chunks of the one in progress."""
-        latest = self.store.latest
+        latest = self.versions.latest
         if latest is not None and have < latest.version:
             self._stream(latest)
             self.version_done(latest.version, latest.n_shards, {**latest.stats, "replayed": True})
             log.info("streamed version %d in full to the trainer (it held %d)", latest.version, have)
-        current = self.store.current
+        current = self.versions.current
         if in_progress and current is not None and current.chunks:
             self._stream(current)
 
     def _stream(self, v: Version) -> None:
         for c in sorted(v.chunks):
-            q_idx, neg = self.store.chunk(v, c)
-            if not self.chunk(v.version, c, self.store.n_chunks, q_idx, neg):
+            q_idx, neg = self.versions.chunk(v, c)
+            if not self.chunk(v.version, c, self.versions.n_chunks, q_idx, neg):
                 return

@@ -1,4 +1,4 @@
-"""The broker's negatives versions on disk and in memory: :class:`NegativesStore`.
+"""The broker's negatives versions on disk and in memory: :class:`NegativesVersions`.
 
 Files (``RUN_DIR/negatives/``): ``step-N.partial.tsv`` grows chunk by chunk
 (fsynced per chunk, so a chunk is on disk before the broker sends it) and is
@@ -42,7 +42,7 @@ class Version:
         self.n_shards = 0
 
 
-class NegativesStore:
+class NegativesVersions:
     """The versions of one run: ``latest`` (complete) and ``current`` (in progress, its partial file open).
 
     ``query_ids``/``doc_ids``: the train split's query ids and the corpus ids

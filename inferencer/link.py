@@ -4,7 +4,7 @@ ZeroMQ sockets must not be used from two threads, and the worker's main thread
 spends minutes inside torch and faiss (loading, tokenizing, encoding, building
 an index) where it cannot answer anything. So one background thread owns the
 DEALER socket: it sends heartbeats every ``heartbeat_s`` whatever the main
-thread is doing, forwards ``job``/``stop`` to :attr:`Link.inbox`, and sends what
+thread is doing, forwards ``job``/``stop`` to :attr:`InferencerLink.inbox`, and sends what
 the main thread puts in the outbox. The broker therefore never times out a
 worker that is merely busy; ``worker_timeout_s`` only has to cover a dead or
 unreachable process (a wedged main thread keeps heartbeating, the price of this
@@ -35,8 +35,8 @@ from ance.protocol import pack_message
 log = logging.getLogger(__name__)
 
 
-class Link(BrokerLink):
-    """``Link(cfg, name, device, fingerprint).start()``; ``send(type, **fields)``; ``inbox.get()``; ``close()``."""
+class InferencerLink(BrokerLink):
+    """``InferencerLink(cfg, name, device, fingerprint).start()``; ``send(type, **fields)``; ``inbox.get()``; ``close()``."""
 
     role = "inferencer"
 
@@ -54,7 +54,7 @@ class Link(BrokerLink):
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ main thread
-    def start(self) -> "Link":
+    def start(self) -> "InferencerLink":
         self._thread.start()
         return self
 

@@ -9,7 +9,7 @@ two parts of ``search_s``, and ``shard_s``, the whole job). Anything
 that goes wrong in a job becomes ``shard_failed`` (traceback in the log) and
 the worker waits for the next job. Only the token cache survives a job.
 
-Messaging runs on :class:`.link.Link`'s thread, so heartbeats go on while this
+Messaging runs on :class:`.link.InferencerLink`'s thread, so heartbeats go on while this
 thread is deep in torch or faiss.
 """
 
@@ -45,7 +45,7 @@ from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.tokcache import cache_key
 from ance.topk import maxp_collapse
 
-from .link import Link
+from .link import InferencerLink
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Worker:
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
         self.fingerprint = self.data.fingerprint
         self.device_name = describe_device(self.device)  # cuda:0 (GPU 3) under CUDA_VISIBLE_DEVICES
-        self.link = Link(cfg, self.name, self.device_name, self.fingerprint)
+        self.link = InferencerLink(cfg, self.name, self.device_name, self.fingerprint)
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None

@@ -325,11 +325,11 @@ class _Recorder:
 
 def test_replayed_refresh_is_not_logged_twice():
     from ance.protocol import pack_message
-    from ance.trainer.negatives_client import BrokerClient
+    from ance.trainer.link import TrainerLink
 
     cfg = load_config(CONFIG, [])
     metrics = _Recorder()
-    client = BrokerClient(cfg, NegativesTable(3, 2), metrics, ["a", "b", "c"], "f" * 16)
+    client = TrainerLink(cfg, NegativesTable(3, 2), metrics, ["a", "b", "c"], "f" * 16)
     client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": False}))
     client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": True}))  # broker restarted
     assert [(e, f["version"]) for e, f in metrics.events] == [("refresh", 5)]

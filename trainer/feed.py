@@ -3,7 +3,7 @@
 The table holds, for every training query, the newest list of negatives it
 has received (``keep`` corpus indices, -1 padded) and the version (checkpoint
 step) that list came from. Warm-up negatives count as version 0. The async
-feed (``negatives_client.BrokerClient``) overwrites rows chunk by chunk as a
+feed (``link.TrainerLink``) overwrites rows chunk by chunk as a
 refresh streams in, so a step can use fresh negatives before the whole
 refresh has ended.
 """

@@ -25,8 +25,8 @@ from .feed import NegativesTable
 log = logging.getLogger(__name__)
 
 
-class BrokerClient(BrokerLink):
-    """``BrokerClient(cfg, table, metrics, query_ids, fingerprint).connect()``, then ``announce`` /
+class TrainerLink(BrokerLink):
+    """``TrainerLink(cfg, table, metrics, query_ids, fingerprint).connect()``, then ``announce`` /
     ``status`` / ``poll`` / ``wait_for`` from the training loop's thread (no thread of its own)."""
 
     role = "trainer"

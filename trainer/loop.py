@@ -35,7 +35,7 @@ from .batches import Batch, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, sweep_incomplete,
                          write_checkpoint)
 from .feed import NegativesTable, fill_bm25, fill_static
-from .negatives_client import BrokerClient
+from .link import TrainerLink
 from .optim import build_optimizer, build_scheduler, grad_norm, last_layer_params
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class Trainer:
         cfg = self.cfg
         is_async = cfg.negatives.source == "async"
         if self.is_main and is_async:
-            self.client = BrokerClient(cfg, self.table, self.metrics, self.split.ids, self.data.fingerprint)
+            self.client = TrainerLink(cfg, self.table, self.metrics, self.split.ids, self.data.fingerprint)
             self.client.connect()
         try:
             if self.is_main and (is_async and self.step == 0):
