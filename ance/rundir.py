@@ -67,6 +67,10 @@ def is_complete_checkpoint(path: str | Path) -> bool:
     return path.is_dir() and parse_step(path.name) is not None and manifest_path(path).is_file()
 
 
+def _child(name: str, doc: str) -> property:
+    return property(lambda self: self.root / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class RunDir:
     """``RunDir(root)``: the paths of one run directory (nothing is created or read on construction)."""
@@ -76,35 +80,17 @@ class RunDir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    # ------------------------------------------------------------ files
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
+    config = _child(CONFIG, "the resolved config (ance.config.save_config)")
+    metrics = _child(METRICS, "the run's events, one JSON line each (ance.telemetry)")
+    cache = _child("cache", "the tokenized corpus (ance.tokcache)")
+    logs = _child("logs", "one log per process started by ance launch")
+    tensorboard = _child("tensorboard", "TensorBoard events, one folder per role")
+    checkpoints = _child("checkpoints", "checkpoint directories step-NNNNNN")
+    negatives_dir = _child("negatives", "negatives versions step-NNNNNN.tsv")
 
     def log(self, process: str) -> Path:
         """``logs/<process>.log``, e.g. ``logs/inferencer-0.log``."""
         return self.logs / f"{process}.log"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    # ------------------------------------------------------------ checkpoints
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / step_name(step)
@@ -123,11 +109,6 @@ class RunDir:
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         ckpts = self.complete_checkpoints()
         return ckpts[-1] if ckpts else None
-
-    # ------------------------------------------------------------ negatives
-    @property
-    def negatives_dir(self) -> Path:
-        return self.root / "negatives"
 
     def negatives(self, version: int, partial: bool = False) -> Path:
         return self.negatives_dir / negatives_name(version, partial)
