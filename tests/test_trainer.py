@@ -3,8 +3,9 @@
 What a run leaves behind (step events, checkpoints that are plain HF model dirs
 with trainer state and a manifest, the last K kept, the resolved config), the
 static-negatives path from `ance mine`, the BM25 warm-up table, the GIST guide,
-two ranks under torchrun, and the small contracts of the loop (the checkpoint
-pause hook, autocast on the plain path, replayed refreshes).
+two ranks under torchrun, and the small contracts of the loop (one token cache
+for trainer and inferencer under MaxP, autocast on the plain path, replayed
+refreshes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from ance.config import config_hash, load_config, load_run_config
-from ance.errors import ConfigError, DataError
+from ance.errors import DataError
 from ance.telemetry import read_metrics
 from ance.trainer.batches import sample_negatives
 from ance.rundir import MANIFEST, TRAINER_STATE as STATE
