@@ -30,15 +30,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 from ance.config import Config
 from ance.data import load_for_config
 from ance.device import describe_device, resolve_device, resolve_precision
 from ance.encode import corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, query_tokens
 from ance.errors import AnceError, CheckpointError, ProtocolError
-from ance.index import make_index
-from ance.model import BiEncoder, resolve_model
 from ance.protocol import pack_array
 from ance.rundir import RunDir, manifest_path
 from ance.telemetry import MetricsWriter, prometheus_port_for
@@ -179,7 +176,9 @@ class Worker:
     # ------------------------------------------------------------ one shard
     def process(self, job) -> dict[str, Any]:
         """Encode, index and search one shard, streaming ``topk``; return the stats."""
-        t_job = time.perf_counter()
+        t_job = time.perf_counter()  # load_s includes these imports on the first job, when warm_up was off
+        from ance.index import make_index  # (see warm_up: after hello, on purpose)
+
         if job.data_fingerprint != self.fingerprint:
             raise AnceError(f"job for data {job.data_fingerprint}, this inferencer loaded {self.fingerprint}")
         if not 0 <= job.doc_lo < job.doc_hi <= len(self.data.corpus):
@@ -284,6 +283,8 @@ class Worker:
                               "share the run directory with the inferencers or set broker.send_weights=true")
 
     def _load_model(self, path: Path):
+        from ance.model import BiEncoder  # transformers: see warm_up
+
         return BiEncoder.from_config(self.cfg.model, path).to(self.device).eval()
 
     def _token_cache(self, tokenizer):
@@ -308,7 +309,7 @@ class Worker:
         return self._queries[key]
 
     def warm_up(self) -> None:
-        """Before the first job: device initialisation, kernels and the corpus token cache.
+        """Before the first job: the heavy imports, device initialisation and the corpus token cache.
 
         The first checkpoint arrives while the trainer is still starting; doing the
         one-off work now keeps it out of the first refresh's latency (and out of
@@ -317,6 +318,15 @@ class Worker:
         """
         t = time.perf_counter()
         try:
+            # transformers and faiss are imported here, after hello, not at the top: importing
+            # ance.model and ance.index after torch took 13-18 s on the shared 2-core dev box (load 10),
+            # which at the top would delay the worker's joining the pool; here it overlaps the
+            # trainer's start-up and stays out of the first refresh (tests/test_bench_refresh.py).
+            from transformers import AutoTokenizer
+
+            import ance.index  # noqa: F401
+            from ance.model import resolve_model
+
             base = resolve_model(self.cfg.model.name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(base)
             self._token_cache(tokenizer)
@@ -330,4 +340,4 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - the first job will retry and report properly
             log.warning("warm-up skipped (%s: %s); the first job does it", type(exc).__name__, exc)
             return
-        log.info("warmed up in %.1fs (device, token cache)", time.perf_counter() - t)
+        log.info("warmed up in %.1fs (imports, device, token cache)", time.perf_counter() - t)
