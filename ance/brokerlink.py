@@ -60,9 +60,8 @@ class BrokerLink:
             log.error("%s: rejected a frame from the broker: %s", self.name, exc)
             return None
 
-    def welcomed_by(self, msg: Message) -> None:
-        """Note the broker of a ``welcome`` (logged when it is a new one: first contact or a restart)."""
-        if msg.get("broker_id") != self.broker_id:
-            log.info("%s welcomed by broker %s (its newest version: %s)", self.name, msg.get("broker_id"),
-                     msg.get("latest_version"))
+    def welcomed_by(self, msg: Message) -> bool:
+        """Note the broker of a ``welcome``; True when it is a new one (first contact, or a restart)."""
+        new = msg.get("broker_id") != self.broker_id
         self.broker_id = msg.get("broker_id")
+        return new

@@ -159,7 +159,8 @@ class InferencerLink(BrokerLink):
         if msg is None:
             return False
         if msg.type == "welcome":
-            self.welcomed_by(msg)
+            if self.welcomed_by(msg):
+                log.info("welcomed by broker %s (latest version %d)", msg.broker_id, msg.latest_version)
             self.welcomed.set()
         elif msg.type in ("job", "stop"):
             self.inbox.put(msg)

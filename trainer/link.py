@@ -112,6 +112,8 @@ class TrainerLink(BrokerLink):
             self._version_done(int(msg["version"]), msg)
         elif kind == "welcome":
             self.welcomed_by(msg)
+            log.info("broker %s welcomes us (its newest version: %s)", msg.get("broker_id"),
+                     msg.get("latest_version"))
         elif kind == "error":
             log.error("broker error: %s", msg.get("reason"))
             if is_unknown_peer(msg) or "hello" in str(msg.get("reason", "")):
