@@ -268,7 +268,7 @@ class Broker:
             have = int(msg.get("have_version", -1))
             self._welcome(peer)
             again = self.trainer.hello(peer, msg.pid, have)
-            log.info("trainer %s (pid %d) said hello%s, holds version %d", name, msg.pid, " again" if again else "",
+            log.info("trainer %s (pid %d) says hello%s, holds version %d", name, msg.pid, " again" if again else "",
                      have)
         else:
             busy = msg.get("job_id") if msg.get("state") == "busy" else None
