@@ -3,7 +3,7 @@
 ``load_config("configs/x.yaml", ["train.lr=3e-5", "run_dir=runs/y"])`` reads the
 file, applies the overrides (values parse as YAML scalars) and validates every
 field. Unknown keys are errors that list the valid ones. The resolved config
-is what ``save_config`` writes to ``RUN_DIR/config.yaml``.
+is what ``save_config`` writes to the run directory (:attr:`ance.rundir.RunDir.config`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .rundir import CONFIG, RunDir
 
 
 @dataclass
@@ -74,7 +75,7 @@ class NegativesConfig:
     static_file: str | None = None
     n_per_query: int = 1
     depth: int = 200
-    rank_window: list[int] = field(default_factory=lambda: [0, 200])
+    rank_window: tuple[int, int] = (0, 200)
     keep: int = 20
     sampling: str = "uniform"
     max_gap: int = 100
@@ -131,7 +132,8 @@ class Config:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain YAML/JSON values: sections as dicts, tuples as lists."""
+        return _plain(dataclasses.asdict(self))
 
 
 _CHOICES = {
@@ -169,6 +171,10 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # fixed length: [lo, hi] in YAML, a tuple once loaded
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -259,6 +265,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def parse_rank_window(value: Any) -> tuple[int, int]:
+    """``(lo, hi)``, ranks ``[lo, hi)`` with ``0 <= lo < hi``: the one check of a rank window (config,
+    ``ance mine --rank-window``, :func:`ance.negatives.select_negatives`); ValueError otherwise."""
+    try:
+        lo, hi = (int(x) for x in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rank_window must be two integers (lo, hi), got {value!r}") from exc
+    if not 0 <= lo < hi:
+        raise ValueError(f"rank_window must satisfy 0 <= lo < hi, got {value!r}")
+    return lo, hi
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def validate(cfg: Config) -> Config:
     """Check choices, ranges and cross-field rules; return ``cfg``."""
     flat = _flatten(cfg.to_dict())
@@ -268,9 +294,10 @@ def validate(cfg: Config) -> Config:
     for key in _POSITIVE:
         if flat[key] <= 0:
             raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
-    lo, hi = (cfg.negatives.rank_window + [None, None])[:2]
-    if len(cfg.negatives.rank_window) != 2 or lo < 0 or hi <= lo:
-        raise ConfigError(f"negatives.rank_window: expected [lo, hi) with 0 <= lo < hi, got {cfg.negatives.rank_window}")
+    try:
+        lo, hi = cfg.negatives.rank_window = parse_rank_window(cfg.negatives.rank_window)
+    except ValueError as exc:
+        raise ConfigError(f"negatives.rank_window: {exc}; write [lo, hi]") from None
     if hi > cfg.negatives.depth:
         raise ConfigError(f"negatives.rank_window: hi={hi} exceeds negatives.depth={cfg.negatives.depth}")
     if cfg.negatives.max_gap < 0:
@@ -342,11 +369,11 @@ def config_hash(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, run_dir: str | os.PathLike | None = None) -> Path:
-    """Write the resolved config to ``RUN_DIR/config.yaml`` atomically."""
+    """Write the resolved config into the run directory atomically."""
     run = Path(run_dir if run_dir is not None else cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    target = run / "config.yaml"
-    tmp = target.with_name(f".config.yaml.{os.getpid()}.tmp")
+    target = RunDir(run).config
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(dump_config(cfg))
         fh.flush()
@@ -357,21 +384,26 @@ def save_config(cfg: Config, run_dir: str | os.PathLike | None = None) -> Path:
 
 def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     """The resolved config of an existing run (for --resume and the other roles)."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
-        raise ConfigError(f"{path}: no config.yaml in the run directory; is {run_dir} a run directory?")
+        raise ConfigError(f"{path}: no {path.name} in the run directory; is {run_dir} a run directory?")
     cfg = load_config(path, overrides)
     cfg.run_dir = str(run_dir)
     return cfg
 
 
-def add_config_arguments(parser) -> None:
-    """The config flags every role takes: CONFIG [key=value ...] or --run-dir."""
-    parser.add_argument("config", nargs="?", help="YAML config file (see configs/); omit with --run-dir")
+def add_config_arguments(parser, run_dir_flag: str = "--run-dir",
+                         run_dir_help: str = f"use RUN_DIR/{CONFIG} (the resolved config of an existing run)") -> None:
+    """The config flags every role takes: CONFIG [key=value ...] or ``run_dir_flag`` RUN_DIR.
+
+    ``ance train`` and ``ance launch`` name the run-directory flag ``--resume``
+    (the run's config, and its checkpoints); the others ``--run-dir``.
+    """
+    parser.add_argument("config", nargs="?", help=f"YAML config file (see configs/); omit with {run_dir_flag}")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. train.lr=3e-5 run_dir=runs/x")
-    parser.add_argument("--run-dir", dest="from_run_dir", default=None,
-                        help="use RUN_DIR/config.yaml (the resolved config of an existing run)")
+    parser.add_argument(run_dir_flag, dest="from_run_dir", metavar="RUN_DIR", default=None, help=run_dir_help)
+    parser.set_defaults(run_dir_flag=run_dir_flag)
 
 
 def config_from_args(args) -> Config:
@@ -386,10 +418,11 @@ def config_from_args(args) -> Config:
         overrides.insert(0, config)
         config = None
     run_dir = getattr(args, "from_run_dir", None)
+    flag = getattr(args, "run_dir_flag", "--run-dir")
     if run_dir:
         if config is not None:
-            raise ConfigError("give either CONFIG or --run-dir, not both")
+            raise ConfigError(f"give either CONFIG or {flag}, not both")
         return load_run_config(run_dir, overrides)
     if config is None:
-        raise ConfigError("a config file is required (e.g. configs/tiny-cpu.yaml), or --run-dir RUN_DIR")
+        raise ConfigError(f"a config file is required (e.g. configs/tiny-cpu.yaml), or {flag} RUN_DIR")
     return load_config(config, overrides)

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .download import resolve_data_path
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -376,8 +377,6 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
     documents, in corpus order, then drops the judgements of dropped documents.
     Ids are always checked against the full files first.
     """
-    from .download import resolve_data_path
-
     root = resolve_data_path(path)
     names = [splits] if isinstance(splits, str) else list(dict.fromkeys(splits))
     if not names or not all(isinstance(s, str) and s for s in names):

@@ -27,13 +27,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .device import autocast
 from .errors import AnceError, ConfigError
 from .fsio import fsync_dir
+from .tokcache import TokenCache, build_inputs, windows
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LONG_DOC = ("firstp", "maxp")
 EMB_FILE, OWNER_FILE, IDS_FILE, META_FILE = "emb.f16", "owner.int64", "ids.txt", "meta.json"
 # Documents windowed at a time in MaxP, so the windows of a huge corpus are never all in memory.
@@ -41,35 +43,6 @@ _MAXP_BLOCK = 16384
 
 
 # --------------------------------------------------------------------------- small pieces
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
-    return device
-
-
-def describe_device(device: str) -> str:
-    """``cuda:0`` with the physical GPU it is when CUDA_VISIBLE_DEVICES renumbers them."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if device.startswith("cuda") and visible:
-        index = int(device.split(":")[1]) if ":" in device else 0
-        gpus = [g.strip() for g in visible.split(",")]
-        if index < len(gpus) and gpus[index] != str(index):
-            return f"{device} (GPU {gpus[index]})"
-    return device
-
-
-def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision``: ``auto`` is bf16 on CUDA and None (fp32) elsewhere."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def n_special_tokens(tokenizer: Any) -> int:
@@ -89,6 +62,22 @@ def corpus_max_tokens(tokenizer: Any, max_length: int, long_doc: str = "firstp",
     if room < 1:
         raise ConfigError(f"max_length={max_length} leaves no room for text beside the special tokens")
     return room * (int(n_windows) if long_doc == "maxp" else 1)
+
+
+def corpus_tokens(corpus, tokenizer: Any, *, max_length: int, long_doc: str = "firstp", n_windows: int = 1,
+                  cache_root: str | Path, progress: bool = True) -> TokenCache:
+    """The corpus's token cache for this encoding, built on first use: the one token budget
+    (:func:`corpus_max_tokens`) of every role, so trainer, inferencers and ``ance encode`` of one
+    run share one cache."""
+    return TokenCache.open(corpus.passages(), tokenizer, corpus_max_tokens(tokenizer, max_length, long_doc, n_windows),
+                           cache_root, corpus.source_hash, progress=progress)
+
+
+def query_tokens(texts: Sequence[str], tokenizer: Any, max_length: int) -> list[list[int]]:
+    """Content token ids of queries, cut to leave room for the special tokens of ``max_length``."""
+    room = int(max_length) - n_special_tokens(tokenizer)
+    return tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max(room, 1),
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -172,13 +161,9 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
     (then every list is fetched once up front to learn the lengths). Content
     ids only; :func:`ance.tokcache.build_inputs` adds the special tokens and
     cuts to ``max_length``. Runs under ``torch.inference_mode`` and autocast
-    (:func:`autocast_dtype`); the model is moved to ``device`` and put in eval
+    (:func:`ance.device.autocast`); the model is moved to ``device`` and put in eval
     mode for the call (its training mode is restored after).
     """
-    from tqdm.auto import tqdm
-
-    from .tokcache import build_inputs
-
     indices = np.asarray(indices, dtype=np.int64).ravel()
     fetch, all_lengths = _token_source(token_lists_fn_or_cache)
     room = max(int(max_length) - n_special_tokens(tokenizer), 0)
@@ -191,12 +176,12 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
 
     device = str(device)
     cuda = device.startswith("cuda")
-    amp = autocast_dtype(device, precision)
+    amp = autocast(device, precision)  # checks precision before any work
     was_training = model.training
     model.to(device).eval()
     results = _Results(len(indices), model.dim, int(batch_size), cuda)
     try:
-        with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
+        with torch.inference_mode(), amp:
             for pos in tqdm(batches, desc=desc, unit="batch", disable=not progress):
                 inputs = build_inputs(fetch(indices[pos]), tokenizer, max_length)
                 if cuda:
@@ -248,10 +233,6 @@ def encode_corpus(model, cache, *, lo: int = 0, hi: int | None = None, max_lengt
         emb = encode_token_lists(model, cache, np.arange(lo, hi), tokenizer, max_length, progress=progress,
                                  desc="encode corpus", **kw)
         return emb, np.arange(lo, hi, dtype=np.int64)
-
-    from tqdm.auto import tqdm
-
-    from .tokcache import windows
 
     n_special = n_special_tokens(tokenizer)
     need = corpus_max_tokens(tokenizer, max_length, "maxp", n_windows)

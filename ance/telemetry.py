@@ -1,7 +1,7 @@
-"""Run metrics: ``metrics.jsonl``, TensorBoard and Prometheus, from one call.
+"""Run metrics: the metrics log, TensorBoard and Prometheus, from one call.
 
 ``MetricsWriter(run_dir, role).log("step", step=..., loss=...)`` appends one
-JSON line to ``RUN_DIR/metrics.jsonl`` (the record of the run, read by
+JSON line to the run's metrics log (:attr:`ance.rundir.RunDir.metrics`) (the record of the run, read by
 ``ance monitor`` and ``ance report``), mirrors the numeric fields to
 TensorBoard (``RUN_DIR/tensorboard/<role>``, tag ``<event>/<field>``) and,
 when a port is given, updates the Prometheus gauges of that event.
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError
+from .rundir import METRICS, RunDir
 
 log = logging.getLogger("ance.telemetry")
 
-METRICS_FILE = "metrics.jsonl"
 
 # Prometheus names (without the ``ance_`` prefix) and their help texts.
 KNOWN_METRICS = {
@@ -95,7 +95,7 @@ def _clean(value: Any) -> Any:
         return _clean(value.tolist())
     if hasattr(value, "item"):
         return _clean(value.item())
-    raise TypeError(f"cannot write {type(value).__name__} to {METRICS_FILE}: {value!r}")
+    raise TypeError(f"cannot write {type(value).__name__} to {METRICS}: {value!r}")
 
 
 def _number(value: Any) -> float | None:
@@ -105,7 +105,7 @@ def _number(value: Any) -> float | None:
 
 
 class MetricsWriter:
-    """Appends events to ``RUN_DIR/metrics.jsonl`` and mirrors them to TensorBoard and Prometheus.
+    """Appends events to the run's metrics log (:attr:`ance.rundir.RunDir.metrics`) and mirrors them to TensorBoard and Prometheus.
 
     ``tensorboard``: write ``RUN_DIR/tensorboard/<role>`` (created at the
     first numeric field). ``prometheus_port``: serve ``/metrics`` on
@@ -118,7 +118,7 @@ class MetricsWriter:
                  prometheus_port: int | None = None, prometheus_addr: str = "127.0.0.1"):
         self.run_dir = Path(run_dir)
         self.role = role
-        self.path = self.run_dir / METRICS_FILE
+        self.path = self.run_dir / METRICS
         self.tensorboard = tensorboard
         self._lock = threading.Lock()
         self._tb = None
@@ -179,12 +179,14 @@ class MetricsWriter:
         count = self._tb_counts.get(event, 0)
         self._tb_counts[event] = count + 1
         step = int(step) if step is not None else count  # events without a step: their index
+        # Optional sinks import on first use: a process without them (the launcher, inferencers) skips
+        # tensorboard's ~0.4 s and prometheus_client's ~0.8 s of imports (python -X importtime, this box).
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         if self._tb is None:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            self._tb = EventFileWriter(str(self.run_dir / "tensorboard" / self.role), flush_secs=TB_FLUSH_S)
+            self._tb = EventFileWriter(str(RunDir(self.run_dir).tensorboard / self.role), flush_secs=TB_FLUSH_S)
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=f"{event}/{k}", simple_value=v)
                                              for k, v in values.items()])
         wall_time = _number(record["time"]) or time.time()
@@ -275,7 +277,7 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """All events of a ``metrics.jsonl`` (a file or a run directory), in file order.
+    """All events of a metrics log (a file or a run directory), in file order.
 
     A line cut short by a killed writer is skipped with a warning: the last
     line when it has no newline, or the head of a line when a later writer's
@@ -284,7 +286,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / METRICS_FILE
+        path = path / METRICS
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -334,19 +336,19 @@ def _after_fragment(raw: bytes) -> dict | None:
 
 
 class MetricsTail:
-    """Follows a growing ``metrics.jsonl`` by file offset: :meth:`read` returns the events appended since.
+    """Follows a growing metrics log by file offset: :meth:`read` returns the events appended since.
 
     A line still being written is kept until its newline arrives. A malformed
     complete line is skipped with a warning (a live view must not die of one),
     keeping a record glued to a torn fragment as :func:`read_metrics` does. A
     file that shrank or was replaced starts over from its beginning and bumps
     :attr:`restarts`, so a caller can drop what it built from the old one.
-    ``path`` is ``metrics.jsonl`` or a run directory, which need not exist yet.
+    ``path`` is metrics log or a run directory, which need not exist yet.
     """
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        self.path = path / METRICS_FILE if path.is_dir() else path
+        self.path = path / METRICS if path.is_dir() else path
         self.offset = 0
         self.restarts = 0
         self.skipped = 0
@@ -355,7 +357,7 @@ class MetricsTail:
 
     def read(self) -> list[dict]:
         if self.path.is_dir():  # given a run directory that did not exist yet when we were made
-            self.path = self.path / METRICS_FILE
+            self.path = self.path / METRICS
         try:
             fh = open(self.path, "rb")
         except FileNotFoundError:

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError
 from .fsio import fsync_dir
@@ -163,8 +164,6 @@ class TokenCache:
 
 def _build(tmp: Path, texts: Sequence[str], tokenizer: Any, max_tokens: int, key: str, source_hash: str,
            batch_size: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     if not getattr(tokenizer, "is_fast", False):
         log.warning("%s is not a fast tokenizer; tokenizing the corpus will be slow", type(tokenizer).__name__)
     t0 = time.perf_counter()

@@ -14,6 +14,10 @@ One policy for all of them:
 
 from __future__ import annotations
 
+import zmq
+
+from ance.keys import check_bind_address, secure_client, secure_server
+
 from ance.config import BrokerConfig
 from ance.errors import AnceError
 
@@ -21,10 +25,6 @@ from ance.errors import AnceError
 def router_socket(ctx, b: BrokerConfig):
     """The broker's ROUTER, bound to ``broker.bind`` (else ``broker.address``); returns
     ``(socket, endpoint)``. Raises :class:`AnceError` when the address cannot be bound."""
-    import zmq
-
-    from ance.keys import check_bind_address, secure_server
-
     address = b.bind or b.address
     check_bind_address(address, b.curve_keys)
     sock = ctx.socket(zmq.ROUTER)
@@ -51,8 +51,6 @@ def dealer_socket(ctx, b: BrokerConfig, identity: bytes, *, immediate: bool = Fa
     own (200 ms, backing off to 2 s) when the broker restarts. ``immediate``: queue
     nothing while no broker is connected (sends are dropped or refused, not piled up
     for the next broker)."""
-    import zmq
-
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, identity)
     sock.setsockopt(zmq.LINGER, 0)
@@ -63,8 +61,6 @@ def dealer_socket(ctx, b: BrokerConfig, identity: bytes, *, immediate: bool = Fa
         sock.setsockopt(zmq.IMMEDIATE, 1)
     try:
         if b.curve_keys:
-            from ance.keys import secure_client
-
             secure_client(sock, b.curve_keys)
         sock.connect(b.address)
     except BaseException:

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from sentence_transformers import SentenceTransformer
 
-    from ance.encode import autocast_dtype, corpus_max_tokens, encode_corpus, resolve_device
+    from ance.device import autocast_dtype, resolve_device
+    from ance.encode import corpus_max_tokens, encode_corpus
     from ance.model import BiEncoder
     from ance.retrieve import load_data
     from ance.tokcache import TokenCache

@@ -7,7 +7,7 @@ logged with the peer and answered with ``error``; the broker goes on), track
 peers, turn the state's decisions into ``job`` messages, and for every merged
 chunk select negatives, **persist them, then send them** to the trainer.
 
-The versions' files and tables are :class:`ance.broker.versions.NegativesStore`'s
+The versions' files and tables are :class:`ance.broker.versions.NegativesVersions`'s
 (``RUN_DIR/negatives/step-N.partial.tsv`` fsynced per chunk, renamed
 ``step-N.tsv`` when complete). On start the newest complete version is reloaded
 (so a trainer that says ``hello`` gets it streamed) and the newest complete
@@ -36,13 +36,14 @@ from ance.config import Config
 from ance.data import load_for_config
 from ance.errors import ProtocolError
 from ance.negatives import overlap, select_negatives
-from ance.protocol import unpack_message, pack_message, pack_array, unpack_array
+from ance.protocol import pack_message, unpack_array, unpack_message
 from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.transport import router_socket
-from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files,
-                      complete_checkpoints)
+from ance.rundir import RunDir, checkpoint_files, manifest_path
+from .refresh import Assignment, ChunkReady, RefreshError, RefreshState
 from .stats import STAGES, RefreshTally, eval_depth
-from .versions import NegativesStore, Version
+from .stream import TrainerStream
+from .versions import NegativesVersions
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,12 @@ class Broker:
                                   worker_timeout_s=cfg.broker.worker_timeout_s,
                                   # job ids differ across broker restarts, so stale results are told apart
                                   first_job_id=int(time.time() * 1000) % (1 << 40))
-        self.store = NegativesStore(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
+        self.versions = NegativesVersions(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
                                     chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
         self._job_id: int | None = None
         self._tally = RefreshTally(depth=self.depth)  # the refresh in progress
         self._weights: dict[str, bytes] | None = None
-        self.trainer: bytes | None = None
-        self._trainer_pid: int | None = None
+        self.trainer = TrainerStream(self.versions, self._send)
         self._told_unknown: dict[bytes, float] = {}
         self._stop_reason: str | None = None
         self.ctx = None
@@ -91,7 +91,6 @@ class Broker:
 
     # ------------------------------------------------------------ startup
     def _metrics_writer(self):
-
         t = self.cfg.telemetry
         return MetricsWriter(self.run_dir, "broker", tensorboard=False,
                              prometheus_port=prometheus_port_for(t.prometheus_port, "broker"),
@@ -99,19 +98,17 @@ class Broker:
 
     def _restore(self) -> None:
         """Reload the newest complete negatives; queue a newer complete checkpoint."""
-        latest = self.store.restore()
+        latest = self.versions.restore()
         if latest is not None:
             self.state.latest_version = latest.version
-        ckpts = complete_checkpoints(self.run_dir)
+        ckpts = RunDir(self.run_dir).complete_checkpoints()
         if ckpts and ckpts[-1][0] > self.state.latest_version:
             step, path = ckpts[-1]
-            written = (path / "manifest.json").stat().st_mtime
+            written = manifest_path(path).stat().st_mtime
             log.info("%s", self.state.on_checkpoint(step, str(path), written))
 
     def bind(self) -> str:
         """Create and bind the ROUTER; return the bound endpoint."""
-
-
         self.ctx = zmq.Context()
         try:
             self.sock, endpoint = router_socket(self.ctx, self.cfg.broker)
@@ -160,7 +157,6 @@ class Broker:
             self.close()
 
     def _install_signals(self) -> None:
-
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -174,7 +170,7 @@ class Broker:
         self._stop_reason = reason
 
     def close(self) -> None:
-        self.store.close()
+        self.versions.close()
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -206,9 +202,9 @@ class Broker:
         self._send(peer, "error", reason=reason, of_type=of_type)
 
     def _peer_gone(self, peer: bytes) -> None:
-        if peer == self.trainer:
-            self.trainer = None
-        elif _name(peer) in self.state.workers:
+        if self.trainer.gone(peer):
+            return
+        if _name(peer) in self.state.workers:
             self.state.on_lost(_name(peer), "disconnected")
             self._emit()
 
@@ -246,7 +242,7 @@ class Broker:
 
     def _known(self, peer: bytes, of_type: str) -> bool:
         """True for a peer that said hello; otherwise ask it to (at most once per heartbeat)."""
-        if peer == self.trainer or _name(peer) in self.state.workers:
+        if peer == self.trainer.peer or _name(peer) in self.state.workers:
             return True
         now = time.time()
         if now - self._told_unknown.get(peer, 0.0) >= self.cfg.broker.heartbeat_s:
@@ -267,17 +263,13 @@ class Broker:
             return
         self._told_unknown.pop(peer, None)
         if msg.role == "trainer":
-            if self.trainer is not None and self.trainer != peer:
-                log.warning("a second trainer %s replaces %s", name, _name(self.trainer))
-            # The same trainer process saying hello again (it heard nothing for a while) already has
-            # the chunks of the version in progress; a new one (or one we did not know) gets them.
-            again = self.trainer == peer and self._trainer_pid == msg.pid
-            self.trainer, self._trainer_pid = peer, msg.pid
+            if self.trainer.peer is not None and self.trainer.peer != peer:
+                log.warning("a second trainer %s replaces %s", name, _name(self.trainer.peer))
             have = int(msg.get("have_version", -1))
+            self._welcome(peer)
+            again = self.trainer.hello(peer, msg.pid, have)
             log.info("trainer %s (pid %d) says hello%s, holds version %d", name, msg.pid, " again" if again else "",
                      have)
-            self._welcome(peer)
-            self._stream_to_trainer(have, in_progress=not again)
         else:
             busy = msg.get("job_id") if msg.get("state") == "busy" else None
             self.state.on_hello(name, time.time(), busy_job=busy, device=msg.device, pid=msg.pid)
@@ -291,7 +283,7 @@ class Broker:
                    heartbeat_s=float(self.cfg.broker.heartbeat_s))
 
     def _on_heartbeat(self, peer: bytes, msg) -> None:
-        if peer == self.trainer:
+        if peer == self.trainer.peer:
             return
         if self._known(peer, "heartbeat"):
             self.state.on_seen(_name(peer), time.time(), state=msg.state)
@@ -317,7 +309,7 @@ class Broker:
         ready = self.state.on_topk(_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids))
-        if self.store.current is not None and msg.job_id == self._job_id:
+        if self.versions.current is not None and msg.job_id == self._job_id:
             self._tally.add_time("merge_s", time.perf_counter() - t0)
         for r in ready:
             self._chunk_ready(r)
@@ -364,7 +356,7 @@ class Broker:
     def _begin(self, job) -> None:
         self._job_id = job.job_id
         neg = self.cfg.negatives
-        self.store.begin(job.version, job.n_shards, checkpoint=job.ckpt.path, depth=neg.depth,
+        self.versions.begin(job.version, job.n_shards, checkpoint=job.ckpt.path, depth=neg.depth,
                          rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
                          model=self.cfg.model.name_or_path)
         self._tally = RefreshTally(n_eval=len(self.eval.ids) if job.eval else 0, depth=self.depth)
@@ -399,22 +391,19 @@ class Broker:
         t0 = time.perf_counter()
         neg_cfg = self.cfg.negatives
         rng = np.random.default_rng([self.cfg.seed, r.version, r.chunk])  # same chunk, same draw
-        neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=tuple(neg_cfg.rank_window),
+        neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=neg_cfg.rank_window,
                                keep=self.keep, sampling=neg_cfg.sampling, rng=rng)
-        if self.store.latest is not None:
-            prev = self.store.latest.neg[r.q_lo:r.q_hi]
+        if self.versions.latest is not None:
+            prev = self.versions.latest.neg[r.q_lo:r.q_hi]
             has = (prev >= 0).any(axis=1)
             if has.any():
                 lo, hi = neg_cfg.rank_window  # still a candidate: back inside the new rank window
                 self._tally.add_overlap(overlap(prev[has], r.ids[has, lo:hi]), int(has.sum()))
         q_idx = np.arange(r.q_lo, r.q_hi, dtype=np.int32)
         t1 = time.perf_counter()
-        self.store.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send
+        self.versions.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send
         t2 = time.perf_counter()
-        if self.trainer is not None:
-            self._send(self.trainer, "negatives", version=r.version, chunk=r.chunk,
-                       n_chunks=self.state.n_chunks("train"), q_idx=pack_array(q_idx), neg=pack_array(neg),
-                       sent_at=time.time())
+        self.trainer.chunk(r.version, r.chunk, self.state.n_chunks("train"), q_idx, neg)
         t3 = time.perf_counter()
         self._tally.add_time("select_s", t1 - t0)
         self._tally.add_time("persist_s", t2 - t1)
@@ -423,39 +412,18 @@ class Broker:
     def _finish(self) -> None:
         job = self.state.finish()
         self._job_id = None
-        final = self.store.finish()
+        final = self.versions.finish()
         stats = self._tally.stats(job, n_docs=self.n_docs, n_train=self.n_train, keep=self.keep,
                                   eval_split=self.eval, doc_ids=self.doc_ids)
-        self.store.latest.stats = stats
-        if self.trainer is not None:
-            self._send(self.trainer, "version_done", version=job.version, n_shards=job.n_shards, stats=stats)
+        self.versions.latest.stats = stats
+        self.trainer.version_done(job.version, job.n_shards, stats)
         log.info("negatives version %d complete in %.1fs -> %s: %s", job.version, stats["refresh_s"], final,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
         self._gauges()
 
     def _drop_partial(self) -> None:
-        self.store.drop()
+        self.versions.drop()
         self._job_id = None
-
-    # ------------------------------------------------------------ trainer
-    def _stream_to_trainer(self, have: int, in_progress: bool = True) -> None:
-        """Send the newest complete version (if the trainer lacks it) and the chunks of the one in progress."""
-        latest = self.store.latest
-        if latest is not None and have < latest.version:
-            self._stream_version(latest, sorted(latest.chunks))
-            self._send(self.trainer, "version_done", version=latest.version, n_shards=latest.n_shards,
-                       stats={**latest.stats, "replayed": True})
-            log.info("streamed version %d in full to the trainer (it held %d)", latest.version, have)
-        current = self.store.current
-        if in_progress and current is not None and current.chunks:
-            self._stream_version(current, sorted(current.chunks))
-
-    def _stream_version(self, v: Version, chunks: list[int]) -> None:
-        for c in chunks:
-            q_idx, neg = self.store.chunk(v, c)
-            if not self._send(self.trainer, "negatives", version=v.version, chunk=c, n_chunks=self.store.n_chunks,
-                              q_idx=pack_array(q_idx), neg=pack_array(neg), sent_at=time.time()):
-                return
 
     # ------------------------------------------------------------ telemetry
     def _emit(self) -> None:

@@ -24,9 +24,7 @@ Monitor events (``{"event": "worker"|"shard", ...}``) accumulate in
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -404,57 +402,6 @@ class RefreshState:
         job, self.job = self.job, None
         self.latest_version = max(self.latest_version, job.version)
         return job
-
-
-# --------------------------------------------------------------------------- run-dir helpers
-
-_STEP = re.compile(r"^step-(\d{6,})$")
-_NEG = re.compile(r"^step-(\d{6,})\.tsv$")
-
-
-def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(step, dir)`` of the complete checkpoints (those with ``manifest.json``), oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    out = []
-    for child in root.iterdir():
-        m = _STEP.match(child.name)
-        if m and (child / "manifest.json").is_file():
-            out.append((int(m.group(1)), child))
-    return sorted(out)
-
-
-def negatives_path(run_dir: str | Path, version: int, partial: bool = False) -> Path:
-    return Path(run_dir) / "negatives" / f"step-{version:06d}{'.partial' if partial else ''}.tsv"
-
-
-def complete_versions(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(version, file)`` of the complete negatives files, oldest first."""
-    root = Path(run_dir) / "negatives"
-    if not root.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _NEG.match(p.name)))
-
-
-def checkpoint_files(path: str | Path, max_bytes: int) -> dict[str, bytes]:
-    """The files of a checkpoint dir (relative posix path -> bytes) for ``job.weights``.
-
-    ``trainer_state.pt`` stays behind (optimizer state: large, and of no use to
-    an inferencer). Raises ValueError when the files exceed ``max_bytes``.
-    """
-    root = Path(path)
-    files: dict[str, bytes] = {}
-    total = 0
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name == "trainer_state.pt":
-            continue
-        total += p.stat().st_size
-        if total > max_bytes:
-            raise ValueError(f"checkpoint {root} is larger than broker.max_frame_bytes={max_bytes}: "
-                             "raise it, or give the inferencers a shared file system (broker.send_weights=false)")
-        files[p.relative_to(root).as_posix()] = p.read_bytes()
-    return files
 
 
 def json_safe(stats: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The broker's negatives versions on disk and in memory: :class:`NegativesStore`.
+"""The broker's negatives versions on disk and in memory: :class:`NegativesVersions`.
 
 Files (``RUN_DIR/negatives/``): ``step-N.partial.tsv`` grows chunk by chunk
 (fsynced per chunk, so a chunk is on disk before the broker sends it) and is
@@ -9,7 +9,7 @@ newest complete file is reloaded, refused when it was made from other data.
 Each version also lives in memory as a :class:`Version` table (one row of
 ``keep`` doc indices per train query), so the broker can re-stream it and
 compute the overlap with the next one. No sockets or clocks here; the file
-format is :mod:`ance.negatives`', the file names :mod:`ance.broker.refresh`'.
+format is :mod:`ance.negatives`', the file names :mod:`ance.rundir`'.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 from ance.errors import AnceError
 from ance.fsio import fsync_dir
 from ance.negatives import append_negatives, header_line, read_negatives
-from .refresh import chunk_range, complete_versions, n_chunks, negatives_path
+from ance.rundir import RunDir
+from .refresh import chunk_range, n_chunks
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Version:
         self.n_shards = 0
 
 
-class NegativesStore:
+class NegativesVersions:
     """The versions of one run: ``latest`` (complete) and ``current`` (in progress, its partial file open).
 
     ``query_ids``/``doc_ids``: the train split's query ids and the corpus ids
@@ -57,7 +58,8 @@ class NegativesStore:
     def __init__(self, run_dir: str | Path, query_ids: Sequence[str], doc_ids: Sequence[str], *, keep: int,
                  chunk_queries: int, fingerprint: str | None):
         self.run_dir = Path(run_dir)
-        self.dir = self.run_dir / "negatives"
+        self.paths = RunDir(run_dir)
+        self.dir = self.paths.negatives_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.query_ids = query_ids
         self.doc_ids = doc_ids
@@ -90,7 +92,7 @@ class NegativesStore:
         for stale in self.dir.glob("step-*.partial.tsv"):  # an interrupted version: redone from scratch
             log.info("removing %s (the refresh it belongs to was interrupted)", stale)
             stale.unlink()
-        versions = complete_versions(self.run_dir)
+        versions = self.paths.complete_negatives()
         if not versions:
             return None
         version, path = versions[-1]
@@ -121,7 +123,7 @@ class NegativesStore:
             self.drop()
         cur = Version(version, self.n_train, self.keep)
         cur.n_shards = n_shards
-        fh = open(negatives_path(self.run_dir, version, partial=True), "w", encoding="utf-8", newline="\n")
+        fh = open(self.paths.negatives(version, partial=True), "w", encoding="utf-8", newline="\n")
         self._partial = fh
         self.current = cur
         fh.write(header_line({
@@ -145,8 +147,8 @@ class NegativesStore:
         """Make the version in progress complete (fsync, rename, fsync the dir) and ``latest``; return its file."""
         cur = self._in_progress("finish")
         self._close_partial()
-        final = negatives_path(self.run_dir, cur.version)
-        os.replace(negatives_path(self.run_dir, cur.version, partial=True), final)
+        final = self.paths.negatives(cur.version)
+        os.replace(self.paths.negatives(cur.version, partial=True), final)
         fsync_dir(final.parent)
         self.current, self.latest = None, cur
         return final

@@ -4,7 +4,7 @@ ZeroMQ sockets must not be used from two threads, and the worker's main thread
 spends minutes inside torch and faiss (loading, tokenizing, encoding, building
 an index) where it cannot answer anything. So one background thread owns the
 DEALER socket: it sends heartbeats every ``heartbeat_s`` whatever the main
-thread is doing, forwards ``job``/``stop`` to :attr:`Link.inbox`, and sends what
+thread is doing, forwards ``job``/``stop`` to :attr:`InferencerLink.inbox`, and sends what
 the main thread puts in the outbox. The broker therefore never times out a
 worker that is merely busy; ``worker_timeout_s`` only has to cover a dead or
 unreachable process (a wedged main thread keeps heartbeating, the price of this
@@ -21,42 +21,40 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import threading
 import time
 from typing import Any
 
+import zmq
+
+from ance.brokerlink import BrokerLink, is_unknown_peer
 from ance.config import Config
-from ance.errors import ProtocolError
-from ance.protocol import unpack_message, pack_message
-from ance.transport import dealer_socket
+from ance.protocol import pack_message
 
 log = logging.getLogger(__name__)
 
 
-class Link:
-    """``Link(cfg, name, device, fingerprint).start()``; ``send(type, **fields)``; ``inbox.get()``; ``close()``."""
+class InferencerLink(BrokerLink):
+    """``InferencerLink(cfg, name, device, fingerprint).start()``; ``send(type, **fields)``; ``inbox.get()``; ``close()``."""
+
+    role = "inferencer"
 
     def __init__(self, cfg: Config, name: str, device: str, fingerprint: str):
-        self.cfg = cfg
-        self.identity = f"inferencer-{name}".encode()
-        self.device = device
-        self.fingerprint = fingerprint
+        super().__init__(cfg, f"inferencer-{name}", device, fingerprint)
         self.inbox: queue.Queue = queue.Queue()
         self._outbox: queue.Queue = queue.Queue()
         self._busy_job: int | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-link", daemon=True)
         self.welcomed = threading.Event()
-        self.broker_id: str | None = None
         self.error: BaseException | None = None
         self._pending: collections.deque = collections.deque()  # frames the socket refused for now
         self._unsent = 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ main thread
-    def start(self) -> "Link":
+    def start(self) -> "InferencerLink":
         self._thread.start()
         return self
 
@@ -91,16 +89,14 @@ class Link:
 
     # ------------------------------------------------------------ I/O thread
     def _run(self) -> None:
-        import zmq
-
         b = self.cfg.broker
         ctx = zmq.Context()
         sock = None
         try:
             # immediate: queue nothing while no broker is connected: heartbeats and hellos are then dropped
             # (best effort) and results wait in self._pending, not piled up stale for the next broker.
-            sock = dealer_socket(ctx, b, self.identity, immediate=True)
-            log.info("connecting to the broker at %s as %s", b.address, self.identity.decode())
+            sock = self.open_socket(ctx, immediate=True)
+            log.info("connecting to the broker at %s as %s", b.address, self.name)
             last_hb, last_job = 0.0, None
             hello_at = self._hello(sock)
             hello_every = max(2.0, 3 * b.heartbeat_s)
@@ -146,8 +142,6 @@ class Link:
             ctx.term()
 
     def _send_now(self, sock, frame: bytes) -> None:
-        import zmq
-
         try:
             sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
@@ -156,27 +150,22 @@ class Link:
     def _hello(self, sock) -> float:
         self.welcomed.clear()
         job = self._busy_job
-        self._send_now(sock, pack_message("hello", role="inferencer", name=self.identity.decode(), pid=os.getpid(),
-                                    device=self.device, data_fingerprint=self.fingerprint,
-                                    state="busy" if job is not None else "idle", job_id=job))
+        self._send_now(sock, self.hello_frame(state="busy" if job is not None else "idle", job_id=job))
         return time.time()
 
     def _handle(self, frame: bytes) -> bool:
         """Handle one frame from the broker; True when we must say hello again."""
-        try:
-            msg = unpack_message(frame, self.cfg.broker.max_frame_bytes)
-        except ProtocolError as exc:
-            log.error("rejected a frame from the broker: %s", exc)
+        msg = self.read(frame)
+        if msg is None:
             return False
         if msg.type == "welcome":
-            if msg.broker_id != self.broker_id:
+            if self.welcomed_by(msg):
                 log.info("welcomed by broker %s (latest version %d)", msg.broker_id, msg.latest_version)
-            self.broker_id = msg.broker_id
             self.welcomed.set()
         elif msg.type in ("job", "stop"):
             self.inbox.put(msg)
         elif msg.type == "error":
-            if msg.reason.startswith("unknown peer"):
+            if is_unknown_peer(msg):
                 log.info("the broker does not know us (restarted?); saying hello again")
                 return True
             log.error("broker error (about %s): %s", msg.of_type, msg.reason)

@@ -9,7 +9,7 @@ two parts of ``search_s``, and ``shard_s``, the whole job). Anything
 that goes wrong in a job becomes ``shard_failed`` (traceback in the log) and
 the worker waits for the next job. Only the token cache survives a job.
 
-Messaging runs on :class:`.link.Link`'s thread, so heartbeats go on while this
+Messaging runs on :class:`.link.InferencerLink`'s thread, so heartbeats go on while this
 thread is deep in torch or faiss.
 """
 
@@ -29,14 +29,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from ance.config import Config
 from ance.data import load_for_config
-from ance.encode import describe_device
+from ance.device import describe_device, resolve_device, resolve_precision
+from ance.encode import corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, query_tokens
 from ance.errors import AnceError, CheckpointError, ProtocolError
 from ance.protocol import pack_array
+from ance.rundir import RunDir, manifest_path
+from ance.telemetry import MetricsWriter, prometheus_port_for
+from ance.tokcache import cache_key
+from ance.topk import maxp_collapse
 
-from .link import Link
+from .link import InferencerLink
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +54,6 @@ _FLUSH_WAIT_S = 10.0
 
 class JobCancelled(Exception):
     """The worker is stopping in the middle of a job."""
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise AnceError(f"--device {device!r}: use cpu, cuda or cuda:<i>")
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    if precision == "auto":
-        return "bf16" if device.startswith("cuda") else "fp32"
-    return precision
 
 
 def _safe_relpath(name: str) -> PurePosixPath:
@@ -79,7 +69,7 @@ class Worker:
 
     def __init__(self, cfg: Config, device: str | None = None, name: str = "0", *, dataset=None):
         self.cfg = cfg
-        self.device = resolve_device(device or cfg.inferencer.device)
+        self.device = resolve_device(device or cfg.inferencer.device, "--device" if device else "inferencer.device")
         self.precision = resolve_precision(cfg.inferencer.precision, self.device)
         self.name = str(name)
         self.run_dir = Path(cfg.run_dir)
@@ -88,7 +78,7 @@ class Worker:
         self.eval = self.data.split(cfg.data.eval_split) if cfg.data.eval_split else None
         self.fingerprint = self.data.fingerprint
         self.device_name = describe_device(self.device)  # cuda:0 (GPU 3) under CUDA_VISIBLE_DEVICES
-        self.link = Link(cfg, self.name, self.device_name, self.fingerprint)
+        self.link = InferencerLink(cfg, self.name, self.device_name, self.fingerprint)
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
@@ -101,8 +91,6 @@ class Worker:
         t = self.cfg.telemetry
         if t.prometheus_port is None:
             return None
-        from ance.telemetry import MetricsWriter, prometheus_port_for
-
         digits = re.search(r"(\d+)$", self.name)
         port = prometheus_port_for(t.prometheus_port, "inferencer", int(digits.group(1))) if digits else 0
         return MetricsWriter(self.run_dir, "inferencer", tensorboard=False, prometheus_port=port,
@@ -188,9 +176,8 @@ class Worker:
     # ------------------------------------------------------------ one shard
     def process(self, job) -> dict[str, Any]:
         """Encode, index and search one shard, streaming ``topk``; return the stats."""
-        t_job = time.perf_counter()  # load_s includes these imports (torch) on the first job
-        from ance.encode import encode_corpus
-        from ance.index import make_index
+        t_job = time.perf_counter()  # load_s includes these imports on the first job, when warm_up was off
+        from ance.index import make_index  # (see warm_up: after hello, on purpose)
 
         if job.data_fingerprint != self.fingerprint:
             raise AnceError(f"job for data {job.data_fingerprint}, this inferencer loaded {self.fingerprint}")
@@ -239,9 +226,6 @@ class Worker:
     def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int,
                 times: dict[str, float]) -> None:
         """Search ``texts`` in chunks, sending ``topk`` each; add the seconds of each part to ``times``."""
-        from ance.encode import encode_token_lists
-        from ance.topk import maxp_collapse
-
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
         tokens = self._query_tokens(split, texts, model.tokenizer)
@@ -291,50 +275,41 @@ class Worker:
                 shutil.rmtree(tmp, ignore_errors=True)
             return
         given = Path(job.ckpt_path)
-        for cand in (given, self.run_dir / "checkpoints" / given.name):
-            if (cand / "manifest.json").is_file():
+        for cand in (given, RunDir(self.run_dir).checkpoints / given.name):
+            if manifest_path(cand).is_file():
                 yield cand
                 return
-        raise CheckpointError(f"checkpoint {given} not found here (nor {self.run_dir / 'checkpoints' / given.name}); "
+        raise CheckpointError(f"checkpoint {given} not found here (nor {RunDir(self.run_dir).checkpoints / given.name}); "
                               "share the run directory with the inferencers or set broker.send_weights=true")
 
     def _load_model(self, path: Path):
-        from ance.model import BiEncoder
+        from ance.model import BiEncoder  # transformers: see warm_up
 
-        m = self.cfg.model
-        model = BiEncoder.load(str(path), pooling=m.pooling, normalize=m.normalize, similarity=m.similarity,
-                               temperature=m.temperature, shared_towers=m.shared_towers)
-        return model.to(self.device).eval()
+        return BiEncoder.from_config(self.cfg.model, path).to(self.device).eval()
 
     def _token_cache(self, tokenizer):
-        """The tokenized corpus under RUN_DIR/cache, built once (by whichever process comes first)."""
-        from ance.encode import corpus_max_tokens
-        from ance.tokcache import TokenCache, cache_key
-
+        """The run's corpus token cache (the trainer's own, :func:`ance.encode.corpus_tokens`), built once
+        (by whichever process comes first) and kept while the tokenizer stays the same."""
         m = self.cfg.model
         max_tokens = corpus_max_tokens(tokenizer, m.passage_max_length, m.long_doc, m.maxp_windows)
         if self._cache is None or self._cache.key != cache_key(tokenizer, max_tokens, self.data.corpus.source_hash):
             t = time.perf_counter()
-            self._cache = TokenCache.open(self.data.corpus.passages(), tokenizer, max_tokens,
-                                          self.run_dir / "cache", self.data.corpus.source_hash, progress=False)
+            self._cache = corpus_tokens(self.data.corpus, tokenizer, max_length=m.passage_max_length,
+                                        long_doc=m.long_doc, n_windows=m.maxp_windows,
+                                        cache_root=RunDir(self.run_dir).cache, progress=False)
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
 
     def _query_tokens(self, split: str, texts, tokenizer) -> list[list[int]]:
         """The split's query token ids, tokenized once per tokenizer (queries never change in a run)."""
-        from ance.encode import n_special_tokens
-        from ance.tokcache import cache_key
-
-        room = int(self.cfg.model.query_max_length) - n_special_tokens(tokenizer)
-        key = (split, cache_key(tokenizer, room, f"queries:{split}:{len(texts)}"))
+        max_length = int(self.cfg.model.query_max_length)
+        key = (split, cache_key(tokenizer, max_length, f"queries:{split}:{len(texts)}"))
         if key not in self._queries:
-            self._queries[key] = tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                                           max_length=max(room, 1), return_attention_mask=False,
-                                           return_token_type_ids=False)["input_ids"]
+            self._queries[key] = query_tokens(texts, tokenizer, max_length)
         return self._queries[key]
 
     def warm_up(self) -> None:
-        """Before the first job: imports, device initialisation and the corpus token cache.
+        """Before the first job: the heavy imports, device initialisation and the corpus token cache.
 
         The first checkpoint arrives while the trainer is still starting; doing the
         one-off work now keeps it out of the first refresh's latency (and out of
@@ -343,10 +318,12 @@ class Worker:
         """
         t = time.perf_counter()
         try:
-            import torch
+            # transformers and faiss are imported here, after hello, not at the top: importing
+            # ance.model and ance.index after torch took 13-18 s on the shared 2-core dev box (load 10),
+            # which at the top would delay the worker's joining the pool; here it overlaps the
+            # trainer's start-up and stays out of the first refresh (tests/test_bench_refresh.py).
             from transformers import AutoTokenizer
 
-            import ance.encode  # noqa: F401  (the heavy imports a job needs)
             import ance.index  # noqa: F401
             from ance.model import resolve_model
 

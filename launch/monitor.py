@@ -1,4 +1,4 @@
-"""``ance monitor RUN_DIR``: a live terminal view of a run, built from ``RUN_DIR/metrics.jsonl``.
+"""``ance monitor RUN_DIR``: a live terminal view of a run, built from the run's metrics log.
 
 Three layers, each usable alone:
 
@@ -14,45 +14,39 @@ progress and worker health need no connection to the broker.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
 
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ance.config import Config, load_run_config
 from ance.errors import ConfigError
+from ance.rundir import RunDir
+from ance.telemetry import MetricsTail
 
 MAX_WORKERS_SHOWN = 32
 
 
-def read_run_config(run_dir: str | Path) -> dict | None:
-    """``RUN_DIR/config.yaml`` as a plain dict (``yaml.safe_load``); None while it does not exist."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+def read_run_config(run_dir: str | Path) -> Config | None:
+    """The run's resolved config (:func:`ance.config.load_run_config`); None while it is not written yet."""
+    if not RunDir(run_dir).config.is_file():
         return None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
-    return data
-
-
-def config_value(config: dict | None, section: str, key: str) -> Any:
-    """``config[section][key]``, or None when any level is missing."""
-    value = (config or {}).get(section)
-    return value.get(key) if isinstance(value, dict) else None
+    return load_run_config(run_dir)
 
 
 class RunSummary:
     """The state of a run, folded event by event (so a long run is not re-read at every redraw)."""
 
-    def __init__(self, config: dict | None = None):
+    def __init__(self, config: Config | None = None):
         self.config = config
         self.n_events = 0
         self.last_time: float | None = None
@@ -154,8 +148,8 @@ class RunSummary:
             train = dict(self.train, max_gap_seen=self.max_gap_seen, wait_s_total=self.wait_total,
                          n_waits=self.n_waits)
         return {
-            "max_steps": config_value(self.config, "train", "max_steps"),
-            "max_gap": config_value(self.config, "negatives", "max_gap"),
+            "max_steps": self.config.train.max_steps if self.config else None,
+            "max_gap": self.config.negatives.max_gap if self.config else None,
             "n_events": self.n_events,
             "last_time": self.last_time,
             "train": train,
@@ -168,7 +162,7 @@ class RunSummary:
         }
 
 
-def summarize(events: list[dict], config: dict | None) -> dict[str, Any]:
+def summarize(events: list[dict], config: Config | None) -> dict[str, Any]:
     """The monitor's view of a run: the latest training step, refresh, shards, workers and checkpoint."""
     return RunSummary(config).update(events).result()
 
@@ -200,8 +194,6 @@ def _seconds(value: float | None) -> str:
 
 
 def _gap_text(gap: Any, max_gap: Any):
-    from rich.text import Text
-
     style = ""
     if isinstance(gap, (int, float)) and isinstance(max_gap, (int, float)) and max_gap > 0:
         style = "bold red" if gap > max_gap else ("yellow" if gap > 0.8 * max_gap else "green")
@@ -209,25 +201,16 @@ def _gap_text(gap: Any, max_gap: Any):
 
 
 def _pairs(title: str, rows: list[tuple[str, Any]]):
-    from rich.table import Table
-
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for key, value in rows:
         table.add_row(key, value)
-    from rich.panel import Panel
-
     return Panel(table, title=title, title_align="left")
 
 
 def render(summary: dict[str, Any], *, title: str | None = None, now: float | None = None):
     """A rich renderable of :func:`summarize`'s dict. ``now`` (unix s) adds ages: last event, last seen."""
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
-
     parts: list[Any] = []
     head = Text(title or "ance run", style="bold")
     last = summary.get("last_time")
@@ -332,11 +315,6 @@ def _ctrl_c():
 
 def watch(run_dir: str | Path, *, interval: float = 0.5, once: bool = False, console=None) -> int:
     """Draw the run's state until Ctrl-C (``once``: print one snapshot). Returns the exit code."""
-    from rich.console import Console
-    from rich.live import Live
-
-    from ance.telemetry import MetricsTail
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
@@ -388,8 +366,6 @@ REMOTE_ROWS = [
 
 def parse_prometheus(text: str) -> dict[str, float]:
     """``name -> value`` of the ``ance_*`` samples in Prometheus text format (labelled ones: the last)."""
-    import re
-
     samples: dict[str, float] = {}
     for m in re.finditer(r"^(ance_[A-Za-z0-9_]+)(?:\{[^}]*\})?\s+(\S+)", text, re.M):
         try:
@@ -400,8 +376,6 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 def fetch(url: str, timeout: float = 3.0) -> dict[str, float]:
-    import urllib.request
-
     target = url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
     try:
         with urllib.request.urlopen(target, timeout=timeout) as resp:
@@ -413,8 +387,6 @@ def fetch(url: str, timeout: float = 3.0) -> dict[str, float]:
 
 def render_remote(samples: dict[str, float], url: str):
     """A rich renderable of the gauges an endpoint serves (those it does not serve show as –)."""
-    from rich.text import Text
-
     rows = []
     for label, names, fmt in REMOTE_ROWS:
         if isinstance(names, tuple):
@@ -426,10 +398,6 @@ def render_remote(samples: dict[str, float], url: str):
 
 def watch_url(url: str, *, interval: float = 1.0, once: bool = False, console=None) -> int:
     """Like :func:`watch`, from a Prometheus endpoint instead of the run directory."""
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
-
     console = console or Console()
     if once:
         console.print(render_remote(fetch(url), url))

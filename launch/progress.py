@@ -1,4 +1,4 @@
-"""The launcher's one-line live progress and its closing summary, read from metrics.jsonl."""
+"""The launcher's one-line live progress and its closing summary, read from the run's metrics log."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ance.rundir import RunDir
 from ance.telemetry import MetricsTail
 
 
@@ -15,7 +16,7 @@ class Progress:
 
     def __init__(self, run_dir: Path, max_steps: int, max_gap: int, out: TextIO = sys.stderr,
                  interval_s: float = 0.5):
-        self.tail = MetricsTail(Path(run_dir) / "metrics.jsonl")
+        self.tail = MetricsTail(RunDir(run_dir).metrics)
         self.max_steps, self.max_gap = max_steps, max_gap
         self.out, self.interval_s = out, interval_s
         self.tty = out.isatty()
@@ -28,7 +29,7 @@ class Progress:
     def update(self) -> None:
         restarts = self.tail.restarts
         events = self.tail.read()
-        if self.tail.restarts != restarts:  # metrics.jsonl was replaced: what we built from it is stale
+        if self.tail.restarts != restarts:  # the metrics log was replaced: what we built from it is stale
             self.state, self.refreshes, self.max_seen_gap = {}, [], 0
         for ev in events:
             kind = ev.get("event")

@@ -1,4 +1,4 @@
-"""``ance report RUN_DIR``: PNG plots of a run, from ``RUN_DIR/metrics.jsonl``.
+"""``ance report RUN_DIR``: PNG plots of a run, from its metrics log.
 
 Four files, each written atomically; a plot whose data the run never logged
 still gets a PNG that says so, so scripts can rely on the file names:
@@ -21,13 +21,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .monitor import config_value, read_run_config
+from ance.rundir import RunDir
+from ance.telemetry import read_metrics
+
+from .monitor import read_run_config
 
 FIGSIZE = (8.0, 4.5)
 DPI = 110
 
 
 def _figure(rows: int = 1, height: float | None = None):
+    # matplotlib (~5 s to import here) only when a report is drawn: `ance report` is its one user.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -203,15 +207,14 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
     """Write gap.png, refresh_latency.png, loss.png and eval.png; return their paths.
 
     ``out_dir`` defaults to ``RUN_DIR/report``. Raises
-    :class:`~ance.errors.DataError` when ``RUN_DIR/metrics.jsonl`` is missing
+    :class:`~ance.errors.DataError` when the run's metrics log is missing
     or has a malformed line (a torn last line is skipped).
     """
-    from ance.telemetry import read_metrics
-
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    events = read_metrics(run_dir / "metrics.jsonl")
-    max_gap = config_value(read_run_config(run_dir), "negatives", "max_gap")
+    events = read_metrics(RunDir(run_dir).metrics)
+    cfg = read_run_config(run_dir)
+    max_gap = cfg.negatives.max_gap if cfg is not None else None
     return [
         plot_gap(events, max_gap, out / "gap.png"),
         plot_refresh_latency(events, out / "refresh_latency.png"),

@@ -9,6 +9,7 @@ and leaves no process behind.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -18,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from ance.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpu
     if "broker" in roles:
         specs.append(ProcSpec("broker", ance_cmd("broker", "--run-dir", rd), {"OMP_NUM_THREADS": "1"}))
     if "trainer" in roles:
-        train_args = ["train", "--resume", rd] if resume else ["train", str(run_dir / "config.yaml"), f"run_dir={rd}"]
+        train_args = ["train", "--resume", rd] if resume else ["train", str(RunDir(run_dir).config), f"run_dir={rd}"]
         train_args += list(extra_train_overrides or [])
         if trainer_gpus:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, trainer_gpus))}
@@ -101,8 +104,6 @@ def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpu
 def _terminate_with_parent() -> None:
     """In the child, before exec: SIGTERM us if the launcher dies, even by kill -9 (Linux)."""
     try:
-        import ctypes
-
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: teardown relies on the launcher's own handlers
@@ -121,11 +122,11 @@ class Supervisor:
         self.on_event = on_event or (lambda event, **kw: None)
         self.poll_s = poll_s
         self._stop_reason: str | None = None
-        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        RunDir(self.run_dir).logs.mkdir(parents=True, exist_ok=True)
 
     # -- process control
     def _start(self, proc: _Proc) -> None:
-        logf = open(self.run_dir / "logs" / f"{proc.spec.name}.log", "ab", buffering=0)
+        logf = open(RunDir(self.run_dir).log(proc.spec.name), "ab", buffering=0)
         logf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(proc.spec.argv)}\n".encode())
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **proc.spec.env}
         proc.popen = subprocess.Popen(proc.spec.argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
@@ -214,7 +215,7 @@ class Supervisor:
                         break
                     if p.restarts >= self.max_restarts:
                         self.request_stop(f"{p.spec.name} crashed {p.restarts + 1} times; giving up "
-                                          f"(see {self.run_dir / 'logs' / (p.spec.name + '.log')})")
+                                          f"(see {RunDir(self.run_dir).log(p.spec.name)})")
                         trainer_rc = 1
                         break
                     delay = self.backoff[min(p.restarts, len(self.backoff) - 1)]

@@ -9,9 +9,8 @@ from pathlib import Path
 
 def proc_env(**extra: str) -> dict[str, str]:
     """One torch thread a process (on a shared 2-core box, torch's thread pool contending with
-    other processes is ~10x slower), unbuffered output, no checkpoint-pause hook unless asked."""
+    other processes is ~10x slower), unbuffered output."""
     out = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    out.pop("ANCE_TEST_CHECKPOINT_PAUSE", None)
     out.update(extra)
     return out
 

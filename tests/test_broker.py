@@ -30,10 +30,15 @@ import pytest
 from ance.config import load_config
 from ance.negatives import read_negatives
 from ance.protocol import pack_array, unpack_array
-from ance.broker.refresh import negatives_path
+from ance.rundir import RunDir
 
 from helpers_refresh import (MAX_FRAME, Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
                              write_config)
+
+
+def negatives_path(run_dir, version: int, partial: bool = False):
+    return RunDir(run_dir).negatives(version, partial)
+
 
 # --------------------------------------------------------------------------- part 1: fake workers
 

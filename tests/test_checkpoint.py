@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from ance.errors import CheckpointError
-from ance.trainer.checkpoint import (checkpoint_dir, latest_checkpoint, list_checkpoints, load_trainer_state,
-                                     prune_checkpoints, read_manifest, sweep_incomplete, write_checkpoint)
+from ance.rundir import RunDir
+from ance.trainer.checkpoint import (latest_checkpoint, list_checkpoints, load_trainer_state, prune_checkpoints,
+                                     read_manifest, sweep_incomplete, write_checkpoint)
 
 
 def fake_model(payload: bytes):
@@ -29,7 +30,7 @@ def test_write_list_load(tmp_path):
                          {"config_hash": "abc"})
     assert [s for s, _ in list_checkpoints(tmp_path)] == [0, 5, 10]
     step, path = latest_checkpoint(tmp_path)
-    assert step == 10 and path == checkpoint_dir(tmp_path, 10)
+    assert step == 10 and path == RunDir(tmp_path).checkpoint(10)
     assert read_manifest(path)["config_hash"] == "abc"
     assert load_trainer_state(path)["step"] == 10
     # re-writing the same step replaces it atomically
@@ -39,7 +40,7 @@ def test_write_list_load(tmp_path):
 
 def test_incomplete_dirs_are_ignored_and_swept(tmp_path):
     write_checkpoint(tmp_path, 1, fake_model(b"a"), {"step": 1})
-    half = checkpoint_dir(tmp_path, 2)
+    half = RunDir(tmp_path).checkpoint(2)
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"partial")
     tmp = tmp_path / "checkpoints" / ".tmp-step-000003-123"
@@ -68,10 +69,11 @@ run, flag = sys.argv[1], Path(sys.argv[2])
 def save(path):
     (path / "model.safetensors").write_bytes(b"w" * 1_000_000)
 write_checkpoint(run, 1, save, {"step": 1})
-def pause(tmp):
-    flag.write_text(str(tmp))
+def save_then_pause(path):  # the model is saved after the trainer state, before the manifest
+    save(path)
+    flag.write_text(str(path))
     time.sleep(60)
-write_checkpoint(run, 2, save, {"step": 2}, _pause=pause)
+write_checkpoint(run, 2, save_then_pause, {"step": 2})
 """
 
 
@@ -91,6 +93,6 @@ def test_kill_9_during_write_leaves_only_complete_checkpoints(tmp_path):
             proc.kill()
     assert Path(flag.read_text()).exists()  # the half-written temp dir is there...
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]  # ...but never listed
-    assert load_trainer_state(checkpoint_dir(tmp_path / "run", 1))["step"] == 1
+    assert load_trainer_state(RunDir(tmp_path / "run").checkpoint(1))["step"] == 1
     sweep_incomplete(tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000001"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ance.encode import (autocast_dtype, corpus_max_tokens, encode_corpus, encode_texts, encode_token_lists,
+from ance.encode import (corpus_max_tokens, encode_corpus, encode_texts, encode_token_lists,
                          length_sorted_batches, parse_shard, read_embeddings, shard_range, write_embeddings)
 from ance.errors import AnceError, ConfigError
 
@@ -65,14 +65,6 @@ def test_length_sorted_batches():
     assert length_sorted_batches(np.zeros(0, np.int32), 4) == []
     with pytest.raises(ConfigError, match="batch_size"):
         length_sorted_batches(lengths, 0)
-
-
-def test_autocast_dtype():
-    assert autocast_dtype("cpu") is None and autocast_dtype("cuda:1") is torch.bfloat16
-    assert autocast_dtype("cpu", "bf16") is torch.bfloat16 and autocast_dtype("cuda", "fp32") is None
-    assert autocast_dtype("cuda", "fp16") is torch.float16
-    with pytest.raises(ConfigError, match="precision"):
-        autocast_dtype("cpu", "int8")
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 300, 1001])
@@ -215,16 +207,3 @@ def test_second_encode_reuses_the_token_cache(tmp_path, capsys):
     assert [(m["lo"], m["hi"]) for m in metas] == [(0, 150), (150, 300)]
     assert run_command("encode", *common, "--shard", "2/2", "--out", tmp_path / "emb") == 2
     assert "0 <= i < n" in capsys.readouterr().err
-
-
-def test_describe_device_names_the_physical_gpu(monkeypatch):
-    from ance.encode import describe_device
-
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    assert describe_device("cuda:0") == "cuda:0 (GPU 3)"
-    assert describe_device("cuda") == "cuda (GPU 3)"
-    assert describe_device("cpu") == "cpu"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    assert describe_device("cuda:1") == "cuda:1"
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert describe_device("cuda:2") == "cuda:2"

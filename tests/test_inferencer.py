@@ -167,7 +167,7 @@ def test_bad_job_fails_the_shard_and_the_worker_goes_on(setup):
 
 
 def test_weights_shipped_in_the_job(setup):
-    from ance.broker.refresh import checkpoint_files
+    from ance.rundir import checkpoint_files
 
     cfg, data, ckpt, broker, proc, log, _ = setup
     broker.got.clear()

@@ -9,11 +9,13 @@ import pytest
 import yaml
 from rich.console import Console
 
+from ance.config import config_from_dict
 from ance.errors import ConfigError
 from ance.launch.monitor import read_run_config, render, summarize, watch
 from ance.telemetry import MetricsTail
 
-CONFIG = {"train": {"max_steps": 200}, "negatives": {"max_gap": 40}}
+CONFIG_YAML = {"train": {"max_steps": 200}, "negatives": {"max_gap": 40}}
+CONFIG = config_from_dict(CONFIG_YAML)
 
 EVENTS = [
     {"event": "worker", "name": "inferencer-0", "state": "joined", "last_seen": 100.0, "time": 100.0},
@@ -82,7 +84,7 @@ def test_summarize_empty_and_without_config():
     s = summarize([], None)
     assert s["train"] is None and s["progress"] is None and s["workers"] == [] and s["max_gap"] is None
     s = summarize([{"event": "step", "step": 3, "gap": 0, "negatives_version": None},
-                   {"event": "something-new", "x": 1}], {"negatives": None})
+                   {"event": "something-new", "x": 1}], None)
     assert s["train"]["step"] == 3 and s["max_gap"] is None and s["n_events"] == 2
 
 
@@ -127,7 +129,7 @@ def test_tail_follows_partial_lines_and_restarts(tmp_path):
     assert tail.read() == [{"event": "step", "step": 9}] and tail.restarts == 1
 
 
-def _write_run(run_dir, events, config=CONFIG):
+def _write_run(run_dir, events, config=CONFIG_YAML):
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
@@ -161,9 +163,9 @@ def test_monitor_command(tmp_path, capsys):
 def test_read_run_config(tmp_path):
     assert read_run_config(tmp_path) is None
     (tmp_path / "config.yaml").write_text("negatives: {max_gap: 7}\n")
-    assert read_run_config(tmp_path) == {"negatives": {"max_gap": 7}}
+    assert read_run_config(tmp_path).negatives.max_gap == 7  # the typed config of ance.config's loader
     (tmp_path / "config.yaml").write_text("negatives: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="invalid YAML"):
         read_run_config(tmp_path)
     (tmp_path / "config.yaml").write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ance.negatives import select_negatives
-from ance.broker.refresh import RefreshError, RefreshState, checkpoint_files, json_safe, shard_ranges
+from ance.broker.refresh import RefreshError, RefreshState, json_safe, shard_ranges
 
 N_DOCS, N_TRAIN, N_EVAL, DEPTH, CQ = 100, 10, 3, 8, 4
 
@@ -235,12 +235,5 @@ def test_negatives_never_contain_a_positive():
                 assert (neg[i] >= 0).sum() == 4
 
 
-def test_checkpoint_files_and_json_safe(tmp_path):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "sub" / "x.bin").write_bytes(b"12345")
-    (tmp_path / "trainer_state.pt").write_bytes(b"big")
-    assert checkpoint_files(tmp_path, 100) == {"config.json": b"{}", "sub/x.bin": b"12345"}
-    with pytest.raises(ValueError, match="max_frame_bytes"):
-        checkpoint_files(tmp_path, 4)
+def test_json_safe():
     assert json_safe({"a": np.float32(1.5), "b": float("nan"), "c": np.int64(3)}) == {"a": 1.5, "b": None, "c": 3}

@@ -2,7 +2,7 @@
 
 Two real `ance train` processes on tiny-bert and a SciFact subset, static hard
 negatives (so the negatives table and its sampling RNG are part of the state):
-one runs uninterrupted; the other is frozen by the test hook while writing
+one runs uninterrupted; the other (tests/paused_train.py) is frozen while writing
 checkpoint 4 and killed with SIGKILL, then resumed from checkpoint 2. Dropout is
 on, the LR schedule warms up, so model, optimizer, scheduler, RNG, data position
 and negatives must all come back for the losses to match.
@@ -23,7 +23,8 @@ import pytest
 
 from ance.telemetry import read_metrics
 from helpers_proc import finish, proc_env
-from ance.trainer.checkpoint import MANIFEST, STATE, latest_checkpoint, list_checkpoints, read_manifest
+from ance.rundir import MANIFEST, TRAINER_STATE as STATE
+from ance.trainer.checkpoint import latest_checkpoint, list_checkpoints, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -36,9 +37,12 @@ SMALL = [f"data.path={SCIFACT}", "data.max_docs=300", "data.max_queries=40", "mo
          "negatives.source=static", "negatives.n_per_query=2"]
 
 
-def train(*argv, log: Path, **extra_env: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ance.cli", "train", *map(str, argv), "--log-level", "WARNING"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=proc_env(**extra_env), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+def train(*argv, log: Path, pause_at: tuple[int, Path] | None = None) -> subprocess.Popen:
+    """`ance train ARGV`; with ``pause_at=(step, flag)`` frozen while writing that checkpoint."""
+    entry = ["-m", "ance.cli", "train"] if pause_at is None else [str(ROOT / "tests" / "paused_train.py"),
+                                                                  str(pause_at[0]), str(pause_at[1])]
+    cmd = [sys.executable, *entry, *map(str, argv), "--log-level", "WARNING"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=proc_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 def static_negatives(path: Path) -> Path:
@@ -89,7 +93,7 @@ def test_kill_9_mid_checkpoint_then_resume_matches_uninterrupted_run(tmp_path):
     # Both at once (one thread each): the uninterrupted reference and the run to be killed at checkpoint 4.
     ref = train(config, f"run_dir={full}", *overrides, log=tmp_path / "full.log")
     victim = train(config, f"run_dir={broken}", *overrides, log=tmp_path / "broken.log",
-                   ANCE_TEST_CHECKPOINT_PAUSE=f"4:{flag}")
+                   pause_at=(4, flag))
     try:
         wait_for_file(flag, victim, tmp_path / "broken.log")
         os.kill(victim.pid, signal.SIGKILL)

@@ -3,8 +3,9 @@
 What a run leaves behind (step events, checkpoints that are plain HF model dirs
 with trainer state and a manifest, the last K kept, the resolved config), the
 static-negatives path from `ance mine`, the BM25 warm-up table, the GIST guide,
-two ranks under torchrun, and the small contracts of the loop (the checkpoint
-pause hook, autocast on the plain path, replayed refreshes).
+two ranks under torchrun, and the small contracts of the loop (one token cache
+for trainer and inferencer under MaxP, autocast on the plain path, replayed
+refreshes).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import pytest
 import torch
 
 from ance.config import config_hash, load_config, load_run_config
-from ance.errors import ConfigError, DataError
+from ance.errors import DataError
 from ance.telemetry import read_metrics
 from ance.trainer.batches import sample_negatives
-from ance.trainer.checkpoint import MANIFEST, STATE, list_checkpoints, load_trainer_state, read_manifest
+from ance.rundir import MANIFEST, TRAINER_STATE as STATE
+from ance.trainer.checkpoint import list_checkpoints, load_trainer_state, read_manifest
 from ance.trainer.feed import NegativesTable, fill_bm25, fill_static
 from helpers_proc import finish, proc_env
 
@@ -268,19 +270,6 @@ def test_torchrun_two_ranks_on_cpu(work, mined):
 # --------------------------------------------------------------------------- small contracts of the loop
 
 
-def test_pause_hook_is_step_specific(monkeypatch, tmp_path):
-    from ance.trainer.loop import _test_pause_hook
-
-    monkeypatch.delenv("ANCE_TEST_CHECKPOINT_PAUSE", raising=False)
-    assert _test_pause_hook(4) is None
-    monkeypatch.setenv("ANCE_TEST_CHECKPOINT_PAUSE", f"4:{tmp_path / 'flag'}")
-    assert _test_pause_hook(2) is None and _test_pause_hook(6) is None
-    assert callable(_test_pause_hook(4))
-    monkeypatch.setenv("ANCE_TEST_CHECKPOINT_PAUSE", str(tmp_path / "flag"))
-    with pytest.raises(ConfigError, match="STEP:FILE"):
-        _test_pause_hook(4)
-
-
 def test_plain_path_gets_autocast_and_metrics_get_prometheus_addr(tmp_path, monkeypatch):
     import ance.gradcache
     from ance.trainer.loop import Trainer
@@ -306,6 +295,27 @@ def test_plain_path_gets_autocast_and_metrics_get_prometheus_addr(tmp_path, monk
     assert math.isfinite(record["loss"])
 
 
+def test_maxp_token_cache_is_the_same_from_trainer_and_inferencer(tmp_path):
+    """One token budget (special tokens counted from the tokenizer): under MaxP both roles build the same cache."""
+    import dataclasses
+
+    from ance.inferencer.worker import Worker
+    from ance.trainer.loop import Trainer
+
+    cfg = load_config(CONFIG, [f"run_dir={tmp_path / 'trainer'}", *SMALL, "model.long_doc=maxp",
+                               "model.maxp_windows=3", "train.max_steps=1", "negatives.source=inbatch"])
+    trainer = Trainer(cfg)
+    trainer.metrics.close()
+    worker = Worker(dataclasses.replace(cfg, run_dir=str(tmp_path / "inferencer")), device="cpu", name="w",
+                    dataset=trainer.data)
+    ours, theirs = trainer.passages, worker._token_cache(trainer.tokenizer)
+    assert ours.built and theirs.built and ours.path.parent != theirs.path.parent  # each built its own
+    assert ours.key == theirs.key and len(ours) == len(theirs) == len(trainer.data.corpus)
+    for i in range(len(ours)):
+        assert np.array_equal(ours[i], theirs[i]), i
+    assert max(len(ours[i]) for i in range(len(ours))) > cfg.model.passage_max_length  # MaxP: several windows
+
+
 class _Recorder:
     def __init__(self):
         self.events = []
@@ -316,11 +326,11 @@ class _Recorder:
 
 def test_replayed_refresh_is_not_logged_twice():
     from ance.protocol import pack_message
-    from ance.trainer.negatives_client import BrokerClient
+    from ance.trainer.link import TrainerLink
 
     cfg = load_config(CONFIG, [])
     metrics = _Recorder()
-    client = BrokerClient(cfg, NegativesTable(3, 2), metrics, ["a", "b", "c"], "f" * 16)
+    client = TrainerLink(cfg, NegativesTable(3, 2), metrics, ["a", "b", "c"], "f" * 16)
     client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": False}))
     client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": True}))  # broker restarted
     assert [(e, f["version"]) for e, f in metrics.events] == [("refresh", 5)]

@@ -1,4 +1,4 @@
-"""NegativesStore: the broker's negatives versions on disk, without sockets.
+"""NegativesVersions: the broker's negatives versions on disk, without sockets.
 
 begin → append → finish gives a complete file ance.negatives reads back;
 restore removes partial files, reloads the newest complete version and refuses
@@ -12,8 +12,13 @@ import pytest
 
 from ance.errors import AnceError
 from ance.negatives import read_negatives
-from ance.broker.refresh import negatives_path
-from ance.broker.versions import NegativesStore
+from ance.rundir import RunDir
+from ance.broker.versions import NegativesVersions
+
+
+def negatives_path(run_dir, version: int, partial: bool = False):
+    return RunDir(run_dir).negatives(version, partial)
+
 
 QIDS = [f"q{i}" for i in range(5)]
 DIDS = [f"d{i}" for i in range(8)]
@@ -23,16 +28,16 @@ KEEP, CQ, FP = 3, 2, "fp-ours"  # 5 queries in chunks of 2: [0, 2), [2, 4), [4, 
 NEG = np.array([[1, 2, 3], [4, -1, -1], [5, 6, 7], [-1, -1, -1], [0, 7, -1]], np.int32)
 
 
-def make_store(run_dir, fingerprint=FP) -> NegativesStore:
-    return NegativesStore(run_dir, QIDS, DIDS, keep=KEEP, chunk_queries=CQ, fingerprint=fingerprint)
+def make_store(run_dir, fingerprint=FP) -> NegativesVersions:
+    return NegativesVersions(run_dir, QIDS, DIDS, keep=KEEP, chunk_queries=CQ, fingerprint=fingerprint)
 
 
-def begin(store: NegativesStore, version: int):
+def begin(store: NegativesVersions, version: int):
     return store.begin(version, 2, checkpoint=f"ckpt/step-{version:06d}", depth=10, rank_window=(0, 10),
                        sampling="top", seed=7, model="tiny-bert")
 
 
-def build(store: NegativesStore, version: int, neg=NEG, chunks=(2, 0, 1)):
+def build(store: NegativesVersions, version: int, neg=NEG, chunks=(2, 0, 1)):
     """One version, chunks appended in the given (arrival) order; not finished."""
     begin(store, version)
     for c in chunks:

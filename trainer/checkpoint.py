@@ -1,8 +1,8 @@
-"""Atomic checkpoints: ``RUN_DIR/checkpoints/step-NNNNNN/``.
+"""Atomic checkpoints: ``RunDir.checkpoint(step)`` (names in :mod:`ance.rundir`).
 
-A checkpoint is written into ``checkpoints/.tmp-step-NNNNNN-<pid>/``, every file
-fsynced, ``manifest.json`` written last, then the directory is renamed into
-place and its parent fsynced. A directory without ``manifest.json`` (or a
+A checkpoint is written into ``checkpoints/.tmp-<name>-<pid>/``, every file
+fsynced, the manifest written last, then the directory is renamed into
+place and its parent fsynced. A directory without a manifest (or a
 ``.tmp-*`` one) is incomplete: never listed, never loaded, swept on start. So a
 ``kill -9`` at any instant leaves only complete checkpoints behind.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -21,14 +20,8 @@ import torch
 
 from ance.errors import CheckpointError
 from ance.fsio import fsync_dir
-
-MANIFEST = "manifest.json"
-STATE = "trainer_state.pt"
-_NAME = re.compile(r"^step-(\d{6,})$")
-
-
-def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+from ance.rundir import (MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step,
+                         trainer_state_path)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -44,15 +37,13 @@ def write_checkpoint(
     save_model: Callable[[Path], None],
     trainer_state: dict[str, Any] | None,
     manifest: dict[str, Any] | None = None,
-    _pause: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and return its final path.
 
-    ``save_model(dir)`` writes the HF model directory; ``trainer_state`` goes to
-    ``trainer_state.pt``. ``_pause`` is a test hook called between the model
-    files and the manifest (where a crash hurts most).
+    ``trainer_state`` is saved first, then ``save_model(dir)`` writes the HF
+    model directory; the manifest follows once every file is fsynced.
     """
-    final = checkpoint_dir(run_dir, step)
+    final = RunDir(run_dir).checkpoint(step)
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".tmp-{final.name}-{os.getpid()}"
@@ -60,14 +51,12 @@ def write_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     started = time.time()
-    save_model(tmp)
     if trainer_state is not None:
-        torch.save(trainer_state, tmp / STATE)
-    if _pause is not None:
-        _pause(tmp)
+        torch.save(trainer_state, trainer_state_path(tmp))
+    save_model(tmp)
     _fsync_tree(tmp)
     info = {"step": int(step), "time": time.time(), **(manifest or {})}
-    with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
+    with open(manifest_path(tmp), "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())
@@ -84,37 +73,24 @@ def write_checkpoint(
     return final
 
 
-def is_complete(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and _NAME.match(path.name) is not None and (path / MANIFEST).is_file()
-
-
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        m = _NAME.match(child.name)
-        if m and is_complete(child):
-            found.append((int(m.group(1)), child))
-    return sorted(found)
+    return RunDir(run_dir).complete_checkpoints()
 
 
 def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path] | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
+    return RunDir(run_dir).latest_checkpoint()
 
 
 def sweep_incomplete(run_dir: str | Path) -> list[Path]:
     """Remove leftovers of interrupted writes; return what was removed."""
-    root = Path(run_dir) / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     removed = []
     if not root.is_dir():
         return removed
     for child in root.iterdir():
-        if child.name.startswith(".tmp-") or (_NAME.match(child.name) and not is_complete(child)):
+        if child.name.startswith(".tmp-") or (parse_step(child.name) is not None
+                                                  and not is_complete_checkpoint(child)):
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child)
     return removed
@@ -135,17 +111,17 @@ def prune_checkpoints(run_dir: str | Path, keep: int, protect: set[int] = frozen
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not is_complete(path):
+    if not is_complete_checkpoint(path):
         raise CheckpointError(f"{path}: not a complete checkpoint (no {MANIFEST}); "
                               "it was interrupted while being written — use an older one")
-    with open(path / MANIFEST, encoding="utf-8") as fh:
+    with open(manifest_path(path), encoding="utf-8") as fh:
         return json.load(fh)
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     read_manifest(path)
-    state_file = path / STATE
+    state_file = trainer_state_path(path)
     if not state_file.is_file():
         raise CheckpointError(f"{state_file}: missing; this checkpoint holds model weights only "
                               "and cannot resume training")

@@ -3,17 +3,22 @@
 The table holds, for every training query, the newest list of negatives it
 has received (``keep`` corpus indices, -1 padded) and the version (checkpoint
 step) that list came from. Warm-up negatives count as version 0. The async
-feed (``negatives_client.BrokerClient``) overwrites rows chunk by chunk as a
+feed (``link.TrainerLink``) overwrites rows chunk by chunk as a
 refresh streams in, so a step can use fresh negatives before the whole
 refresh has ended.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Sequence
 
 import numpy as np
+
+from ance.bm25 import bm25_rank
+from ance.errors import DataError
+from ance.negatives import MAGIC, read_negatives, select_negatives
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +65,6 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
     not resolve and its header says it was mined from other data, the error
     says so and how to mine a matching file.
     """
-    from ance.errors import DataError
-    from ance.negatives import read_negatives
-
     try:
         header, q_idx, neg = read_negatives(path, {q: i for i, q in enumerate(query_ids)},
                                             {d: i for i, d in enumerate(doc_ids)}, keep=table.keep)
@@ -82,10 +84,6 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
 
 def _header_fingerprint(path: str) -> str | None:
     """The ``data_fingerprint`` a negatives file's header records, or None."""
-    import json
-
-    from ance.negatives import MAGIC
-
     try:
         with open(path, encoding="utf-8") as fh:
             line = fh.readline().rstrip("\r\n")
@@ -96,13 +94,10 @@ def _header_fingerprint(path: str) -> str | None:
 
 
 def fill_bm25(table: NegativesTable, passages: Sequence[str], query_texts: Sequence[str],
-              positives: Sequence[np.ndarray], *, depth: int, rank_window: Sequence[int],
+              positives: Sequence[np.ndarray], *, depth: int, rank_window: tuple[int, int],
               sampling: str, seed: int) -> None:
     """BM25 warm-up negatives (the ANCE paper's warm-up), as version 0."""
-    from ance.bm25 import bm25_rank
-    from ance.negatives import select_negatives
-
     ranked = bm25_rank(passages, query_texts, depth)
-    neg = select_negatives(ranked, positives, rank_window=tuple(rank_window), keep=table.keep,
+    neg = select_negatives(ranked, positives, rank_window=rank_window, keep=table.keep,
                            sampling=sampling, rng=np.random.default_rng(seed))
     table.update(np.arange(len(query_texts)), neg, 0)

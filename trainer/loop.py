@@ -19,34 +19,26 @@ import numpy as np
 import torch
 
 from ance import distributed as dist_util
-from ance.encode import describe_device
+from ance import gradcache
 from ance.config import Config, config_hash, save_config
+from ance.data import load_for_config
+from ance.device import autocast_dtype, describe_device, device_type, resolve_device
+from ance.encode import corpus_tokens, query_tokens
 from ance.errors import AnceError, ConfigError
+from ance.losses import BidirectionalInfoNCE, InfoNCE, gist_mask, positive_mask
+from ance.model import BiEncoder, resolve_model
+from ance.rundir import RunDir
+from ance.telemetry import MetricsWriter, prometheus_port_for
+from ance.tokcache import build_inputs
 
 from .batches import Batch, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, sweep_incomplete,
                          write_checkpoint)
 from .feed import NegativesTable, fill_bm25, fill_static
+from .link import TrainerLink
 from .optim import build_optimizer, build_scheduler, grad_norm, last_layer_params
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        return "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but torch {torch.__version__} sees no CUDA GPU "
-                          "(a CPU build, or no driver); use train.device=cpu, or install a CUDA build of torch")
-    return name
-
-
-def autocast_for(device: str, precision: str) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,19 +58,41 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False):
-        from ance.data import load_for_config
-        from ance.model import BiEncoder, resolve_model
-        from ance.tokcache import TokenCache
+    """``Trainer(cfg, resume=False).run()``: one process (or torchrun rank) of the training loop.
 
+    Built in named steps: the process group, the run directory, the data, the
+    model and its token inputs, the optimisation, the sampling state, the
+    metrics; then the state of the checkpoint it resumes from, or the warm-up
+    negatives.
+    """
+
+    def __init__(self, cfg: Config, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
+        self._join_process_group()
+        self._prepare_run_dir()
+        self._load_data()
+        start = self._resume_point() if resume else None
+        self._load_model(start[1] if start else None)
+        self._load_tokens()
+        self._build_optimization()
+        self._build_sampling()
+        self.metrics = self._metrics_writer() if self.is_main else None
+        self.client = None
+        if start:
+            self._restore(start[1])
+        elif self.is_main:
+            self._warmup_negatives()
+
+    # ---------------------------------------------------------------- setup
+    def _join_process_group(self) -> None:
+        """Device, and under torchrun the process group (NCCL bound to this rank's GPU, else gloo)."""
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(self.cfg.train.device, "train.device")
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))
         if self.distributed and not torch.distributed.is_initialized():
-            if self.device.startswith("cuda"):  # NCCL bound to this rank's GPU from the start
+            if self.device.startswith("cuda"):
                 torch.distributed.init_process_group("nccl", device_id=torch.device(self.device))
             else:
                 torch.distributed.init_process_group("gloo")
@@ -87,95 +101,92 @@ class Trainer:
             log.info("trainer rank %d of %d on %s (%s)", self.rank, self.world, describe_device(self.device),
                      torch.distributed.get_backend())
         self.is_main = self.rank == 0
-        if cfg.train.batch_size % self.world:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+        if self.cfg.train.batch_size % self.world:
+            raise ConfigError(f"train.batch_size={self.cfg.train.batch_size} is not divisible by the "
                               f"{self.world} trainer processes")
+
+    def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             sweep_incomplete(self.run_dir)
-            save_config(cfg, self.run_dir)
+            save_config(self.cfg, self.run_dir)
 
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        self.data = load_for_config(cfg)
-        self.split = self.data.split(cfg.data.train_split)
+    def _load_data(self) -> None:
+        torch.manual_seed(self.cfg.seed)
+        random.seed(self.cfg.seed)
+        self.data = load_for_config(self.cfg)
+        self.split = self.data.split(self.cfg.data.train_split)
         self.n_docs = len(self.data.corpus)
 
-        start = latest_checkpoint(self.run_dir) if resume else None
-        if resume and start is None:
+    def _resume_point(self) -> tuple[int, Path]:
+        start = latest_checkpoint(self.run_dir)
+        if start is None:
             raise AnceError(f"{self.run_dir}: nothing to resume, no complete checkpoint under checkpoints/")
-        model_path = str(start[1]) if start else resolve_model(cfg.model.name_or_path)
-        m = cfg.model
-        self.model = BiEncoder.load(model_path, pooling=m.pooling, normalize=m.normalize,
-                                    similarity=m.similarity, temperature=m.temperature,
-                                    shared_towers=m.shared_towers).to(self.device)
+        return start
+
+    def _load_model(self, checkpoint: Path | None) -> None:
+        """The model of ``cfg.model``, from ``checkpoint`` when resuming; DDP-wrapped under torchrun."""
+        self.model = BiEncoder.from_config(self.cfg.model, checkpoint).to(self.device)
         self.model.train()
         self.tokenizer = self.model.tokenizer
-        self.passages = TokenCache.open(self.data.corpus.passages(), self.tokenizer,
-                                        m.passage_max_length - 2, self.run_dir / "cache",
-                                        self.data.corpus.source_hash, progress=self.is_main)
-        self.query_tokens = self.tokenizer(list(self.split.texts), add_special_tokens=False, truncation=True,
-                                           max_length=m.query_max_length - 2)["input_ids"]
-
         self.ddp = self.model
         if self.distributed:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.startswith("cuda") else None,
-                find_unused_parameters=not m.shared_towers)
-        t = cfg.train
+                find_unused_parameters=not self.cfg.model.shared_towers)
+
+    def _load_tokens(self) -> None:
+        """The corpus token cache (the inferencers' own, :func:`ance.encode.corpus_tokens`) and the queries."""
+        m = self.cfg.model
+        self.passages = corpus_tokens(self.data.corpus, self.tokenizer, max_length=m.passage_max_length,
+                                      long_doc=m.long_doc, n_windows=m.maxp_windows,
+                                      cache_root=RunDir(self.run_dir).cache, progress=self.is_main)
+        self.query_tokens = query_tokens(self.split.texts, self.tokenizer, m.query_max_length)
+
+    def _build_optimization(self) -> None:
+        t = self.cfg.train
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.max_steps, t.warmup_ratio)
-        self.amp_dtype = autocast_for(self.device, t.precision)
+        self.amp_dtype = autocast_dtype(self.device, t.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.loss_fn = self._build_loss()
         self.guide = self._build_guide()
         self.gradcache = self._build_gradcache()
         self._last_layer = last_layer_params(self.model)
 
-        self.sampler = QuerySampler(len(self.split), t.batch_size, cfg.seed)
+    def _build_sampling(self) -> None:
+        """Seeded query order, positive and negative draws, and the table of negatives in use."""
+        cfg = self.cfg
+        self.sampler = QuerySampler(len(self.split), cfg.train.batch_size, cfg.seed)
         self.pos_rng = np.random.default_rng([cfg.seed, 1])
         self.neg_rng = np.random.default_rng([cfg.seed, 2])
         self.table = NegativesTable(len(self.split), cfg.negatives.keep)
         self.step = 0
         self.wait_total = 0.0
-        self.metrics = None
-        self.client = None
-        if self.is_main:
-            from ance.telemetry import MetricsWriter, prometheus_port_for
 
-            self.metrics = MetricsWriter(self.run_dir, "trainer", tensorboard=cfg.telemetry.tensorboard,
-                                         prometheus_port=prometheus_port_for(cfg.telemetry.prometheus_port,
-                                                                             "trainer"),
-                                         prometheus_addr=cfg.telemetry.prometheus_addr)
-        if start:
-            self._restore(start[1])
-        elif self.is_main:
-            self._warmup_negatives()
+    def _metrics_writer(self) -> MetricsWriter:
+        t = self.cfg.telemetry
+        return MetricsWriter(self.run_dir, "trainer", tensorboard=t.tensorboard,
+                             prometheus_port=prometheus_port_for(t.prometheus_port, "trainer"),
+                             prometheus_addr=t.prometheus_addr)
 
-    # ---------------------------------------------------------------- setup
     def _build_gradcache(self):
         """The GradCache step of ``train.chunk_size`` (None: the plain step); with
         ``train.chunk_by_tokens`` a chunk holds chunk_size x passage_max_length tokens."""
-        from ance.gradcache import GradCache
-
         chunk = self.cfg.train.chunk_size
         if not chunk:
             return None
         tokens = chunk * self.cfg.model.passage_max_length if self.cfg.train.chunk_by_tokens else None
-        return GradCache(self.ddp, self.loss_fn, chunk, chunk_tokens=tokens, scaler=self.scaler,
-                         autocast_dtype=self.amp_dtype, device_type=self.device.split(":")[0])
+        return gradcache.GradCache(self.ddp, self.loss_fn, chunk, chunk_tokens=tokens, scaler=self.scaler,
+                         autocast_dtype=self.amp_dtype, device_type=device_type(self.device))
 
     def _build_loss(self):
-        from ance.losses import BidirectionalInfoNCE, InfoNCE
-
         cls = BidirectionalInfoNCE if self.cfg.train.loss == "bidirectional" else InfoNCE
         return cls(temperature=self.cfg.model.temperature)
 
     def _build_guide(self):
         if not self.cfg.train.gist_guide:
             return None
-        from ance.model import BiEncoder, resolve_model
-
         guide = BiEncoder.load(resolve_model(self.cfg.train.gist_guide)).to(self.device).eval()
         for p in guide.parameters():
             p.requires_grad_(False)
@@ -240,8 +251,6 @@ class Trainer:
         return self.table.batch_version(q_idx)
 
     def _inputs(self, batch: Batch):
-        from ance.tokcache import build_inputs
-
         per = len(batch.queries) // self.world
         lo, hi = self.rank * per, (self.rank + 1) * per
         n = batch.negatives.shape[1]
@@ -261,8 +270,6 @@ class Trainer:
         return queries, passages, pos_index.to(self.device), all_p
 
     def _mask(self, batch: Batch, all_p: np.ndarray, pos_index: torch.Tensor, queries, passages):
-        from ance.losses import positive_mask
-
         per = len(batch.queries) // self.world
         order = np.concatenate([batch.queries[r * per:(r + 1) * per] for r in range(self.world)])
         mask = positive_mask([self.split.positives[q] for q in order],
@@ -273,9 +280,6 @@ class Trainer:
 
     @torch.no_grad()
     def _gist(self, order: np.ndarray, all_p: np.ndarray, pos_index: torch.Tensor) -> torch.Tensor:
-        from ance.losses import gist_mask
-        from ance.tokcache import build_inputs
-
         m = self.cfg.model
         qi = build_inputs([self.query_tokens[q] for q in order], self.guide.tokenizer, m.query_max_length)
         pi = build_inputs(self.passages.take(all_p), self.guide.tokenizer, m.passage_max_length)
@@ -284,8 +288,6 @@ class Trainer:
         return gist_mask(gq, gp, pos_index, margin=self.cfg.train.gist_margin)
 
     def train_step(self) -> dict[str, Any]:
-        from ance.gradcache import plain_step
-
         t0 = time.perf_counter()
         self._step_wait = 0.0
         batch = self._next_batch()
@@ -297,8 +299,8 @@ class Trainer:
         if self.gradcache is not None:
             loss = self.gradcache.step(queries, passages, **kwargs)
         else:
-            loss = plain_step(self.ddp, self.loss_fn, queries, passages, scaler=self.scaler,
-                              autocast_dtype=self.amp_dtype, device_type=self.device.split(":")[0], **kwargs)
+            loss = gradcache.plain_step(self.ddp, self.loss_fn, queries, passages, scaler=self.scaler,
+                              autocast_dtype=self.amp_dtype, device_type=device_type(self.device), **kwargs)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         last = grad_norm(self._last_layer)
@@ -332,9 +334,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-N`` (rank 0) and announce it to the broker."""
         t0 = time.time()
-        pause = _test_pause_hook(self.step)
         path = write_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
-                                {"config_hash": config_hash(self.cfg)}, _pause=pause)
+                                {"config_hash": config_hash(self.cfg)})
         written = time.time()
         self.metrics.log("checkpoint", step=self.step, path=str(path), write_s=written - t0)
         if self.client is not None:
@@ -350,9 +351,7 @@ class Trainer:
         cfg = self.cfg
         is_async = cfg.negatives.source == "async"
         if self.is_main and is_async:
-            from .negatives_client import BrokerClient
-
-            self.client = BrokerClient(cfg, self.table, self.metrics, self.split.ids, self.data.fingerprint)
+            self.client = TrainerLink(cfg, self.table, self.metrics, self.split.ids, self.data.fingerprint)
             self.client.connect()
         try:
             if self.is_main and (is_async and self.step == 0):
@@ -378,26 +377,3 @@ class Trainer:
                 self.client.close()
             if self.metrics is not None:
                 self.metrics.close()
-
-
-def _test_pause_hook(step: int):
-    """Test hook: ANCE_TEST_CHECKPOINT_PAUSE=STEP:FILE freezes the write of checkpoint STEP.
-
-    Between the model files and the manifest it writes the temp dir's path into
-    FILE and sleeps, so a test can ``kill -9`` us mid-write; other steps write
-    normally.
-    """
-    spec = os.environ.get("ANCE_TEST_CHECKPOINT_PAUSE")
-    if not spec:
-        return None
-    at, sep, flag = spec.partition(":")
-    if not sep or not at.strip().isdigit() or not flag:
-        raise ConfigError(f"ANCE_TEST_CHECKPOINT_PAUSE={spec!r}: expected STEP:FILE, e.g. 4:/tmp/paused")
-    if int(at) != step:
-        return None
-
-    def pause(tmp: Path) -> None:
-        Path(flag).write_text(str(tmp))
-        time.sleep(3600)
-
-    return pause

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ance.config import add_config_arguments, config_from_args
+from ance.logutil import setup_logging
+
 NAME = "broker"
 HELP = "Run the broker: track inferencers, turn checkpoints into refresh jobs, merge and persist negatives."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ance.config import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="logging level of this process")
     parser.epilog = ("Binds broker.bind (default broker.address, loopback); anything but loopback needs "
@@ -19,10 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.broker.hub import Broker
-    from ance.config import config_from_args
-    from ance.logutil import setup_logging
-
     setup_logging(args.log_level, role="broker")
     cfg = config_from_args(args)
     return Broker(cfg).run()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
 
-from .retrieve import add_data_arguments, add_encoding_arguments, add_model_arguments
+from ance.fsio import default_cache_dir
+
+from .retrieve import add_data_arguments, add_encoding_arguments, add_model_arguments, setup
 
 NAME = "encode"
 HELP = "Encode a corpus (or one shard of it) into an embeddings dir for `ance search`."
@@ -25,27 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def shard_dir(out: str, shard: tuple[int, int] | None):
-    from pathlib import Path
-
     return Path(out) if shard is None else Path(out) / f"shard-{shard[0]}-of-{shard[1]}"
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
-    from ance.encode import encode_corpus, parse_shard, shard_range, write_embeddings
-    from ance.retrieve import corpus_cache
-
-    from .retrieve import setup
-
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
+    from ance.encode import corpus_tokens, encode_corpus, parse_shard, shard_range, write_embeddings
     shard = parse_shard(args.shard) if args.shard else None
     t0 = time.perf_counter()
     device, model, data = setup(args, args.split)
     corpus = data.corpus
     lo, hi = shard_range(len(corpus), *shard) if shard else (0, len(corpus))
-    cache = corpus_cache(model, corpus, max_length=args.max_length, long_doc=args.long_doc, n_windows=args.windows,
-                         cache_root=args.cache_dir, progress=not args.quiet)
+    cache = corpus_tokens(corpus, model.tokenizer, max_length=args.max_length, long_doc=args.long_doc,
+                          n_windows=args.windows, cache_root=args.cache_dir or default_cache_dir(),
+                          progress=not args.quiet)
     t1 = time.perf_counter()
     emb, owner = encode_corpus(model, cache, lo=lo, hi=hi, max_length=args.max_length, long_doc=args.long_doc,
                                n_windows=args.windows, batch_size=args.batch_size, device=device,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from ance.errors import ConfigError
 
 NAME = "eval"
 HELP = "Evaluate a TREC run against qrels: prints one JSON object (ndcg@10, mrr@10, recall@100, recall@1000)."
@@ -22,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from ance.errors import ConfigError
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.evaluate import MEASURES, evaluate_run, read_qrels, read_trec_run
 
     run_ = read_trec_run(args.run)

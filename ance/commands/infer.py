@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ance.config import add_config_arguments, config_from_args
+from ance.logutil import setup_logging
+
 NAME = "infer"
 HELP = "Run one inferencer: take refresh shards from the broker and stream their top-k back."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ance.config import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:<i> (default: inferencer.device; auto = cuda:0 when available)")
@@ -20,10 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ance.config import config_from_args
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.inferencer.worker import Worker
-    from ance.logutil import setup_logging
-
     setup_logging(args.log_level, role=f"inferencer-{args.name}")
     cfg = config_from_args(args)
     return Worker(cfg, device=args.device, name=args.name).run()

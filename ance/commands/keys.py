@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "keys"
 HELP = "Create CURVE keys (broker and client keypairs) for an encrypted, authenticated broker socket."
@@ -19,8 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.keys import KEY_FILES, generate_keys, load_client_keys, load_server_keys
 
     out = Path(args.dir)

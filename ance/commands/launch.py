@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import socket
+import sys
+from pathlib import Path
+
+from ance.config import add_config_arguments, config_from_args, save_config
+from ance.errors import ConfigError
+from ance.logutil import setup_logging
+from ance.rundir import RunDir
 
 NAME = "launch"
 HELP = "Start a whole run (broker, trainer group, inferencer pool) and supervise it until training ends."
@@ -19,12 +29,8 @@ def _gpus(text: str | None) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/scifact-minilm.yaml); omit with --resume")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, as for `ance train` (run_dir=PATH picks the run directory)")
-    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                        help="continue the run in RUN_DIR (trainer from its newest checkpoint; broker reloads "
-                             "the newest persisted negatives)")
+    add_config_arguments(parser, "--resume", "continue the run in RUN_DIR (trainer from its newest checkpoint; "
+                                             "broker reloads the newest persisted negatives)")
     parser.add_argument("--trainer-gpus", type=_gpus, default=[], metavar="0,1",
                         help="GPUs of the trainer group (torchrun over them when more than one); none = one CPU process")
     parser.add_argument("--inferencer-gpus", type=_gpus, default=[], metavar="2,3",
@@ -45,27 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import logging
-    import signal
-    import sys
-    from pathlib import Path
-
-    from ance.config import config_from_args, load_run_config, save_config
-    from ance.errors import ConfigError
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.launch.progress import Progress
     from ance.launch.supervisor import Supervisor, plan
-    from ance.logutil import setup_logging
     from ance.telemetry import MetricsWriter
 
     setup_logging(args.log_level, role="launch")
-    if args.resume:
-        overrides = list(args.overrides)
-        if args.config is not None:
-            overrides.insert(0, args.config)
-        cfg = load_run_config(args.resume, overrides)
-    else:
-        cfg = config_from_args(argparse.Namespace(config=args.config, overrides=args.overrides, from_run_dir=None))
+    cfg = config_from_args(args)
     roles = tuple(r.strip() for r in args.only.split(",") if r.strip())
     unknown = set(roles) - {"broker", "trainer", "inferencer"}
     if unknown:
@@ -75,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
     n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
     if cfg.negatives.source != "async":
         roles = tuple(r for r in roles if r == "trainer")  # nothing to refresh
-    specs = plan(run_dir, resume=bool(args.resume), trainer_gpus=args.trainer_gpus,
+    specs = plan(run_dir, resume=bool(args.from_run_dir), trainer_gpus=args.trainer_gpus,
                  inferencer_gpus=args.inferencer_gpus, n_cpu_inferencers=n_cpu, nnodes=args.nnodes,
                  node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, roles=roles,
                  worker_prefix=worker_prefix(args.worker_prefix, roles))
     log = logging.getLogger("ance.launch")
-    # Process starts, exits and restarts go to metrics.jsonl too, so `ance monitor` and tests see them.
+    # Process starts, exits and restarts go to the metrics log too, so `ance monitor` and tests see them.
     metrics = MetricsWriter(run_dir, "launch", tensorboard=False)
 
     def on_event(event: str, **fields) -> None:
@@ -96,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     progress = None if args.no_progress else Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap)
-    log.info("run directory %s; logs in %s", run_dir, run_dir / "logs")
+    log.info("run directory %s; logs in %s", run_dir, RunDir(run_dir).logs)
     try:
         rc = sup.run(tick=progress.tick if progress else None)
     finally:

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
 
-from .retrieve import add_data_arguments, add_encoding_arguments, add_model_arguments, add_search_arguments
+from ance.config import parse_rank_window
+from ance.errors import ConfigError
+from ance.logutil import setup_logging
+
+from .retrieve import (add_data_arguments, add_encoding_arguments, add_model_arguments, add_search_arguments,
+                       check_positive, setup)
 
 NAME = "mine"
 HELP = "Mine static hard negatives: retrieve with a model, drop the positives, write a negatives file."
@@ -12,8 +20,7 @@ HELP = "Mine static hard negatives: retrieve with a model, drop the positives, w
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    add_data_arguments(parser, split="train")
-    data = next(g for g in parser._action_groups if g.title == "data")  # the shared group above
+    data = add_data_arguments(parser, split="train")
     data.add_argument(
         "--eval-split", default=None,
         help="also load this split, as a training run with data.eval_split does: with --max-docs the subset "
@@ -36,22 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     import numpy as np
 
     from ance.negatives import select_negatives, write_negatives
     from ance.retrieve import retrieve
 
-    from .retrieve import check_positive, setup
-
-    from ance.errors import ConfigError
-
     check_positive(args, "n")
-    lo, hi = args.rank_window
-    if not 0 <= lo < hi:
-        raise ConfigError(f"--rank-window {lo} {hi}: need 0 <= LO < HI")
+    try:
+        rank_window = parse_rank_window(args.rank_window)
+    except ValueError as exc:
+        raise ConfigError(f"--rank-window {args.rank_window[0]} {args.rank_window[1]}: {exc}") from None
     t0 = time.perf_counter()
     if args.eval_split and args.eval_split != args.split:
         device, model, data = _setup_with_eval(args)
@@ -63,37 +65,33 @@ def run(args: argparse.Namespace) -> int:
                             n_windows=args.windows, precision=args.precision, progress=not args.quiet)
     split = data.split(args.split)
     try:
-        neg = select_negatives(ids, split.positives, rank_window=tuple(args.rank_window), keep=args.n,
+        neg = select_negatives(ids, split.positives, rank_window=rank_window, keep=args.n,
                                sampling=args.sampling, rng=np.random.default_rng(args.seed))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     header = {"version": 0, "source": "ance mine", "model": str(args.model), "split": args.split,
-              "depth": args.k, "rank_window": list(args.rank_window), "keep": args.n, "sampling": args.sampling,
+              "depth": args.k, "rank_window": list(rank_window), "keep": args.n, "sampling": args.sampling,
               "seed": args.seed, "data_fingerprint": data.fingerprint}
     write_negatives(args.out, qids, neg, data.corpus.ids, header)
     found = int((neg >= 0).sum())
     print(f"ance mine: {len(qids)} {args.split} queries, {found} negatives ({found / max(len(qids), 1):.2f} a "
-          f"query) from ranks {args.rank_window[0]}-{args.rank_window[1]} of {args.k}, "
+          f"query) from ranks {rank_window[0]}-{rank_window[1]} of {args.k}, "
           f"{time.perf_counter() - t0:.1f}s -> {args.out}", file=sys.stderr)
     return 0
 
 
 def _setup_with_eval(args: argparse.Namespace):
     """``setup`` loading the eval split too, so the subset (and fingerprint) is the training run's."""
-    import logging
-
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.data import load_dataset
-    from ance.encode import resolve_device
-    from ance.logutil import setup_logging
+    from ance.device import resolve_device
     from ance.retrieve import load_encoder
-
-    from .retrieve import check_positive
 
     if not logging.getLogger().handlers:
         setup_logging("WARNING" if args.quiet else "INFO", role="ance-mine")
     check_positive(args, "k", "max_length", "query_max_length", "windows", "batch_size", "max_docs", "max_queries")
     data = load_dataset(args.data, splits=(args.split, args.eval_split), format=args.format,
                         max_docs=args.max_docs, max_queries=args.max_queries, seed=args.subset_seed)
-    model = load_encoder(args.model, device=resolve_device(args.device), pooling=args.pooling,
-                         normalize=args.normalize)
-    return resolve_device(args.device), model, data
+    device = resolve_device(args.device, "--device")
+    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize)
+    return device, model, data

@@ -8,6 +8,12 @@ everywhere.
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
+
+from ance.errors import ConfigError
+from ance.logutil import setup_logging
 
 NAME = "retrieve"
 HELP = "Encode the corpus and one split's queries, search exactly, write a TREC run."
@@ -28,8 +34,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="do not L2-normalise the vectors (dot product instead of cosine)")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, split: str | None = "required") -> None:
-    """``split``: "required", a default split name, or None (optional: only used by --max-docs)."""
+def add_data_arguments(parser: argparse.ArgumentParser, split: str | None = "required"):
+    """``split``: "required", a default split name, or None (optional: only used by --max-docs).
+    Returns the "data" group, for a command's own data flags."""
     g = parser.add_argument_group("data")
     g.add_argument("--data", required=True, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) "
                                                  "or an MS MARCO folder (collection.tsv, queries.SPLIT.tsv, "
@@ -48,6 +55,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str | None = "req
                         "documents, up to this many (for quick runs and tests)")
     g.add_argument("--max-queries", type=int, default=None, help="subset: the first N judged queries of the split")
     g.add_argument("--subset-seed", type=int, default=0, help="seed of the --max-docs sample")
+    return g
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser, query_length: bool = True) -> None:
@@ -79,8 +87,6 @@ def add_search_arguments(parser: argparse.ArgumentParser, k: int = 1000, k_flag:
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
-    from ance.errors import ConfigError
-
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -89,17 +95,15 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def setup(args: argparse.Namespace, split: str | None):
     """(device, model, dataset) as every command loads them, after checking the numeric flags."""
-    import logging
-
-    from ance.encode import resolve_device
-    from ance.logutil import setup_logging
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
+    from ance.device import resolve_device
     from ance.retrieve import load_data, load_encoder
 
     if not logging.getLogger().handlers:  # leave a host's logging (pytest, a notebook) alone
         setup_logging("WARNING" if args.quiet else "INFO", role=f"ance-{args.command_name}")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     check_positive(args, "k", "max_length", "query_max_length", "windows", "batch_size", "max_docs", "max_queries")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     data = load_data(args.data, split, format=args.format, max_docs=args.max_docs, max_queries=args.max_queries,
                      seed=args.subset_seed)
     model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize)
@@ -120,9 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.evaluate import write_trec_run
     from ance.retrieve import retrieve
 

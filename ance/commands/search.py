@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
 
-from .retrieve import add_data_arguments, add_model_arguments, add_search_arguments
+from .retrieve import add_data_arguments, add_model_arguments, add_search_arguments, setup
 
 NAME = "search"
 HELP = "Search the embeddings dirs of `ance encode` (shards merged) with a split's queries; write a TREC run."
@@ -32,15 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import sys
-    import time
-
+    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.encode import encode_texts, read_embeddings
     from ance.evaluate import write_trec_run
     from ance.retrieve import expand_emb_dirs, search_shards
-
-    from .retrieve import setup
 
     t0 = time.perf_counter()
     device, model, data = setup(args, args.split)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+
+from ance.config import add_config_arguments, config_from_args
+from ance.logutil import setup_logging
+from ance.rundir import RunDir
 
 NAME = "train"
 HELP = "Train a bi-encoder with GradCache on in-batch, static or asynchronously refreshed negatives."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/tiny-cpu.yaml); omit with --resume")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.lr=3e-5 run_dir=runs/x")
-    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                        help="continue the run in RUN_DIR from its newest complete checkpoint "
-                             "(model, optimizer, scheduler, RNG and data position)")
+    add_config_arguments(parser, "--resume", "continue the run in RUN_DIR from its newest complete checkpoint "
+                                             "(model, optimizer, scheduler, RNG and data position)")
     parser.add_argument("--auto-resume", action="store_true",
                         help="with CONFIG: resume when the run directory already holds a complete checkpoint, "
                              "else start fresh (for restarts by docker compose or a scheduler)")
@@ -24,32 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import logging
-
-    from ance.config import config_from_args, load_run_config
-    from ance.logutil import setup_logging
-
     setup_logging(args.log_level, role="trainer")
-    if args.resume:
-        overrides = list(args.overrides)
-        if args.config is not None:
-            overrides.insert(0, args.config)  # `ance train --resume R key=value`: no CONFIG
-        cfg = load_run_config(args.resume, overrides)
-    else:
-        cfg = config_from_args(argparse.Namespace(config=args.config, overrides=args.overrides, from_run_dir=None))
-    resume = bool(args.resume)
+    cfg = config_from_args(args)
+    resume = bool(args.from_run_dir)
     if args.auto_resume and not resume:
-        from pathlib import Path
-
-        from ance.trainer.checkpoint import latest_checkpoint
-
-        found = latest_checkpoint(Path(cfg.run_dir))
+        found = RunDir(cfg.run_dir).latest_checkpoint()
         if found is not None:
             logging.getLogger("ance.train").info("--auto-resume: continuing from %s", found[1])
             resume = True
 
-    from ance.trainer.loop import Trainer
+    from ance.trainer.loop import Trainer  # torch, transformers: only when the command runs
 
     trainer = Trainer(cfg, resume=resume)
     try:

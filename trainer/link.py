@@ -9,27 +9,33 @@ chunk here → last chunk here) and writes the ``refresh`` event.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import zmq
 
+from ance.brokerlink import BrokerLink, is_unknown_peer
 from ance.config import Config
-from ance.errors import AnceError, ProtocolError
+from ance.errors import AnceError
+from ance.protocol import pack_message, unpack_array
 
 from .feed import NegativesTable
 
 log = logging.getLogger(__name__)
 
 
-class BrokerClient:
+class TrainerLink(BrokerLink):
+    """``TrainerLink(cfg, table, metrics, query_ids, fingerprint).connect()``, then ``announce`` /
+    ``status`` / ``poll`` / ``wait_for`` from the training loop's thread (no thread of its own)."""
+
+    role = "trainer"
+
     def __init__(self, cfg: Config, table: NegativesTable, metrics, query_ids: Sequence[str], fingerprint: str):
-        self.cfg = cfg
+        super().__init__(cfg, "trainer", "", fingerprint)
         self.table = table
         self.metrics = metrics
         self.n_queries = len(query_ids)
-        self.fingerprint = fingerprint
         self.sock = None
         self.ctx = None
         self.written_at: dict[int, float] = {}      # checkpoint step -> when it was written
@@ -43,22 +49,15 @@ class BrokerClient:
 
     # ------------------------------------------------------------ socket
     def connect(self) -> None:
-        import zmq
-
-        from ance.transport import dealer_socket
-
         self.ctx = zmq.Context.instance()
-        self.sock = dealer_socket(self.ctx, self.cfg.broker, b"trainer")
+        self.sock = self.open_socket(self.ctx)
         self._hello()
 
     def _hello(self) -> None:
-        self._send("hello", role="trainer", name="trainer", pid=os.getpid(), device="",
-                   data_fingerprint=self.fingerprint, have_version=self.latest_complete)
+        self.sock.send(self.hello_frame(have_version=self.latest_complete))
         self.last_heard = time.time()
 
     def _send(self, type_: str, **fields: Any) -> None:
-        from ance.protocol import pack_message
-
         self.sock.send(pack_message(type_, **fields))
 
     def close(self) -> None:
@@ -82,8 +81,6 @@ class BrokerClient:
     # ----------------------------------------------------------- incoming
     def poll(self, timeout_s: float = 0.0) -> int:
         """Handle every message that arrives within ``timeout_s``; return how many."""
-        import zmq
-
         handled = 0
         timeout_ms = int(timeout_s * 1000)
         while self.sock.poll(timeout_ms, zmq.POLLIN):
@@ -94,12 +91,8 @@ class BrokerClient:
         return handled
 
     def _handle(self, frame: bytes) -> None:
-        from ance.protocol import unpack_message, unpack_array
-
-        try:
-            msg = unpack_message(frame, self.cfg.broker.max_frame_bytes)
-        except ProtocolError as exc:
-            log.error("rejected a message from the broker: %s", exc)
+        msg = self.read(frame)
+        if msg is None:
             return
         self.last_heard = time.time()
         kind = msg["type"]
@@ -118,11 +111,12 @@ class BrokerClient:
         elif kind == "version_done":
             self._version_done(int(msg["version"]), msg)
         elif kind == "welcome":
+            self.welcomed_by(msg)
             log.info("broker %s welcomes us (its newest version: %s)", msg.get("broker_id"),
                      msg.get("latest_version"))
         elif kind == "error":
             log.error("broker error: %s", msg.get("reason"))
-            if "hello" in str(msg.get("reason", "")) or "unknown peer" in str(msg.get("reason", "")):
+            if is_unknown_peer(msg) or "hello" in str(msg.get("reason", "")):
                 self._hello()
         elif kind == "stop":
             raise AnceError(f"the broker asked the trainer to stop: {msg.get('reason')}")
