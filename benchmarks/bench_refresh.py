@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -251,6 +252,23 @@ def markdown(result: dict) -> str:
             "| stage | what | warm s | cold s |", "|---|---|---:|---:|"]
     for key, name, what in WORKER_STAGES + BROKER_STAGES + LATENCIES:
         rows.append(f"| {name} | {what} | {_fmt(warm.get(key))} | {_fmt(cold.get(key))} |")
+    last = (result["runs"] or [cold])[-1]
+    if last.get("shards"):
+        rows += ["", "Per shard (last refresh): seconds per stage, peak memory of each worker process "
+                     "(GPU: torch's allocator; host: max RSS).", "",
+                 "| shard | worker | device | docs | load | encode | docs/s | index | search | transfer | shard "
+                 "| GPU peak GiB | host peak GiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in last["shards"]:
+            gib = [f"{r[k] / 2**30:.2f}" if isinstance(r.get(k), (int, float)) else "-"
+                   for k in ("gpu_peak_bytes", "host_peak_bytes")]
+            rows.append(f"| {r['shard']} | {r.get('worker')} | {r.get('device')} | {r.get('n_docs')} | "
+                        + " | ".join(_fmt(r.get(k)) for k in ("load_s", "encode_s")) + " | "
+                        + (f"{r['encode_docs_per_s']:,.0f}" if r.get("encode_docs_per_s") else "-") + " | "
+                        + " | ".join(_fmt(r.get(k)) for k in ("index_s", "search_s", "transfer_s", "shard_s"))
+                        + f" | {gib[0]} | {gib[1]} |")
+        if isinstance(last.get("broker_host_peak_bytes"), (int, float)):
+            rows += ["", f"broker host peak (max RSS): {last['broker_host_peak_bytes'] / 2**30:.2f} GiB; "
+                         f"benchmark (trainer side) {result.get('bench_host_peak_bytes', 0) / 2**30:.2f} GiB"]
     if goal is not None:
         ok = warm["latency_all_s"] <= goal
         rows += ["", f"latency_all {warm['latency_all_s']:.2f} s vs goal {goal:g} s: {'met' if ok else 'NOT met'}"]
@@ -294,7 +312,9 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu", help="cpu or cuda (worker i gets cuda:<i mod GPUs>)")
     p.add_argument("--backend", default="auto", choices=("auto", "faiss", "torch"))
     p.add_argument("--workers", type=int, default=1, help="inferencer processes (= shards)")
-    p.add_argument("--worker-threads", type=int, default=None, help="OMP_NUM_THREADS of each inferencer")
+    p.add_argument("--worker-threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of each inferencer (default: the cores divided among the workers, as "
+                        "`ance launch` does; 0: leave it unset, torch then takes every core in each worker)")
     p.add_argument("--batch-size", type=int, default=256, help="inferencer.batch_size")
     p.add_argument("--chunk-queries", type=int, default=256, help="broker.chunk_queries")
     p.add_argument("--depth", type=int, default=200, help="negatives.depth (rank_window [0, depth))")
@@ -389,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("--device cuda but torch sees no GPU")
         for i in range(args.workers):
             wenv = dict(env)
-            if args.worker_threads:
-                wenv["OMP_NUM_THREADS"] = wenv["MKL_NUM_THREADS"] = str(args.worker_threads)
+            threads = args.worker_threads if args.worker_threads is not None else max(1, (os.cpu_count() or 1)
+                                                                                      // args.workers)
+            if threads:
+                wenv["OMP_NUM_THREADS"] = wenv["MKL_NUM_THREADS"] = str(threads)
             if args.device == "cpu":
                 wenv["CUDA_VISIBLE_DEVICES"] = ""
             device = f"cuda:{i % n_gpus}" if args.device == "cuda" else args.device
@@ -451,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                   "workers": args.workers, "batch_size": cfg.inferencer.batch_size,
                   "chunk_queries": cfg.broker.chunk_queries, "depth": cfg.negatives.depth, "keep": cfg.negatives.keep,
                   "setup_s": setup_s, "goal_s": goal, "timed": "refreshes 2.. after one warm-up refresh",
-                  "warmup": warmup, "runs": runs, "median": median_of(runs)}
+                  "warmup": warmup, "runs": runs, "median": median_of(runs),
+                  "bench_host_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
         line = json.dumps(result, default=str)
         print(line)
         print()

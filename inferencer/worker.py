@@ -19,6 +19,7 @@ import contextlib
 import logging
 import queue
 import re
+import resource
 import shutil
 import signal
 import tempfile
@@ -35,6 +36,7 @@ from ance.data import load_for_config
 from ance.encode import describe_device
 from ance.errors import AnceError, CheckpointError, ProtocolError
 from ance.protocol import pack_array
+from ance.tokcache import FlatTokens
 
 from .link import Link
 
@@ -66,6 +68,24 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def peak_memory(device: str) -> dict[str, int | None]:
+    """Peak memory of this process: ``gpu_peak_bytes`` (torch's allocator on ``device`` since the
+    last :func:`reset_peak_memory`; None on CPU) and ``host_peak_bytes`` (max RSS of the process's life)."""
+    gpu = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = int(torch.cuda.max_memory_allocated(device))
+    return {"gpu_peak_bytes": gpu, "host_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def _safe_relpath(name: str) -> PurePosixPath:
     p = PurePosixPath(name)
     if (not name or p.is_absolute() or "\\" in name or any(part in ("", ".", "..") for part in p.parts)
@@ -92,7 +112,7 @@ class Worker:
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
-        self._queries: dict[tuple[str, str], list[list[int]]] = {}
+        self._queries: dict[tuple[str, str], FlatTokens] = {}
         self._stop = threading.Event()
         self._stop_reason: str | None = None
 
@@ -196,6 +216,7 @@ class Worker:
             raise AnceError(f"job for data {job.data_fingerprint}, this inferencer loaded {self.fingerprint}")
         if not 0 <= job.doc_lo < job.doc_hi <= len(self.data.corpus):
             raise AnceError(f"doc range [{job.doc_lo}, {job.doc_hi}) outside the corpus of {len(self.data.corpus)}")
+        reset_peak_memory(self.device)
         m = self.cfg.model
         with self._checkpoint(job) as path:
             model = self._load_model(path)
@@ -234,7 +255,7 @@ class Worker:
         return {"load_s": load_s, "encode_s": encode_s, "index_s": index_s, "search_s": search_s,
                 **times, "shard_s": time.perf_counter() - t_job, "n_docs": job.doc_hi - job.doc_lo,
                 "n_vectors": n_vectors, "backend": getattr(index, "backend_name", self.cfg.inferencer.backend),
-                "device": self.device, "worker": self.name}
+                "device": self.device, "worker": self.name, **peak_memory(self.device)}
 
     def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int,
                 times: dict[str, float]) -> None:
@@ -245,13 +266,13 @@ class Worker:
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
         tokens = self._query_tokens(split, texts, model.tokenizer)
-        n = len(texts)
+        n = len(tokens)
         n_chunks = (n + job.chunk_queries - 1) // job.chunk_queries
         for c in range(n_chunks):
             self._check_stop()
             lo, hi = c * job.chunk_queries, min((c + 1) * job.chunk_queries, n)
             t0 = time.perf_counter()
-            q = encode_token_lists(model, tokens[lo:hi], np.arange(hi - lo), model.tokenizer, m.query_max_length,
+            q = encode_token_lists(model, tokens, np.arange(lo, hi), model.tokenizer, m.query_max_length,
                                    kind="query", batch_size=self.cfg.inferencer.batch_size, device=self.device,
                                    precision=self.precision, progress=False)
             t1 = time.perf_counter()
@@ -320,17 +341,18 @@ class Worker:
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
 
-    def _query_tokens(self, split: str, texts, tokenizer) -> list[list[int]]:
-        """The split's query token ids, tokenized once per tokenizer (queries never change in a run)."""
+    def _query_tokens(self, split: str, texts, tokenizer) -> FlatTokens:
+        """The split's query token ids, tokenized once per tokenizer (queries never change in a run),
+        held flat so each refresh builds its query batches without a Python loop."""
         from ance.encode import n_special_tokens
         from ance.tokcache import cache_key
 
         room = int(self.cfg.model.query_max_length) - n_special_tokens(tokenizer)
         key = (split, cache_key(tokenizer, room, f"queries:{split}:{len(texts)}"))
         if key not in self._queries:
-            self._queries[key] = tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                                           max_length=max(room, 1), return_attention_mask=False,
-                                           return_token_type_ids=False)["input_ids"]
+            self._queries[key] = FlatTokens.from_lists(
+                tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max(room, 1),
+                          return_attention_mask=False, return_token_type_ids=False)["input_ids"])
         return self._queries[key]
 
     def warm_up(self) -> None:
