@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ance.errors import ConfigError
+from ance.protocol import BROKER_STAGES, SHARD_STAGES
+
+from .stages import is_number, shard_table, stage_line
 
 MAX_WORKERS_SHOWN = 32
 
@@ -95,6 +98,8 @@ class RunSummary:
         self.refresh = {k: ev.get(k) for k in ("version", "n_shards", "latency_first_s", "latency_all_s",
                                                 "encode_docs_per_s", "overlap", "eval_ndcg@10",
                                                 "eval_recall@100", "replayed", "time")}
+        self.refresh["stages"] = {k: ev[k] for k in SHARD_STAGES + BROKER_STAGES if is_number(ev.get(k))}
+        self.refresh["shards"] = [dict(r) for r in ev.get("shards") or [] if isinstance(r, dict)]
         p = self.progress
         if p is not None and isinstance(ev.get("version"), int) and ev["version"] >= p["version"]:
             p["complete"] = True
@@ -262,7 +267,11 @@ def render(summary: dict[str, Any], *, title: str | None = None, now: float | No
                 ("eval nDCG@10", _f(r["eval_ndcg@10"], "{:.4f}"))]
         if r.get("eval_recall@100") is not None:
             rows.append(("eval recall@100", _f(r["eval_recall@100"], "{:.4f}")))
+        if r.get("stages"):
+            rows.append(("stages (slowest shard)", stage_line(r["stages"])))
         parts.append(_pairs("last refresh", rows))
+        if r.get("shards"):
+            parts.append(shard_table(r))
 
     p = summary.get("progress")
     if p is not None:
