@@ -13,6 +13,9 @@ summed over chunks for the broker's; the broker's overlap the shards' search, so
     # 1M synthetic passages of 128 tokens, 100k training queries, random-initialised MiniLM (goal <= 90 s)
     python benchmarks/bench_refresh.py --synthetic-docs 1000000 --doc-tokens 128 --synthetic-queries 100000 \\
         --model-config minilm --device cuda --backend torch
+    # MS MARCO-shaped (8.8M x 128 tokens, 500k queries), a BERT-base-shaped model, one worker per GPU
+    python benchmarks/bench_refresh.py --msmarco-shape --model-config bert-base --device cuda --backend torch \\
+        --workers 2 --batch-size 1024 --chunk-queries 4096 --timeout 1800
 
 Synthetic mode writes a BEIR folder with placeholder texts and the token cache the inferencers look up
 (``RUN_DIR/cache/tokens-<key>``) filled with random token ids, ``--doc-tokens`` per passage with the
@@ -293,6 +296,11 @@ def parse_args(argv):
     src = p.add_argument_group("data (one of)")
     src.add_argument("--data", default=None, help="BEIR or MS MARCO folder")
     src.add_argument("--synthetic-docs", type=int, default=None, help="synthetic corpus of this many passages")
+    src.add_argument("--msmarco-shape", action="store_true",
+                     help="synthetic MS MARCO passage shape: 8,800,000 passages of 128 tokens and 500,000 training "
+                          "queries (sets --synthetic-docs/--synthetic-queries/--doc-tokens; pick --model-config "
+                          "minilm or bert-base); memory: fp16 vectors on the GPU, queries searched in chunks of "
+                          "--chunk-queries, negatives streamed per chunk; peak memory per process is reported")
     p.add_argument("--synthetic-queries", type=int, default=10_000, help="synthetic training queries")
     p.add_argument("--doc-tokens", type=int, default=128,
                    help="synthetic: tokens per passage, special tokens included (= model.passage_max_length)")
@@ -331,6 +339,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.msmarco_shape:
+        args.synthetic_docs, args.synthetic_queries, args.doc_tokens = 8_800_000, 500_000, 128
     if (args.data is None) == (args.synthetic_docs is None):
         p.error("give exactly one of --data DIR and --synthetic-docs N")
     if args.workers < 1 or args.repeat < 1:

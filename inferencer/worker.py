@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import re
 import resource
@@ -66,6 +67,23 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "bf16" if device.startswith("cuda") else "fp32"
     return precision
+
+
+def share_host_cores(device: str) -> int | None:
+    """On a GPU, without OMP_NUM_THREADS set: torch's threads = the cores divided by the host's GPUs.
+
+    torch takes every core in every process by default; two GPU workers of one host then build
+    their batches with 2x as many spinning threads as cores, and the slower one fell from 41 to
+    19 batches/s (docs/benchmarks.md, pool scaling). Returns the count set, or None when unchanged.
+    """
+    if not device.startswith("cuda") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    import torch
+
+    n = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // max(1, torch.cuda.device_count())))
+    torch.set_num_threads(n)
+    log.info("torch threads: %d (the host's cores over its GPUs; set OMP_NUM_THREADS to choose)", n)
+    return n
 
 
 def peak_memory(device: str) -> dict[str, int | None]:
@@ -143,6 +161,7 @@ class Worker:
     # ------------------------------------------------------------ loop
     def run(self) -> int:
         self._install_signals()
+        share_host_cores(self.device)
         self.link.start()
         log.info("inferencer %s on %s (%s), %d train queries%s", self.name, self.device_name, self.precision,
                  len(self.train.ids), f", {len(self.eval.ids)} eval queries" if self.eval else "")
