@@ -32,6 +32,7 @@ import torch
 
 from .errors import AnceError, ConfigError
 from .fsio import fsync_dir
+from .tokcache import FlatTokens, build_padded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ class _Results:
 def _token_table(source: Any, indices: np.ndarray) -> tuple[Any, np.ndarray]:
     """(table with ``.lengths`` and ``.padded(idx, room)``, indices into it) for a TokenCache,
     a :class:`~ance.tokcache.FlatTokens`, a callable ``fn(indices) -> token lists`` or a sequence."""
-    from .tokcache import FlatTokens
-
     if hasattr(source, "padded"):
         return source, indices
     if callable(source):  # fetch everything once
@@ -221,8 +220,6 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
     mode for the call (its training mode is restored after).
     """
     from tqdm.auto import tqdm
-
-    from .tokcache import build_padded_inputs
 
     indices = np.asarray(indices, dtype=np.int64).ravel()
     table, indices = _token_table(token_lists_fn_or_cache, indices)

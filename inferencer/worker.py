@@ -37,7 +37,6 @@ from ance.data import load_for_config
 from ance.encode import describe_device
 from ance.errors import AnceError, CheckpointError, ProtocolError
 from ance.protocol import pack_array
-from ance.tokcache import FlatTokens
 
 from .link import Link
 
@@ -130,7 +129,7 @@ class Worker:
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
-        self._queries: dict[tuple[str, str], FlatTokens] = {}
+        self._queries: dict[tuple[str, str], Any] = {}  # (split, key) -> ance.tokcache.FlatTokens
         self._stop = threading.Event()
         self._stop_reason: str | None = None
 
@@ -360,11 +359,11 @@ class Worker:
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
 
-    def _query_tokens(self, split: str, texts, tokenizer) -> FlatTokens:
+    def _query_tokens(self, split: str, texts, tokenizer):
         """The split's query token ids, tokenized once per tokenizer (queries never change in a run),
         held flat so each refresh builds its query batches without a Python loop."""
         from ance.encode import n_special_tokens
-        from ance.tokcache import cache_key
+        from ance.tokcache import FlatTokens, cache_key
 
         room = int(self.cfg.model.query_max_length) - n_special_tokens(tokenizer)
         key = (split, cache_key(tokenizer, room, f"queries:{split}:{len(texts)}"))
