@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ance.errors import ConfigError
-from ance.protocol import BROKER_STAGES, SHARD_STAGES
 
-from .stages import is_number, shard_table, stage_line
+from .stages import breakdown, shard_table, stage_line
 
 MAX_WORKERS_SHOWN = 32
 
@@ -98,8 +97,7 @@ class RunSummary:
         self.refresh = {k: ev.get(k) for k in ("version", "n_shards", "latency_first_s", "latency_all_s",
                                                 "encode_docs_per_s", "overlap", "eval_ndcg@10",
                                                 "eval_recall@100", "replayed", "time")}
-        self.refresh["stages"] = {k: ev[k] for k in SHARD_STAGES + BROKER_STAGES if is_number(ev.get(k))}
-        self.refresh["shards"] = [dict(r) for r in ev.get("shards") or [] if isinstance(r, dict)]
+        self.refresh.update(breakdown(ev))
         p = self.progress
         if p is not None and isinstance(ev.get("version"), int) and ev["version"] >= p["version"]:
             p["complete"] = True

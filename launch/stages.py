@@ -26,6 +26,12 @@ def slowest(values: dict[Any, Any]) -> Any:
     return max(nums, key=nums.get) if nums else None
 
 
+def breakdown(ev: dict[str, Any]) -> dict[str, Any]:
+    """A refresh event's ``stages`` (every stage it logged a number for) and ``shards`` (its rows)."""
+    return {"stages": {k: ev[k] for k in SHARD_STAGES + BROKER_STAGES if is_number(ev.get(k))},
+            "shards": [dict(r) for r in ev.get("shards") or [] if isinstance(r, dict)]}
+
+
 def stage_line(stages: dict[str, float]) -> str:
     """``encode slowest: load 0.10s · encode 18.2s · ...  | broker merge 0.36s · ...``."""
     worker = {k: stages[k] for k in SHARD_STAGES if k in stages}

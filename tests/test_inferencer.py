@@ -221,3 +221,11 @@ def test_warm_up_builds_the_token_cache_the_first_job_uses(setup, tmp_path):
                                                                          tokenizer) is train
     first = train.take([0])[0].tolist()
     assert first == tokenizer(worker.train.texts[0], add_special_tokens=False)["input_ids"][:len(first)]
+
+
+def test_host_cores_are_shared_only_for_gpu_workers_without_omp_num_threads(monkeypatch):
+    from ance.inferencer.worker import share_host_cores
+
+    assert share_host_cores("cpu") is None  # CPU workers: the launcher's OMP_NUM_THREADS decides
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert share_host_cores("cuda:0") is None  # the user's (or the launcher's) choice wins
