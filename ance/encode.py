@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 from .device import autocast
 from .errors import AnceError, ConfigError
 from .fsio import fsync_dir
-from .tokcache import TokenCache, build_inputs, windows
+from .tokcache import FlatTokens, TokenCache, build_padded_inputs, windows
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +143,54 @@ class _Results:
             self.pending = None
 
 
-def _token_source(source: Any) -> tuple[Callable[[np.ndarray], list], np.ndarray | None]:
-    """(fetch(indices) -> token lists, lengths or None) for a TokenCache, a callable or a sequence."""
-    if hasattr(source, "take"):
-        return source.take, getattr(source, "lengths", None)
-    if callable(source):
-        return source, None
-    return (lambda idx: [source[int(i)] for i in idx]), np.fromiter((len(t) for t in source), np.int64,
-                                                                      count=len(source))
+def _token_table(source: Any, indices: np.ndarray) -> tuple[Any, np.ndarray]:
+    """(table with ``.lengths`` and ``.padded(idx, room)``, indices into it) for a TokenCache,
+    a :class:`~ance.tokcache.FlatTokens`, a callable ``fn(indices) -> token lists`` or a sequence."""
+    if hasattr(source, "padded"):
+        return source, indices
+    if callable(source):  # fetch everything once
+        return FlatTokens.from_lists(source(indices)), np.arange(len(indices))
+    return FlatTokens.from_lists(source), indices
+
+
+def _prefetched(make: Callable[[np.ndarray], Any], batches: list[np.ndarray], depth: int = 2) -> Iterator:
+    """``(pos, make(pos))`` for each batch, ``make`` running ``depth`` batches ahead on a thread.
+
+    The inputs of batch ``i + 1`` (gather from the memory map, special tokens,
+    pinning) are built while the GPU runs batch ``i``; numpy and the pinned
+    copy release the GIL, so the two overlap.
+    """
+    if len(batches) <= 1:
+        for pos in batches:
+            yield pos, make(pos)
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for pos in batches:
+                if stop.is_set():
+                    return
+                q.put((pos, make(pos), None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put((None, None, exc))
+
+    thread = threading.Thread(target=produce, name="encode-prefetch", daemon=True)
+    thread.start()
+    try:
+        for _ in batches:
+            pos, item, exc = q.get()
+            if exc is not None:
+                raise exc
+            yield pos, item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
 
 
 def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_length: int, *, kind: str,
@@ -156,36 +198,38 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
                        desc: str = "encode") -> np.ndarray:
     """Encode the token lists ``indices`` of a source; float32 ``[len(indices), d]`` in ``indices`` order.
 
-    ``token_lists_fn_or_cache``: a ``TokenCache`` (``.take``, ``.lengths``), a
-    sequence of token-id lists, or a callable ``fn(indices) -> token lists``
-    (then every list is fetched once up front to learn the lengths). Content
-    ids only; :func:`ance.tokcache.build_inputs` adds the special tokens and
-    cuts to ``max_length``. Runs under ``torch.inference_mode`` and autocast
+    ``token_lists_fn_or_cache``: a ``TokenCache`` or ``FlatTokens`` (``.lengths``,
+    ``.padded``), a sequence of token-id lists, or a callable ``fn(indices) ->
+    token lists`` (then every list is fetched once up front). Content ids only;
+    :func:`ance.tokcache.build_padded_inputs` adds the special tokens and cuts
+    to ``max_length``, vectorised, on a thread one batch ahead of the model
+    (:func:`_prefetched`). Runs under ``torch.inference_mode`` and autocast
     (:func:`ance.device.autocast`); the model is moved to ``device`` and put in eval
     mode for the call (its training mode is restored after).
     """
     indices = np.asarray(indices, dtype=np.int64).ravel()
-    fetch, all_lengths = _token_source(token_lists_fn_or_cache)
+    table, indices = _token_table(token_lists_fn_or_cache, indices)
     room = max(int(max_length) - n_special_tokens(tokenizer), 0)
-    if all_lengths is None:  # a callable: fetch everything once
-        lists = fetch(indices)
-        fetch, all_lengths, indices = (lambda idx: [lists[int(i)] for i in idx]), np.fromiter(
-            (len(t) for t in lists), np.int64, count=len(lists)), np.arange(len(lists))
-    lengths = np.minimum(np.asarray(all_lengths)[indices], room)
+    lengths = np.minimum(np.asarray(table.lengths)[indices], room)
     batches = length_sorted_batches(lengths, batch_size)
 
     device = str(device)
     cuda = device.startswith("cuda")
     amp = autocast(device, precision)  # checks precision before any work
+
+    def make(pos: np.ndarray) -> dict[str, torch.Tensor]:
+        inputs = build_padded_inputs(*table.padded(indices[pos], room), tokenizer, max_length)
+        return {k: v.pin_memory() for k, v in inputs.items()} if cuda else inputs
+
     was_training = model.training
     model.to(device).eval()
     results = _Results(len(indices), model.dim, int(batch_size), cuda)
     try:
         with torch.inference_mode(), amp:
-            for pos in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-                inputs = build_inputs(fetch(indices[pos]), tokenizer, max_length)
+            for pos, inputs in tqdm(_prefetched(make, batches), total=len(batches), desc=desc, unit="batch",
+                                    disable=not progress):
                 if cuda:
-                    inputs = {k: v.pin_memory().to(device, non_blocking=True) for k, v in inputs.items()}
+                    inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
                 reps = model(**inputs, kind=kind)
                 results.put(reps.float(), pos)
             results.flush()

@@ -158,6 +158,10 @@ class TokenCache:
     def take(self, indices: Iterable[int]) -> list[np.ndarray]:
         return [self[int(i)] for i in np.asarray(indices).ravel()]
 
+    def padded(self, indices: Iterable[int], room: int) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`gather_padded` of these texts: one vectorised read of the memory map per batch."""
+        return gather_padded(self._ids, self._offsets, indices, room)
+
     def __repr__(self) -> str:
         return f"TokenCache({len(self)} texts, max_tokens={self.max_tokens}, {self.path})"
 
@@ -235,6 +239,57 @@ def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
     raise ConfigError(f"cannot tell where {type(tokenizer).__name__} puts its special tokens")
 
 
+def gather_padded(flat: np.ndarray, offsets: np.ndarray, indices: Iterable[int],
+                  room: int) -> tuple[np.ndarray, np.ndarray]:
+    """Texts ``indices`` of a flat table (text i is ``flat[offsets[i]:offsets[i + 1]]``), each cut to ``room``.
+
+    Returns ``(content int64 [b, w], lengths int64 [b])``: row r holds text r's
+    first ``lengths[r]`` ids, zeros after; ``w`` is the longest cut length. One
+    fancy-indexed read instead of a Python loop over the texts.
+    """
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    start = offsets[idx]
+    lengths = np.minimum(offsets[idx + 1] - start, max(int(room), 0))
+    width = int(lengths.max(initial=0))
+    cols = np.arange(width, dtype=np.int64)
+    inside = cols[None, :] < lengths[:, None]
+    if width == 0:
+        return np.zeros((len(idx), 0), np.int64), lengths
+    content = flat[np.where(inside, start[:, None] + cols[None, :], 0)].astype(np.int64)
+    content[~inside] = 0
+    return content, lengths
+
+
+class FlatTokens:
+    """Token-id lists held as one flat array and offsets (the in-memory twin of a :class:`TokenCache`).
+
+    ``FlatTokens.from_lists(lists)`` once; then :meth:`padded` builds batches
+    without a Python loop (queries are searched at every refresh).
+    """
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self._ids = np.asarray(flat, dtype=np.int32)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self.lengths = np.diff(self._offsets)
+
+    @classmethod
+    def from_lists(cls, token_lists: Sequence[Sequence[int]]) -> "FlatTokens":
+        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int32, count=int(offsets[-1]))
+        return cls(flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, indices: Iterable[int]) -> list[np.ndarray]:
+        return [self._ids[self._offsets[i]:self._offsets[i + 1]] for i in np.asarray(indices, np.int64).ravel()]
+
+    def padded(self, indices: Iterable[int], room: int) -> tuple[np.ndarray, np.ndarray]:
+        return gather_padded(self._ids, self._offsets, indices, room)
+
+
 def build_inputs(token_lists: Sequence[Sequence[int]], tokenizer: Any, max_length: int) -> dict[str, torch.Tensor]:
     """Model inputs from content ids: special tokens added, content cut to fit ``max_length``,
     padded to the longest sequence of the batch on the tokenizer's padding side.
@@ -243,24 +298,42 @@ def build_inputs(token_lists: Sequence[Sequence[int]], tokenizer: Any, max_lengt
     (zeros) when the tokenizer's model uses them.
     """
     prefix, suffix = _special_frame(tokenizer)
-    n_special = len(prefix) + len(suffix)
-    room = int(max_length) - n_special
+    room = max(int(max_length) - len(prefix) - len(suffix), 0)  # build_padded_inputs refuses a negative one
+    table = FlatTokens.from_lists(token_lists)
+    return build_padded_inputs(*table.padded(np.arange(len(table)), room), tokenizer, max_length)
+
+
+def build_padded_inputs(content: np.ndarray, lengths: np.ndarray, tokenizer: Any,
+                        max_length: int) -> dict[str, torch.Tensor]:
+    """:func:`build_inputs` from :func:`gather_padded`'s ``(content, lengths)``, vectorised."""
+    prefix, suffix = _special_frame(tokenizer)
+    n_sp = len(prefix) + len(suffix)
+    room = int(max_length) - n_sp
     if room < 0:
-        raise ConfigError(f"max_length={max_length} leaves no room beside the {n_special} special tokens")
+        raise ConfigError(f"max_length={max_length} leaves no room beside the {n_sp} special tokens")
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         raise ConfigError(f"{type(tokenizer).__name__} has no pad token; set tokenizer.pad_token first")
-    rows = [np.asarray(t, dtype=np.int64)[:room] for t in token_lists]
-    width = max((len(r) for r in rows), default=0) + n_special
-    ids = np.full((len(rows), width), pad, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    pre, suf = np.asarray(prefix, dtype=np.int64), np.asarray(suffix, dtype=np.int64)
-    for i, r in enumerate(rows):
-        seq = np.concatenate([pre, r, suf])
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[i, span] = seq
-        mask[i, span] = 1
+    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), room)
+    b = len(lengths)
+    w = int(lengths.max(initial=0))
+    content = np.asarray(content)[:, :w]
+    width = w + n_sp
+    cols = np.arange(width, dtype=np.int64)
+    seq_len = lengths + n_sp
+    ids = np.full((b, width), pad, dtype=np.int64)  # right-padded first
+    ids[:, :len(prefix)] = np.asarray(prefix, dtype=np.int64)
+    body = np.arange(w)[None, :] < lengths[:, None]
+    ids[:, len(prefix):len(prefix) + w] = np.where(body, content, pad)
+    rows = np.arange(b)
+    for j, tok in enumerate(suffix):
+        ids[rows, len(prefix) + lengths + j] = tok
+    mask = (cols[None, :] < seq_len[:, None]).astype(np.int64)
+    if getattr(tokenizer, "padding_side", "right") == "left":
+        shift = (width - seq_len)[:, None]
+        src = cols[None, :] - shift
+        ids = np.where(src >= 0, np.take_along_axis(ids, np.maximum(src, 0), axis=1), pad)
+        mask = (src >= 0).astype(np.int64)
     out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if "token_type_ids" in (getattr(tokenizer, "model_input_names", None) or ()):
         out["token_type_ids"] = torch.zeros_like(out["input_ids"])

@@ -13,6 +13,9 @@ summed over chunks for the broker's; the broker's overlap the shards' search, so
     # 1M synthetic passages of 128 tokens, 100k training queries, random-initialised MiniLM (goal <= 90 s)
     python benchmarks/bench_refresh.py --synthetic-docs 1000000 --doc-tokens 128 --synthetic-queries 100000 \\
         --model-config minilm --device cuda --backend torch
+    # MS MARCO-shaped (8.8M x 128 tokens, 500k queries), a BERT-base-shaped model, one worker per GPU
+    python benchmarks/bench_refresh.py --msmarco-shape --model-config bert-base --device cuda --backend torch \\
+        --workers 2 --batch-size 1024 --chunk-queries 4096 --timeout 1800
 
 Synthetic mode writes a BEIR folder with placeholder texts and the token cache the inferencers look up
 (``RUN_DIR/cache/tokens-<key>``) filled with random token ids, ``--doc-tokens`` per passage with the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -251,6 +255,23 @@ def markdown(result: dict) -> str:
             "| stage | what | warm s | cold s |", "|---|---|---:|---:|"]
     for key, name, what in WORKER_STAGES + BROKER_STAGES + LATENCIES:
         rows.append(f"| {name} | {what} | {_fmt(warm.get(key))} | {_fmt(cold.get(key))} |")
+    last = (result["runs"] or [cold])[-1]
+    if last.get("shards"):
+        rows += ["", "Per shard (last refresh): seconds per stage, peak memory of each worker process "
+                     "(GPU: torch's allocator; host: max RSS).", "",
+                 "| shard | worker | device | docs | load | encode | docs/s | index | search | transfer | shard "
+                 "| GPU peak GiB | host peak GiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in last["shards"]:
+            gib = [f"{r[k] / 2**30:.2f}" if isinstance(r.get(k), (int, float)) else "-"
+                   for k in ("gpu_peak_bytes", "host_peak_bytes")]
+            rows.append(f"| {r['shard']} | {r.get('worker')} | {r.get('device')} | {r.get('n_docs')} | "
+                        + " | ".join(_fmt(r.get(k)) for k in ("load_s", "encode_s")) + " | "
+                        + (f"{r['encode_docs_per_s']:,.0f}" if r.get("encode_docs_per_s") else "-") + " | "
+                        + " | ".join(_fmt(r.get(k)) for k in ("index_s", "search_s", "transfer_s", "shard_s"))
+                        + f" | {gib[0]} | {gib[1]} |")
+        if isinstance(last.get("broker_host_peak_bytes"), (int, float)):
+            rows += ["", f"broker host peak (max RSS): {last['broker_host_peak_bytes'] / 2**30:.2f} GiB; "
+                         f"benchmark (trainer side) {result.get('bench_host_peak_bytes', 0) / 2**30:.2f} GiB"]
     if goal is not None:
         ok = warm["latency_all_s"] <= goal
         rows += ["", f"latency_all {warm['latency_all_s']:.2f} s vs goal {goal:g} s: {'met' if ok else 'NOT met'}"]
@@ -275,6 +296,11 @@ def parse_args(argv):
     src = p.add_argument_group("data (one of)")
     src.add_argument("--data", default=None, help="BEIR or MS MARCO folder")
     src.add_argument("--synthetic-docs", type=int, default=None, help="synthetic corpus of this many passages")
+    src.add_argument("--msmarco-shape", action="store_true",
+                     help="synthetic MS MARCO passage shape: 8,800,000 passages of 128 tokens and 500,000 training "
+                          "queries (sets --synthetic-docs/--synthetic-queries/--doc-tokens; pick --model-config "
+                          "minilm or bert-base); memory: fp16 vectors on the GPU, queries searched in chunks of "
+                          "--chunk-queries, negatives streamed per chunk; peak memory per process is reported")
     p.add_argument("--synthetic-queries", type=int, default=10_000, help="synthetic training queries")
     p.add_argument("--doc-tokens", type=int, default=128,
                    help="synthetic: tokens per passage, special tokens included (= model.passage_max_length)")
@@ -294,7 +320,9 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu", help="cpu or cuda (worker i gets cuda:<i mod GPUs>)")
     p.add_argument("--backend", default="auto", choices=("auto", "faiss", "torch"))
     p.add_argument("--workers", type=int, default=1, help="inferencer processes (= shards)")
-    p.add_argument("--worker-threads", type=int, default=None, help="OMP_NUM_THREADS of each inferencer")
+    p.add_argument("--worker-threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of each inferencer (default: the cores divided among the workers, as "
+                        "`ance launch` does; 0: leave it unset, torch then takes every core in each worker)")
     p.add_argument("--batch-size", type=int, default=256, help="inferencer.batch_size")
     p.add_argument("--chunk-queries", type=int, default=256, help="broker.chunk_queries")
     p.add_argument("--depth", type=int, default=200, help="negatives.depth (rank_window [0, depth))")
@@ -311,6 +339,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.msmarco_shape:
+        args.synthetic_docs, args.synthetic_queries, args.doc_tokens = 8_800_000, 500_000, 128
     if (args.data is None) == (args.synthetic_docs is None):
         p.error("give exactly one of --data DIR and --synthetic-docs N")
     if args.workers < 1 or args.repeat < 1:
@@ -389,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("--device cuda but torch sees no GPU")
         for i in range(args.workers):
             wenv = dict(env)
-            if args.worker_threads:
-                wenv["OMP_NUM_THREADS"] = wenv["MKL_NUM_THREADS"] = str(args.worker_threads)
+            threads = args.worker_threads if args.worker_threads is not None else max(1, (os.cpu_count() or 1)
+                                                                                      // args.workers)
+            if threads:
+                wenv["OMP_NUM_THREADS"] = wenv["MKL_NUM_THREADS"] = str(threads)
             if args.device == "cpu":
                 wenv["CUDA_VISIBLE_DEVICES"] = ""
             device = f"cuda:{i % n_gpus}" if args.device == "cuda" else args.device
@@ -451,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                   "workers": args.workers, "batch_size": cfg.inferencer.batch_size,
                   "chunk_queries": cfg.broker.chunk_queries, "depth": cfg.negatives.depth, "keep": cfg.negatives.keep,
                   "setup_s": setup_s, "goal_s": goal, "timed": "refreshes 2.. after one warm-up refresh",
-                  "warmup": warmup, "runs": runs, "median": median_of(runs)}
+                  "warmup": warmup, "runs": runs, "median": median_of(runs),
+                  "bench_host_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
         line = json.dumps(result, default=str)
         print(line)
         print()

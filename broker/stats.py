@@ -27,6 +27,10 @@ arrive and asks it for the stats once, when the refresh completes.
   first version.
 * ``eval_ndcg@10``, ``eval_mrr@10``, ``eval_recall@100`` (and
   ``eval_recall@1000`` when the eval depth reaches 1000) on the eval split.
+* ``shards``: one row per shard (:func:`shard_rows`): shard, worker, device,
+  n_docs, every stage above, ``encode_docs_per_s``, ``gpu_peak_bytes`` and
+  ``host_peak_bytes`` of the worker process; ``gpu_peak_bytes`` (the largest)
+  and ``broker_host_peak_bytes`` (the broker's max RSS) beside them.
 * ``n_docs``, ``n_queries``, ``depth``, ``keep``, ``reassigned`` (shards handed
   to another worker), ``replayed`` (True when the version is re-streamed from
   disk rather than just computed; its timings are then absent).
@@ -34,6 +38,7 @@ arrive and asks it for the stats once, when the refresh completes.
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +51,31 @@ from .refresh import Job, json_safe
 
 #: per-shard worker stages; a refresh reports the slowest shard's
 STAGES = SHARD_STAGES + ("query_encode_s", "knn_s", "shard_s")
+#: per-shard peak memory (bytes) the workers report
+SHARD_MEMORY = ("gpu_peak_bytes", "host_peak_bytes")
 #: broker stages summed over the chunks of a refresh
 CHUNK_TIMERS = tuple(k for k in BROKER_STAGES if k != "queue_s")
 #: ir-measures names -> the stats' keys
 EVAL_MEASURES = {"ndcg@10": "eval_ndcg@10", "mrr@10": "eval_mrr@10", "recall@100": "eval_recall@100",
                  "recall@1000": "eval_recall@1000"}
+
+
+def shard_rows(job: Job) -> list[dict[str, Any]]:
+    """One row per shard of a finished job: who did it, on what, and each stage's seconds,
+    so a user sees which worker or stage held the refresh back (``ance monitor``, ``ance report``)."""
+    rows = []
+    for shard in sorted(job.done):
+        s = job.done[shard]
+        lo, hi = job.ranges[shard]
+        row: dict[str, Any] = {"shard": shard, "worker": job.done_by.get(shard), "device": s.get("device"),
+                               "n_docs": hi - lo}
+        for key in STAGES + SHARD_MEMORY:
+            v = s.get(key)
+            row[key] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+        enc = row.get("encode_s")
+        row["encode_docs_per_s"] = (hi - lo) / enc if enc else None
+        rows.append(row)
+    return rows
 
 
 def eval_depth(depth: int) -> int:
@@ -109,6 +134,10 @@ class RefreshTally:
         stats["overlap"] = self.overlap_sum / self.overlap_queries if self.overlap_queries else None
         stats.update(n_docs=n_docs, n_queries=n_train, depth=self.depth, keep=keep,
                      reassigned=job.reassigned, replayed=False)
+        stats["shards"] = shard_rows(job)
+        peaks = [r["gpu_peak_bytes"] for r in stats["shards"] if isinstance(r.get("gpu_peak_bytes"), int)]
+        stats["gpu_peak_bytes"] = max(peaks) if peaks else None
+        stats["broker_host_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if job.eval and eval_split is not None and self.eval_ids is not None:
 
             t0 = time.perf_counter()

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import re
+import resource
 import shutil
 import signal
 import tempfile
@@ -39,7 +41,7 @@ from ance.errors import AnceError, CheckpointError, ProtocolError
 from ance.protocol import pack_array
 from ance.rundir import RunDir, manifest_path
 from ance.telemetry import MetricsWriter, prometheus_port_for
-from ance.tokcache import cache_key
+from ance.tokcache import FlatTokens, cache_key
 from ance.topk import maxp_collapse
 
 from .link import InferencerLink
@@ -54,6 +56,35 @@ _FLUSH_WAIT_S = 10.0
 
 class JobCancelled(Exception):
     """The worker is stopping in the middle of a job."""
+
+
+def share_host_cores(device: str) -> int | None:
+    """On a GPU, without OMP_NUM_THREADS set: torch's threads = the cores divided by the host's GPUs.
+
+    torch takes every core in every process by default; two GPU workers of one host then build
+    their batches with 2x as many spinning threads as cores, and the slower one fell from 41 to
+    19 batches/s (docs/benchmarks.md, pool scaling). Returns the count set, or None when unchanged.
+    """
+    if not device.startswith("cuda") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // max(1, torch.cuda.device_count())))
+    torch.set_num_threads(n)
+    log.info("torch threads: %d (the host's cores over its GPUs; set OMP_NUM_THREADS to choose)", n)
+    return n
+
+
+def peak_memory(device: str) -> dict[str, int | None]:
+    """Peak memory of this process: ``gpu_peak_bytes`` (torch's allocator on ``device`` since the
+    last :func:`reset_peak_memory`; None on CPU) and ``host_peak_bytes`` (max RSS of the process's life)."""
+    gpu = None
+    if device.startswith("cuda"):
+        gpu = int(torch.cuda.max_memory_allocated(device))
+    return {"gpu_peak_bytes": gpu, "host_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _safe_relpath(name: str) -> PurePosixPath:
@@ -82,7 +113,7 @@ class Worker:
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
-        self._queries: dict[tuple[str, str], list[list[int]]] = {}
+        self._queries: dict[tuple[str, str], Any] = {}  # (split, key) -> ance.tokcache.FlatTokens
         self._stop = threading.Event()
         self._stop_reason: str | None = None
 
@@ -111,6 +142,7 @@ class Worker:
     # ------------------------------------------------------------ loop
     def run(self) -> int:
         self._install_signals()
+        share_host_cores(self.device)
         self.link.start()
         log.info("inferencer %s on %s (%s), %d train queries%s", self.name, self.device_name, self.precision,
                  len(self.train.ids), f", {len(self.eval.ids)} eval queries" if self.eval else "")
@@ -183,6 +215,7 @@ class Worker:
             raise AnceError(f"job for data {job.data_fingerprint}, this inferencer loaded {self.fingerprint}")
         if not 0 <= job.doc_lo < job.doc_hi <= len(self.data.corpus):
             raise AnceError(f"doc range [{job.doc_lo}, {job.doc_hi}) outside the corpus of {len(self.data.corpus)}")
+        reset_peak_memory(self.device)
         m = self.cfg.model
         with self._checkpoint(job) as path:
             model = self._load_model(path)
@@ -221,7 +254,7 @@ class Worker:
         return {"load_s": load_s, "encode_s": encode_s, "index_s": index_s, "search_s": search_s,
                 **times, "shard_s": time.perf_counter() - t_job, "n_docs": job.doc_hi - job.doc_lo,
                 "n_vectors": n_vectors, "backend": getattr(index, "backend_name", self.cfg.inferencer.backend),
-                "device": self.device, "worker": self.name}
+                "device": self.device, "worker": self.name, **peak_memory(self.device)}
 
     def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int,
                 times: dict[str, float]) -> None:
@@ -229,13 +262,13 @@ class Worker:
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
         tokens = self._query_tokens(split, texts, model.tokenizer)
-        n = len(texts)
+        n = len(tokens)
         n_chunks = (n + job.chunk_queries - 1) // job.chunk_queries
         for c in range(n_chunks):
             self._check_stop()
             lo, hi = c * job.chunk_queries, min((c + 1) * job.chunk_queries, n)
             t0 = time.perf_counter()
-            q = encode_token_lists(model, tokens[lo:hi], np.arange(hi - lo), model.tokenizer, m.query_max_length,
+            q = encode_token_lists(model, tokens, np.arange(lo, hi), model.tokenizer, m.query_max_length,
                                    kind="query", batch_size=self.cfg.inferencer.batch_size, device=self.device,
                                    precision=self.precision, progress=False)
             t1 = time.perf_counter()
@@ -300,12 +333,13 @@ class Worker:
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
 
-    def _query_tokens(self, split: str, texts, tokenizer) -> list[list[int]]:
-        """The split's query token ids, tokenized once per tokenizer (queries never change in a run)."""
+    def _query_tokens(self, split: str, texts, tokenizer) -> FlatTokens:
+        """The split's query token ids, tokenized once per tokenizer (queries never change in a run),
+        held flat so each refresh builds its query batches without a Python loop."""
         max_length = int(self.cfg.model.query_max_length)
         key = (split, cache_key(tokenizer, max_length, f"queries:{split}:{len(texts)}"))
         if key not in self._queries:
-            self._queries[key] = query_tokens(texts, tokenizer, max_length)
+            self._queries[key] = FlatTokens.from_lists(query_tokens(texts, tokenizer, max_length))
         return self._queries[key]
 
     def warm_up(self) -> None:

@@ -33,6 +33,8 @@ from ance.errors import ConfigError
 from ance.rundir import RunDir
 from ance.telemetry import MetricsTail
 
+from .stages import breakdown, shard_table, stage_line
+
 MAX_WORKERS_SHOWN = 32
 
 
@@ -89,6 +91,7 @@ class RunSummary:
         self.refresh = {k: ev.get(k) for k in ("version", "n_shards", "latency_first_s", "latency_all_s",
                                                 "encode_docs_per_s", "overlap", "eval_ndcg@10",
                                                 "eval_recall@100", "replayed", "time")}
+        self.refresh.update(breakdown(ev))
         p = self.progress
         if p is not None and isinstance(ev.get("version"), int) and ev["version"] >= p["version"]:
             p["complete"] = True
@@ -245,7 +248,11 @@ def render(summary: dict[str, Any], *, title: str | None = None, now: float | No
                 ("eval nDCG@10", _f(r["eval_ndcg@10"], "{:.4f}"))]
         if r.get("eval_recall@100") is not None:
             rows.append(("eval recall@100", _f(r["eval_recall@100"], "{:.4f}")))
+        if r.get("stages"):
+            rows.append(("stages (slowest shard)", stage_line(r["stages"])))
         parts.append(_pairs("last refresh", rows))
+        if r.get("shards"):
+            parts.append(shard_table(r))
 
     p = summary.get("progress")
     if p is not None:

@@ -1,6 +1,6 @@
 """``ance report RUN_DIR``: PNG plots of a run, from its metrics log.
 
-Four files, each written atomically; a plot whose data the run never logged
+Five files, each written atomically; a plot whose data the run never logged
 still gets a PNG that says so, so scripts can rely on the file names:
 
 * ``gap.png``: async gap per step against ``negatives.max_gap``, steps that
@@ -8,7 +8,10 @@ still gets a PNG that says so, so scripts can rely on the file names:
 * ``refresh_latency.png``: checkpoint-to-first and checkpoint-to-last
   negatives chunk, per version;
 * ``loss.png``: training loss; gradient norm (all and last layer, two axes);
-* ``eval.png``: eval nDCG@10 and recall@100 per refreshed version.
+* ``eval.png``: eval nDCG@10 and recall@100 per refreshed version;
+* ``refresh_stages.png``: the slowest shard's stages and the broker's, stacked
+  per version, and each shard's time per version (which stage or GPU holds
+  refreshes back).
 
 Matplotlib is used through its object API on the Agg canvas: no pyplot, no
 global backend switch, safe in a process that has its own plotting going.
@@ -21,10 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ance.protocol import SHARD_STAGES
 from ance.rundir import RunDir
 from ance.telemetry import read_metrics
 
 from .monitor import read_run_config
+from .stages import is_number
 
 FIGSIZE = (8.0, 4.5)
 DPI = 110
@@ -203,8 +208,56 @@ def plot_eval(events: list[dict], path: str | Path) -> Path:
                         missing="no refresh events with eval_ndcg@10 / eval_recall@100")
 
 
+def plot_refresh_stages(events: list[dict], path: str | Path) -> Path:
+    """Where each refresh spent its time: the slowest shard's stages stacked per version (top), the
+    broker's beside them, and every shard's total time per version (bottom), so a stage or a GPU
+    that holds refreshes back stands out."""
+    path, title = Path(path), "Refresh stages (slowest shard) and shards"
+    rows = [r for r in _latest_by(events, "refresh", "version", skip_replayed=True)
+            if any(is_number(r.get(k)) for k in SHARD_STAGES)]
+    if not rows:
+        return _no_data(path, title, "no refresh events with stage times")
+    fig, (top, bottom) = _figure(rows=2, height=6.5)
+    fig.suptitle(title)
+    xs = list(range(len(rows)))
+    width = 0.4
+    base = [0.0] * len(rows)
+    for key, color in zip(SHARD_STAGES, ("tab:gray", "tab:blue", "tab:olive", "tab:orange", "tab:purple")):
+        vals = [r.get(key) if is_number(r.get(key)) else 0.0 for r in rows]
+        top.bar([x - width / 2 for x in xs], vals, width, bottom=base, color=color, label=key[:-2])
+        base = [b + v for b, v in zip(base, vals)]
+    base = [0.0] * len(rows)
+    for key, color in zip(("merge_s", "select_s", "persist_s"), ("tab:cyan", "tab:pink", "tab:brown")):
+        vals = [r.get(key) if is_number(r.get(key)) else 0.0 for r in rows]
+        top.bar([x + width / 2 for x in xs], vals, width, bottom=base, color=color, label=f"broker {key[:-2]}",
+                hatch="//")
+        base = [b + v for b, v in zip(base, vals)]
+    top.set_ylabel("seconds")
+    top.legend(loc="upper left", fontsize="small", ncol=4)
+    top.grid(alpha=0.3, axis="y")
+    per_shard: dict[Any, tuple[list[int], list[float]]] = {}
+    for x, r in zip(xs, rows):
+        for sh in r.get("shards") or []:
+            if isinstance(sh, dict) and is_number(sh.get("shard_s")):
+                label = f"shard {sh.get('shard')} ({sh.get('worker')}, {sh.get('device')})"
+                per_shard.setdefault(label, ([], []))[0].append(x)
+                per_shard[label][1].append(sh["shard_s"])
+    for label, (sx, sy) in sorted(per_shard.items()):
+        bottom.plot(sx, sy, "o-", label=label)
+    if per_shard:
+        bottom.legend(loc="upper left", fontsize="small")
+    else:
+        bottom.text(0.5, 0.5, "no per-shard times logged", ha="center", va="center", transform=bottom.transAxes,
+                    color="0.4")
+    bottom.set_ylabel("shard seconds")
+    bottom.set_xticks(xs, [str(r["version"]) for r in rows])
+    bottom.set_xlabel("negatives version (checkpoint step)")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write gap.png, refresh_latency.png, loss.png and eval.png; return their paths.
+    """Write gap.png, refresh_latency.png, loss.png, eval.png and refresh_stages.png; return their paths.
 
     ``out_dir`` defaults to ``RUN_DIR/report``. Raises
     :class:`~ance.errors.DataError` when the run's metrics log is missing
@@ -220,4 +273,5 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
         plot_refresh_latency(events, out / "refresh_latency.png"),
         plot_loss(events, out / "loss.png"),
         plot_eval(events, out / "eval.png"),
+        plot_refresh_stages(events, out / "refresh_stages.png"),
     ]

@@ -87,11 +87,14 @@ def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpu
                                   {"CUDA_VISIBLE_DEVICES": "", **cpu_env}, restart=False))
     if "inferencer" in roles:
         if inferencer_gpus:
+            # One GPU each, but the host's cores are shared: torch's default of every core per process
+            # oversubscribes them and slows each worker's batch building (docs/benchmarks.md, pool scaling).
+            gpu_procs = len(inferencer_gpus) + (len(trainer_gpus) if "trainer" in roles else 0)
             for i, gpu in enumerate(inferencer_gpus):
                 specs.append(ProcSpec(f"inferencer-{worker_prefix}{i}",
                                       ance_cmd("infer", "--run-dir", rd, "--device", "cuda:0",
                                                "--name", f"{worker_prefix}{i}"),
-                                      {"CUDA_VISIBLE_DEVICES": str(gpu)}))
+                                      {"CUDA_VISIBLE_DEVICES": str(gpu), "OMP_NUM_THREADS": cpu_threads(gpu_procs)}))
         else:
             for i in range(n_cpu_inferencers):
                 specs.append(ProcSpec(f"inferencer-{worker_prefix}{i}",

@@ -207,3 +207,25 @@ def test_second_encode_reuses_the_token_cache(tmp_path, capsys):
     assert [(m["lo"], m["hi"]) for m in metas] == [(0, 150), (150, 300)]
     assert run_command("encode", *common, "--shard", "2/2", "--out", tmp_path / "emb") == 2
     assert "0 <= i < n" in capsys.readouterr().err
+
+
+def test_prefetch_keeps_order_and_raises_the_builders_error():
+    from ance.encode import _prefetched
+
+    batches = [np.arange(i, i + 2) for i in range(0, 10, 2)]
+    assert [(list(p), x) for p, x in _prefetched(lambda p: int(p.sum()), batches)] == \
+        [(list(b), int(b.sum())) for b in batches]
+
+    def boom(pos):
+        if pos[0] == 4:
+            raise ValueError("bad batch 4")
+        return pos
+
+    seen = []
+    with pytest.raises(ValueError, match="bad batch 4"):
+        for pos, _ in _prefetched(boom, batches):
+            seen.append(int(pos[0]))
+    assert seen == [0, 2]
+    gen = _prefetched(lambda p: p, batches)  # a consumer that stops early leaves no thread behind
+    next(gen)
+    gen.close()

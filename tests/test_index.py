@@ -266,3 +266,27 @@ def test_torch_cuda_matches_cpu():
     assert gpu.backend_name == "torch-cuda:0"
     assert (i1[:, :10] == i2[:, :10]).mean() > 0.95  # float16 storage: near-ties may swap
     np.testing.assert_allclose(s1, s2, atol=5e-3)
+
+
+def test_sort_rows_equals_the_lexsort_rule_on_ties_pads_and_infinities():
+    """The integer-key sort gives what one lexsort over (pad, -score, id) gives, also on ties, +-inf,
+    -0.0 and pads; ids too large for 32 bits take the lexsort path."""
+    from ance.topk import _sort_rows
+
+    rng = np.random.default_rng(5)
+    values = np.array([-np.inf, -1.5, -0.0, 0.0, 0.25, 1.0, 2.0, np.inf], np.float32)
+    for _ in range(200):
+        m, width = int(rng.integers(1, 8)), int(rng.integers(1, 30))
+        k = int(rng.integers(1, 2 * width + 2))
+        scores = rng.choice(values, size=(m, width))
+        big = 1 << 33 if rng.random() < 0.2 else 0
+        ids = rng.permutation(1000)[: m * width].reshape(m, width).astype(np.int64) + big
+        ids[rng.random((m, width)) < 0.2] = -1
+        order = np.lexsort((ids, -scores, ids < 0), axis=-1)[:, :k]
+        want_i = np.take_along_axis(ids, order, axis=1)
+        want_s = np.where(want_i >= 0, np.take_along_axis(scores, order, axis=1), -np.inf)
+        got_s, got_i = _sort_rows(scores, ids, k)
+        n = min(k, width)
+        np.testing.assert_array_equal(got_i[:, :n], want_i)
+        np.testing.assert_array_equal(got_s[:, :n], want_s)
+        assert (got_i[:, n:] == -1).all() and (got_s[:, n:] == -np.inf).all()

@@ -215,8 +215,17 @@ def test_warm_up_builds_the_token_cache_the_first_job_uses(setup, tmp_path):
     # the checkpoint's tokenizer is the base model's: the job finds the same cache, nothing is rebuilt
     tokenizer = BiEncoder.load(str(ckpt)).tokenizer
     assert worker._token_cache(tokenizer) is warmed
-    # the training queries too: tokenized once, the same lists for every job
+    # the training queries too: tokenized once (held flat), the same table for every job
     train = worker._query_tokens("train", worker.train.texts, tokenizer)
     assert len(train) == len(worker.train.texts) and worker._query_tokens("train", worker.train.texts,
                                                                          tokenizer) is train
-    assert train[0] == tokenizer(worker.train.texts[0], add_special_tokens=False)["input_ids"][:len(train[0])]
+    first = train.take([0])[0].tolist()
+    assert first == tokenizer(worker.train.texts[0], add_special_tokens=False)["input_ids"][:len(first)]
+
+
+def test_host_cores_are_shared_only_for_gpu_workers_without_omp_num_threads(monkeypatch):
+    from ance.inferencer.worker import share_host_cores
+
+    assert share_host_cores("cpu") is None  # CPU workers: the launcher's OMP_NUM_THREADS decides
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert share_host_cores("cuda:0") is None  # the user's (or the launcher's) choice wins

@@ -232,3 +232,26 @@ def test_monitor_over_http_reads_the_prometheus_gauges(tmp_path):
                                                                                                  "ance_y": 1000.0}
     with pytest.raises(ConfigError, match="no Prometheus metrics there"):
         watch_url("http://127.0.0.1:9/", once=True, console=Console(file=io.StringIO()))
+
+
+STAGED = dict(REFRESH, load_s=0.1, encode_s=18.2, index_s=0.3, search_s=3.9, transfer_s=0.1, merge_s=0.36,
+              select_s=3.3, persist_s=0.9, queue_s=0.0,
+              shards=[{"shard": 0, "worker": "inferencer-0", "device": "cuda:0", "encode_docs_per_s": 27000.0,
+                       "load_s": 0.1, "encode_s": 18.2, "index_s": 0.3, "search_s": 3.9, "transfer_s": 0.1,
+                       "shard_s": 22.6, "gpu_peak_bytes": 3 * 2**30},
+                      {"shard": 1, "worker": "inferencer-1", "device": "cuda:1", "encode_docs_per_s": 55000.0,
+                       "load_s": 0.1, "encode_s": 9.1, "index_s": 0.2, "search_s": 3.0, "transfer_s": 0.1,
+                       "shard_s": 12.5, "gpu_peak_bytes": None}])
+
+
+def test_stages_and_shards_of_the_last_refresh():
+    r = summarize(EVENTS + [SHARD_1_DONE, STAGED], CONFIG)["refresh"]
+    assert r["stages"]["encode_s"] == 18.2 and r["stages"]["queue_s"] == 0.0
+    assert [x["worker"] for x in r["shards"]] == ["inferencer-0", "inferencer-1"]
+    text = _text(render(summarize(EVENTS + [SHARD_1_DONE, STAGED], CONFIG)), width=220)
+    for needle in ["stages (slowest shard)", "encode slowest:", "encode 18.2s", "broker merge 0.36s",
+                   "select 3.30s", "last refresh v0 by shard", "cuda:1", "55,000", "22.6s ← slowest", "3.0 GiB"]:
+        assert needle in text, f"{needle!r} not in\n{text}"
+    assert "12.5s ← slowest" not in text
+    plain = _text(render(summarize(EVENTS + [SHARD_1_DONE, REFRESH], CONFIG)))
+    assert "by shard" not in plain and "stages (slowest shard)" not in plain  # a refresh without them

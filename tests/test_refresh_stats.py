@@ -63,3 +63,19 @@ def test_eval_measures_from_the_merged_eval_top_k():
     assert st["eval_mrr@10"] == pytest.approx(0.75)
     assert st["eval_recall@100"] == pytest.approx(1.0)
     assert 0.8 < st["eval_ndcg@10"] < 1.0 and "eval_recall@1000" not in st and st["eval_s"] >= 0
+
+
+def test_per_shard_rows_say_which_worker_and_stage_held_the_refresh_back():
+    j = job()
+    j.done_by = {0: "inferencer-0", 1: "inferencer-1"}
+    j.done[0].update(device="cuda:0", gpu_peak_bytes=3 << 30, host_peak_bytes=5 << 30)
+    j.done[1].update(device="cuda:1", gpu_peak_bytes=1 << 30, host_peak_bytes=4 << 30)
+    st = RefreshTally(depth=50).stats(j, n_docs=10, n_train=4, keep=20, now=102.5)
+    rows = st["shards"]
+    assert [(r["shard"], r["worker"], r["device"], r["n_docs"]) for r in rows] == [
+        (0, "inferencer-0", "cuda:0", 5), (1, "inferencer-1", "cuda:1", 5)]
+    assert rows[0]["encode_s"] == 2.0 and rows[0]["encode_docs_per_s"] == 2.5 and rows[1]["encode_docs_per_s"] == 5.0
+    assert rows[1]["search_s"] is None and rows[0]["index_s"] is None  # NaN and missing alike
+    assert rows[0]["gpu_peak_bytes"] == 3 << 30 and st["gpu_peak_bytes"] == 3 << 30
+    assert st["broker_host_peak_bytes"] > 0
+    json.dumps(st)

@@ -1,4 +1,4 @@
-"""`ance report`: four PNGs from a synthetic metrics.jsonl, "no data" PNGs from an empty one."""
+"""`ance report`: five PNGs from a synthetic metrics.jsonl, "no data" PNGs from an empty one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from ance.errors import DataError
 from ance.launch.report import write_report
 
-NAMES = ["gap.png", "refresh_latency.png", "loss.png", "eval.png"]
+NAMES = ["gap.png", "refresh_latency.png", "loss.png", "eval.png", "refresh_stages.png"]
 
 
 def synthetic_run(run_dir, max_steps=120, every=20, max_gap=40):
@@ -30,7 +30,11 @@ def synthetic_run(run_dir, max_steps=120, every=20, max_gap=40):
             lines.append({"event": "refresh", "version": version, "time": t, "n_shards": 2,
                           "latency_first_s": 3.0 + version / 50, "latency_all_s": 9.0 + version / 20,
                           "encode_docs_per_s": 800.0, "overlap": 0.4, "eval_ndcg@10": 0.3 + version / 1000,
-                          "eval_recall@100": 0.6 + version / 800})
+                          "eval_recall@100": 0.6 + version / 800, "load_s": 0.1, "encode_s": 5.0 + version / 40,
+                          "index_s": 0.2, "search_s": 2.0, "transfer_s": 0.1, "merge_s": 0.3, "select_s": 0.5,
+                          "persist_s": 0.2,
+                          "shards": [{"shard": i, "worker": f"inferencer-{i}", "device": "cuda:0",
+                                      "shard_s": 7.0 + i + version / 40, "encode_s": 5.0} for i in range(2)]})
         if step - version > max_gap:
             wait = 1.5
         lines.append({"event": "step", "step": step, "time": t, "loss": 2.0 * math.exp(-step / 60) + 0.1,
@@ -56,7 +60,7 @@ def _check_pngs(paths, out):
     assert sorted(x.name for x in out.iterdir()) == sorted(NAMES)  # no temporary files left
 
 
-def test_report_writes_four_pngs(tmp_path):
+def test_report_writes_five_pngs(tmp_path):
     run = synthetic_run(tmp_path / "run")
     paths = write_report(run)
     _check_pngs(paths, run / "report")
@@ -84,3 +88,13 @@ def test_report_without_data_says_no_data(tmp_path):
 def test_report_needs_metrics(tmp_path):
     with pytest.raises(DataError, match="metrics.jsonl"):
         write_report(tmp_path)
+
+
+def test_refresh_stages_plot_with_and_without_shard_rows(tmp_path):
+    from ance.launch.report import plot_refresh_stages
+
+    old_style = [{"event": "refresh", "version": v, "encode_s": 1.0, "search_s": 0.5, "time": 1.0 + v}
+                 for v in (10, 20)]  # a run from before per-shard rows: the bars, and a note below
+    big = plot_refresh_stages(old_style, tmp_path / "a.png").stat().st_size
+    none = plot_refresh_stages([{"event": "refresh", "version": 1, "latency_all_s": 2.0}], tmp_path / "b.png")
+    assert big > 1024 and none.stat().st_size > 1024

@@ -50,6 +50,8 @@ def test_plan_cpu_and_gpu(tmp_path):
     assert "torch.distributed.run" in trainer.argv and "--nproc-per-node" in trainer.argv
     assert trainer.env["CUDA_VISIBLE_DEVICES"] == "0,1" and "--resume" in trainer.argv
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in gpu[2:]] == ["2", "3"]
+    # the host's cores split between the GPU processes (2 trainer ranks + 2 inferencers), not all to each
+    assert all(int(s.env["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 4) for s in gpu[2:])
     only = plan(tmp_path, resume=False, trainer_gpus=[], inferencer_gpus=[], n_cpu_inferencers=3,
                 roles=("inferencer",))
     assert [s.name for s in only] == ["inferencer-0", "inferencer-1", "inferencer-2"]

@@ -229,3 +229,29 @@ def test_windows():
     for args in ((t, 2, 4), (t, 6, 0)):
         with pytest.raises(ConfigError):
             windows(*args)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batches_equal_build_inputs_of_the_lists(tok, tmp_path, side):
+    """The vectorised path (gather_padded + build_padded_inputs) builds what build_inputs builds from
+    the token lists, from a TokenCache and from FlatTokens alike."""
+    from ance.tokcache import FlatTokens, build_padded_inputs
+
+    rng = np.random.default_rng(3)
+    lists = [rng.integers(1000, 2000, int(rng.integers(0, 40))).astype(np.int32) for _ in range(50)]
+    texts = [" ".join(tok.convert_ids_to_tokens([int(x) for x in t])) for t in lists]
+    cache = TokenCache.open(texts, tok, 40, tmp_path, "h-padded", progress=False)
+    flat = FlatTokens.from_lists(lists)
+    assert len(flat) == 50 and [list(x) for x in flat.take([3, 7])] == [list(lists[3]), list(lists[7])]
+    old_side, tok.padding_side = tok.padding_side, side
+    try:
+        for idx, max_length in (([0, 5, 9, 49], 12), (list(range(50)), 64), ([], 8), ([4], 2)):
+            room = max(max_length - 2, 0)
+            for table in (flat, cache):
+                want = build_inputs(table.take(idx), tok, max_length)
+                got = build_padded_inputs(*table.padded(idx, room), tok, max_length)
+                assert sorted(got) == sorted(want)
+                for key in want:
+                    assert torch.equal(got[key], want[key]), (key, idx, max_length)
+    finally:
+        tok.padding_side = old_side

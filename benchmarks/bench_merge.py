@@ -1,0 +1,90 @@
+"""The broker's merge of per-shard top-k lists, timed for 1, 2, 4, 8 shards (docs/benchmarks.md).
+
+Synthetic top-k: ``--queries`` queries, ``--depth`` hits per shard (sorted, disjoint global ids, as
+the inferencers send them), merged chunk by chunk (``--chunk-queries``) the way the broker merges
+(:func:`ance.topk.merge_topk`), beside the lexsort merge it replaced, on the same arrays in the
+same process; then negatives selection on the merged lists, whose input no longer depends on N.
+
+    python benchmarks/bench_merge.py --queries 100000 --depth 200 --shards 1 2 4 8
+
+A script, not a test: prints one JSON line and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from ance.negatives import select_negatives
+from ance.topk import merge_topk
+
+
+def lexsort_merge(scores_list, ids_list, k):
+    """The merge before this change: one lexsort over (pad, -score, id) of the concatenated rows."""
+    scores = np.concatenate(scores_list, axis=1)
+    ids = np.concatenate(ids_list, axis=1)
+    order = np.lexsort((ids, -scores, ids < 0), axis=-1)[:, :k]
+    out_s = np.take_along_axis(scores, order, axis=1)
+    out_i = np.take_along_axis(ids, order, axis=1)
+    out_s[out_i < 0] = -np.inf
+    return out_s, out_i
+
+
+def shard_topk(rng, n_queries: int, depth: int, lo: int, hi: int):
+    scores = -np.sort(-rng.standard_normal((n_queries, depth), dtype=np.float32), axis=1)
+    ids = rng.integers(lo, hi, size=(n_queries, depth), dtype=np.int64)
+    return scores, ids
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--queries", type=int, default=100_000)
+    p.add_argument("--depth", type=int, default=200)
+    p.add_argument("--chunk-queries", type=int, default=1024)
+    p.add_argument("--docs", type=int, default=8_800_000)
+    p.add_argument("--keep", type=int, default=20)
+    p.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--no-baseline", action="store_true", help="skip the lexsort merge")
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    positives = [[int(x)] for x in rng.integers(0, args.docs, args.queries)]
+    rows = []
+    for n in args.shards:
+        bounds = [(s * args.docs // n, (s + 1) * args.docs // n) for s in range(n)]
+        parts = [shard_topk(rng, args.queries, args.depth, lo, hi) for lo, hi in bounds]
+        timings = {"merge_s": 0.0, "lexsort_merge_s": 0.0, "select_s": 0.0}
+        for q0 in range(0, args.queries, args.chunk_queries):
+            q1 = min(q0 + args.chunk_queries, args.queries)
+            sl = [s[q0:q1] for s, _ in parts]
+            il = [i[q0:q1] for _, i in parts]
+            t0 = time.perf_counter()
+            m_s, m_i = merge_topk(sl, il, args.depth)
+            t1 = time.perf_counter()
+            if not args.no_baseline:
+                b_s, b_i = lexsort_merge(sl, il, args.depth)
+                if not np.array_equal(b_i, m_i):
+                    raise SystemExit(f"{n} shards, queries [{q0}, {q1}): the two merges disagree")
+            t2 = time.perf_counter()
+            select_negatives(m_i, positives[q0:q1], rank_window=(0, args.depth), keep=args.keep,
+                             sampling="uniform", rng=np.random.default_rng([0, q0]))
+            t3 = time.perf_counter()
+            timings["merge_s"] += t1 - t0
+            timings["lexsort_merge_s"] += t2 - t1
+            timings["select_s"] += t3 - t2
+        rows.append({"shards": n, **{k: round(v, 3) for k, v in timings.items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps({"bench": "merge", "queries": args.queries, "depth": args.depth,
+                      "chunk_queries": args.chunk_queries, "cpus": os.cpu_count(), "rows": rows}))
+    print("\n| shards | merge s (key sort) | merge s (lexsort, before) | select s |\n|---:|---:|---:|---:|")
+    for r in rows:
+        base = "-" if args.no_baseline else f"{r['lexsort_merge_s']:.2f}"
+        print(f"| {r['shards']} | {r['merge_s']:.2f} | {base} | {r['select_s']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
