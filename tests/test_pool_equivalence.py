@@ -16,7 +16,7 @@ import pytest
 from ance.config import load_config
 from ance.data import load_for_config
 from ance.protocol import unpack_array
-from ance.broker.refresh import negatives_path
+from ance.rundir import RunDir
 from helpers_refresh import Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until, write_config
 
 
@@ -43,7 +43,7 @@ def refresh_with(tmp, n_workers: int):
         chunks = sorted((m for m in trainer.received if m.type == "negatives" and m.version == 1),
                         key=lambda m: m.chunk)
         streamed = np.concatenate([unpack_array(m.neg) for m in chunks])
-        body = negatives_path(tmp / "run", 1).read_text().splitlines()[1:]  # the lines after the header
+        body = RunDir(tmp / "run").negatives(1).read_text().splitlines()[1:]  # the lines after the header
         return done, body, streamed
     finally:
         trainer.close()
