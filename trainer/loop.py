@@ -151,6 +151,11 @@ class Trainer:
             self._restore(start[1])
         elif self.is_main:
             self._warmup_negatives()
+        self.static_table = None  # negatives.mix_static: the static file beside the refreshed negatives
+        if self.is_main and cfg.negatives.mix_static > 0:
+            self.static_table = NegativesTable(len(self.split), cfg.negatives.keep)
+            fill_static(self.static_table, cfg.negatives.static_file, self.split.ids, self.data.corpus.ids,
+                        fingerprint=self.data.fingerprint)
 
     # ---------------------------------------------------------------- setup
     def _build_gradcache(self):
@@ -189,7 +194,8 @@ class Trainer:
                         fingerprint=self.data.fingerprint)
         elif source == "bm25":
             fill_bm25(self.table, self.data.corpus.passages(), self.split.texts, self.split.positives,
-                      depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed)
+                      depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
+                      rank_decay=neg.rank_decay)
 
     def _restore(self, path: Path) -> None:
         state = load_trainer_state(path)
@@ -218,7 +224,8 @@ class Trainer:
         if n and self.is_main:
             version = self._await_fresh(q_idx)
             negatives = sample_negatives(self.table.neg, q_idx, self.split.positives, n, self.n_docs,
-                                         self.neg_rng)
+                                         self.neg_rng, static=None if self.static_table is None else self.static_table.neg,
+                                         mix=self.cfg.negatives.mix_static)
         if n and self.distributed:
             packed = torch.tensor(np.concatenate([negatives.reshape(-1), [version]]), dtype=torch.long,
                                   device=self.device if self.device.startswith("cuda") else "cpu")
