@@ -48,7 +48,8 @@ def plots(runs: dict[str, dict], img: Path) -> None:
     import matplotlib.pyplot as plt
 
     img.mkdir(parents=True, exist_ok=True)
-    every = {"ck25": 25, "base": 100, "ck400": 400}
+    every = {name.split("/")[0]: int(name.split("/")[0][2:]) for name in runs if name.startswith("ck")}
+    every["base"] = 100
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, e in runs.items():
         setting, run = name.split("/")

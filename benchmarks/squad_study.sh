@@ -6,19 +6,20 @@
 # there: too large to fetch), and one archive of the runs' metrics.jsonl, configs and summaries.
 #   . benchmarks/device_env.sh; tar -C /tmp/data -xzf .devdata/squad.tgz
 #   DATA=/tmp/data/squad MODEL=$ANCE_DEVICE_MODEL OUT=$OUT bash benchmarks/squad_study.sh
-# Env: STEPS (default 600), EXTRA_ALL (overrides for every run), JOBS (10), JOB_TIMEOUT (s, 450),
+# Env: STEPS (default 600), LONG (400), EXTRA_ALL (overrides for every run), JOBS (10), JOB_TIMEOUT (s, 450),
 # ROOT (runs/squad), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CFG=configs/squad-minilm-gpu.yaml BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-450}
 ROOT=${ROOT:-runs/squad}; OUT=${OUT:-runs/squad-out}; mkdir -p "$ROOT" "$OUT"
 S="train.max_steps=${STEPS:-600} ${EXTRA_ALL:-}"
+LONG=${LONG:-400}   # the longest checkpoint interval of the gap curve (25, 100 and LONG)
 # `base` first: its static file is mined (the GPU to itself) before any job starts, so that every
 # job gets the same time on the shared GPU
 SWEEP="base|static async|13 14|$S
 inbatch|inbatch|13|$S
 ck25|async|13|$S train.checkpoint_every=25 negatives.max_gap=100
-ck400|async|13|$S train.checkpoint_every=400 negatives.max_gap=1600
+ck$LONG|async|13|$S train.checkpoint_every=$LONG negatives.max_gap=$((4 * LONG))
 denoise|async|13|$S negatives.denoise_margin=0.0
 score|async|13|$S negatives.sampling=score negatives.keep=8|0 100
 mix|async|13|$S negatives.mix_static=0.5 negatives.static_file=@STATIC@"
@@ -35,7 +36,7 @@ compare ance14-static14 base/async-14 base/static-14 &
 compare static13-inbatch13 base/static-13 inbatch/inbatch-13 &
 compare ance13-inbatch13 base/async-13 inbatch/inbatch-13 &
 compare ck25-ck100 ck25/async-13 base/async-13 &
-compare ck400-ck100 ck400/async-13 base/async-13 &
+compare ck$LONG-ck100 ck$LONG/async-13 base/async-13 &
 for o in denoise score mix; do
   compare $o-static13 $o/async-13 base/static-13 &
   compare $o-ance13 $o/async-13 base/async-13 &
