@@ -1,6 +1,6 @@
 """docs/results.md's SQuAD figures and table from benchmarks/squad_study.sh's archive.
 
-    python benchmarks/plot_squad.py RUNS_DIR [--compare compare.jsonl] [--img docs/img]
+    python benchmarks/plot_squad.py RUNS_DIR [--compare compare.jsonl [--recover]] [--img docs/img]
 
 RUNS_DIR is the unpacked squad-runs.tgz (one folder a setting, ``METHOD-SEED.dev.json`` and
 ``METHOD-SEED/metrics.jsonl`` in each). Writes ``squad-gap.png`` (dev nDCG@10 against the measured
@@ -18,6 +18,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summarize_runs import summarize_folder  # noqa: E402
+
+
+# squad_study.sh's comparison names -> run folders (ck100 is base/async-13)
+RUNS = {"ance13": "base/async-13", "ance14": "base/async-14", "static13": "base/static-13",
+        "static14": "base/static-14", "inbatch13": "inbatch/inbatch-13", "ck100": "base/async-13",
+        "denoise": "denoise/async-13", "mix": "mix/async-13", "score": "score/async-13"}
+MEASURES = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
+
+
+def recover(root: Path, compare: Path) -> list[str]:
+    """Write the dev metrics of runs whose ``.dev.json`` is empty (``ance eval`` cut by the job timeout)
+    from the means ``ance eval --compare`` computed on the same TREC files; return the runs filled."""
+    filled = []
+    for raw in compare.read_text().splitlines():
+        for name, res in json.loads(raw).items():
+            if isinstance(res, str):
+                continue
+            for side, short in zip(("a", "b"), name.split("-")):
+                run = RUNS.get(short) or (f"{short}/async-13" if short.startswith("ck") else None)
+                f = root / f"{run}.dev.json"
+                if run and (not f.exists() or not f.read_text().strip()):
+                    f.write_text(json.dumps({m: res[m][side] for m in MEASURES}) + "\n")
+                    filled.append(run)
+    return filled
 
 
 def load(root: Path) -> dict[str, dict]:
@@ -60,7 +84,7 @@ def plots(runs: dict[str, dict], img: Path) -> None:
     for name, style in (("base/static-13", "--"), ("base/static-14", ":")):
         if name in runs:
             ax.axhline(runs[name]["dev"]["ndcg@10"], color="C1", ls=style, lw=1, label=f"static {name[-2:]}")
-    ax.set_xlabel("measured mean gap (steps between checkpoint and the negatives a step used)")
+    ax.set_xlabel("measured mean gap (steps)")
     ax.set_ylabel("dev nDCG@10 (last checkpoint)")
     ax.set_title("SQuAD: ANCE's async gap and quality", fontsize=9)
     ax.legend(fontsize=7)
@@ -85,6 +109,11 @@ def plots(runs: dict[str, dict], img: Path) -> None:
     fig.savefig(img / "squad-learning.png", dpi=120)
 
 
+def _p(value: float) -> str:
+    """p-values as `ance eval` rounds them (6 decimals): 0.0 means below 5e-7."""
+    return "<1e-6" if value == 0 else f"{value:.3g}"
+
+
 def comparisons(path: Path) -> str:
     lines = ["| A − B | measure | diff | 95% CI | t-test p | Wilcoxon p | wins/ties/losses |", "|---|---|---|---|---|---|---|"]
     for raw in path.read_text().splitlines():
@@ -95,7 +124,7 @@ def comparisons(path: Path) -> str:
             for m in ("ndcg@10", "mrr@10", "recall@100"):
                 r = res[m]
                 lines.append(f"| {name} | {m} | {r['diff']:+.4f} | [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | "
-                             f"{r['p_t']:.3g} | {r['p_wilcoxon']:.3g} | {r['wins']}/{r['ties']}/{r['losses']} |")
+                             f"{_p(r['p_t'])} | {_p(r['p_wilcoxon'])} | {r['wins']}/{r['ties']}/{r['losses']} |")
     return "\n".join(lines)
 
 
@@ -104,7 +133,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("runs", type=Path)
     p.add_argument("--compare", type=Path, default=None)
     p.add_argument("--img", type=Path, default=Path("docs/img"))
+    p.add_argument("--recover", action="store_true",
+                   help="fill empty METHOD-SEED.dev.json files from --compare's means first")
     args = p.parse_args(argv)
+    if args.recover and args.compare:
+        print("recovered dev metrics of:", ", ".join(recover(args.runs, args.compare)) or "none", file=sys.stderr)
     runs = load(args.runs)
     print(table(runs))
     plots(runs, args.img)
