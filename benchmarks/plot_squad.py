@@ -115,7 +115,8 @@ def _p(value: float) -> str:
 
 
 def comparisons(path: Path) -> str:
-    lines = ["| A − B | measure | diff | 95% CI | t-test p | Wilcoxon p | wins/ties/losses |", "|---|---|---|---|---|---|---|"]
+    lines = ["| A − B | measure | diff | 95% CI | t-test p | Wilcoxon p | wins/ties/losses |",
+             "|---|---|---|---|---|---|---|"]
     for raw in path.read_text().splitlines():
         for name, res in json.loads(raw).items():
             if isinstance(res, str):

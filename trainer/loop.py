@@ -223,9 +223,9 @@ class Trainer:
         version = self.step + 1
         if n and self.is_main:
             version = self._await_fresh(q_idx)
+            static = None if self.static_table is None else self.static_table.neg
             negatives = sample_negatives(self.table.neg, q_idx, self.split.positives, n, self.n_docs,
-                                         self.neg_rng, static=None if self.static_table is None else self.static_table.neg,
-                                         mix=self.cfg.negatives.mix_static)
+                                         self.neg_rng, static=static, mix=self.cfg.negatives.mix_static)
         if n and self.distributed:
             packed = torch.tensor(np.concatenate([negatives.reshape(-1), [version]]), dtype=torch.long,
                                   device=self.device if self.device.startswith("cuda") else "cpu")
