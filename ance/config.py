@@ -77,7 +77,11 @@ class NegativesConfig:
     depth: int = 200
     rank_window: tuple[int, int] = (0, 200)
     keep: int = 20
-    sampling: str = "uniform"
+    sampling: str = "uniform"          # uniform | top | rank | score: how `keep` are chosen from the window
+    rank_decay: float = 10.0           # sampling=rank: weights exp(-rank / rank_decay)
+    score_temperature: float = 0.05    # sampling=score: weights exp(score / score_temperature)
+    denoise_margin: float | None = None  # drop candidates scored above the positive's score minus this
+    mix_static: float = 0.0            # async: this fraction of a step's negatives from static_file
     max_gap: int = 100
     final_refresh: bool = True
     wait_timeout_s: float = 1800.0
@@ -145,7 +149,7 @@ _CHOICES = {
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "negatives.source": ("inbatch", "static", "async"),
     "negatives.warmup": ("inbatch", "bm25", "static"),
-    "negatives.sampling": ("uniform", "top"),
+    "negatives.sampling": ("uniform", "top", "rank", "score"),
     "inferencer.backend": ("auto", "faiss", "torch"),
     "inferencer.precision": ("auto", "bf16", "fp16", "fp32"),
 }
@@ -307,6 +311,7 @@ def validate(cfg: Config) -> Config:
     if "static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file:
         raise ConfigError("negatives.static_file is required when negatives.source or negatives.warmup is static "
                           "(make one with `ance mine`)")
+    _validate_negative_options(cfg.negatives)
     if cfg.train.chunk_size is not None and cfg.train.chunk_size <= 0:
         raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
@@ -314,6 +319,22 @@ def validate(cfg: Config) -> Config:
     if cfg.model.temperature <= 0:
         raise ConfigError("model.temperature: must be > 0")
     return cfg
+
+
+def _validate_negative_options(neg: NegativesConfig) -> None:
+    """The selection and mixing options (docs/results.md, SQuAD) and the sources they need."""
+    if neg.rank_decay <= 0:
+        raise ConfigError(f"negatives.rank_decay: must be > 0 (ranks), got {neg.rank_decay}")
+    if neg.score_temperature <= 0:
+        raise ConfigError(f"negatives.score_temperature: must be > 0, got {neg.score_temperature}")
+    if not 0.0 <= neg.mix_static <= 1.0:
+        raise ConfigError(f"negatives.mix_static: must be a fraction in [0, 1], got {neg.mix_static}")
+    if neg.mix_static > 0 and (neg.source != "async" or not neg.static_file):
+        raise ConfigError("negatives.mix_static mixes static into refreshed negatives: it needs "
+                          "negatives.source=async and negatives.static_file (make one with `ance mine`)")
+    if neg.source == "async" and neg.warmup == "bm25" and neg.sampling == "score":
+        raise ConfigError("negatives.sampling=score needs the dense model's scores, which the bm25 warm-up "
+                          "does not give: use negatives.warmup=inbatch or static, or sampling=rank")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import ir_measures
 import numpy as np
+from scipy import stats
 
 from .errors import DataError
 from .fsio import atomic_write_lines
@@ -167,6 +168,40 @@ def _measure(name: str):
     return base @ cutoff
 
 
+def evaluate_per_query(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    measures: Sequence[str] = MEASURES,
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Each measure's value for every qrels query with a relevant document.
+
+    Returns ``(query_ids, {name: float64 [n]})``, query ids sorted, values in
+    that order; a query missing from the run (or with an empty ranking) is 0.
+    """
+    import ir_measures
+
+    if isinstance(measures, str):
+        measures = (measures,)
+    names = list(dict.fromkeys(measures))
+    if not names:
+        raise ValueError("measures is empty: give names such as ('ndcg@10', 'recall@100')")
+    by_measure = {}
+    for name in names:
+        by_measure.setdefault(_measure(name), []).append(name)
+    judged = sorted(q for q, docs in qrels.items() if any(r > 0 for r in docs.values()))
+    if not judged:
+        raise ValueError("the qrels have no relevant document (relevance >= 1): nothing to evaluate")
+    row = {q: i for i, q in enumerate(judged)}
+    qrels_in = {q: {d: int(r) for d, r in qrels[q].items()} for q in judged}
+    run_in = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in row and docs}
+    values = {name: np.zeros(len(judged)) for name in names}
+    if run_in:
+        for metric in ir_measures.iter_calc(list(by_measure), qrels_in, run_in):
+            for name in by_measure[metric.measure]:
+                values[name][row[metric.query_id]] = float(metric.value)
+    return judged, values
+
+
 def evaluate_run(
     run: Mapping[str, Mapping[str, float]],
     qrels: Mapping[str, Mapping[str, int]],
@@ -179,26 +214,64 @@ def evaluate_run(
     run has but the qrels do not are ignored; qrels queries missing from the
     run (or with an empty ranking) count 0.
     """
-    if isinstance(measures, str):
-        measures = (measures,)
-    names = list(dict.fromkeys(measures))
-    if not names:
-        raise ValueError("measures is empty: give names such as ('ndcg@10', 'recall@100')")
-    by_measure = {}
-    for name in names:
-        by_measure.setdefault(_measure(name), []).append(name)
-    judged = [q for q, docs in qrels.items() if any(r > 0 for r in docs.values())]
-    if not judged:
-        raise ValueError("the qrels have no relevant document (relevance >= 1): nothing to evaluate")
-    wanted = set(judged)
-    qrels_in = {q: {d: int(r) for d, r in qrels[q].items()} for q in judged}
-    run_in = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in wanted and docs}
-    totals = dict.fromkeys(names, 0.0)
-    if run_in:
-        for metric in ir_measures.iter_calc(list(by_measure), qrels_in, run_in):
-            for name in by_measure[metric.measure]:
-                totals[name] += float(metric.value)
-    return {name: totals[name] / len(judged) for name in names}
+    _, values = evaluate_per_query(run, qrels, measures)
+    return {name: float(v.mean()) for name, v in values.items()}
+
+
+def paired_comparison(a: np.ndarray, b: np.ndarray, *, n_boot: int = 10000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, float | int | list[float]]:
+    """Paired statistics of per-query scores ``a`` and ``b`` (same queries, same order).
+
+    ``diff`` is ``mean(a - b)``; ``t``/``p_t`` the paired (two-sided) t-test
+    (``t`` None when every query differs by the same non-zero amount),
+    ``p_wilcoxon`` the Wilcoxon signed-rank test (zero differences dropped,
+    scipy's default; 1.0 when every difference is zero), ``ci`` a percentile
+    bootstrap interval of the mean difference (``n_boot`` resamples of the
+    queries, seeded), ``wins``/``ties``/``losses`` count queries where a is
+    above, equal to, below b.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size < 2:
+        raise ValueError(f"a {a.shape} and b {b.shape} must be 1-d with the same length >= 2 (one value a query)")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot}, {level}")
+    d = a - b
+    if np.all(d == d[0]):  # no spread: the t statistic is undefined, nothing to test
+        t, p_t = (0.0, 1.0) if d[0] == 0 else (None, 0.0)
+    else:
+        res = stats.ttest_rel(a, b)
+        t, p_t = float(res.statistic), float(res.pvalue)
+    if np.any(d != 0):
+        w = stats.wilcoxon(a, b)
+        w_stat, p_w = float(w.statistic), float(w.pvalue)
+    else:
+        w_stat, p_w = 0.0, 1.0
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for lo in range(0, n_boot, 1000):  # 1000 resamples at a time: bounded memory for any n
+        hi = min(lo + 1000, n_boot)
+        boot[lo:hi] = d[rng.integers(0, d.size, size=(hi - lo, d.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return {
+        "n": int(d.size), "a": float(a.mean()), "b": float(b.mean()), "diff": float(d.mean()),
+        "ci": [float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))],
+        "t": t, "p_t": p_t, "wilcoxon": w_stat, "p_wilcoxon": p_w,
+        "wins": int((d > 0).sum()), "ties": int((d == 0).sum()), "losses": int((d < 0).sum()),
+    }
+
+
+def compare_runs(
+    run_a: Mapping[str, Mapping[str, float]],
+    run_b: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    measures: Sequence[str] = MEASURES,
+    *, n_boot: int = 10000, seed: int = 0, level: float = 0.95,
+) -> dict[str, dict]:
+    """:func:`paired_comparison` of two runs for each measure, over the qrels' judged queries
+    (a query one run lacks counts 0 for it, as in :func:`evaluate_run`)."""
+    _, va = evaluate_per_query(run_a, qrels, measures)
+    _, vb = evaluate_per_query(run_b, qrels, measures)
+    return {name: paired_comparison(va[name], vb[name], n_boot=n_boot, seed=seed, level=level) for name in va}
 
 
 def evaluate_ranked(

@@ -2,7 +2,12 @@
 
 Selection follows ANCE: take the ranks ``[lo, hi)`` of the *original* ranking
 (ANCE's "top 200"), drop every labelled positive of the query, then keep
-``keep`` of what is left, sampled uniformly or the top ones.
+``keep`` of what is left, sampled uniformly or the top ones, or weighted by
+rank (``exp(-rank / rank_decay)``) or by the ranking model's score
+(``exp(score / score_temperature)``). With ``denoise_margin`` the candidates
+the ranking model scores above its score of the query's positive minus the
+margin are dropped first (likely unlabelled positives, RocketQA's denoising
+with the retriever itself as the guide).
 
 A negatives file (``RUN_DIR/negatives/step-N.tsv``, ``ance mine``) is text::
 
@@ -28,7 +33,7 @@ from .errors import DataError
 from .fsio import atomic_write_lines
 
 MAGIC = "# ance-negatives v1 "
-SAMPLING = ("uniform", "top")
+SAMPLING = ("uniform", "top", "rank", "score")
 
 
 # --------------------------------------------------------------------------- selection
@@ -75,6 +80,10 @@ def select_negatives(
     keep: int = 20,
     sampling: str = "uniform",
     rng: np.random.Generator,
+    scores: np.ndarray | None = None,
+    rank_decay: float = 10.0,
+    score_temperature: float = 0.05,
+    denoise_margin: float | None = None,
 ) -> np.ndarray:
     """Choose hard negatives for each query from its ranked list.
 
@@ -85,7 +94,14 @@ def select_negatives(
     positives inside it are then removed, so the window is not widened to make
     up for them. ``sampling="uniform"`` draws ``keep`` candidates without
     replacement (all of them when fewer), ``"top"`` keeps the best ranked
-    ``keep``. A doc listed twice in a row counts once.
+    ``keep``; ``"rank"`` and ``"score"`` draw ``keep`` without replacement
+    with weights ``exp(-rank / rank_decay)`` (rank 0-based in the original
+    list) or ``exp(score / score_temperature)`` (Gumbel top-k). ``scores``
+    (float ``[nq, depth]``, aligned with ``ranked``) is needed for ``"score"``
+    and for ``denoise_margin``: a candidate scored above ``s_pos - margin`` is
+    dropped, where ``s_pos`` is the best score of a positive in the row (rows
+    with no positive listed keep every candidate: nothing to compare with).
+    A doc listed twice in a row counts once.
 
     Returns int32 ``[nq, keep]``, each row in rank order, ``-1`` padded.
     """
@@ -100,8 +116,17 @@ def select_negatives(
         raise ValueError(f"keep must be a positive integer, got {keep!r}")
     if sampling not in SAMPLING:
         raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-    if sampling == "uniform" and not isinstance(rng, np.random.Generator):
-        raise ValueError("sampling='uniform' needs rng=np.random.default_rng(seed)")
+    if sampling != "top" and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"sampling={sampling!r} needs rng=np.random.default_rng(seed)")
+    if sampling == "rank" and not rank_decay > 0:
+        raise ValueError(f"rank_decay must be > 0, got {rank_decay!r}")
+    if sampling == "score" and not score_temperature > 0:
+        raise ValueError(f"score_temperature must be > 0, got {score_temperature!r}")
+    if sampling == "score" or denoise_margin is not None:
+        if scores is None or np.shape(scores) != ranked.shape:
+            raise ValueError(f"sampling='score' and denoise_margin need scores shaped like ranked {ranked.shape}, "
+                             f"got {None if scores is None else np.shape(scores)}")
+        scores = np.asarray(scores, dtype=np.float64)
 
     window = ranked[:, lo:hi].astype(np.int64)
     out = np.full((nq, keep), -1, np.int32)
@@ -110,7 +135,10 @@ def select_negatives(
     n_codes = int(max(window.max(), 0)) + 1
     rows = np.broadcast_to(np.arange(nq, dtype=np.int64)[:, None], window.shape)
     codes = _pair_codes(rows, np.maximum(window, 0), n_codes)
-    cand = (window >= 0) & ~_member(codes, _unique(_positive_codes(positives, n_codes)))
+    pos_codes = _unique(_positive_codes(positives, n_codes))
+    cand = (window >= 0) & ~_member(codes, pos_codes)
+    if denoise_margin is not None:
+        cand &= ~_likely_positive(ranked, scores, positives, (lo, hi), denoise_margin)
     # a doc listed twice in a row: keep its first (best ranked) occurrence
     order = np.argsort(window, axis=1, kind="stable")
     sorted_docs = np.take_along_axis(window, order, axis=1)
@@ -121,8 +149,14 @@ def select_negatives(
 
     if sampling == "top":
         key = np.where(cand, 0.0, 1.0)  # the stable sort keeps rank order among candidates
-    else:
+    elif sampling == "uniform":
         key = np.where(cand, rng.random(window.shape), 2.0)
+    else:  # Gumbel top-k: the smallest -(log w + G) are a weighted draw without replacement
+        if sampling == "rank":
+            log_w = -np.arange(lo, lo + window.shape[1], dtype=np.float64)[None, :] / rank_decay
+        else:
+            log_w = scores[:, lo:hi] / score_temperature
+        key = np.where(cand, -(log_w + rng.gumbel(size=window.shape)), np.inf)
     pick = np.argsort(key, axis=1, kind="stable")[:, :keep]
     n_pick = np.minimum(cand.sum(axis=1), keep)
     chosen = np.arange(pick.shape[1])[None, :] < n_pick[:, None]
@@ -130,6 +164,19 @@ def select_negatives(
     vals = np.take_along_axis(window, np.minimum(pick, window.shape[1] - 1), axis=1)
     out[:, : pick.shape[1]] = np.where(pick < window.shape[1], vals, -1)
     return out
+
+
+def _likely_positive(ranked: np.ndarray, scores: np.ndarray, positives: Sequence[np.ndarray],
+                     window: tuple[int, int], margin: float) -> np.ndarray:
+    """bool ``[nq, hi - lo]``: window entries scored above the row's best positive score minus ``margin``."""
+    lo, hi = window
+    full = ranked.astype(np.int64)
+    n_codes = int(max(full.max(initial=0), 0)) + 1
+    rows = np.broadcast_to(np.arange(full.shape[0], dtype=np.int64)[:, None], full.shape)
+    pos_codes = _unique(_positive_codes(positives, n_codes))
+    is_pos = (full >= 0) & _member(_pair_codes(rows, np.maximum(full, 0), n_codes), pos_codes)
+    s_pos = np.where(is_pos, scores, -np.inf).max(axis=1, initial=-np.inf)
+    return (scores[:, lo:hi] > (s_pos - margin)[:, None]) & np.isfinite(s_pos)[:, None]
 
 
 def overlap(previous: np.ndarray, ranked: np.ndarray) -> float:

@@ -7,7 +7,7 @@
 # Env: MODEL, DATA, OUT (default runs/quality), SEEDS, METHODS (zeroshot inbatch static async),
 # BACKEND (auto|faiss|torch), GPUS (trainer and inferencer GPU, default 0), WINDOW (ranks the hard
 # negatives come from, static and async alike; default "0 30"), EXTRA (more overrides),
-# STATIC (the static negatives file; mined into OUT when missing).
+# STATIC (the static negatives file; mined into OUT when missing), CFG (default configs/scifact-minilm-gpu.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-all-MiniLM-L6-v2}
@@ -17,7 +17,7 @@ SEEDS=${SEEDS:-"13 14"}
 METHODS=${METHODS:-"zeroshot inbatch static async"}
 BACKEND=${BACKEND:-auto}
 GPU=${GPUS-0}   # empty: let ance launch place the processes (CPU here)
-CFG=configs/scifact-minilm-gpu.yaml
+CFG=${CFG:-configs/scifact-minilm-gpu.yaml}
 EXTRA=${EXTRA:-}
 WINDOW=${WINDOW:-"0 30"}
 read -r LO HI <<< "$WINDOW"

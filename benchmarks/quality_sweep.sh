@@ -7,7 +7,9 @@
 #   SWEEP='n7|static async|13 14|negatives.n_per_query=7
 #   lr5e-5|static async|13|train.lr=5e-5' ROOT=runs/sweep JOBS=4 bash benchmarks/quality_sweep.sh
 # A SWEEP line: NAME|METHODS|SEEDS|EXTRA overrides|WINDOW (ranks the hard negatives come from, static
-# and async alike, default "0 30"; the static file of each window is mined once and shared).
+# and async alike, default "0 30"; the static file of each window is mined once and shared). In EXTRA,
+# @STATIC@ stands for that static file (e.g. negatives.mix_static=0.5 negatives.static_file=@STATIC@).
+# CFG: the config every job starts from (default configs/scifact-minilm-gpu.yaml).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-runs/sweep}
@@ -28,7 +30,8 @@ while IFS='|' read -r name methods seeds extra window; do
   window=${window:-"0 30"}
   read -r LO HI <<< "$window"
   STATIC=""
-  [[ " $methods " == *" static "* ]] && STATIC=$(static_file $LO $HI)
+  [[ " $methods " == *" static "* || "$extra" == *@STATIC@* ]] && STATIC=$(static_file $LO $HI)
+  extra=${extra//@STATIC@/$STATIC}
   for m in $methods; do
     for s in $seeds; do
       while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done

@@ -56,7 +56,8 @@ def summarize_folder(root: Path) -> dict:
     summary: dict = {}
     for f in sorted(root.glob("*.dev.json")):
         name = f.name[: -len(".dev.json")]
-        entry = {"dev": json.loads(f.read_text())}
+        text = f.read_text().strip()  # empty when the job was stopped during its `ance eval`
+        entry = {"dev": json.loads(text) if text else None}
         if (root / name / "metrics.jsonl").exists():
             entry.update(summarize_run(root / name))
         summary[name] = entry
@@ -67,7 +68,8 @@ def method_lines(summary: dict, label: str = "") -> list[str]:
     """One line a method (the run name up to its first ``-``): each run's dev nDCG@10 and their mean."""
     by_method: dict[str, list] = {}
     for run, entry in summary.items():
-        by_method.setdefault(run.split("-")[0], []).append((run, entry["dev"]["ndcg@10"]))
+        if entry["dev"] is not None:
+            by_method.setdefault(run.split("-")[0], []).append((run, entry["dev"]["ndcg@10"]))
     return [f"{label + ' ' if label else ''}{method:8s} nDCG@10 " + "  ".join(f"{n}={v:.4f}" for n, v in vals)
             + f"  mean={statistics.mean(v for _, v in vals):.4f}" for method, vals in sorted(by_method.items())]
 

@@ -392,7 +392,9 @@ class Broker:
         neg_cfg = self.cfg.negatives
         rng = np.random.default_rng([self.cfg.seed, r.version, r.chunk])  # same chunk, same draw
         neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=neg_cfg.rank_window,
-                               keep=self.keep, sampling=neg_cfg.sampling, rng=rng)
+                               keep=self.keep, sampling=neg_cfg.sampling, rng=rng, scores=r.scores,
+                               rank_decay=neg_cfg.rank_decay, score_temperature=neg_cfg.score_temperature,
+                               denoise_margin=neg_cfg.denoise_margin)
         if self.versions.latest is not None:
             prev = self.versions.latest.neg[r.q_lo:r.q_hi]
             has = (prev >= 0).any(axis=1)

@@ -141,6 +141,21 @@ def test_gradcache_matches_plain_step_with_dropout(batch, chunk):
         assert_tensors_close(got[1], whole[1])
 
 
+@pytest.mark.parametrize("chunk", [4, 13])
+def test_gradcache_with_eight_negatives_a_query_matches_plain_step(chunk):
+    """negatives.n_per_query=8: B positives then 8 hard negatives a query, the trainer's layout."""
+    gen = torch.Generator().manual_seed(8)
+    queries, passages = tokens(B, Q_LEN, gen), tokens(B * 9, P_LEN, gen)
+    loss_fn = InfoNCE(0.05)
+    pos = torch.arange(B)
+    ref = run_step(lambda m: plain_step(m, loss_fn, queries, passages, chunk_size=chunk, pos_index=pos))
+    got = run_step(lambda m: GradCache(m, loss_fn, chunk).step(queries, passages, pos_index=pos))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=0)
+    assert_tensors_close(got[1], ref[1])
+    assert float(got[0]) > float(run_step(lambda m: GradCache(m, loss_fn, chunk).step(
+        queries, {k: v[: B * 2] for k, v in passages.items()}, pos_index=pos))[0]), "more negatives, higher loss"
+
+
 @pytest.mark.parametrize("tokens", [P_LEN, 2 * P_LEN + 1, 10 * P_LEN])
 def test_gradcache_by_token_budget_matches_plain_step_with_dropout(batch, tokens):
     queries, passages = batch

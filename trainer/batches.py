@@ -84,8 +84,15 @@ def sample_negatives(
     n: int,
     n_docs: int,
     rng: np.random.Generator,
+    static: np.ndarray | None = None,
+    mix: float = 0.0,
 ) -> np.ndarray:
     """``n`` hard negatives per query drawn from its row of ``table`` (-1 = empty).
+
+    With ``static`` (a second table, the static file's negatives) and ``mix``
+    > 0, each of a query's ``n`` negatives comes from its ``static`` row with
+    probability ``mix`` (a binomial count a query), the rest from ``table``; a
+    source with too few candidates hands its share to the other.
 
     A query's own positives are never drawn, even if the table lists them (a
     static file from elsewhere). Where a row holds fewer than ``n`` usable
@@ -96,6 +103,8 @@ def sample_negatives(
     out = np.empty((len(q_idx), n), dtype=np.int64)
     if n == 0:
         return out
+    if static is not None and mix > 0:
+        return _sample_mixed(table, static, q_idx, positives, n, n_docs, rng, mix)
     for row, q in enumerate(q_idx):
         pos = np.asarray(positives[q])
         if table is not None:
@@ -115,5 +124,37 @@ def sample_negatives(
             d = int(rng.integers(n_docs))
             if d not in pos_set and d not in chosen:
                 chosen.append(d)
+        out[row] = chosen
+    return out
+
+
+def _usable(row: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return row[(row >= 0) & ~np.isin(row, pos)]
+
+
+def _sample_mixed(table: np.ndarray, static: np.ndarray, q_idx: np.ndarray, positives: Sequence[np.ndarray],
+                  n: int, n_docs: int, rng: np.random.Generator, mix: float) -> np.ndarray:
+    out = np.empty((len(q_idx), n), dtype=np.int64)
+    n_static = rng.binomial(n, mix, size=len(q_idx))
+    for row, q in enumerate(q_idx):
+        pos = np.asarray(positives[q])
+        fresh = _usable(table[q], pos) if table is not None else np.empty(0, np.int64)
+        old = _usable(static[q], pos)
+        k = min(int(n_static[row]), len(old))
+        k = max(k, n - len(fresh))          # too few refreshed: more static ones
+        k = min(k, len(old))
+        chosen = [int(d) for d in rng.choice(old, size=k, replace=False)] if k else []
+        fresh = fresh[~np.isin(fresh, chosen)]
+        take = min(n - k, len(fresh))
+        chosen += [int(d) for d in rng.choice(fresh, size=take, replace=False)] if take else []
+        if len(chosen) < n:
+            if n_docs - len(pos) < n:
+                raise ValueError(f"query {int(q)} needs {n} negatives but the corpus has only "
+                                 f"{n_docs - len(pos)} documents that are not its positives")
+            pos_set = set(int(p) for p in pos)
+            while len(chosen) < n:
+                d = int(rng.integers(n_docs))
+                if d not in pos_set and d not in chosen:
+                    chosen.append(d)
         out[row] = chosen
     return out

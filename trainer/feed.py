@@ -95,9 +95,9 @@ def _header_fingerprint(path: str) -> str | None:
 
 def fill_bm25(table: NegativesTable, passages: Sequence[str], query_texts: Sequence[str],
               positives: Sequence[np.ndarray], *, depth: int, rank_window: tuple[int, int],
-              sampling: str, seed: int) -> None:
-    """BM25 warm-up negatives (the ANCE paper's warm-up), as version 0."""
+              sampling: str, seed: int, rank_decay: float = 10.0) -> None:
+    """BM25 warm-up negatives (the ANCE paper's warm-up), as version 0 (no scores: no denoising)."""
     ranked = bm25_rank(passages, query_texts, depth)
     neg = select_negatives(ranked, positives, rank_window=rank_window, keep=table.keep,
-                           sampling=sampling, rng=np.random.default_rng(seed))
+                           sampling=sampling, rng=np.random.default_rng(seed), rank_decay=rank_decay)
     table.update(np.arange(len(query_texts)), neg, 0)

@@ -83,6 +83,7 @@ class Trainer:
             self._restore(start[1])
         elif self.is_main:
             self._warmup_negatives()
+        self._static_beside_refreshed()
 
     # ---------------------------------------------------------------- setup
     def _join_process_group(self) -> None:
@@ -170,6 +171,15 @@ class Trainer:
                              prometheus_port=prometheus_port_for(t.prometheus_port, "trainer"),
                              prometheus_addr=t.prometheus_addr)
 
+    def _static_beside_refreshed(self) -> None:
+        """negatives.mix_static: the static file's negatives kept beside the refreshed ones."""
+        self.static_table = None
+        neg = self.cfg.negatives
+        if self.is_main and neg.mix_static > 0:
+            self.static_table = NegativesTable(len(self.split), neg.keep)
+            fill_static(self.static_table, neg.static_file, self.split.ids, self.data.corpus.ids,
+                        fingerprint=self.data.fingerprint)
+
     def _build_gradcache(self):
         """The GradCache step of ``train.chunk_size`` (None: the plain step); with
         ``train.chunk_by_tokens`` a chunk holds chunk_size x passage_max_length tokens."""
@@ -200,7 +210,8 @@ class Trainer:
                         fingerprint=self.data.fingerprint)
         elif source == "bm25":
             fill_bm25(self.table, self.data.corpus.passages(), self.split.texts, self.split.positives,
-                      depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed)
+                      depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
+                      rank_decay=neg.rank_decay)
 
     def _restore(self, path: Path) -> None:
         state = load_trainer_state(path)
@@ -228,8 +239,9 @@ class Trainer:
         version = self.step + 1
         if n and self.is_main:
             version = self._await_fresh(q_idx)
+            static = None if self.static_table is None else self.static_table.neg
             negatives = sample_negatives(self.table.neg, q_idx, self.split.positives, n, self.n_docs,
-                                         self.neg_rng)
+                                         self.neg_rng, static=static, mix=self.cfg.negatives.mix_static)
         if n and self.distributed:
             packed = torch.tensor(np.concatenate([negatives.reshape(-1), [version]]), dtype=torch.long,
                                   device=self.device if self.device.startswith("cuda") else "cpu")

@@ -1,4 +1,7 @@
-"""`ance eval`: score a TREC run against judgements; one JSON object on stdout."""
+"""`ance eval`: score a TREC run against judgements; one JSON object on stdout.
+
+``--compare RUN_A RUN_B``: paired per-query statistics of two runs instead.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +11,58 @@ import json
 from ance.errors import ConfigError
 
 NAME = "eval"
-HELP = "Evaluate a TREC run against qrels: prints one JSON object (ndcg@10, mrr@10, recall@100, recall@1000)."
+HELP = ("Evaluate a TREC run against qrels, or compare two (--compare A B): prints one JSON object "
+        "(ndcg@10, mrr@10, recall@100, recall@1000).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="TREC run file (qid Q0 did rank score tag), e.g. from "
-                                                     "`ance retrieve` or `ance search`")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="TREC run file (qid Q0 did rank score tag), e.g. from "
+                                     "`ance retrieve` or `ance search`")
+    which.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                       help="two TREC runs over the same queries: per measure, the mean of A - B over the "
+                            "queries, a paired t-test and Wilcoxon signed-rank test (scipy), a bootstrap "
+                            "confidence interval of the mean difference, and wins/ties/losses of A")
     parser.add_argument("--qrels", required=True,
                         help="judgements: BEIR TSV (query-id corpus-id score, header optional) or TREC qrels "
                              "(qid 0 did rel)")
     parser.add_argument("--measures", nargs="+", default=None, metavar="NAME@K",
                         help="measures to compute instead of the default four (ndcg, mrr, recall, map, "
                              "precision at a cutoff, e.g. ndcg@10 recall@100)")
+    parser.add_argument("--bootstrap", type=int, default=10000, metavar="N",
+                        help="--compare: bootstrap resamples of the queries (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="--compare: the bootstrap's seed (default 0)")
     parser.epilog = ("Means are over the qrels' queries with a relevant document; a query missing from the "
-                     "run counts 0. Nothing but the JSON object goes to stdout.")
+                     "run counts 0. Nothing but the JSON object goes to stdout. With --compare the object is "
+                     "{measure: {n, a, b, diff, ci (95%% bootstrap of diff), t, p_t, wilcoxon, p_wilcoxon, "
+                     "wins, ties, losses}}.")
+
+
+def _round(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
-    # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
-    from ance.evaluate import MEASURES, evaluate_run, read_qrels, read_trec_run
+    # imported when the command runs (ir-measures, scipy), so `ance --help` stays fast
+    from ance.evaluate import MEASURES, compare_runs, evaluate_run, read_qrels, read_trec_run
 
-    run_ = read_trec_run(args.run)
     qrels = read_qrels(args.qrels)
+    measures = args.measures or MEASURES
     try:
-        metrics = evaluate_run(run_, qrels, args.measures or MEASURES)
+        if args.compare:
+            if args.bootstrap < 1:
+                raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+            run_a, run_b = (read_trec_run(p) for p in args.compare)
+            result = compare_runs(run_a, run_b, qrels, measures, n_boot=args.bootstrap, seed=args.seed)
+        else:
+            result = evaluate_run(read_trec_run(args.run), qrels, measures)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+    print(json.dumps(_round(result)))
     return 0

@@ -33,8 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="original ranks [LO, HI) (0-based) the negatives are drawn from; positives inside "
                         "are dropped, not replaced")
     g.add_argument("--n", type=int, default=1, help="negatives kept per query")
-    g.add_argument("--sampling", choices=("uniform", "top"), default="uniform",
-                   help="uniform: a random draw from the window; top: the best ranked")
+    g.add_argument("--sampling", choices=("uniform", "top", "rank", "score"), default="uniform",
+                   help="uniform: a random draw from the window; top: the best ranked; rank / score: a draw "
+                        "weighted by exp(-rank / --rank-decay) or exp(score / --score-temperature)")
+    g.add_argument("--rank-decay", type=float, default=10.0, help="--sampling rank: the weights' decay in ranks")
+    g.add_argument("--score-temperature", type=float, default=0.05,
+                   help="--sampling score: the weights' temperature")
+    g.add_argument("--denoise-margin", type=float, default=None,
+                   help="drop candidates the model scores above its score of the query's positive minus this "
+                        "margin (likely unlabelled positives)")
     g.add_argument("--seed", type=int, default=0, help="seed of the uniform draw")
     parser.add_argument("--out", required=True,
                         help="negatives file (`# ance-negatives v1 {...}` header, then qid<TAB>did,did,...); "
@@ -59,19 +66,21 @@ def run(args: argparse.Namespace) -> int:
         device, model, data = _setup_with_eval(args)
     else:
         device, model, data = setup(args, args.split)
-    qids, ids, _ = retrieve(model, data, args.split, k=args.k, max_length=args.max_length,
+    qids, ids, scores = retrieve(model, data, args.split, k=args.k, max_length=args.max_length,
                             query_max_length=args.query_max_length, device=device, backend=args.backend,
                             cache_root=args.cache_dir, batch_size=args.batch_size, long_doc=args.long_doc,
                             n_windows=args.windows, precision=args.precision, progress=not args.quiet)
     split = data.split(args.split)
     try:
         neg = select_negatives(ids, split.positives, rank_window=rank_window, keep=args.n,
-                               sampling=args.sampling, rng=np.random.default_rng(args.seed))
+                               sampling=args.sampling, rng=np.random.default_rng(args.seed), scores=scores,
+                               rank_decay=args.rank_decay, score_temperature=args.score_temperature,
+                               denoise_margin=args.denoise_margin)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     header = {"version": 0, "source": "ance mine", "model": str(args.model), "split": args.split,
               "depth": args.k, "rank_window": list(rank_window), "keep": args.n, "sampling": args.sampling,
-              "seed": args.seed, "data_fingerprint": data.fingerprint}
+              "denoise_margin": args.denoise_margin, "seed": args.seed, "data_fingerprint": data.fingerprint}
     write_negatives(args.out, qids, neg, data.corpus.ids, header)
     found = int((neg >= 0).sum())
     print(f"ance mine: {len(qids)} {args.split} queries, {found} negatives ({found / max(len(qids), 1):.2f} a "
