@@ -101,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         rc = sup.run(tick=progress.tick if progress else None)
     finally:
-        # the run's last word in metrics.jsonl: `ance monitor` shows it finished (and when)
-        metrics.log("run_end", code=rc, reason=sup.stop_reason or "interrupted")
+        # the run's last word in metrics.jsonl, so `ance monitor` shows it finished (and when); only from
+        # the launcher whose trainer ends the run, not from an `--only inferencer` one on another host
+        if "trainer" in roles and args.node_rank == 0:
+            metrics.log("run_end", code=rc, reason=sup.stop_reason or "interrupted")
         metrics.close()
     result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
     print(json.dumps(result))
