@@ -62,6 +62,7 @@ class RunSummary:
         self.workers: dict[str, dict[str, Any]] = {}
         self.checkpoint: dict[str, Any] | None = None
         self.n_checkpoints = 0
+        self.finished: dict[str, Any] | None = None  # the launcher's run_end: code, reason, time
 
     def update(self, events: Iterable[dict]) -> RunSummary:
         for ev in events:
@@ -134,6 +135,13 @@ class RunSummary:
         if w["state"].startswith("lost"):
             w["shard"] = None
 
+    def _on_run_end(self, ev: dict) -> None:
+        self.finished = {k: ev.get(k) for k in ("code", "reason", "time")}
+
+    def _on_process(self, ev: dict) -> None:
+        if ev.get("state") == "started":  # `ance launch --resume` after a run_end: running again
+            self.finished = None
+
     def _worker(self, name: str) -> dict[str, Any]:
         return self.workers.setdefault(name, {"name": name, "state": None, "last_seen": None, "shard": None})
 
@@ -162,6 +170,7 @@ class RunSummary:
             "workers": [dict(self.workers[n]) for n in sorted(self.workers)],
             "checkpoint": dict(self.checkpoint) if self.checkpoint else None,
             "n_checkpoints": self.n_checkpoints,
+            "finished": dict(self.finished) if self.finished else None,
         }
 
 
@@ -220,6 +229,11 @@ def render(summary: dict[str, Any], *, title: str | None = None, now: float | No
     head.append(f"   {summary.get('n_events', 0)} events")
     if now is not None and last is not None:
         head.append(f", last {_seconds(max(0.0, now - last))} ago")
+    end = summary.get("finished")
+    if end is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end["time"])) if end.get("time") else "?"
+        head.append(f"   finished {when}: exit code {_f(end.get('code'))} ({_f(end.get('reason'))})",
+                    style="green" if end.get("code") == 0 else "red")
     parts.append(head)
 
     t = summary.get("train")
@@ -287,7 +301,8 @@ def render(summary: dict[str, Any], *, title: str | None = None, now: float | No
             table.add_row(w["name"], Text(state, style="red" if lost else "green"), seen_text, job)
         alive = sum(1 for w in workers if not (w["state"] or "").startswith("lost"))
         more = f", {len(workers) - MAX_WORKERS_SHOWN} more not shown" if len(workers) > MAX_WORKERS_SHOWN else ""
-        parts.append(Panel(table, title=f"workers: {alive} alive of {len(workers)}{more}", title_align="left"))
+        count = f"{len(workers)} at the end of the run" if end is not None else f"{alive} alive of {len(workers)}"
+        parts.append(Panel(table, title=f"workers: {count}{more}", title_align="left"))
 
     c = summary.get("checkpoint")
     if c is not None:

@@ -152,6 +152,11 @@ class Supervisor:
     def request_stop(self, reason: str) -> None:
         self._stop_reason = self._stop_reason or reason
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run ended (e.g. "trainer-0 exited with code 0"); None while it runs."""
+        return self._stop_reason
+
     @staticmethod
     def _group_alive(p: "_Proc") -> bool:
         """Whether any process of the child's group is still there (the leader may be gone)."""

@@ -16,5 +16,12 @@ if ! python -c "import torch" 2>/dev/null; then
   # torch before anything that depends on it, or pip resolves a multi-GB CUDA build.
   python -m pip install -q ${TORCH_SPEC:-torch==2.13.0} 2>&1 | grep -v "is ignored" || true
 fi
-python -m pip install -q -e ".[${ANCE_EXTRAS:-dev}]" 2>&1 | grep -v "is ignored" || true
+# The editable install maps the role folders (trainer/, broker/, ...) into the `ance` namespace, so
+# setuptools serves it through a meta-path finder and always ends with an informational notice
+# ("Editable installation ... folders with the same name as your package"). Every editable mode
+# prints one for such a mapping (strict: "auxiliary directory"; compat: deprecated, and it cannot
+# import ance.trainer), and the caution does not apply here: the folders install as ance.*, never
+# under their own names. So the notice is filtered, by its text, for this one command only.
+PYTHONWARNINGS="ignore:Editable installation:UserWarning" \
+  python -m pip install -q -e ".[${ANCE_EXTRAS:-dev}]" 2>&1 | grep -v "is ignored" || true
 python -c "import ance, torch, faiss, zmq; print(f'ance {ance.__version__} ready (torch {torch.__version__}, faiss {faiss.__version__})')"

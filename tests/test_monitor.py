@@ -115,6 +115,25 @@ def test_render_mid_refresh_and_empty():
     assert "no training step logged yet" in text and "0 events" in text
 
 
+def test_finished_run_says_so_and_when():
+    """The launcher's run_end: the view says the run finished (when, with what code), not "workers alive";
+    a `--resume` (new process starts after it) makes it a live run again."""
+    import time
+
+    end = {"event": "run_end", "code": 0, "reason": "trainer-0 exited with code 0", "time": 126.0}
+    s = summarize(EVENTS + [SHARD_1_DONE, REFRESH, end], CONFIG)
+    assert s["finished"] == {"code": 0, "reason": "trainer-0 exited with code 0", "time": 126.0}
+    text = _text(render(s, now=130.0))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(126.0))
+    assert f"finished {when}: exit code 0 (trainer-0 exited with code 0)" in text, text
+    assert "workers: 2 at the end of the run" in text and "alive" not in text, text
+    resumed = summarize(EVENTS + [end, {"event": "process", "name": "trainer-0", "state": "started", "pid": 7,
+                                        "restarts": 0, "time": 200.0}], CONFIG)
+    assert resumed["finished"] is None
+    assert "workers: 1 alive of 2" in _text(render(resumed)) and "finished" not in _text(render(resumed))
+    assert summarize(EVENTS, CONFIG)["finished"] is None
+
+
 def test_tail_follows_partial_lines_and_restarts(tmp_path):
     path = tmp_path / "metrics.jsonl"
     tail = MetricsTail(tmp_path)

@@ -89,9 +89,14 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handle)
     progress = None if args.no_progress else Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap)
     log.info("run directory %s; logs in %s", run_dir, RunDir(run_dir).logs)
+    rc = 1
     try:
         rc = sup.run(tick=progress.tick if progress else None)
     finally:
+        # the run's last word in metrics.jsonl, so `ance monitor` shows it finished (and when); only from
+        # the launcher whose trainer ends the run, not from an `--only inferencer` one on another host
+        if "trainer" in roles and args.node_rank == 0:
+            metrics.log("run_end", code=rc, reason=sup.stop_reason or "interrupted")
         metrics.close()
     result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
     print(json.dumps(result))
