@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rc = sup.run(tick=progress.tick if progress else None)
     finally:
-        # the run's last word in metrics.jsonl, so `ance monitor` shows it finished (and when); only from
+        # the run's last word in the metrics log, so `ance monitor` shows it finished (and when); only from
         # the launcher whose trainer ends the run, not from an `--only inferencer` one on another host
         if "trainer" in roles and args.node_rank == 0:
             metrics.log("run_end", code=rc, reason=sup.stop_reason or "interrupted")
