@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from ance.errors import CheckpointError
 from ance.fsio import fsync_dir
 
+from .state_io import STATE_JSON, load_state, save_state
+
 MANIFEST = "manifest.json"
-STATE = "trainer_state.pt"
+STATE = STATE_JSON
 _NAME = re.compile(r"^step-(\d{6,})$")
 
 
@@ -49,7 +49,8 @@ def write_checkpoint(
     """Write checkpoint ``step`` atomically and return its final path.
 
     ``save_model(dir)`` writes the HF model directory; ``trainer_state`` goes to
-    ``trainer_state.pt``. ``_pause`` is a test hook called between the model
+    ``trainer_state.json`` + ``trainer_state.safetensors`` (:mod:`.state_io`, no pickle).
+    ``_pause`` is a test hook called between the model
     files and the manifest (where a crash hurts most).
     """
     final = checkpoint_dir(run_dir, step)
@@ -62,7 +63,7 @@ def write_checkpoint(
     started = time.time()
     save_model(tmp)
     if trainer_state is not None:
-        torch.save(trainer_state, tmp / STATE)
+        save_state(trainer_state, tmp)
     if _pause is not None:
         _pause(tmp)
     _fsync_tree(tmp)
@@ -145,8 +146,4 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     read_manifest(path)
-    state_file = path / STATE
-    if not state_file.is_file():
-        raise CheckpointError(f"{state_file}: missing; this checkpoint holds model weights only "
-                              "and cannot resume training")
-    return torch.load(state_file, map_location="cpu", weights_only=False)
+    return load_state(path)
