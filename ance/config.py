@@ -92,6 +92,7 @@ class BrokerConfig:
     max_frame_bytes: int = 256 * 1024 * 1024
     send_weights: bool = False
     curve_keys: str | None = None
+    max_shards: int = 64                        # the most inferencers one refresh is split over
 
 
 @dataclass
@@ -151,7 +152,7 @@ _CHOICES = {
 _POSITIVE = (
     "train.max_steps", "train.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
     "train.log_every", "negatives.n_per_query", "negatives.depth", "negatives.keep",
-    "broker.chunk_queries", "broker.max_frame_bytes", "inferencer.batch_size",
+    "broker.chunk_queries", "broker.max_frame_bytes", "broker.max_shards", "inferencer.batch_size",
     "model.query_max_length", "model.passage_max_length", "model.maxp_windows",
 )
 

@@ -30,6 +30,7 @@ import pytest
 from ance.config import load_config
 from ance.negatives import read_negatives
 from ance.protocol import pack_array, unpack_array
+from ance.broker.guard import read_token
 from ance.broker.refresh import negatives_path
 
 from helpers_refresh import (MAX_FRAME, Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
@@ -82,6 +83,7 @@ class FakeWorker(Peer):
         super().__init__(address, f"inferencer-{name}".encode())
         self.send("hello", role="inferencer", name=f"inferencer-{name}", pid=1, device="cpu",
                   data_fingerprint=fingerprint)
+        self.send("heartbeat", state="idle")  # ready: only then does it get shards
 
     def job(self, timeout=10):
         return self.wait_for(lambda ms: [m for m in ms if m.type == "job"], timeout, "a job")[-1]
@@ -123,6 +125,8 @@ def broker(tmp_path):
         (d / "trainer_state.pt").write_bytes(b"x")
     rec = Recorder()
     b = Broker(cfg, dataset=synthetic_dataset(), metrics=rec)  # no complete checkpoint yet: nothing queued
+    for step in (1, 2, 3):  # complete from now on: the broker refreshes only complete checkpoints
+        (ckpts / f"step-{step:06d}" / "manifest.json").write_text(f'{{"step": {step}}}')
     b.bind()
     thread = threading.Thread(target=b.run, daemon=True)
     thread.start()
@@ -152,7 +156,7 @@ def test_trainer_joining_mid_version_gets_the_chunks_so_far(broker):
     announcer.send("checkpoint", step=1, path=str(broker.ckpts / "step-000001"), written_at=time.time())
     j0, j1 = w0.job(), w1.job()
     assert (j0.n_shards, j0.doc_lo, j1.doc_hi) == (2, 0, N_DOCS) and j0.eval
-    assert set(j0.weights) == {"config.json"}  # send_weights, trainer_state.pt left behind
+    assert set(j0.weights) == {"config.json", "manifest.json"}  # send_weights, trainer_state.* left behind
     w0.chunk(j0, "train", 0)
     w1.chunk(j1, "train", 0)
     announcer.wait_for(lambda ms: [m for m in ms if m.type == "negatives"], 10, "chunk 0")
@@ -461,7 +465,7 @@ def test_broker_restart_loses_nothing(cluster):
     done = cluster.version_done(4, timeout=60)
     assert done.n_shards == 2
     trainer.send("status", step=5, version_in_use=4, gap=1)
-    trainer.send("stop", reason="test over")
+    trainer.send("stop", reason="test over", token=read_token(cluster.run))
     assert cluster.broker.wait(20) == 0
     assert stop(cluster.workers[0]) == 0  # SIGTERM: a clean exit
     print(f"broker restart: {time.time() - t0:.1f}s; ckpt {ckpt3.name}")
