@@ -18,6 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .config_checks import check_ranges
 from .errors import ConfigError
 
 
@@ -214,8 +215,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             continue
         where = f"{prefix}.{name}" if prefix else name
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
-            kwargs[name] = _build(typ, values[name] or {}, where)
+        if dataclasses.is_dataclass(typ):  # `data:` with nothing is the defaults; `data: 0` is an error
+            kwargs[name] = _build(typ, {} if values[name] is None else values[name], where)
         else:
             kwargs[name] = _convert(values[name], typ, where)
     return cls(**kwargs)
@@ -285,8 +286,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
         raise ConfigError("train.warmup_ratio: must be in [0, 1)")
-    if cfg.model.temperature <= 0:
-        raise ConfigError("model.temperature: must be > 0")
+    check_ranges(cfg)
     return cfg
 
 

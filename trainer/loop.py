@@ -21,13 +21,14 @@ import torch
 from ance import distributed as dist_util
 from ance.encode import describe_device
 from ance.config import Config, config_hash, save_config
+from ance.config_checks import check_model_lengths
 from ance.errors import AnceError, ConfigError
 
 from .batches import Batch, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, sweep_incomplete,
                          write_checkpoint)
 from .feed import NegativesTable, fill_bm25, fill_static
-from .optim import build_optimizer, build_scheduler, grad_norm, last_layer_params
+from .optim import build_optimizer, build_scheduler, check_finite, check_params_finite, grad_norm, last_layer_params
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class Trainer:
                                     similarity=m.similarity, temperature=m.temperature,
                                     shared_towers=m.shared_towers).to(self.device)
         self.model.train()
+        check_model_lengths(cfg, getattr(self.model.query_encoder.config, "max_position_embeddings", None),
+                            model_path)
         self.tokenizer = self.model.tokenizer
         self.passages = TokenCache.open(self.data.corpus.passages(), self.tokenizer,
                                         m.passage_max_length - 2, self.run_dir / "cache",
@@ -304,6 +307,7 @@ class Trainer:
         last = grad_norm(self._last_layer)
         total = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]
+        check_finite(self.step, float(loss), total, lr, scaled=self.scaler is not None)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -332,6 +336,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-N`` (rank 0) and announce it to the broker."""
         t0 = time.time()
+        check_params_finite(self.model, self.step)
         pause = _test_pause_hook(self.step)
         path = write_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
                                 {"config_hash": config_hash(self.cfg)}, _pause=pause)

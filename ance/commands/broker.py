@@ -21,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ance.broker.hub import Broker
     from ance.config import config_from_args
+    from ance.fsio import claim_run_dir
     from ance.logutil import setup_logging
 
     setup_logging(args.log_level, role="broker")
     cfg = config_from_args(args)
+    claim_run_dir(cfg.run_dir, resume=True)  # a writable directory (a restart reuses what is there)
     return Broker(cfg).run()

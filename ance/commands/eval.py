@@ -24,11 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ance.errors import ConfigError
+    from ance.errors import ConfigError, DataError
     from ance.evaluate import MEASURES, evaluate_run, read_qrels, read_trec_run
 
     run_ = read_trec_run(args.run)
     qrels = read_qrels(args.qrels)
+    if run_ and not set(run_) & set(qrels):
+        raise DataError(args.run, None, f"none of its {len(run_)} query ids (e.g. {next(iter(run_))!r}) is in "
+                                        f"{args.qrels} (e.g. {next(iter(qrels))!r}); were they made for the same "
+                                        "dataset and split?")
     try:
         metrics = evaluate_run(run_, qrels, args.measures or MEASURES)
     except ValueError as exc:

@@ -21,9 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ance.config import config_from_args
+    from ance.fsio import claim_run_dir
     from ance.inferencer.worker import Worker
     from ance.logutil import setup_logging
 
     setup_logging(args.log_level, role=f"inferencer-{args.name}")
     cfg = config_from_args(args)
+    claim_run_dir(cfg.run_dir, resume=True)  # a writable directory (a restart reuses what is there)
     return Worker(cfg, device=args.device, name=args.name).run()

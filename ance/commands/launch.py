@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nnodes", type=int, default=1, help="trainer nodes (torchrun rendezvous); 1 = this node only")
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank among --nnodes")
     parser.add_argument("--rdzv-endpoint", default=None, help="host:port of the torchrun rendezvous (multi-node)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start fresh in a run directory that holds an earlier run, moving that run aside to "
+                             "RUN_DIR.old-<time> (without it, such a directory is refused)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument("--log-level", default="INFO", help="the launcher's own logging level")
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ance.config import config_from_args, load_run_config, save_config
     from ance.errors import ConfigError
+    from ance.fsio import claim_run_dir
     from ance.launch.progress import Progress
     from ance.launch.supervisor import Supervisor, plan
     from ance.logutil import setup_logging
@@ -71,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--only: unknown role(s) {', '.join(sorted(unknown))}; use broker, trainer, inferencer")
     run_dir = Path(cfg.run_dir)
+    if "trainer" in roles or "broker" in roles:  # a second node's inferencers join a run that exists
+        aside = claim_run_dir(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+        if aside is not None:
+            logging.getLogger("ance.launch").warning("--overwrite: the earlier run moved to %s", aside)
     save_config(cfg, run_dir)
     n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
     if cfg.negatives.source != "async":

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from .retrieve import check_positive, setup
 
     from ance.errors import ConfigError
+    from ance.fsio import check_output_file
+
+    check_output_file(args.out)
 
     check_positive(args, "n")
     lo, hi = args.rank_window

@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ance.evaluate import write_trec_run
     from ance.retrieve import retrieve
+    from ance.fsio import check_output_file
 
+    check_output_file(args.out)  # before minutes of encoding
     t0 = time.perf_counter()
     device, model, data = setup(args, args.split)
     t1 = time.perf_counter()

@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from ance.retrieve import expand_emb_dirs, search_shards
 
     from .retrieve import setup
+    from ance.fsio import check_output_file
+
+    check_output_file(args.out)
 
     t0 = time.perf_counter()
     device, model, data = setup(args, args.split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 NAME = "train"
 HELP = "Train a bi-encoder with GradCache on in-batch, static or asynchronously refreshed negatives."
@@ -18,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto-resume", action="store_true",
                         help="with CONFIG: resume when the run directory already holds a complete checkpoint, "
                              "else start fresh (for restarts by docker compose or a scheduler)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start fresh in a run directory that holds an earlier run, moving that run aside to "
+                             "RUN_DIR.old-<time> (without it, such a directory is refused)")
     parser.add_argument("--log-level", default="INFO", help="logging level of this process")
     parser.epilog = ("Several GPUs: torchrun --nproc-per-node N -m ance.cli train CONFIG ... "
                      "(batch_size is the global batch, split over the ranks).")
@@ -28,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ance.config import config_from_args, load_run_config
+    from ance.fsio import claim_run_dir
     from ance.logutil import setup_logging
 
     setup_logging(args.log_level, role="trainer")
@@ -48,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
         if found is not None:
             logging.getLogger("ance.train").info("--auto-resume: continuing from %s", found[1])
             resume = True
+    if os.environ.get("RANK", "0") == "0":  # (torchrun: rank 0 only) a fresh run never mixes with an earlier one's checkpoints or negatives
+        aside = claim_run_dir(cfg.run_dir, resume=resume, overwrite=args.overwrite,
+                              names=("checkpoints", "negatives"))
+        if aside is not None:
+            logging.getLogger("ance.train").warning("--overwrite: the earlier run moved to %s", aside)
 
     from ance.trainer.loop import Trainer
 
