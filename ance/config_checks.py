@@ -12,7 +12,7 @@ naming the key, the value and what to do. The rules, and why:
 * ``broker.worker_timeout_s >= 2 * broker.heartbeat_s``: a worker is not
   dropped between two of its own heartbeats;
 * addresses parse as ``tcp://host:port``, ``ipc://path`` or ``inproc://name``;
-  ports lie in 1..65535 (0..65535 for Prometheus, where 0 is refused too);
+  ports lie in 1..65535 (0..65535 for Prometheus, 0 meaning any free port);
 * devices are ``auto``, ``cpu``, ``cuda`` or ``cuda:N``;
 * token lengths stay within :data:`MAX_LENGTH` (no BERT-like model has more
   positions; the trainer checks the model's own limit once it is loaded).
@@ -102,8 +102,9 @@ def check_ranges(cfg: Any) -> None:
         raise ConfigError(f"broker.max_frame_bytes={b.max_frame_bytes}: must be in {MIN_FRAME_BYTES}.."
                           f"{MAX_FRAME_BYTES} (1 MiB..2 GiB)")
     port = cfg.telemetry.prometheus_port
-    if port is not None and not 1 <= port <= 65535:
-        raise ConfigError(f"telemetry.prometheus_port={port}: must be in 1..65535, or null for none")
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"telemetry.prometheus_port={port}: must be in 0..65535 (0: any free port), or null "
+                          "for none")
     launch = cfg.launch
     if launch.inferencers < 0 or launch.max_restarts < 0:
         raise ConfigError("launch.inferencers and launch.max_restarts: must be >= 0")

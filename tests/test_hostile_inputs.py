@@ -67,7 +67,7 @@ CONFIG_CASES = [
     (["broker.heartbeat_s=-1"], "broker.heartbeat_s: must be a finite number > 0"),
     (["broker.worker_timeout_s=0"], "broker.worker_timeout_s: must be a finite number > 0"),
     (["broker.worker_timeout_s=1", "broker.heartbeat_s=1"], "at least twice broker.heartbeat_s"),
-    (["telemetry.prometheus_port=70000"], "telemetry.prometheus_port=70000: must be in 1..65535"),
+    (["telemetry.prometheus_port=70000"], "telemetry.prometheus_port=70000: must be in 0..65535"),
     (["broker.address=garbage"], "broker.address='garbage': expected tcp://HOST:PORT"),
     (["broker.bind=tcp://0.0.0.0:99999"], "broker.bind=tcp://0.0.0.0:99999: port 99999 is not in 1..65535"),
     (["broker.max_frame_bytes=10"], "broker.max_frame_bytes=10: must be in"),
