@@ -78,7 +78,7 @@ BROKER_STAGES = ("queue_s", "merge_s", "select_s", "persist_s", "send_s")
 _CHOICES = {
     ("hello", "role"): ("trainer", "inferencer"),
     ("hello", "state"): ("idle", "busy"),
-    ("heartbeat", "state"): ("idle", "busy"),
+    ("heartbeat", "state"): ("idle", "busy", "warming"),  # warming: an inferencer not ready for a shard yet
     ("topk", "split"): ("train", "eval"),
 }
 

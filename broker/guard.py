@@ -3,8 +3,11 @@
 A peer that got through the socket (loopback, or CURVE keys) is still only
 believed about what it may know: a checkpoint is named by its step inside the
 broker's own ``RUN_DIR/checkpoints`` (:func:`confine_checkpoint`); its strings
-reach the log escaped and truncated (:func:`safe_text`); and one misbehaving
-peer is logged once per interval, not once per frame (:class:`RateLimit`).
+reach the log escaped and truncated (:func:`safe_text`); one misbehaving peer
+is logged once per interval, not once per frame (:class:`RateLimit`); its
+frames are capped at the size of a top-k chunk (:func:`max_inbound_bytes`); and
+only a holder of the run's token (``RUN_DIR/broker.token``) may ``stop`` the
+broker (:func:`write_token`, :func:`token_matches`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from .refresh import RefreshError
+from .stats import eval_depth
 
 TOKEN_FILE = "broker.token"
 
@@ -47,7 +51,10 @@ def confine_checkpoint(run_dir: str | Path, announced: str, step: int) -> Path:
 
 
 def safe_text(value: Any, limit: int = 80) -> str:
-    """A peer's string for a log line: repr-escaped (no forged lines) and truncated."""
+    """A peer's string for a log line: as is when short and printable, else repr-escaped (no forged
+    lines) and truncated."""
+    if isinstance(value, str) and len(value) <= limit and value.isprintable():
+        return value
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
@@ -96,3 +103,10 @@ def read_token(run_dir: str | Path) -> str:
 
 def token_matches(expected: str, given: Any) -> bool:
     return isinstance(given, str) and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def max_inbound_bytes(cfg: Any) -> int:
+    """The largest frame a peer may send the broker: a top-k chunk (ids + scores, 12 bytes a hit) and
+    1 MiB of room; frames to the broker never carry weights, so ``max_frame_bytes`` is far too much."""
+    depth = max(cfg.negatives.depth, eval_depth(cfg.negatives.depth))
+    return min(cfg.broker.max_frame_bytes, cfg.broker.chunk_queries * depth * 12 + (1 << 20))

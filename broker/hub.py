@@ -39,7 +39,7 @@ from ance.negatives import overlap, select_negatives
 from ance.protocol import MAX_NAME, MAX_STR, unpack_message, pack_message, pack_array, unpack_array
 from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.transport import router_socket
-from .guard import RateLimit, confine_checkpoint, safe_text, token_matches, write_token
+from .guard import RateLimit, confine_checkpoint, max_inbound_bytes, safe_text, token_matches, write_token
 from .refresh import (Assignment, ChunkReady, RefreshError, RefreshState, checkpoint_files,
                       complete_checkpoints)
 from .stats import STAGES, RefreshTally, eval_depth
@@ -71,9 +71,7 @@ class Broker:
         self.depth = cfg.negatives.depth
         self.keep = cfg.negatives.keep
         self.broker_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
-        # Frames to the broker never carry weights: a topk chunk is the largest (ids + scores, 12 bytes a hit).
-        need = cfg.broker.chunk_queries * max(self.depth, eval_depth(self.depth)) * 12 + (1 << 20)
-        self.max_inbound = min(cfg.broker.max_frame_bytes, need)
+        self.max_inbound = max_inbound_bytes(cfg)
         self.metrics = metrics if metrics is not None else self._metrics_writer()
         self.state = RefreshState(self.n_docs, self.n_train, len(self.eval.ids) if self.eval else 0,
                                   depth=self.depth, eval_depth=eval_depth(self.depth),
@@ -268,8 +266,8 @@ class Broker:
         if self._told_unknown.allow(peer, now):
             self._error(peer, f"unknown peer {_name(peer)[:MAX_NAME]!r}: send hello first", of_type)
         if self._log_refusal.allow((peer, "unknown"), now):
-            log.warning("peer %s: %r from a peer that never said hello: ignored (logged at most every %gs)",
-                        _who(peer), of_type, REFUSAL_LOG_S)
+            log.info("peer %s: %r from a peer that never said hello: ignored (logged at most every %gs)",
+                     _who(peer), of_type, REFUSAL_LOG_S)
         return False
 
     def _on_hello(self, peer: bytes, msg) -> None:
@@ -313,7 +311,12 @@ class Broker:
         if peer == self.trainer:
             return
         if self._known(peer, "heartbeat"):
-            self.state.on_seen(_name(peer), time.time(), state=msg.state)
+            w = self.state.workers[_name(peer)]
+            was_ready = w.ready
+            self.state.on_seen(w.name, time.time(), state=msg.state)
+            if w.ready and not was_ready:
+                log.info("inferencer %s ready for shards; %d of %d workers ready", _who(peer),
+                         len(self.state.ready_workers), len(self.state.workers))
 
     def _on_checkpoint(self, peer: bytes, msg) -> None:
         if peer != self.trainer:
@@ -528,5 +531,5 @@ def _name(peer: bytes) -> str:
 
 def _who(peer: bytes) -> str:
     """A peer's identity for a log line: as is when short and printable, else escaped and truncated."""
-    name = _name(peer)
-    return name if len(name) <= 64 and name.isprintable() else safe_text(name, 64)
+    return safe_text(_name(peer), 64)
+

@@ -226,7 +226,7 @@ class RefreshState:
         if w is None:
             return False
         w.last_seen = now
-        if state is not None:
+        if state in ("idle", "busy"):  # heartbeating and warmed up (a "warming" worker gets no shard yet)
             w.ready = True
         if state == "idle" and w.foreign_job is not None:
             w.foreign_job = None

@@ -30,10 +30,10 @@ import pytest
 from ance.config import load_config
 from ance.negatives import read_negatives
 from ance.protocol import pack_array, unpack_array
-from ance.broker.guard import read_token
+from ance.broker.guard import max_inbound_bytes, read_token
 from ance.broker.refresh import negatives_path
 
-from helpers_refresh import (MAX_FRAME, Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
+from helpers_refresh import (Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
                              write_config)
 
 # --------------------------------------------------------------------------- part 1: fake workers
@@ -303,6 +303,9 @@ class Cluster:
     def joined(self) -> int:
         return len(re.findall(r"inferencer inferencer-\d \(pid \d+, cpu\) joined", self.broker_log_text()))
 
+    def ready(self) -> int:
+        return len(re.findall(r"inferencer inferencer-\d ready for shards", self.broker_log_text()))
+
     def version_done(self, version: int, timeout: float = 60):
         return self.trainer.wait_for(lambda ms: self.trainer.of("version_done", version=version), timeout,
                                      f"version_done {version}", self.logs)[0]
@@ -346,7 +349,7 @@ def test_garbage_is_answered_with_errors_and_the_broker_goes_on(cluster):
             (msgpack.packb({"v": 1, "type": "launch_missiles"}), "unknown message type"),
             (msgpack.packb({"v": 1, "type": "checkpoint", "step": 1}), "lacks field"),
             (msgpack.packb({"v": 1, "type": "status", "step": "x", "version_in_use": 0, "gap": 0}), "expected int"),
-            (b"\x00" * (MAX_FRAME + 10), "exceeds the limit"),
+            (b"\x00" * (max_inbound_bytes(cluster.cfg) + 10), "exceeds the limit"),  # (topk-sized: no weights in)
         ]
         for frame, _ in frames:
             bad.send_raw(frame)
@@ -379,7 +382,7 @@ def test_garbage_is_answered_with_errors_and_the_broker_goes_on(cluster):
 @pytest.mark.slow
 def test_refresh_persists_then_streams_negatives_with_stats(cluster):
     t0 = time.time()
-    wait_until(lambda: cluster.joined() >= 2, 120, "two inferencers", cluster.logs)
+    wait_until(lambda: cluster.ready() >= 2, 120, "two inferencers ready (warmed up)", cluster.logs)
     trainer = cluster.trainer
     ckpt = make_checkpoint(cluster.run, 1)
     trainer.send("checkpoint", step=1, path=str(ckpt), written_at=time.time())
@@ -445,7 +448,7 @@ def test_broker_restart_loses_nothing(cluster):
     cluster.broker.send_signal(signal.SIGKILL)
     cluster.broker.wait(10)
     ckpt3 = make_checkpoint(cluster.run, 3)  # written while the broker was down: queued on restart
-    joined_before = cluster.joined()
+    joined_before, ready_before = cluster.joined(), cluster.ready()
     cluster.start_broker()
     trainer = cluster.connect_trainer(have_version=-1)  # e.g. a restarted trainer
     welcome = trainer.wait_for(lambda ms: trainer.of("welcome"), 60, "welcome", cluster.logs)[0]
@@ -458,12 +461,13 @@ def test_broker_restart_loses_nothing(cluster):
     assert np.array_equal(neg[np.argsort(q)], fneg[np.argsort(fq)])
     # the workers re-join on their own; checkpoint 3 is refreshed without an announcement
     wait_until(lambda: cluster.joined() >= joined_before + 2, 60, "workers re-joining", cluster.logs)
+    wait_until(lambda: cluster.ready() >= ready_before + 2, 60, "re-joined workers ready", cluster.logs)
     cluster.version_done(3, timeout=90)
     assert "checkpoint 3 queued" in cluster.broker_log_text()
     ckpt4 = make_checkpoint(cluster.run, 4)
     trainer.send("checkpoint", step=4, path=str(ckpt4), written_at=time.time())
     done = cluster.version_done(4, timeout=60)
-    assert done.n_shards == 2
+    assert done.n_shards == 2, cluster.broker_log_text()[-6000:]
     trainer.send("status", step=5, version_in_use=4, gap=1)
     trainer.send("stop", reason="test over", token=read_token(cluster.run))
     assert cluster.broker.wait(20) == 0

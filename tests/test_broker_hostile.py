@@ -143,6 +143,20 @@ def test_silent_workers_get_no_shards_and_jobs_are_capped(broker):
     assert all(no_job_for(p, 0.05) for p in silent)
 
 
+def test_warming_workers_get_no_shard_until_warmed_up():
+    from ance.broker.refresh import RefreshState
+
+    st = RefreshState(100, 10, depth=5, chunk_queries=4, worker_timeout_s=5)
+    st.on_checkpoint(1, "c", 0.0)
+    st.on_hello("w", 0.0)
+    assert st.assign(0.0) == []                  # said hello only
+    st.on_seen("w", 0.1, state="warming")
+    assert st.assign(0.1) == [] and st.job is None
+    st.on_seen("w", 0.2, state="idle")           # warmed up
+    (name, a), = st.assign(0.2)
+    assert name == "w" and a.n_shards == 1
+
+
 def test_max_shards_caps_a_job():
     from ance.broker.refresh import RefreshState
 
