@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--only: unknown role(s) {', '.join(sorted(unknown))}; use broker, trainer, inferencer")
     run_dir = Path(cfg.run_dir)
-    if "trainer" in roles or "broker" in roles:  # a second node's inferencers join a run that exists
+    # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
+    if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
         aside = claim_run_dir(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
         if aside is not None:
             logging.getLogger("ance.launch").warning("--overwrite: the earlier run moved to %s", aside)
