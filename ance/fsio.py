@@ -52,12 +52,13 @@ RUN_LEFTOVERS = ("checkpoints", "negatives", "metrics.jsonl")
 
 
 def previous_run(run_dir: str | Path, names: Iterable[str] = RUN_LEFTOVERS) -> list[str]:
-    """The entries of ``names`` in ``run_dir`` that hold an earlier run's output (non-empty)."""
+    """The entries of ``names`` in ``run_dir`` that hold an earlier run's output: a non-empty file, or a
+    folder with something but the ``.tmp-*`` leftovers of an interrupted write (swept on start)."""
     run = Path(run_dir)
     found = []
     for name in names:
         p = run / name
-        if p.is_dir() and any(p.iterdir()) or p.is_file() and p.stat().st_size > 0:
+        if p.is_dir() and any(not c.name.startswith(".") for c in p.iterdir()) or p.is_file() and p.stat().st_size:
             found.append(name)
     return found
 

@@ -211,3 +211,13 @@ def test_retrieve_out_into_a_missing_folder_fails_before_encoding(capsys, tmp_pa
     # the data folder does not exist either: the output check comes first, before loading anything
     assert_user_error(rc, err, f"--out {out}: folder {out.parent} does not exist", "mkdir -p")
     assert np.isfinite(0.0) and os.path.exists(tmp_path)
+
+
+def test_leftovers_of_an_interrupted_first_checkpoint_do_not_block_a_restart(tmp_path):
+    """`--auto-resume` after a kill -9 during the very first checkpoint: nothing complete, only a temp dir."""
+    from ance.fsio import claim_run_dir, previous_run
+
+    tmp = tmp_path / "run" / "checkpoints" / ".tmp-step-000000-123"
+    tmp.mkdir(parents=True)
+    assert previous_run(tmp_path / "run") == []
+    assert claim_run_dir(tmp_path / "run", resume=False) is None

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         if found is not None:
             logging.getLogger("ance.train").info("--auto-resume: continuing from %s", found[1])
             resume = True
-    if os.environ.get("RANK", "0") == "0":  # (torchrun: rank 0 only) a fresh run never mixes with an earlier one's checkpoints or negatives
+    # A fresh run never mixes with an earlier one's checkpoints or negatives (under torchrun: rank 0 checks).
+    if os.environ.get("RANK", "0") == "0":
         aside = claim_run_dir(cfg.run_dir, resume=resume, overwrite=args.overwrite,
                               names=("checkpoints", "negatives"))
         if aside is not None:
