@@ -14,8 +14,6 @@ import logging
 import os
 import time
 
-import numpy as np
-import pytest
 
 from ance.broker.guard import read_token
 from ance.broker.refresh import negatives_path
@@ -203,12 +201,10 @@ def test_results_of_another_job_are_logged(broker, caplog):
     assert "job 424242" in caplog.text
 
 
-@pytest.mark.parametrize("n", [1])
-def test_inbound_frames_are_bounded(broker, n):
+def test_inbound_frames_are_bounded(broker):
     """Finding 5d: frames to the broker never carry weights, so the inbound cap is a top-k chunk, not 256 MB."""
     assert broker.b.max_inbound < broker.cfg.broker.max_frame_bytes
     p = Peer(broker.addr, b"big")
     broker.peers.append(p)
-    p.send_raw(b"\x00" * (broker.b.max_inbound + n))
+    p.send_raw(b"\x00" * (broker.b.max_inbound + 1))
     assert "exceeds the limit" in errors(p)[0].reason
-    assert np.isfinite(broker.b.max_inbound)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -210,7 +208,6 @@ def test_retrieve_out_into_a_missing_folder_fails_before_encoding(capsys, tmp_pa
                                "--out", out])
     # the data folder does not exist either: the output check comes first, before loading anything
     assert_user_error(rc, err, f"--out {out}: folder {out.parent} does not exist", "mkdir -p")
-    assert np.isfinite(0.0) and os.path.exists(tmp_path)
 
 
 def test_leftovers_of_an_interrupted_first_checkpoint_do_not_block_a_restart(tmp_path):
