@@ -18,6 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .config_checks import check_ranges
 from .errors import ConfigError
 from .rundir import CONFIG, RunDir
 
@@ -97,6 +98,7 @@ class BrokerConfig:
     max_frame_bytes: int = 256 * 1024 * 1024
     send_weights: bool = False
     curve_keys: str | None = None
+    max_shards: int = 64                        # the most inferencers one refresh is split over
 
 
 @dataclass
@@ -157,7 +159,7 @@ _CHOICES = {
 _POSITIVE = (
     "train.max_steps", "train.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
     "train.log_every", "negatives.n_per_query", "negatives.depth", "negatives.keep",
-    "broker.chunk_queries", "broker.max_frame_bytes", "inferencer.batch_size",
+    "broker.chunk_queries", "broker.max_frame_bytes", "broker.max_shards", "inferencer.batch_size",
     "model.query_max_length", "model.passage_max_length", "model.maxp_windows",
 )
 
@@ -223,8 +225,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             continue
         where = f"{prefix}.{name}" if prefix else name
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
-            kwargs[name] = _build(typ, values[name] or {}, where)
+        if dataclasses.is_dataclass(typ):  # `data:` with nothing is the defaults; `data: 0` is an error
+            kwargs[name] = _build(typ, {} if values[name] is None else values[name], where)
         else:
             kwargs[name] = _convert(values[name], typ, where)
     return cls(**kwargs)
@@ -316,8 +318,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
         raise ConfigError("train.warmup_ratio: must be in [0, 1)")
-    if cfg.model.temperature <= 0:
-        raise ConfigError("model.temperature: must be > 0")
+    check_ranges(cfg)
     return cfg
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -151,6 +152,9 @@ class _Unique:
                                                "ids must be unique")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _json_lines(path: Path, hasher: Any, what: str) -> Iterator[tuple[int, str, str, str]]:
     """``(line, id, title, text)`` of a BEIR JSON-lines file."""
     seen = _Unique(what, path)
@@ -174,6 +178,10 @@ def _json_lines(path: Path, hasher: Any, what: str) -> Iterator[tuple[int, str, 
             if not isinstance(value, str):
                 raise DataError(path, lineno, f'"{key}" must be a string, got {type(value).__name__} '
                                               f'{value!r:.40}; quote it in the file')
+            if _SURROGATE.search(value):  # "\ud800" escapes decode to text no tokenizer (or UTF-8) takes
+                at = _SURROGATE.search(value).start()
+                raise DataError(path, lineno, f'"{key}" holds a lone surrogate {value[at]!r} at character {at} '
+                                              "(an unpaired \\uD800-\\uDFFF escape); fix or drop that line")
             fields.append(value)
         doc_id, title, text = fields
         _check_id(doc_id, what, path, lineno)

@@ -38,3 +38,7 @@ class ProtocolError(AnceError):
 
 class CheckpointError(AnceError):
     """A checkpoint directory is missing, incomplete or unreadable."""
+
+
+class TrainingError(AnceError):
+    """Training cannot go on (a non-finite loss or gradient): the step and value are named."""

@@ -90,25 +90,45 @@ def _check_words(kind: str, values: Sequence[str]) -> None:
             )
 
 
+def text_lines(path: str | Path, what: str):
+    """``(line number, line)`` of a UTF-8 text file; a folder, a missing or unreadable file, or bytes
+    that are not UTF-8 raise :class:`DataError` naming the file (and line) and what was expected."""
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(p, None, f"is a folder; give the {what} file")
+    try:
+        fh = open(p, "rb")
+    except FileNotFoundError:
+        raise DataError(p, None, f"no such file; give the path of the {what}") from None
+    except OSError as exc:
+        raise DataError(p, None, f"cannot read it ({exc.strerror})") from None
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(p, lineno, f"not UTF-8 text (byte {exc.start} of the line); is this a {what}?") \
+                    from None
+
+
 def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
     """Read a TREC run (``qid Q0 did rank score tag``) into ``{qid: {did: score}}``."""
     run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise DataError(path, lineno, f"expected 6 columns `qid Q0 did rank score tag`, found {len(parts)}")
-            qid, _, did, _, score, _ = parts
-            try:
-                value = float(score)
-            except ValueError:
-                raise DataError(path, lineno, f"score {score!r} is not a number") from None
-            docs = run.setdefault(qid, {})
-            if did in docs:
-                raise DataError(path, lineno, f"document {did!r} appears twice for query {qid!r}")
-            docs[did] = value
+    for lineno, line in text_lines(path, "TREC run (qid Q0 did rank score tag)"):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise DataError(path, lineno, f"expected 6 columns `qid Q0 did rank score tag`, found {len(parts)}")
+        qid, _, did, _, score, _ = parts
+        try:
+            value = float(score)
+        except ValueError:
+            raise DataError(path, lineno, f"score {score!r} is not a number") from None
+        docs = run.setdefault(qid, {})
+        if did in docs:
+            raise DataError(path, lineno, f"document {did!r} appears twice for query {qid!r}")
+        docs[did] = value
     return run
 
 
@@ -121,33 +141,32 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """
     qrels: dict[str, dict[str, int]] = {}
     columns = None
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if columns is None and [p.lower() for p in parts[:2]] == ["query-id", "corpus-id"]:
-                columns = 3
-                continue
-            if columns is None:
-                if len(parts) not in (3, 4):
-                    raise DataError(
-                        path, lineno,
-                        f"expected BEIR `query-id corpus-id score` (3 columns) or TREC `qid iter did rel` "
-                        f"(4 columns), found {len(parts)} columns",
-                    )
-                columns = len(parts)
-            if len(parts) != columns:
-                raise DataError(path, lineno, f"expected {columns} columns like the lines before, found {len(parts)}")
-            qid, did, rel = (parts[0], parts[1], parts[2]) if columns == 3 else (parts[0], parts[2], parts[3])
-            try:
-                value = int(rel)
-            except ValueError:
-                raise DataError(path, lineno, f"relevance {rel!r} is not an integer") from None
-            docs = qrels.setdefault(qid, {})
-            if docs.get(did, value) != value:
-                raise DataError(path, lineno, f"query {qid!r} doc {did!r} judged {docs[did]} before, now {value}")
-            docs[did] = value
+    for lineno, line in text_lines(path, "qrels (BEIR TSV or TREC qrels)"):
+        parts = line.split()
+        if not parts:
+            continue
+        if columns is None and [p.lower() for p in parts[:2]] == ["query-id", "corpus-id"]:
+            columns = 3
+            continue
+        if columns is None:
+            if len(parts) not in (3, 4):
+                raise DataError(
+                    path, lineno,
+                    f"expected BEIR `query-id corpus-id score` (3 columns) or TREC `qid iter did rel` "
+                    f"(4 columns), found {len(parts)} columns",
+                )
+            columns = len(parts)
+        if len(parts) != columns:
+            raise DataError(path, lineno, f"expected {columns} columns like the lines before, found {len(parts)}")
+        qid, did, rel = (parts[0], parts[1], parts[2]) if columns == 3 else (parts[0], parts[2], parts[3])
+        try:
+            value = int(rel)
+        except ValueError:
+            raise DataError(path, lineno, f"relevance {rel!r} is not an integer") from None
+        docs = qrels.setdefault(qid, {})
+        if docs.get(did, value) != value:
+            raise DataError(path, lineno, f"query {qid!r} doc {did!r} judged {docs[did]} before, now {value}")
+        docs[did] = value
     if not qrels:
         raise DataError(path, None, "no judgements in the file")
     return qrels

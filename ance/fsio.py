@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
+
+from .errors import ConfigError
 
 
 def default_cache_dir() -> Path:
@@ -42,3 +45,15 @@ def atomic_write_lines(path: str | Path, lines: Iterable[str]) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> None:
+    """Fail before any work when ``path`` cannot be written: its folder missing or read-only, or a folder."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a folder; give a file path")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {p}: folder {parent} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {p}: folder {parent} is not writable")

@@ -58,7 +58,7 @@ SPEC: dict[str, tuple[dict[str, str], dict[str, str]]] = {
                    "sent_at": FLOAT}, {}),
     "version_done": ({"version": INT, "n_shards": INT, "stats": MAP}, {}),
     "status": ({"step": INT, "version_in_use": INT, "gap": INT}, {}),
-    "stop": ({"reason": STR}, {}),
+    "stop": ({"reason": STR}, {"token": STR}),  # to a broker: the run's token (RUN_DIR/broker.token)
     "error": ({"reason": STR, "of_type": _OPT_STR}, {}),
 }
 TYPES = tuple(SPEC)
@@ -78,8 +78,20 @@ BROKER_STAGES = ("queue_s", "merge_s", "select_s", "persist_s", "send_s")
 _CHOICES = {
     ("hello", "role"): ("trainer", "inferencer"),
     ("hello", "state"): ("idle", "busy"),
-    ("heartbeat", "state"): ("idle", "busy"),
+    ("heartbeat", "state"): ("idle", "busy", "warming"),  # warming: an inferencer not ready for a shard yet
     ("topk", "split"): ("train", "eval"),
+}
+
+
+# Longest string a field may hold (characters), so a peer cannot make every log line or table
+# entry it touches huge; MAX_STR for the others. A map field holds at most MAX_MAP_KEYS entries,
+# keys of at most MAX_NAME characters and string values of at most MAX_STR.
+MAX_STR, MAX_NAME, MAX_MAP_KEYS = 4096, 256, 1024
+_STR_LIMITS = {
+    ("hello", "role"): 32, ("hello", "name"): MAX_NAME, ("hello", "device"): MAX_NAME,
+    ("hello", "data_fingerprint"): MAX_NAME, ("hello", "state"): 32, ("heartbeat", "state"): 32,
+    ("welcome", "broker_id"): MAX_NAME, ("topk", "split"): 32, ("stop", "token"): MAX_NAME,
+    ("job", "data_fingerprint"): MAX_NAME,
 }
 
 
@@ -166,9 +178,26 @@ def _check_field(type_: str, name: str, kind: str, value: Any) -> None:
         raise AssertionError(f"unknown field kind {kind!r}")
     if not ok:
         raise ProtocolError(f"{where}: expected {kind}, got {type(value).__name__} {_short(value)}")
+    if isinstance(value, str):
+        limit = _STR_LIMITS.get((type_, name), MAX_STR)
+        if len(value) > limit:
+            raise ProtocolError(f"{where}: {len(value)} characters, more than the limit of {limit}")
+    elif kind in (MAP, BYTES_MAP):
+        _check_map(value, where, kind == MAP)
     choices = _CHOICES.get((type_, name))
     if choices is not None and value not in choices:
         raise ProtocolError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_map(value: dict, where: str, check_values: bool) -> None:
+    if len(value) > MAX_MAP_KEYS:
+        raise ProtocolError(f"{where}: {len(value)} entries, more than the limit of {MAX_MAP_KEYS}")
+    for k, v in value.items():
+        if len(k) > (MAX_STR if not check_values else MAX_NAME):  # weights: relative file paths
+            raise ProtocolError(f"{where}: a key of {len(k)} characters, more than the limit")
+        if check_values and isinstance(v, str) and len(v) > MAX_STR:
+            raise ProtocolError(f"{where}: value of {k[:40]!r} has {len(v)} characters, more than the limit of "
+                                f"{MAX_STR}")
 
 
 def _short(value: Any) -> str:

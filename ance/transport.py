@@ -8,6 +8,8 @@ One policy for all of them:
 * ``MAXMSGSIZE`` at twice ``broker.max_frame_bytes``: a frame past the transport
   cap drops the connection before it is buffered; up to it, the protocol's
   ``decode`` refuses oversized frames with an ``error`` the peer can read.
+* ``RCVHWM`` on the broker's ROUTER: frames queued per peer are bounded, so
+  the broker's inbound memory is too (peers x frames x ``MAXMSGSIZE``).
 * CURVE encryption and authentication when ``broker.curve_keys`` is set
   (:mod:`ance.keys`).
 """
@@ -21,10 +23,16 @@ from ance.keys import check_bind_address, secure_client, secure_server
 from ance.config import BrokerConfig
 from ance.errors import AnceError
 
+ROUTER_RCVHWM = 16
 
-def router_socket(ctx, b: BrokerConfig):
+
+def router_socket(ctx, b: BrokerConfig, max_inbound_bytes: int | None = None):
     """The broker's ROUTER, bound to ``broker.bind`` (else ``broker.address``); returns
-    ``(socket, endpoint)``. Raises :class:`AnceError` when the address cannot be bound."""
+    ``(socket, endpoint)``. Raises :class:`AnceError` when the address cannot be bound.
+
+    ``max_inbound_bytes``: the largest frame a peer may send (default
+    ``broker.max_frame_bytes``); frames to the broker never carry weights, so the
+    broker passes a much smaller bound."""
     address = b.bind or b.address
     check_bind_address(address, b.curve_keys)
     sock = ctx.socket(zmq.ROUTER)
@@ -32,7 +40,10 @@ def router_socket(ctx, b: BrokerConfig):
     # A vanished peer raises EHOSTUNREACH instead of a silent drop; a restarted peer takes its name over.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    sock.setsockopt(zmq.MAXMSGSIZE, 2 * b.max_frame_bytes)
+    sock.setsockopt(zmq.MAXMSGSIZE, 2 * (max_inbound_bytes or b.max_frame_bytes))
+    # At most RCVHWM frames wait per connected peer (a fast sender is held back, not buffered without end):
+    # inbound memory <= peers x (RCVHWM + 1) x MAXMSGSIZE; CURVE bounds the peers.
+    sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
     # A whole version streamed to a trainer that reads between steps: let it queue (bounded by size).
     sock.setsockopt(zmq.SNDHWM, 1_000_000)
     if b.curve_keys:

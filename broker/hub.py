@@ -36,16 +36,19 @@ from ance.config import Config
 from ance.data import load_for_config
 from ance.errors import ProtocolError
 from ance.negatives import overlap, select_negatives
-from ance.protocol import pack_message, unpack_array, unpack_message
+from ance.protocol import MAX_NAME, MAX_STR, pack_message, unpack_array, unpack_message
+from ance.rundir import RunDir, checkpoint_files, manifest_path
 from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.transport import router_socket
-from ance.rundir import RunDir, checkpoint_files, manifest_path
+
+from .guard import RateLimit, confine_checkpoint, max_inbound_bytes, safe_text, token_matches, write_token
 from .refresh import Assignment, ChunkReady, RefreshError, RefreshState
 from .stats import STAGES, RefreshTally, eval_depth
 from .stream import TrainerStream
 from .versions import NegativesVersions
 
 log = logging.getLogger(__name__)
+REFUSAL_LOG_S = 30.0  # one log line per misbehaving peer and message kind per this many seconds
 
 
 
@@ -70,11 +73,13 @@ class Broker:
         self.depth = cfg.negatives.depth
         self.keep = cfg.negatives.keep
         self.broker_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+        self.max_inbound = max_inbound_bytes(cfg)
         self.metrics = metrics if metrics is not None else self._metrics_writer()
         self.state = RefreshState(self.n_docs, self.n_train, len(self.eval.ids) if self.eval else 0,
                                   depth=self.depth, eval_depth=eval_depth(self.depth),
                                   chunk_queries=cfg.broker.chunk_queries,
                                   worker_timeout_s=cfg.broker.worker_timeout_s,
+                                  max_shards=cfg.broker.max_shards,
                                   # job ids differ across broker restarts, so stale results are told apart
                                   first_job_id=int(time.time() * 1000) % (1 << 40))
         self.versions = NegativesVersions(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
@@ -83,8 +88,10 @@ class Broker:
         self._tally = RefreshTally(depth=self.depth)  # the refresh in progress
         self._weights: dict[str, bytes] | None = None
         self.trainer = TrainerStream(self.versions, self._send)
-        self._told_unknown: dict[bytes, float] = {}
+        self._told_unknown = RateLimit(cfg.broker.heartbeat_s)  # "send hello first", per peer
+        self._log_refusal = RateLimit(REFUSAL_LOG_S)               # one log line per peer and kind
         self._stop_reason: str | None = None
+        self._token: str | None = None
         self.ctx = None
         self.sock = None
         self._restore()
@@ -111,11 +118,13 @@ class Broker:
         """Create and bind the ROUTER; return the bound endpoint."""
         self.ctx = zmq.Context()
         try:
-            self.sock, endpoint = router_socket(self.ctx, self.cfg.broker)
+            self.sock, endpoint = router_socket(self.ctx, self.cfg.broker, self.max_inbound)
         except BaseException:
             self.ctx.term()
             self.ctx = None
             raise
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._token = write_token(self.run_dir)  # `stop` must carry it (RUN_DIR/broker.token)
         log.info("broker %s listening on %s (%d docs, %d train queries, %s)", self.broker_id, endpoint,
                  self.n_docs, self.n_train, f"eval split {self.cfg.data.eval_split} with {len(self.eval.ids)} "
                  "queries" if self.eval else "no eval split")
@@ -190,16 +199,23 @@ class Broker:
             self.sock.send_multipart([peer, frame], zmq.NOBLOCK)
             return True
         except zmq.Again:
-            log.error("peer %s: send queue full, dropped a %r message", _name(peer), type_)
+            log.error("peer %s: send queue full, dropped a %r message", _who(peer), type_)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            log.warning("peer %s is gone; could not send %r", _name(peer), type_)
+            log.warning("peer %s is gone; could not send %r", _who(peer), type_)
             self._peer_gone(peer)
         return False
 
     def _error(self, peer: bytes, reason: str, of_type: str | None) -> None:
-        self._send(peer, "error", reason=reason, of_type=of_type)
+        self._send(peer, "error", reason=reason[:MAX_STR], of_type=of_type)
+
+    def _refuse(self, peer: bytes, of_type: str, reason: str) -> None:
+        """Answer a refused message; log it once per peer, kind and ``REFUSAL_LOG_S``."""
+        if self._log_refusal.allow((peer, of_type), time.time()):
+            log.warning("peer %s: %r refused: %s (further refusals of this peer logged at most every %gs)",
+                        _who(peer), of_type, reason, REFUSAL_LOG_S)
+        self._error(peer, f"refused: {reason}", of_type)
 
     def _peer_gone(self, peer: bytes) -> None:
         if self.trainer.gone(peer):
@@ -212,32 +228,31 @@ class Broker:
     def _dispatch(self, parts: list[bytes]) -> None:
         if len(parts) != 2:
             peer = parts[0] if parts else b"?"
-            log.error("peer %s: rejected a message of %d frames (one frame per message)", _name(peer),
+            log.error("peer %s: rejected a message of %d frames (one frame per message)", _who(peer),
                       len(parts) - 1)
             if parts:
                 self._error(peer, f"expected one frame per message, got {len(parts) - 1}", None)
             return
         peer, frame = parts
         try:
-            msg = unpack_message(frame, self.cfg.broker.max_frame_bytes)
+            msg = unpack_message(frame, self.max_inbound)
         except ProtocolError as exc:
-            log.error("peer %s: rejected a frame of %d bytes: %s", _name(peer), len(frame), exc)
+            log.error("peer %s: rejected a frame of %d bytes: %s", _who(peer), len(frame), exc)
             self._error(peer, f"rejected: {exc}", getattr(exc, "of_type", None))
             return
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is None:
-            log.error("peer %s: unexpected %r message (not sent to a broker)", _name(peer), msg.type)
+            log.error("peer %s: unexpected %r message (not sent to a broker)", _who(peer), msg.type)
             self._error(peer, f"a broker does not accept {msg.type!r} messages", msg.type)
             return
         try:
             handler(peer, msg)
         except (RefreshError, ProtocolError) as exc:
-            log.error("peer %s: %r message refused: %s", _name(peer), msg.type, exc)
-            self._error(peer, f"refused: {exc}", msg.type)
+            self._refuse(peer, msg.type, str(exc))
         except OSError:
             raise  # the run directory is unwritable: stop; a restarted broker resumes from disk
         except Exception as exc:  # a message we cannot handle must not take the broker down
-            log.exception("peer %s: handling a %r message failed", _name(peer), msg.type)
+            log.exception("peer %s: handling a %r message failed", _who(peer), msg.type)
             self._error(peer, f"broker could not handle it: {type(exc).__name__}: {exc}", msg.type)
 
     def _known(self, peer: bytes, of_type: str) -> bool:
@@ -245,35 +260,38 @@ class Broker:
         if peer == self.trainer.peer or _name(peer) in self.state.workers:
             return True
         now = time.time()
-        if now - self._told_unknown.get(peer, 0.0) >= self.cfg.broker.heartbeat_s:
-            if len(self._told_unknown) > 10_000:  # many one-off peers: forget them
-                self._told_unknown.clear()
-            self._told_unknown[peer] = now
-            self._error(peer, f"unknown peer {_name(peer)!r}: send hello first", of_type)
+        if self._told_unknown.allow(peer, now):
+            self._error(peer, f"unknown peer {_name(peer)[:MAX_NAME]!r}: send hello first", of_type)
+        if self._log_refusal.allow((peer, "unknown"), now):
+            log.info("peer %s: %r from a peer that never said hello: ignored (logged at most every %gs)",
+                     _who(peer), of_type, REFUSAL_LOG_S)
         return False
 
     def _on_hello(self, peer: bytes, msg) -> None:
         name = _name(peer)
         if msg.data_fingerprint != self.fingerprint:
-            reason = (f"data fingerprint {msg.data_fingerprint} differs from the broker's {self.fingerprint}: "
-                      "every role must load the same data with the same config (data.* settings)")
-            log.error("peer %s (%s, pid %d) refused: %s", name, msg.role, msg.pid, reason)
+            # Never echo the expected fingerprint: it is what a peer must know to register.
+            reason = ("data fingerprint differs from the broker's: every role must load the same data with the "
+                      "same config (data.* settings)")
+            if self._log_refusal.allow((peer, "hello"), time.time()):
+                log.error("peer %s (%s, pid %d) refused: data fingerprint %s differs from the broker's %s",
+                          _who(peer), safe_text(msg.role), msg.pid, safe_text(msg.data_fingerprint), self.fingerprint)
             self._error(peer, reason, "hello")
             self._send(peer, "stop", reason=reason)
             return
-        self._told_unknown.pop(peer, None)
+        self._told_unknown.forget(peer)
         if msg.role == "trainer":
             if self.trainer.peer is not None and self.trainer.peer != peer:
-                log.warning("a second trainer %s replaces %s", name, _name(self.trainer.peer))
+                log.warning("a second trainer %s replaces %s", _who(peer), _who(self.trainer.peer))
             have = int(msg.get("have_version", -1))
             self._welcome(peer)
             again = self.trainer.hello(peer, msg.pid, have)
-            log.info("trainer %s (pid %d) says hello%s, holds version %d", name, msg.pid, " again" if again else "",
-                     have)
+            log.info("trainer %s (pid %d) says hello%s, holds version %d", _who(peer), msg.pid,
+                     " again" if again else "", have)
         else:
             busy = msg.get("job_id") if msg.get("state") == "busy" else None
             self.state.on_hello(name, time.time(), busy_job=busy, device=msg.device, pid=msg.pid)
-            log.info("inferencer %s (pid %d, %s) joined%s; %d workers", name, msg.pid, msg.device,
+            log.info("inferencer %s (pid %d, %s) joined%s; %d workers", _who(peer), msg.pid, safe_text(msg.device),
                      f" busy with job {busy}" if busy is not None else "", len(self.state.workers))
             self._welcome(peer)
             self._emit()
@@ -286,56 +304,87 @@ class Broker:
         if peer == self.trainer.peer:
             return
         if self._known(peer, "heartbeat"):
-            self.state.on_seen(_name(peer), time.time(), state=msg.state)
+            w = self.state.workers[_name(peer)]
+            was_ready = w.ready
+            self.state.on_seen(w.name, time.time(), state=msg.state)
+            if w.ready and not was_ready:
+                log.info("inferencer %s ready for shards; %d of %d workers ready", _who(peer),
+                         len(self.state.ready_workers), len(self.state.workers))
 
     def _on_checkpoint(self, peer: bytes, msg) -> None:
-        self._known(peer, "checkpoint")  # accepted anyway: the announcement itself is self-contained
-        outcome = self.state.on_checkpoint(msg.step, msg.path, msg.written_at)
-        log.info("checkpoint %d announced by %s: %s", msg.step, _name(peer), outcome)
+        if peer != self.trainer.peer:
+            self._refuse(peer, "checkpoint", "only the trainer that said hello announces checkpoints")
+            return
+        # A checkpoint is named by its step in our own RUN_DIR/checkpoints, never read from where a peer says.
+        path = confine_checkpoint(self.run_dir, msg.path, msg.step)  # RefreshError: refused and logged
+        outcome = self.state.on_checkpoint(msg.step, str(path), msg.written_at)
+        log.info("checkpoint %d announced by %s: %s", msg.step, _who(peer), outcome)
 
     def _on_status(self, peer: bytes, msg) -> None:
-        self._known(peer, "status")
+        if peer != self.trainer.peer:
+            self._refuse(peer, "status", "only the trainer that said hello reports its status")
+            return
         self._gauge("ance_trainer_step", msg.step)
         self._gauge("ance_async_gap", msg.gap)
         self._gauge("ance_negatives_version", msg.version_in_use)
 
     def _on_stop(self, peer: bytes, msg) -> None:
-        log.info("stop from %s: %s", _name(peer), msg.reason)
-        self._stop_reason = f"stop from {_name(peer)}: {msg.reason}"
+        if self._token is None or not token_matches(self._token, msg.get("token")):
+            self._refuse(peer, "stop", "a stop must carry the run's token (RUN_DIR/broker.token); ignored")
+            return
+        log.info("stop from %s: %s", _who(peer), safe_text(msg.reason))
+        self._stop_reason = f"stop from {_who(peer)}: {safe_text(msg.reason)}"
 
     def _on_topk(self, peer: bytes, msg) -> None:
-        self._worker_seen(peer, "topk")
+        if not self._worker_seen(peer, "topk", msg.job_id):
+            return
         t0 = time.perf_counter()
         ready = self.state.on_topk(_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
-                                   scores=unpack_array(msg.scores), ids=unpack_array(msg.ids))
+                                   scores=unpack_array(msg.scores), ids=unpack_array(msg.ids), version=msg.version)
         if self.versions.current is not None and msg.job_id == self._job_id:
             self._tally.add_time("merge_s", time.perf_counter() - t0)
         for r in ready:
             self._chunk_ready(r)
 
     def _on_shard_done(self, peer: bytes, msg) -> None:
-        self._worker_seen(peer, "shard_done")
+        if not self._worker_seen(peer, "shard_done", msg.job_id):
+            return
         if self.state.on_shard_done(_name(peer), job_id=msg.job_id, shard=msg.shard, stats=msg.stats,
-                                    now=time.time()):
+                                    now=time.time(), version=msg.version):
             s = msg.stats
-            log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, _name(peer), s.get("n_docs"),
+            log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, _who(peer), s.get("n_docs"),
                      " ".join(f"{k[:-2]} {s[k]:.2f}s" for k in STAGES if isinstance(s.get(k), (int, float))))
         self._emit()
 
     def _on_shard_failed(self, peer: bytes, msg) -> None:
-        self._worker_seen(peer, "shard_failed")
-        log.error("shard %d of job %d failed on %s: %s", msg.shard, msg.job_id, _name(peer), msg.reason)
-        abandoned = self.state.on_shard_failed(_name(peer), job_id=msg.job_id, shard=msg.shard, reason=msg.reason)
+        if not self._worker_seen(peer, "shard_failed", msg.job_id):
+            return
+        reason = safe_text(msg.reason, 500)
+        abandoned = self.state.on_shard_failed(_name(peer), job_id=msg.job_id, shard=msg.shard, reason=reason,
+                                               version=msg.get("version"))
+        log.error("shard %d of job %d failed on %s: %s", msg.shard, msg.job_id, _who(peer), reason)
         if abandoned:
             log.error("%s", abandoned)
             self._drop_partial()
         self._emit()
 
-    def _worker_seen(self, peer: bytes, of_type: str) -> None:
-        # Results count on their merits (job id, shard); an unknown sender is also asked to say hello.
-        if self._known(peer, of_type):
-            self.state.on_seen(_name(peer), time.time())
+    def _worker_seen(self, peer: bytes, of_type: str, job_id: int) -> bool:
+        """True for a registered worker's report; others are refused. A report on another job than the
+        running one is logged (rate-limited) and passed on, for the state machine to free the worker."""
+        name = _name(peer)
+        if name not in self.state.workers:
+            if peer == self.trainer.peer:
+                self._refuse(peer, of_type, "the trainer does not report on shards")
+            else:
+                self._known(peer, of_type)
+            return False
+        self.state.on_seen(name, time.time())
+        if not self.state.is_current(job_id) and self._log_refusal.allow((peer, "stale"), time.time()):
+            log.warning("peer %s: %r for job %d, not the running job (%s): dropped (logged at most every %gs)",
+                        _who(peer), of_type, job_id, self.state.job.job_id if self.state.job else "none",
+                        REFUSAL_LOG_S)
+        return True
 
     # ------------------------------------------------------------ schedule
     def _schedule(self) -> None:
@@ -449,3 +498,9 @@ class Broker:
 
 def _name(peer: bytes) -> str:
     return peer.decode("utf-8", "backslashreplace")
+
+
+def _who(peer: bytes) -> str:
+    """A peer's identity for a log line: as is when short and printable, else escaped and truncated."""
+    return safe_text(_name(peer), 64)
+

@@ -66,6 +66,8 @@ class WorkerInfo:
     foreign_job: int | None = None               # busy with a job we do not know (re-joined mid-shard)
     device: str = ""
     pid: int = 0
+    ready: bool = False                          # heartbeated since hello: it reads and answers
+
 
     @property
     def idle(self) -> bool:
@@ -94,6 +96,7 @@ class Job:
     started_at: float
     queued: list[int] = field(default_factory=list)             # shards waiting for a worker
     owner: dict[int, str] = field(default_factory=dict)         # shard -> worker doing it
+    assigned: dict[int, set[str]] = field(default_factory=dict)  # shard -> every worker it was given to
     done: dict[int, dict] = field(default_factory=dict)         # shard -> stats (shard_done)
     done_by: dict[int, str] = field(default_factory=dict)
     failures: dict[int, int] = field(default_factory=dict)
@@ -129,11 +132,16 @@ class RefreshState:
     ``depth``/``eval_depth``: top-k kept per train/eval query after merging.
     ``max_attempts``: ``shard_failed`` answers per shard before the job is
     abandoned (a checkpoint that cannot be loaded should not loop forever).
+    ``max_shards``: the most workers one job is split over.
+
+    Only *ready* workers (a heartbeat since their hello) get shards, and only
+    the worker a shard was given to may report on it, for that job and version:
+    a peer that merely said hello can neither stall a refresh nor forge results.
     """
 
     def __init__(self, n_docs: int, n_train: int, n_eval: int = 0, *, depth: int, eval_depth: int = 100,
                  chunk_queries: int, worker_timeout_s: float, max_attempts: int = 3,
-                 latest_version: int = -1, first_job_id: int = 1):
+                 latest_version: int = -1, first_job_id: int = 1, max_shards: int = 64):
         if n_docs < 1 or n_train < 1:
             raise ValueError(f"need documents and training queries, got n_docs={n_docs}, n_train={n_train}")
         self.n_docs, self.n_train, self.n_eval = int(n_docs), int(n_train), int(n_eval)
@@ -141,6 +149,7 @@ class RefreshState:
         self.chunk_queries = int(chunk_queries)
         self.worker_timeout_s = float(worker_timeout_s)
         self.max_attempts = int(max_attempts)
+        self.max_shards = int(max_shards)
         self.latest_version = int(latest_version)  # newest complete version
         self.workers: dict[str, WorkerInfo] = {}
         self.job: Job | None = None
@@ -170,6 +179,10 @@ class RefreshState:
     @property
     def live_workers(self) -> list[str]:
         return sorted(self.workers)
+
+    @property
+    def ready_workers(self) -> list[str]:
+        return sorted(n for n, w in self.workers.items() if w.ready)
 
     @property
     def shards_done(self) -> int:
@@ -211,6 +224,8 @@ class RefreshState:
         if w is None:
             return False
         w.last_seen = now
+        if state in ("idle", "busy"):  # heartbeating and warmed up (a "warming" worker gets no shard yet)
+            w.ready = True
         if state == "idle" and w.foreign_job is not None:
             w.foreign_job = None
         return True
@@ -245,7 +260,7 @@ class RefreshState:
     # ------------------------------------------------------------- assigning
     def assign(self, now: float) -> list[tuple[str, Assignment]]:
         """Start the waiting checkpoint when idle, then hand queued shards to idle workers."""
-        if self.job is None and self.pending is not None and self.workers:
+        if self.job is None and self.pending is not None and self.ready_workers:
             self._start(now)
         job = self.job
         out: list[tuple[str, Assignment]] = []
@@ -255,11 +270,12 @@ class RefreshState:
             if not job.queued:
                 break
             w = self.workers[name]
-            if not w.idle:
+            if not (w.idle and w.ready):
                 continue
             shard = job.queued.pop(0)
             w.busy_with = (job.job_id, shard)
             job.owner[shard] = name
+            job.assigned.setdefault(shard, set()).add(name)
             lo, hi = job.ranges[shard]
             out.append((name, Assignment(job.job_id, job.version, job.ckpt.path, shard, job.n_shards, lo, hi,
                                          job.eval)))
@@ -268,7 +284,7 @@ class RefreshState:
 
     def _start(self, now: float) -> None:
         ckpt, self.pending = self.pending, None
-        n_shards = max(1, min(len(self.workers), self.n_docs))
+        n_shards = max(1, min(len(self.ready_workers), self.n_docs, self.max_shards))
         self.job = Job(self._next_job_id, ckpt, n_shards, shard_ranges(self.n_docs, n_shards),
                        eval=self.n_eval > 0, started_at=now, queued=list(range(n_shards)))
         self._next_job_id += 1
@@ -277,19 +293,35 @@ class RefreshState:
     def _job_for(self, job_id: int) -> Job | None:
         return self.job if self.job is not None and self.job.job_id == job_id else None
 
+    def _check_sender(self, job: Job, sender: str, shard: int, version: int | None, what: str) -> None:
+        """Refuse a report from a worker the shard was never given to, or for another version."""
+        if not 0 <= shard < job.n_shards:
+            raise RefreshError(f"shard {shard} out of range: job {job.job_id} has {job.n_shards} shards")
+        if version is not None and version != job.version:
+            raise RefreshError(f"{what} for version {version}, but job {job.job_id} refreshes version "
+                               f"{job.version}: refused")
+        if sender not in job.assigned.get(shard, ()):
+            raise RefreshError(f"{what} for shard {shard} of job {job.job_id}, which was not assigned to "
+                               f"{sender!r}: refused")
+
+    def is_current(self, job_id: int) -> bool:
+        """True when ``job_id`` is the running job (results for others are stale or forged)."""
+        return self._job_for(job_id) is not None
+
     def on_topk(self, sender: str, *, job_id: int, shard: int, split: str, chunk: int, n_chunks: int,
-                q_lo: int, q_hi: int, scores: np.ndarray, ids: np.ndarray) -> list[ChunkReady]:
+                q_lo: int, q_hi: int, scores: np.ndarray, ids: np.ndarray,
+                version: int | None = None) -> list[ChunkReady]:
         """One shard's top-k of one chunk. Returns the chunk merged once every shard has it.
 
         A chunk of another job (stale) or one already received is ignored
-        (``[]``); one that contradicts the job raises :class:`RefreshError`.
+        (``[]``); one that contradicts the job, or comes from a worker the shard
+        was not given to, raises :class:`RefreshError`.
         """
 
         job = self._job_for(job_id)
         if job is None:
             return []
-        if not 0 <= shard < job.n_shards:
-            raise RefreshError(f"shard {shard} out of range: job {job_id} has {job.n_shards} shards")
+        self._check_sender(job, sender, shard, version, "topk")
         if split not in SPLITS or (split == "eval" and not job.eval):
             raise RefreshError(f"split {split!r} not expected in job {job_id} (eval={job.eval})")
         want = self.n_chunks(split)
@@ -331,11 +363,14 @@ class RefreshState:
         if w.foreign_job == job_id:
             w.foreign_job = None
 
-    def on_shard_done(self, sender: str, *, job_id: int, shard: int, stats: dict, now: float) -> bool:
+    def on_shard_done(self, sender: str, *, job_id: int, shard: int, stats: dict, now: float,
+                      version: int | None = None) -> bool:
         """``shard_done``; True when it completed the shard (False: stale or duplicate)."""
-        self._release(sender, job_id, shard)
         job = self._job_for(job_id)
-        if job is None or not 0 <= shard < job.n_shards or shard in job.done:
+        if job is not None:
+            self._check_sender(job, sender, shard, version, "shard_done")
+        self._release(sender, job_id, shard)
+        if job is None or shard in job.done:
             return False
         missing = [f"{s}:{c}" for s in (("train", "eval") if job.eval else ("train",))
                    for c in range(self.n_chunks(s)) if c not in job.merged[s]
@@ -358,14 +393,17 @@ class RefreshState:
         self._shard_event(shard, sender, "done", dps)
         return True
 
-    def on_shard_failed(self, sender: str, *, job_id: int, shard: int, reason: str) -> str | None:
+    def on_shard_failed(self, sender: str, *, job_id: int, shard: int, reason: str,
+                        version: int | None = None) -> str | None:
         """``shard_failed``: re-queue the shard, or abandon the job after ``max_attempts``.
 
         Returns the reason the job was abandoned, or None.
         """
-        self._release(sender, job_id, shard)
         job = self._job_for(job_id)
-        if job is None or not 0 <= shard < job.n_shards or shard in job.done:
+        if job is not None:
+            self._check_sender(job, sender, shard, version, "shard_failed")
+        self._release(sender, job_id, shard)
+        if job is None or shard in job.done:
             return None
         if job.owner.get(shard) == sender:
             del job.owner[shard]

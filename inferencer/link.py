@@ -45,6 +45,7 @@ class InferencerLink(BrokerLink):
         self.inbox: queue.Queue = queue.Queue()
         self._outbox: queue.Queue = queue.Queue()
         self._busy_job: int | None = None
+        self._warming = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-link", daemon=True)
         self.welcomed = threading.Event()
@@ -68,6 +69,10 @@ class InferencerLink(BrokerLink):
     def set_busy(self, job_id: int | None) -> None:
         """The job the main thread works on (None: idle); goes into heartbeats and hellos."""
         self._busy_job = job_id
+
+    def set_warming(self, warming: bool) -> None:
+        """While warming up, heartbeats say so and the broker hands us no shard yet."""
+        self._warming = warming
 
     def flush(self, timeout: float) -> bool:
         """Wait until the outbox is sent (to the socket's queue); False on timeout."""
@@ -97,7 +102,7 @@ class InferencerLink(BrokerLink):
             # (best effort) and results wait in self._pending, not piled up stale for the next broker.
             sock = self.open_socket(ctx, immediate=True)
             log.info("connecting to the broker at %s as %s", b.address, self.name)
-            last_hb, last_job = 0.0, None
+            last_hb, last_job, last_warming = 0.0, None, False
             hello_at = self._hello(sock)
             hello_every = max(2.0, 3 * b.heartbeat_s)
             while not self._stopping.is_set():
@@ -124,11 +129,12 @@ class InferencerLink(BrokerLink):
                     with self._lock:
                         self._unsent -= 1
                 now = time.time()
-                job = self._busy_job
-                # every heartbeat_s, and at once when the main thread takes or finishes a job
-                if now - last_hb >= b.heartbeat_s or job != last_job:
-                    last_hb, last_job = now, job
-                    self._send_now(sock, pack_message("heartbeat", state="busy" if job is not None else "idle",
+                job, warming = self._busy_job, self._warming
+                # every heartbeat_s, and at once when the main thread takes or finishes a job or warms up
+                if now - last_hb >= b.heartbeat_s or job != last_job or warming != last_warming:
+                    last_hb, last_job, last_warming = now, job, warming
+                    state = "busy" if job is not None else ("warming" if warming else "idle")
+                    self._send_now(sock, pack_message("heartbeat", state=state,
                                                 job_id=job))
                 if not self.welcomed.is_set() and now - hello_at > hello_every:
                     hello_at = self._hello(sock)

@@ -143,11 +143,13 @@ class Worker:
     def run(self) -> int:
         self._install_signals()
         share_host_cores(self.device)
+        self.link.set_warming(self.cfg.inferencer.warm_up)
         self.link.start()
         log.info("inferencer %s on %s (%s), %d train queries%s", self.name, self.device_name, self.precision,
                  len(self.train.ids), f", {len(self.eval.ids)} eval queries" if self.eval else "")
         if self.cfg.inferencer.warm_up:
             self.warm_up()
+            self.link.set_warming(False)
         code = 0
         try:
             while not self._stop.is_set():

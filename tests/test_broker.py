@@ -30,9 +30,10 @@ import pytest
 from ance.config import load_config
 from ance.negatives import read_negatives
 from ance.protocol import pack_array, unpack_array
+from ance.broker.guard import max_inbound_bytes, read_token
 from ance.rundir import RunDir
 
-from helpers_refresh import (MAX_FRAME, Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
+from helpers_refresh import (Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
                              write_config)
 
 
@@ -87,6 +88,7 @@ class FakeWorker(Peer):
         super().__init__(address, f"inferencer-{name}".encode())
         self.send("hello", role="inferencer", name=f"inferencer-{name}", pid=1, device="cpu",
                   data_fingerprint=fingerprint)
+        self.send("heartbeat", state="idle")  # ready: only then does it get shards
 
     def job(self, timeout=10):
         return self.wait_for(lambda ms: [m for m in ms if m.type == "job"], timeout, "a job")[-1]
@@ -128,6 +130,8 @@ def broker(tmp_path):
         (d / "trainer_state.pt").write_bytes(b"x")
     rec = Recorder()
     b = Broker(cfg, dataset=synthetic_dataset(), metrics=rec)  # no complete checkpoint yet: nothing queued
+    for step in (1, 2, 3):  # complete from now on: the broker refreshes only complete checkpoints
+        (ckpts / f"step-{step:06d}" / "manifest.json").write_text(f'{{"step": {step}}}')
     b.bind()
     thread = threading.Thread(target=b.run, daemon=True)
     thread.start()
@@ -157,7 +161,7 @@ def test_trainer_joining_mid_version_gets_the_chunks_so_far(broker):
     announcer.send("checkpoint", step=1, path=str(broker.ckpts / "step-000001"), written_at=time.time())
     j0, j1 = w0.job(), w1.job()
     assert (j0.n_shards, j0.doc_lo, j1.doc_hi) == (2, 0, N_DOCS) and j0.eval
-    assert set(j0.weights) == {"config.json"}  # send_weights, trainer_state.pt left behind
+    assert set(j0.weights) == {"config.json", "manifest.json"}  # send_weights, trainer_state.* left behind
     w0.chunk(j0, "train", 0)
     w1.chunk(j1, "train", 0)
     announcer.wait_for(lambda ms: [m for m in ms if m.type == "negatives"], 10, "chunk 0")
@@ -304,6 +308,9 @@ class Cluster:
     def joined(self) -> int:
         return len(re.findall(r"inferencer inferencer-\d \(pid \d+, cpu\) joined", self.broker_log_text()))
 
+    def ready(self) -> int:
+        return len(re.findall(r"inferencer inferencer-\d ready for shards", self.broker_log_text()))
+
     def version_done(self, version: int, timeout: float = 60):
         return self.trainer.wait_for(lambda ms: self.trainer.of("version_done", version=version), timeout,
                                      f"version_done {version}", self.logs)[0]
@@ -347,7 +354,7 @@ def test_garbage_is_answered_with_errors_and_the_broker_goes_on(cluster):
             (msgpack.packb({"v": 1, "type": "launch_missiles"}), "unknown message type"),
             (msgpack.packb({"v": 1, "type": "checkpoint", "step": 1}), "lacks field"),
             (msgpack.packb({"v": 1, "type": "status", "step": "x", "version_in_use": 0, "gap": 0}), "expected int"),
-            (b"\x00" * (MAX_FRAME + 10), "exceeds the limit"),
+            (b"\x00" * (max_inbound_bytes(cluster.cfg) + 10), "exceeds the limit"),  # (topk-sized: no weights in)
         ]
         for frame, _ in frames:
             bad.send_raw(frame)
@@ -380,7 +387,7 @@ def test_garbage_is_answered_with_errors_and_the_broker_goes_on(cluster):
 @pytest.mark.slow
 def test_refresh_persists_then_streams_negatives_with_stats(cluster):
     t0 = time.time()
-    wait_until(lambda: cluster.joined() >= 2, 120, "two inferencers", cluster.logs)
+    wait_until(lambda: cluster.ready() >= 2, 120, "two inferencers ready (warmed up)", cluster.logs)
     trainer = cluster.trainer
     ckpt = make_checkpoint(cluster.run, 1)
     trainer.send("checkpoint", step=1, path=str(ckpt), written_at=time.time())
@@ -446,7 +453,7 @@ def test_broker_restart_loses_nothing(cluster):
     cluster.broker.send_signal(signal.SIGKILL)
     cluster.broker.wait(10)
     ckpt3 = make_checkpoint(cluster.run, 3)  # written while the broker was down: queued on restart
-    joined_before = cluster.joined()
+    joined_before, ready_before = cluster.joined(), cluster.ready()
     cluster.start_broker()
     trainer = cluster.connect_trainer(have_version=-1)  # e.g. a restarted trainer
     welcome = trainer.wait_for(lambda ms: trainer.of("welcome"), 60, "welcome", cluster.logs)[0]
@@ -459,14 +466,15 @@ def test_broker_restart_loses_nothing(cluster):
     assert np.array_equal(neg[np.argsort(q)], fneg[np.argsort(fq)])
     # the workers re-join on their own; checkpoint 3 is refreshed without an announcement
     wait_until(lambda: cluster.joined() >= joined_before + 2, 60, "workers re-joining", cluster.logs)
+    wait_until(lambda: cluster.ready() >= ready_before + 2, 60, "re-joined workers ready", cluster.logs)
     cluster.version_done(3, timeout=90)
     assert "checkpoint 3 queued" in cluster.broker_log_text()
     ckpt4 = make_checkpoint(cluster.run, 4)
     trainer.send("checkpoint", step=4, path=str(ckpt4), written_at=time.time())
     done = cluster.version_done(4, timeout=60)
-    assert done.n_shards == 2
+    assert done.n_shards == 2, cluster.broker_log_text()[-6000:]
     trainer.send("status", step=5, version_in_use=4, gap=1)
-    trainer.send("stop", reason="test over")
+    trainer.send("stop", reason="test over", token=read_token(cluster.run))
     assert cluster.broker.wait(20) == 0
     assert stop(cluster.workers[0]) == 0  # SIGTERM: a clean exit
     print(f"broker restart: {time.time() - t0:.1f}s; ckpt {ckpt3.name}")

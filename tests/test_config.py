@@ -15,7 +15,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_and_overrides(tmp_path):
     p = write(tmp_path, "train:\n  lr: 1.0e-4\n  max_steps: 10\n")
-    cfg = load_config(p, ["train.lr=3e-5", "negatives.max_gap=7", "run_dir=runs/x", "data.eval_split=null"])
+    cfg = load_config(p, ["train.lr=3e-5", "negatives.max_gap=7", "train.checkpoint_every=5", "run_dir=runs/x",
+                          "data.eval_split=null"])
     assert cfg.train.lr == pytest.approx(3e-5)
     assert cfg.train.max_steps == 10
     assert cfg.negatives.max_gap == 7

@@ -17,6 +17,12 @@ def make_state(**kw) -> RefreshState:
     return RefreshState(N_DOCS, N_TRAIN, 0, **args)
 
 
+def join(st: RefreshState, name: str, now: float, busy_job: int | None = None) -> None:
+    """A worker says hello, then heartbeats (only then is it ready for a shard)."""
+    st.on_hello(name, now, busy_job=busy_job)
+    st.on_seen(name, now, state="busy" if busy_job is not None else "idle")
+
+
 def fake_topk(lo: int, hi: int, q_lo: int, q_hi: int, k: int = DEPTH, seed: int = 0):
     """Deterministic per-shard results: doc d scores -(d * 7 + q) % 13 (ties broken by id)."""
     docs = np.arange(lo, hi)
@@ -63,7 +69,7 @@ def test_shard_ranges_cover_the_corpus_contiguously():
 def test_newest_checkpoint_wins_and_stale_pending_is_skipped():
     st = make_state()
     assert "queued" in st.on_checkpoint(10, "c10", 1.0)
-    st.on_hello("w0", 0.0)
+    join(st, "w0", 0.0)
     (w, a), = st.assign(0.0)
     assert a.version == 10 and (a.doc_lo, a.doc_hi) == (0, N_DOCS)
     assert "queued behind running version 10" in st.on_checkpoint(20, "c20", 2.0)
@@ -84,20 +90,20 @@ def test_no_job_without_workers_and_shards_equal_live_workers():
     st.on_checkpoint(1, "c1", 0.0)
     assert st.assign(0.0) == [] and st.job is None
     for i in range(3):
-        st.on_hello(f"w{i}", 0.0)
+        join(st, f"w{i}", 0.0)
     out = st.assign(0.0)
     assert [a.shard for _, a in out] == [0, 1, 2] and {w for w, _ in out} == {"w0", "w1", "w2"}
     ranges = [(a.doc_lo, a.doc_hi) for _, a in out]
     assert ranges == shard_ranges(N_DOCS, 3)
-    st.on_hello("w3", 0.0)  # joins late: the job keeps 3 shards
+    join(st, "w3", 0.0)  # joins late: the job keeps 3 shards
     assert st.assign(0.0) == []
 
 
 def test_chunk_ready_only_when_every_shard_sent_it():
     st = make_state()
     st.on_checkpoint(1, "c1", 0.0)
-    st.on_hello("a", 0.0)
-    st.on_hello("b", 0.0)
+    join(st, "a", 0.0)
+    join(st, "b", 0.0)
     (wa, a), (wb, b) = st.assign(0.0)
     assert send_chunk(st, wa, a, "train", 0) == []
     assert send_chunk(st, wa, a, "train", 1) == []
@@ -114,8 +120,8 @@ def test_chunk_ready_only_when_every_shard_sent_it():
 def test_duplicates_stale_jobs_and_wrong_messages():
     st = make_state()
     st.on_checkpoint(1, "c1", 0.0)
-    st.on_hello("a", 0.0)
-    st.on_hello("b", 0.0)
+    join(st, "a", 0.0)
+    join(st, "b", 0.0)
     (wa, a), (wb, b) = st.assign(0.0)
     assert send_chunk(st, wa, a, "train", 0) == []
     assert send_chunk(st, wa, a, "train", 0) == []  # a duplicate before the merge
@@ -140,8 +146,8 @@ def test_duplicates_stale_jobs_and_wrong_messages():
 def test_worker_loss_requeues_its_shard_and_chunks_are_kept():
     st = make_state()
     st.on_checkpoint(1, "c1", 0.0)
-    st.on_hello("a", 0.0)
-    st.on_hello("b", 0.0)
+    join(st, "a", 0.0)
+    join(st, "b", 0.0)
     (wa, a), (wb, b) = st.assign(0.0)
     ready = send_chunk(st, wb, b, "train", 0)       # b sends one chunk, then goes silent
     ready += run_shard(st, wa, a, now=1.0)
@@ -164,7 +170,7 @@ def test_worker_loss_requeues_its_shard_and_chunks_are_kept():
 def test_rejoining_idle_means_the_shard_was_lost():
     st = make_state()
     st.on_checkpoint(1, "c1", 0.0)
-    st.on_hello("a", 0.0)
+    join(st, "a", 0.0)
     (_, a), = st.assign(0.0)
     st.on_hello("a", 1.0, busy_job=a.job_id)        # reconnect mid-shard: keeps it
     assert st.assign(1.0) == []
@@ -175,7 +181,7 @@ def test_rejoining_idle_means_the_shard_was_lost():
 
 def test_worker_busy_with_an_unknown_job_gets_nothing_until_idle():
     st = make_state()
-    st.on_hello("a", 0.0, busy_job=12345)           # after a broker restart
+    join(st, "a", 0.0, busy_job=12345)           # after a broker restart
     st.on_checkpoint(1, "c1", 0.0)
     st.assign(0.0)
     assert st.job is not None and st.job.queued == [0]
@@ -187,7 +193,7 @@ def test_worker_busy_with_an_unknown_job_gets_nothing_until_idle():
 def test_failures_requeue_then_abandon():
     st = make_state(max_attempts=2)
     st.on_checkpoint(1, "c1", 0.0)
-    st.on_hello("a", 0.0)
+    join(st, "a", 0.0)
     (_, a), = st.assign(0.0)
     assert st.on_shard_failed("a", job_id=a.job_id, shard=0, reason="oom") is None
     (_, a2), = st.assign(0.0)
@@ -202,7 +208,7 @@ def test_failures_requeue_then_abandon():
 def test_eval_chunks_are_part_of_completion():
     st = RefreshState(N_DOCS, N_TRAIN, N_EVAL, depth=DEPTH, eval_depth=DEPTH, chunk_queries=CQ, worker_timeout_s=5)
     st.on_checkpoint(1, "c1", 0.0)
-    st.on_hello("a", 0.0)
+    join(st, "a", 0.0)
     (_, a), = st.assign(0.0)
     assert a.eval
     for c in range(st.n_chunks("train")):
@@ -220,7 +226,7 @@ def test_negatives_never_contain_a_positive():
     st = make_state()
     st.on_checkpoint(1, "c1", 0.0)
     for i in range(3):
-        st.on_hello(f"w{i}", 0.0)
+        join(st, f"w{i}", 0.0)
     ready = []
     for w, a in st.assign(0.0):
         ready += run_shard(st, w, a)

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from ance.errors import CheckpointError
 from ance.fsio import fsync_dir
-from ance.rundir import (MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step,
-                         trainer_state_path)
+from ance.rundir import MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step
+
+from .state_io import load_state, save_state
 
 
 def _fsync_tree(root: Path) -> None:
@@ -40,8 +39,9 @@ def write_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` atomically and return its final path.
 
-    ``trainer_state`` is saved first, then ``save_model(dir)`` writes the HF
-    model directory; the manifest follows once every file is fsynced.
+    ``trainer_state`` is saved first (``trainer_state.json`` + ``trainer_state.safetensors``,
+    :mod:`.state_io`, no pickle), then ``save_model(dir)`` writes the HF model directory;
+    the manifest follows once every file is fsynced.
     """
     final = RunDir(run_dir).checkpoint(step)
     parent = final.parent
@@ -52,7 +52,7 @@ def write_checkpoint(
     tmp.mkdir()
     started = time.time()
     if trainer_state is not None:
-        torch.save(trainer_state, trainer_state_path(tmp))
+        save_state(trainer_state, tmp)
     save_model(tmp)
     _fsync_tree(tmp)
     info = {"step": int(step), "time": time.time(), **(manifest or {})}
@@ -121,8 +121,4 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     read_manifest(path)
-    state_file = trainer_state_path(path)
-    if not state_file.is_file():
-        raise CheckpointError(f"{state_file}: missing; this checkpoint holds model weights only "
-                              "and cannot resume training")
-    return torch.load(state_file, map_location="cpu", weights_only=False)
+    return load_state(path)

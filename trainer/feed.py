@@ -57,6 +57,11 @@ class NegativesTable:
         self.version = np.array(state["version"], dtype=np.int64)
 
 
+_MINE_HINT = ("Mine with the run's data settings: ance mine --data DATA.path --split DATA.train_split --eval-split "
+              "DATA.eval_split --max-docs DATA.max_docs --max-queries DATA.max_queries --subset-seed "
+              "DATA.subset_seed ...")
+
+
 def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_ids: Sequence[str],
                 fingerprint: str | None = None) -> int:
     """Load a negatives file (``ance mine`` output) as version 0; return queries covered.
@@ -65,6 +70,10 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
     not resolve and its header says it was mined from other data, the error
     says so and how to mine a matching file.
     """
+    theirs = _header_fingerprint(path)
+    if fingerprint is not None and theirs is not None and theirs != fingerprint:
+        raise DataError(path, 1, f"mined from other data (fingerprint {theirs}, this run's {fingerprint}). "
+                                 f"{_MINE_HINT}")
     try:
         header, q_idx, neg = read_negatives(path, {q: i for i, q in enumerate(query_ids)},
                                             {d: i for i, d in enumerate(doc_ids)}, keep=table.keep)
@@ -73,10 +82,10 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
         if fingerprint is None or theirs is None or theirs == fingerprint:
             raise
         raise DataError(path, None, f"mined from other data (fingerprint {theirs}, this run's {fingerprint}): "
-                                    f"{exc}. Mine with the run's data settings: ance mine --data DATA.path "
-                                    "--split DATA.train_split --eval-split DATA.eval_split --max-docs "
-                                    "DATA.max_docs --max-queries DATA.max_queries --subset-seed "
-                                    "DATA.subset_seed ...") from None
+                                    f"{exc}. {_MINE_HINT}") from None
+    if len(q_idx) == 0:
+        raise DataError(path, None, "no query of this run's training split is in the file; mine one for this data "
+                                    "with `ance mine`")
     table.update(q_idx, neg, 0)
     log.info("static negatives: %d of %d queries from %s", len(q_idx), len(query_ids), path)
     return len(q_idx)

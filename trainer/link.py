@@ -117,7 +117,7 @@ class TrainerLink(BrokerLink):
         elif kind == "error":
             log.error("broker error: %s", msg.get("reason"))
             if is_unknown_peer(msg) or "hello" in str(msg.get("reason", "")):
-                self._hello()
+                self._hello_again()  # a restarted broker refuses our announcements until we say hello
         elif kind == "stop":
             raise AnceError(f"the broker asked the trainer to stop: {msg.get('reason')}")
 
@@ -161,11 +161,16 @@ class TrainerLink(BrokerLink):
             self.poll(0.2)
             if time.time() - self.last_heard > silence:
                 log.warning("no word from the broker for %.0fs; saying hello again", silence)
-                self._hello()
-                for s, path in sorted(self._announced.items()):
-                    if s > self.latest_complete:
-                        self._send("checkpoint", step=int(s), path=path, written_at=float(self.written_at[s]))
+                self._hello_again()
         return time.time() - t0
+
+    def _hello_again(self) -> None:
+        """``hello``, then the checkpoints announced since the newest complete version (the broker only
+        takes announcements from the trainer that said hello, so those sent before were refused)."""
+        self._hello()
+        for s, path in sorted(self._announced.items()):
+            if s > self.latest_complete:
+                self._send("checkpoint", step=int(s), path=path, written_at=float(self.written_at[s]))
 
     def wait_for_version(self, version: int, timeout: float) -> float:
         """Wait until version ``version`` has fully arrived (the final refresh)."""

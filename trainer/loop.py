@@ -21,6 +21,7 @@ import torch
 from ance import distributed as dist_util
 from ance import gradcache
 from ance.config import Config, config_hash, save_config
+from ance.config_checks import check_model_lengths
 from ance.data import load_for_config
 from ance.device import autocast_dtype, describe_device, device_type, resolve_device
 from ance.encode import corpus_tokens, query_tokens
@@ -36,7 +37,7 @@ from .checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoint
                          write_checkpoint)
 from .feed import NegativesTable, fill_bm25, fill_static
 from .link import TrainerLink
-from .optim import build_optimizer, build_scheduler, grad_norm, last_layer_params
+from .optim import build_optimizer, build_scheduler, check_finite, check_params_finite, grad_norm, last_layer_params
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ class Trainer:
         """The model of ``cfg.model``, from ``checkpoint`` when resuming; DDP-wrapped under torchrun."""
         self.model = BiEncoder.from_config(self.cfg.model, checkpoint).to(self.device)
         self.model.train()
+        check_model_lengths(self.cfg, getattr(self.model.query_encoder.config, "max_position_embeddings", None),
+                            str(checkpoint or self.cfg.model.name_or_path))
         self.tokenizer = self.model.tokenizer
         self.ddp = self.model
         if self.distributed:
@@ -318,6 +321,7 @@ class Trainer:
         last = grad_norm(self._last_layer)
         total = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]
+        check_finite(self.step, float(loss), total, lr, scaled=self.scaler is not None)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -346,6 +350,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-N`` (rank 0) and announce it to the broker."""
         t0 = time.time()
+        check_params_finite(self.model, self.step)  # never write a non-finite checkpoint
         path = write_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
                                 {"config_hash": config_hash(self.cfg)})
         written = time.time()

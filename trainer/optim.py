@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
 from torch import nn
+
+from ance.errors import TrainingError
 
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 _LAYER = re.compile(r"\blayers?\.(\d+)\.")
@@ -53,3 +56,27 @@ def grad_norm(params) -> float:
     if not norms:
         return 0.0
     return float(torch.stack(norms).norm())
+
+
+def check_finite(step: int, loss: float, grad_norm: float, lr: float, *, scaled: bool) -> None:
+    """Stop before a non-finite loss or gradient reaches the weights (and so any checkpoint).
+
+    ``scaled``: fp16 with a GradScaler, which skips steps with inf/NaN gradients
+    itself, so only the loss is checked then.
+    """
+    bad = [(name, value) for name, value in (("loss", loss), ("gradient norm", grad_norm))
+           if not math.isfinite(value) and not (scaled and name == "gradient norm")]
+    if bad:
+        what = ", ".join(f"{name} is {value}" for name, value in bad)
+        raise TrainingError(f"step {step}: {what}; stopped before the optimizer step, so no checkpoint holds it. "
+                            f"Lower train.lr (now {lr:g}) or train.max_grad_norm, use train.precision=fp32, or "
+                            "check the data; then resume from the last checkpoint with --resume")
+
+
+def check_params_finite(model: nn.Module, step: int) -> None:
+    """Refuse to checkpoint weights that hold inf/NaN (a diverged step), naming the first bad parameter."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise TrainingError(f"step {step}: parameter {name} holds non-finite values (training diverged); "
+                                "no checkpoint written. Lower train.lr or train.max_grad_norm and resume from the "
+                                "last checkpoint with --resume")

@@ -6,6 +6,7 @@ import argparse
 
 from ance.config import add_config_arguments, config_from_args
 from ance.logutil import setup_logging
+from ance.rundir import claim_run_dir
 
 NAME = "broker"
 HELP = "Run the broker: track inferencers, turn checkpoints into refresh jobs, merge and persist negatives."
@@ -24,4 +25,5 @@ def run(args: argparse.Namespace) -> int:
     from ance.broker.hub import Broker
     setup_logging(args.log_level, role="broker")
     cfg = config_from_args(args)
+    claim_run_dir(cfg.run_dir, resume=True)  # a writable directory (a restart reuses what is there)
     return Broker(cfg).run()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ance.errors import ConfigError
+from ance.errors import ConfigError, DataError
 
 NAME = "eval"
 HELP = ("Evaluate a TREC run against qrels, or compare two (--compare A B): prints one JSON object "
@@ -54,14 +54,23 @@ def run(args: argparse.Namespace) -> int:
 
     qrels = read_qrels(args.qrels)
     measures = args.measures or MEASURES
+
+    def read_run(path: str):
+        run_ = read_trec_run(path)
+        if run_ and not set(run_) & set(qrels):
+            raise DataError(path, None, f"none of its {len(run_)} query ids (e.g. {next(iter(run_))!r}) is in "
+                                        f"{args.qrels} (e.g. {next(iter(qrels))!r}); were they made for the same "
+                                        "dataset and split?")
+        return run_
+
     try:
         if args.compare:
             if args.bootstrap < 1:
                 raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
-            run_a, run_b = (read_trec_run(p) for p in args.compare)
+            run_a, run_b = (read_run(p) for p in args.compare)
             result = compare_runs(run_a, run_b, qrels, measures, n_boot=args.bootstrap, seed=args.seed)
         else:
-            result = evaluate_run(read_trec_run(args.run), qrels, measures)
+            result = evaluate_run(read_run(args.run), qrels, measures)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     print(json.dumps(_round(result)))

@@ -6,6 +6,7 @@ import argparse
 
 from ance.config import add_config_arguments, config_from_args
 from ance.logutil import setup_logging
+from ance.rundir import claim_run_dir
 
 NAME = "infer"
 HELP = "Run one inferencer: take refresh shards from the broker and stream their top-k back."
@@ -25,4 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from ance.inferencer.worker import Worker
     setup_logging(args.log_level, role=f"inferencer-{args.name}")
     cfg = config_from_args(args)
+    claim_run_dir(cfg.run_dir, resume=True)  # a writable directory (a restart reuses what is there)
     return Worker(cfg, device=args.device, name=args.name).run()

@@ -13,7 +13,7 @@ from pathlib import Path
 from ance.config import add_config_arguments, config_from_args, save_config
 from ance.errors import ConfigError
 from ance.logutil import setup_logging
-from ance.rundir import RunDir
+from ance.rundir import RunDir, claim_run_dir
 
 NAME = "launch"
 HELP = "Start a whole run (broker, trainer group, inferencer pool) and supervise it until training ends."
@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nnodes", type=int, default=1, help="trainer nodes (torchrun rendezvous); 1 = this node only")
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank among --nnodes")
     parser.add_argument("--rdzv-endpoint", default=None, help="host:port of the torchrun rendezvous (multi-node)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start fresh in a run directory that holds an earlier run, moving that run aside to "
+                             "RUN_DIR.old-<time> (without it, such a directory is refused)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument("--log-level", default="INFO", help="the launcher's own logging level")
 
@@ -63,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--only: unknown role(s) {', '.join(sorted(unknown))}; use broker, trainer, inferencer")
     run_dir = Path(cfg.run_dir)
+    # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
+    if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
+        aside = claim_run_dir(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+        if aside is not None:
+            logging.getLogger("ance.launch").warning("--overwrite: the earlier run moved to %s", aside)
     save_config(cfg, run_dir)
     n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
     if cfg.negatives.source != "async":

@@ -9,6 +9,7 @@ import time
 
 from ance.config import parse_rank_window
 from ance.errors import ConfigError
+from ance.fsio import check_output_file
 from ance.logutil import setup_logging
 
 from .retrieve import (add_data_arguments, add_encoding_arguments, add_model_arguments, add_search_arguments,
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ance.negatives import select_negatives, write_negatives
     from ance.retrieve import retrieve
+
+    check_output_file(args.out)
 
     check_positive(args, "n")
     try:

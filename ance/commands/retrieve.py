@@ -13,6 +13,7 @@ import sys
 import time
 
 from ance.errors import ConfigError
+from ance.fsio import check_output_file
 from ance.logutil import setup_logging
 
 NAME = "retrieve"
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from ance.evaluate import write_trec_run
     from ance.retrieve import retrieve
 
+    check_output_file(args.out)  # before minutes of encoding
     t0 = time.perf_counter()
     device, model, data = setup(args, args.split)
     t1 = time.perf_counter()

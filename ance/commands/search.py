@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from ance.fsio import check_output_file
+
 from .retrieve import add_data_arguments, add_model_arguments, add_search_arguments, setup
 
 NAME = "search"
@@ -39,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ance.encode import encode_texts, read_embeddings
     from ance.evaluate import write_trec_run
     from ance.retrieve import expand_emb_dirs, search_shards
+
+    check_output_file(args.out)
 
     t0 = time.perf_counter()
     device, model, data = setup(args, args.split)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
 from ance.config import add_config_arguments, config_from_args
 from ance.logutil import setup_logging
-from ance.rundir import RunDir
+from ance.rundir import RunDir, claim_run_dir
 
 NAME = "train"
 HELP = "Train a bi-encoder with GradCache on in-batch, static or asynchronously refreshed negatives."
@@ -20,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto-resume", action="store_true",
                         help="with CONFIG: resume when the run directory already holds a complete checkpoint, "
                              "else start fresh (for restarts by docker compose or a scheduler)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start fresh in a run directory that holds an earlier run, moving that run aside to "
+                             "RUN_DIR.old-<time> (without it, such a directory is refused)")
     parser.add_argument("--log-level", default="INFO", help="logging level of this process")
     parser.epilog = ("Several GPUs: torchrun --nproc-per-node N -m ance.cli train CONFIG ... "
                      "(batch_size is the global batch, split over the ranks).")
@@ -34,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
         if found is not None:
             logging.getLogger("ance.train").info("--auto-resume: continuing from %s", found[1])
             resume = True
+    # A fresh run never mixes with an earlier one's checkpoints or negatives (under torchrun: rank 0 checks).
+    if os.environ.get("RANK", "0") == "0":
+        aside = claim_run_dir(cfg.run_dir, resume=resume, overwrite=args.overwrite,
+                              names=("checkpoints", "negatives"))
+        if aside is not None:
+            logging.getLogger("ance.train").warning("--overwrite: the earlier run moved to %s", aside)
 
     from ance.trainer.loop import Trainer  # torch, transformers: only when the command runs
 
