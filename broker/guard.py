@@ -59,6 +59,16 @@ def safe_text(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
+def peer_name(peer: bytes) -> str:
+    """A ZeroMQ identity as text (the worker's name; undecodable bytes escaped)."""
+    return peer.decode("utf-8", "backslashreplace")
+
+
+def peer_label(peer: bytes) -> str:
+    """A peer's identity for a log line: as is when short and printable, else escaped and truncated."""
+    return safe_text(peer_name(peer), 64)
+
+
 class RateLimit:
     """``allow(key, now)``: True at most once per ``interval_s`` per key (bounded memory)."""
 

@@ -5,7 +5,8 @@ refresh logic lives in :class:`ance.broker.refresh.RefreshState` (pure, tested o
 own); this module is the loop around it: decode every frame (a bad one is
 logged with the peer and answered with ``error``; the broker goes on), track
 peers, turn the state's decisions into ``job`` messages, and for every merged
-chunk select negatives, **persist them, then send them** to the trainer.
+chunk hand it to :class:`ance.broker.assemble.VersionAssembler`, which selects
+negatives, **persists them, then sends them** to the trainer.
 
 The versions' files and tables are :class:`ance.broker.versions.NegativesVersions`'s
 (``RUN_DIR/negatives/step-N.partial.tsv`` fsynced per chunk, renamed
@@ -29,21 +30,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from ance.config import Config
 from ance.data import load_for_config
 from ance.errors import ProtocolError
-from ance.negatives import overlap, select_negatives
 from ance.protocol import MAX_NAME, MAX_STR, pack_message, unpack_array, unpack_message
-from ance.rundir import RunDir, checkpoint_files, manifest_path
+from ance.rundir import RunDir, manifest_path
 from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.transport import router_socket
 
-from .guard import RateLimit, confine_checkpoint, max_inbound_bytes, safe_text, token_matches, write_token
-from .refresh import Assignment, ChunkReady, RefreshError, RefreshState
-from .stats import STAGES, RefreshTally, eval_depth
+from .guard import (RateLimit, confine_checkpoint, max_inbound_bytes, peer_label, peer_name, safe_text,
+                    token_matches, write_token)
+from .assemble import VersionAssembler
+from .refresh import Assignment, RefreshError, RefreshState
+from .stats import STAGES, eval_depth
 from .stream import TrainerStream
 from .versions import NegativesVersions
 
@@ -84,10 +85,8 @@ class Broker:
                                   first_job_id=int(time.time() * 1000) % (1 << 40))
         self.versions = NegativesVersions(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
                                     chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
-        self._job_id: int | None = None
-        self._tally = RefreshTally(depth=self.depth)  # the refresh in progress
-        self._weights: dict[str, bytes] | None = None
         self.trainer = TrainerStream(self.versions, self._send)
+        self.output = VersionAssembler(cfg, self.train, self.eval, self.doc_ids, self.versions, self.trainer)
         self._told_unknown = RateLimit(cfg.broker.heartbeat_s)  # "send hello first", per peer
         self._log_refusal = RateLimit(REFUSAL_LOG_S)               # one log line per peer and kind
         self._stop_reason: str | None = None
@@ -199,11 +198,11 @@ class Broker:
             self.sock.send_multipart([peer, frame], zmq.NOBLOCK)
             return True
         except zmq.Again:
-            log.error("peer %s: send queue full, dropped a %r message", _who(peer), type_)
+            log.error("peer %s: send queue full, dropped a %r message", peer_label(peer), type_)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            log.warning("peer %s is gone; could not send %r", _who(peer), type_)
+            log.warning("peer %s is gone; could not send %r", peer_label(peer), type_)
             self._peer_gone(peer)
         return False
 
@@ -214,21 +213,21 @@ class Broker:
         """Answer a refused message; log it once per peer, kind and ``REFUSAL_LOG_S``."""
         if self._log_refusal.allow((peer, of_type), time.time()):
             log.warning("peer %s: %r refused: %s (further refusals of this peer logged at most every %gs)",
-                        _who(peer), of_type, reason, REFUSAL_LOG_S)
+                        peer_label(peer), of_type, reason, REFUSAL_LOG_S)
         self._error(peer, f"refused: {reason}", of_type)
 
     def _peer_gone(self, peer: bytes) -> None:
         if self.trainer.gone(peer):
             return
-        if _name(peer) in self.state.workers:
-            self.state.on_lost(_name(peer), "disconnected")
+        if peer_name(peer) in self.state.workers:
+            self.state.on_lost(peer_name(peer), "disconnected")
             self._emit()
 
     # ------------------------------------------------------------ receive
     def _dispatch(self, parts: list[bytes]) -> None:
         if len(parts) != 2:
             peer = parts[0] if parts else b"?"
-            log.error("peer %s: rejected a message of %d frames (one frame per message)", _who(peer),
+            log.error("peer %s: rejected a message of %d frames (one frame per message)", peer_label(peer),
                       len(parts) - 1)
             if parts:
                 self._error(peer, f"expected one frame per message, got {len(parts) - 1}", None)
@@ -237,12 +236,12 @@ class Broker:
         try:
             msg = unpack_message(frame, self.max_inbound)
         except ProtocolError as exc:
-            log.error("peer %s: rejected a frame of %d bytes: %s", _who(peer), len(frame), exc)
+            log.error("peer %s: rejected a frame of %d bytes: %s", peer_label(peer), len(frame), exc)
             self._error(peer, f"rejected: {exc}", getattr(exc, "of_type", None))
             return
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is None:
-            log.error("peer %s: unexpected %r message (not sent to a broker)", _who(peer), msg.type)
+            log.error("peer %s: unexpected %r message (not sent to a broker)", peer_label(peer), msg.type)
             self._error(peer, f"a broker does not accept {msg.type!r} messages", msg.type)
             return
         try:
@@ -252,46 +251,46 @@ class Broker:
         except OSError:
             raise  # the run directory is unwritable: stop; a restarted broker resumes from disk
         except Exception as exc:  # a message we cannot handle must not take the broker down
-            log.exception("peer %s: handling a %r message failed", _who(peer), msg.type)
+            log.exception("peer %s: handling a %r message failed", peer_label(peer), msg.type)
             self._error(peer, f"broker could not handle it: {type(exc).__name__}: {exc}", msg.type)
 
     def _known(self, peer: bytes, of_type: str) -> bool:
         """True for a peer that said hello; otherwise ask it to (at most once per heartbeat)."""
-        if peer == self.trainer.peer or _name(peer) in self.state.workers:
+        if peer == self.trainer.peer or peer_name(peer) in self.state.workers:
             return True
         now = time.time()
         if self._told_unknown.allow(peer, now):
-            self._error(peer, f"unknown peer {_name(peer)[:MAX_NAME]!r}: send hello first", of_type)
+            self._error(peer, f"unknown peer {peer_name(peer)[:MAX_NAME]!r}: send hello first", of_type)
         if self._log_refusal.allow((peer, "unknown"), now):
             log.info("peer %s: %r from a peer that never said hello: ignored (logged at most every %gs)",
-                     _who(peer), of_type, REFUSAL_LOG_S)
+                     peer_label(peer), of_type, REFUSAL_LOG_S)
         return False
 
     def _on_hello(self, peer: bytes, msg) -> None:
-        name = _name(peer)
+        name = peer_name(peer)
         if msg.data_fingerprint != self.fingerprint:
             # Never echo the expected fingerprint: it is what a peer must know to register.
             reason = ("data fingerprint differs from the broker's: every role must load the same data with the "
                       "same config (data.* settings)")
             if self._log_refusal.allow((peer, "hello"), time.time()):
                 log.error("peer %s (%s, pid %d) refused: data fingerprint %s differs from the broker's %s",
-                          _who(peer), safe_text(msg.role), msg.pid, safe_text(msg.data_fingerprint), self.fingerprint)
+                          peer_label(peer), safe_text(msg.role), msg.pid, safe_text(msg.data_fingerprint), self.fingerprint)
             self._error(peer, reason, "hello")
             self._send(peer, "stop", reason=reason)
             return
         self._told_unknown.forget(peer)
         if msg.role == "trainer":
             if self.trainer.peer is not None and self.trainer.peer != peer:
-                log.warning("a second trainer %s replaces %s", _who(peer), _who(self.trainer.peer))
+                log.warning("a second trainer %s replaces %s", peer_label(peer), peer_label(self.trainer.peer))
             have = int(msg.get("have_version", -1))
             self._welcome(peer)
             again = self.trainer.hello(peer, msg.pid, have)
-            log.info("trainer %s (pid %d) says hello%s, holds version %d", _who(peer), msg.pid,
+            log.info("trainer %s (pid %d) says hello%s, holds version %d", peer_label(peer), msg.pid,
                      " again" if again else "", have)
         else:
             busy = msg.get("job_id") if msg.get("state") == "busy" else None
             self.state.on_hello(name, time.time(), busy_job=busy, device=msg.device, pid=msg.pid)
-            log.info("inferencer %s (pid %d, %s) joined%s; %d workers", _who(peer), msg.pid, safe_text(msg.device),
+            log.info("inferencer %s (pid %d, %s) joined%s; %d workers", peer_label(peer), msg.pid, safe_text(msg.device),
                      f" busy with job {busy}" if busy is not None else "", len(self.state.workers))
             self._welcome(peer)
             self._emit()
@@ -304,11 +303,11 @@ class Broker:
         if peer == self.trainer.peer:
             return
         if self._known(peer, "heartbeat"):
-            w = self.state.workers[_name(peer)]
+            w = self.state.workers[peer_name(peer)]
             was_ready = w.ready
             self.state.on_seen(w.name, time.time(), state=msg.state)
             if w.ready and not was_ready:
-                log.info("inferencer %s ready for shards; %d of %d workers ready", _who(peer),
+                log.info("inferencer %s ready for shards; %d of %d workers ready", peer_label(peer),
                          len(self.state.ready_workers), len(self.state.workers))
 
     def _on_checkpoint(self, peer: bytes, msg) -> None:
@@ -318,7 +317,7 @@ class Broker:
         # A checkpoint is named by its step in our own RUN_DIR/checkpoints, never read from where a peer says.
         path = confine_checkpoint(self.run_dir, msg.path, msg.step)  # RefreshError: refused and logged
         outcome = self.state.on_checkpoint(msg.step, str(path), msg.written_at)
-        log.info("checkpoint %d announced by %s: %s", msg.step, _who(peer), outcome)
+        log.info("checkpoint %d announced by %s: %s", msg.step, peer_label(peer), outcome)
 
     def _on_status(self, peer: bytes, msg) -> None:
         if peer != self.trainer.peer:
@@ -332,28 +331,27 @@ class Broker:
         if self._token is None or not token_matches(self._token, msg.get("token")):
             self._refuse(peer, "stop", "a stop must carry the run's token (RUN_DIR/broker.token); ignored")
             return
-        log.info("stop from %s: %s", _who(peer), safe_text(msg.reason))
-        self._stop_reason = f"stop from {_who(peer)}: {safe_text(msg.reason)}"
+        log.info("stop from %s: %s", peer_label(peer), safe_text(msg.reason))
+        self._stop_reason = f"stop from {peer_label(peer)}: {safe_text(msg.reason)}"
 
     def _on_topk(self, peer: bytes, msg) -> None:
         if not self._worker_seen(peer, "topk", msg.job_id):
             return
         t0 = time.perf_counter()
-        ready = self.state.on_topk(_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
+        ready = self.state.on_topk(peer_name(peer), job_id=msg.job_id, shard=msg.shard, split=msg.split,
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids), version=msg.version)
-        if self.versions.current is not None and msg.job_id == self._job_id:
-            self._tally.add_time("merge_s", time.perf_counter() - t0)
+        self.output.merged(msg.job_id, time.perf_counter() - t0)
         for r in ready:
-            self._chunk_ready(r)
+            self.output.chunk(r, self.state.n_chunks("train"))
 
     def _on_shard_done(self, peer: bytes, msg) -> None:
         if not self._worker_seen(peer, "shard_done", msg.job_id):
             return
-        if self.state.on_shard_done(_name(peer), job_id=msg.job_id, shard=msg.shard, stats=msg.stats,
+        if self.state.on_shard_done(peer_name(peer), job_id=msg.job_id, shard=msg.shard, stats=msg.stats,
                                     now=time.time(), version=msg.version):
             s = msg.stats
-            log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, _who(peer), s.get("n_docs"),
+            log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, peer_label(peer), s.get("n_docs"),
                      " ".join(f"{k[:-2]} {s[k]:.2f}s" for k in STAGES if isinstance(s.get(k), (int, float))))
         self._emit()
 
@@ -361,9 +359,9 @@ class Broker:
         if not self._worker_seen(peer, "shard_failed", msg.job_id):
             return
         reason = safe_text(msg.reason, 500)
-        abandoned = self.state.on_shard_failed(_name(peer), job_id=msg.job_id, shard=msg.shard, reason=reason,
+        abandoned = self.state.on_shard_failed(peer_name(peer), job_id=msg.job_id, shard=msg.shard, reason=reason,
                                                version=msg.get("version"))
-        log.error("shard %d of job %d failed on %s: %s", msg.shard, msg.job_id, _who(peer), reason)
+        log.error("shard %d of job %d failed on %s: %s", msg.shard, msg.job_id, peer_label(peer), reason)
         if abandoned:
             log.error("%s", abandoned)
             self._drop_partial()
@@ -372,7 +370,7 @@ class Broker:
     def _worker_seen(self, peer: bytes, of_type: str, job_id: int) -> bool:
         """True for a registered worker's report; others are refused. A report on another job than the
         running one is logged (rate-limited) and passed on, for the state machine to free the worker."""
-        name = _name(peer)
+        name = peer_name(peer)
         if name not in self.state.workers:
             if peer == self.trainer.peer:
                 self._refuse(peer, of_type, "the trainer does not report on shards")
@@ -382,7 +380,7 @@ class Broker:
         self.state.on_seen(name, time.time())
         if not self.state.is_current(job_id) and self._log_refusal.allow((peer, "stale"), time.time()):
             log.warning("peer %s: %r for job %d, not the running job (%s): dropped (logged at most every %gs)",
-                        _who(peer), of_type, job_id, self.state.job.job_id if self.state.job else "none",
+                        peer_label(peer), of_type, job_id, self.state.job.job_id if self.state.job else "none",
                         REFUSAL_LOG_S)
         return True
 
@@ -393,7 +391,7 @@ class Broker:
         assignments = self.state.assign(time.time())
         job = self.state.job
         if job is not None and job.job_id != before:
-            self._begin(job)
+            self.output.begin(job)
         for worker, a in assignments:
             if self.state.job is not job:  # abandoned while sending (weights unreadable)
                 break
@@ -402,28 +400,15 @@ class Broker:
             self._finish()
         self._emit()
 
-    def _begin(self, job) -> None:
-        self._job_id = job.job_id
-        neg = self.cfg.negatives
-        self.versions.begin(job.version, job.n_shards, checkpoint=job.ckpt.path, depth=neg.depth,
-                         rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
-                         model=self.cfg.model.name_or_path)
-        self._tally = RefreshTally(n_eval=len(self.eval.ids) if job.eval else 0, depth=self.depth)
-        self._weights = None
-        log.info("refresh of version %d started: job %d, %d shards over %d docs, checkpoint %s", job.version,
-                 job.job_id, job.n_shards, self.n_docs, job.ckpt.path)
-
     def _send_job(self, worker: str, a: Assignment) -> None:
         fields: dict[str, Any] = {}
         if self.cfg.broker.send_weights:
-            if self._weights is None:
-                try:
-                    self._weights = checkpoint_files(a.ckpt_path, self.cfg.broker.max_frame_bytes - (1 << 20))
-                except (OSError, ValueError) as exc:
-                    log.error("%s", self.state.abandon(f"cannot ship checkpoint {a.ckpt_path}: {exc}"))
-                    self._drop_partial()
-                    return
-            fields["weights"] = self._weights
+            try:
+                fields["weights"] = self.output.weights(a.ckpt_path, self.cfg.broker.max_frame_bytes - (1 << 20))
+            except (OSError, ValueError) as exc:
+                log.error("%s", self.state.abandon(f"cannot ship checkpoint {a.ckpt_path}: {exc}"))
+                self._drop_partial()
+                return
         sent = self._send(worker.encode(), "job", job_id=a.job_id, version=a.version, ckpt_path=a.ckpt_path,
                           shard=a.shard, n_shards=a.n_shards, doc_lo=a.doc_lo, doc_hi=a.doc_hi, depth=self.depth,
                           chunk_queries=self.cfg.broker.chunk_queries, eval=a.eval,
@@ -432,49 +417,12 @@ class Broker:
             log.info("v%d shard %d/%d docs [%d, %d) -> %s", a.version, a.shard, a.n_shards, a.doc_lo, a.doc_hi,
                      worker)
 
-    def _chunk_ready(self, r: ChunkReady) -> None:
-        if r.split == "eval":
-            self._tally.add_eval(r.q_lo, r.q_hi, r.ids, r.scores)
-            return
-
-        t0 = time.perf_counter()
-        neg_cfg = self.cfg.negatives
-        rng = np.random.default_rng([self.cfg.seed, r.version, r.chunk])  # same chunk, same draw
-        neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=neg_cfg.rank_window,
-                               keep=self.keep, sampling=neg_cfg.sampling, rng=rng, scores=r.scores,
-                               rank_decay=neg_cfg.rank_decay, score_temperature=neg_cfg.score_temperature,
-                               denoise_margin=neg_cfg.denoise_margin)
-        if self.versions.latest is not None:
-            prev = self.versions.latest.neg[r.q_lo:r.q_hi]
-            has = (prev >= 0).any(axis=1)
-            if has.any():
-                lo, hi = neg_cfg.rank_window  # still a candidate: back inside the new rank window
-                self._tally.add_overlap(overlap(prev[has], r.ids[has, lo:hi]), int(has.sum()))
-        q_idx = np.arange(r.q_lo, r.q_hi, dtype=np.int32)
-        t1 = time.perf_counter()
-        self.versions.append(r.chunk, r.q_lo, r.q_hi, neg)  # persist, then send
-        t2 = time.perf_counter()
-        self.trainer.chunk(r.version, r.chunk, self.state.n_chunks("train"), q_idx, neg)
-        t3 = time.perf_counter()
-        self._tally.add_time("select_s", t1 - t0)
-        self._tally.add_time("persist_s", t2 - t1)
-        self._tally.add_time("send_s", t3 - t2)
-
     def _finish(self) -> None:
-        job = self.state.finish()
-        self._job_id = None
-        final = self.versions.finish()
-        stats = self._tally.stats(job, n_docs=self.n_docs, n_train=self.n_train, keep=self.keep,
-                                  eval_split=self.eval, doc_ids=self.doc_ids)
-        self.versions.latest.stats = stats
-        self.trainer.version_done(job.version, job.n_shards, stats)
-        log.info("negatives version %d complete in %.1fs -> %s: %s", job.version, stats["refresh_s"], final,
-                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+        self.output.finish(self.state.finish())
         self._gauges()
 
     def _drop_partial(self) -> None:
-        self.versions.drop()
-        self._job_id = None
+        self.output.drop()
 
     # ------------------------------------------------------------ telemetry
     def _emit(self) -> None:
@@ -494,13 +442,4 @@ class Broker:
     def _gauge(self, name: str, value: float) -> None:
         if self.metrics is not None:
             self.metrics.gauge(name, value)
-
-
-def _name(peer: bytes) -> str:
-    return peer.decode("utf-8", "backslashreplace")
-
-
-def _who(peer: bytes) -> str:
-    """A peer's identity for a log line: as is when short and printable, else escaped and truncated."""
-    return safe_text(_name(peer), 64)
 

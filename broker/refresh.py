@@ -23,7 +23,6 @@ Monitor events (``{"event": "worker"|"shard", ...}``) accumulate in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -441,15 +440,3 @@ class RefreshState:
         self.latest_version = max(self.latest_version, job.version)
         return job
 
-
-def json_safe(stats: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf -> None and numpy scalars -> Python, so stats survive JSON and msgpack alike."""
-    out = {}
-    for k, v in stats.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and not np.isfinite(v):
-            v = None
-        out[k] = v
-    json.dumps(out)  # fail here, not in a sink
-    return out

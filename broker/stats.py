@@ -38,6 +38,7 @@ arrive and asks it for the stats once, when the refresh completes.
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ import numpy as np
 
 from ance.evaluate import evaluate_ranked
 from ance.protocol import BROKER_STAGES, SHARD_STAGES
-from .refresh import Job, json_safe
+from .refresh import Job
 
 #: per-shard worker stages; a refresh reports the slowest shard's
 STAGES = SHARD_STAGES + ("query_encode_s", "knn_s", "shard_s")
@@ -147,3 +148,16 @@ class RefreshTally:
             stats.update({EVAL_MEASURES[m]: v for m, v in metrics.items()})
             stats["eval_s"] = time.perf_counter() - t0
         return json_safe(stats)
+
+
+def json_safe(stats: dict[str, Any]) -> dict[str, Any]:
+    """NaN/inf -> None and numpy scalars -> Python, so stats survive JSON and msgpack alike."""
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not np.isfinite(v):
+            v = None
+        out[k] = v
+    json.dumps(out)  # fail here, not in a sink
+    return out

@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 
 from ance.config import DataConfig
-from ance.data import (
-    detect_format,
-    load_dataset,
-    load_for_config,
-    read_beir_corpus,
-    read_beir_queries,
-    read_msmarco_collection,
-    read_msmarco_queries,
-    read_qrels,
-)
+from ance.data import detect_format, load_dataset, load_for_config
+from ance.readers import read_beir_corpus, read_beir_queries, read_msmarco_collection, read_msmarco_queries, read_qrels
 from ance.errors import ConfigError, DataError
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"

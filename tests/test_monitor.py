@@ -14,7 +14,7 @@ from ance.errors import ConfigError
 from ance.launch.monitor import read_run_config, render, summarize, watch
 from ance.telemetry import MetricsTail
 
-CONFIG_YAML = {"train": {"max_steps": 200}, "negatives": {"max_gap": 40}}
+CONFIG_YAML = {"train": {"max_steps": 200, "checkpoint_every": 20}, "negatives": {"max_gap": 40}}
 CONFIG = config_from_dict(CONFIG_YAML)
 
 EVENTS = [
@@ -181,7 +181,7 @@ def test_monitor_command(tmp_path, capsys):
 
 def test_read_run_config(tmp_path):
     assert read_run_config(tmp_path) is None
-    (tmp_path / "config.yaml").write_text("negatives: {max_gap: 7}\n")
+    (tmp_path / "config.yaml").write_text("train: {checkpoint_every: 5}\nnegatives: {max_gap: 7}\n")
     assert read_run_config(tmp_path).negatives.max_gap == 7  # the typed config of ance.config's loader
     (tmp_path / "config.yaml").write_text("negatives: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ance.negatives import select_negatives
-from ance.broker.refresh import RefreshError, RefreshState, json_safe, shard_ranges
+from ance.broker.refresh import RefreshError, RefreshState, shard_ranges
+from ance.broker.stats import json_safe
 
 N_DOCS, N_TRAIN, N_EVAL, DEPTH, CQ = 100, 10, 3, 8, 4
 
