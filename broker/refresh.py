@@ -362,14 +362,20 @@ class RefreshState:
         if w.foreign_job == job_id:
             w.foreign_job = None
 
+    def _report(self, sender: str, job_id: int, shard: int, version: int | None, what: str) -> Job | None:
+        """A worker's last word on a shard: checked, the worker freed; the running job it concerns, or
+        None when it is stale (another job) or the shard is done already."""
+        job = self._job_for(job_id)
+        if job is not None:
+            self._check_sender(job, sender, shard, version, what)
+        self._release(sender, job_id, shard)
+        return None if job is None or shard in job.done else job
+
     def on_shard_done(self, sender: str, *, job_id: int, shard: int, stats: dict, now: float,
                       version: int | None = None) -> bool:
         """``shard_done``; True when it completed the shard (False: stale or duplicate)."""
-        job = self._job_for(job_id)
-        if job is not None:
-            self._check_sender(job, sender, shard, version, "shard_done")
-        self._release(sender, job_id, shard)
-        if job is None or shard in job.done:
+        job = self._report(sender, job_id, shard, version, "shard_done")
+        if job is None:
             return False
         missing = [f"{s}:{c}" for s in (("train", "eval") if job.eval else ("train",))
                    for c in range(self.n_chunks(s)) if c not in job.merged[s]
@@ -398,11 +404,8 @@ class RefreshState:
 
         Returns the reason the job was abandoned, or None.
         """
-        job = self._job_for(job_id)
-        if job is not None:
-            self._check_sender(job, sender, shard, version, "shard_failed")
-        self._release(sender, job_id, shard)
-        if job is None or shard in job.done:
+        job = self._report(sender, job_id, shard, version, "shard_failed")
+        if job is None:
             return None
         if job.owner.get(shard) == sender:
             del job.owner[shard]

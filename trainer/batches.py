@@ -115,17 +115,24 @@ def sample_negatives(
         if len(cand) >= n:
             out[row] = rng.choice(cand, size=n, replace=False)
             continue
-        if n_docs - len(pos) < n:
-            raise ValueError(f"query {int(q)} needs {n} negatives but the corpus has only "
-                             f"{n_docs - len(pos)} documents that are not its positives")
-        pos_set = set(int(p) for p in pos)
-        chosen = list(int(c) for c in cand)
-        while len(chosen) < n:
-            d = int(rng.integers(n_docs))
-            if d not in pos_set and d not in chosen:
-                chosen.append(d)
-        out[row] = chosen
+        out[row] = _fill_at_random([int(c) for c in cand], pos, n, n_docs, rng, q)
     return out
+
+
+def _fill_at_random(chosen: list[int], pos: np.ndarray, n: int, n_docs: int, rng: np.random.Generator,
+                    q: int) -> list[int]:
+    """``chosen`` topped up to ``n`` with random documents that are neither positives nor chosen."""
+    if len(chosen) >= n:
+        return chosen
+    if n_docs - len(pos) < n:
+        raise ValueError(f"query {int(q)} needs {n} negatives but the corpus has only "
+                         f"{n_docs - len(pos)} documents that are not its positives")
+    pos_set = set(int(p) for p in pos)
+    while len(chosen) < n:
+        d = int(rng.integers(n_docs))
+        if d not in pos_set and d not in chosen:
+            chosen.append(d)
+    return chosen
 
 
 def _usable(row: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -147,14 +154,5 @@ def _sample_mixed(table: np.ndarray, static: np.ndarray, q_idx: np.ndarray, posi
         fresh = fresh[~np.isin(fresh, chosen)]
         take = min(n - k, len(fresh))
         chosen += [int(d) for d in rng.choice(fresh, size=take, replace=False)] if take else []
-        if len(chosen) < n:
-            if n_docs - len(pos) < n:
-                raise ValueError(f"query {int(q)} needs {n} negatives but the corpus has only "
-                                 f"{n_docs - len(pos)} documents that are not its positives")
-            pos_set = set(int(p) for p in pos)
-            while len(chosen) < n:
-                d = int(rng.integers(n_docs))
-                if d not in pos_set and d not in chosen:
-                    chosen.append(d)
-        out[row] = chosen
+        out[row] = _fill_at_random(chosen, pos, n, n_docs, rng, q)
     return out
