@@ -84,12 +84,8 @@ def plots(runs: dict[str, dict], img: Path) -> None:
     for name, style in (("base/static-13", "--"), ("base/static-14", ":")):
         if name in runs:
             ax.axhline(runs[name]["dev"]["ndcg@10"], color="C1", ls=style, lw=1, label=f"static {name[-2:]}")
-    ax.set_xlabel("measured mean gap (steps)")
-    ax.set_ylabel("dev nDCG@10 (last checkpoint)")
-    ax.set_title("SQuAD: ANCE's async gap and quality", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(img / "squad-gap.png", dpi=120)
+    _save(fig, ax, "measured mean gap (steps)", "dev nDCG@10 (last checkpoint)",
+          "SQuAD: ANCE's async gap and quality", 7, img / "squad-gap.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (name, e) in enumerate(runs.items()):
@@ -101,12 +97,17 @@ def plots(runs: dict[str, dict], img: Path) -> None:
         if name.startswith(("base/static", "inbatch/")):
             ax.axhline(e["dev"]["ndcg@10"], ls="--", lw=0.8, color="grey")
             ax.annotate(name, (0, e["dev"]["ndcg@10"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.set_xlabel("checkpoint step")
-    ax.set_ylabel("dev nDCG@10 (the refresh's own evaluation)")
-    ax.set_title("SQuAD learning curves (ANCE runs; dashed: final static / in-batch)", fontsize=9)
-    ax.legend(fontsize=6)
+    _save(fig, ax, "checkpoint step", "dev nDCG@10 (the refresh's own evaluation)",
+          "SQuAD learning curves (ANCE runs; dashed: final static / in-batch)", 6, img / "squad-learning.png")
+
+
+def _save(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(img / "squad-learning.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 def _p(value: float) -> str:

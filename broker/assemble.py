@@ -36,12 +36,8 @@ class VersionAssembler:
 
     def __init__(self, cfg: Config, train, eval_split, doc_ids: list[str], versions: NegativesVersions,
                  trainer: TrainerStream):
-        self.cfg = cfg
-        self.train = train
-        self.eval = eval_split
-        self.doc_ids = doc_ids
-        self.versions = versions
-        self.trainer = trainer
+        self.cfg, self.train, self.eval, self.doc_ids = cfg, train, eval_split, doc_ids
+        self.versions, self.trainer = versions, trainer
         self.keep = cfg.negatives.keep
         self.depth = cfg.negatives.depth
         self.job_id: int | None = None  # the refresh in progress, None between refreshes
