@@ -25,6 +25,8 @@ fi
 # may start a dockerd; its PID goes here, and it is stopped when this script ends, even if pytest is killed.
 export ANCE_DOCKERD_PIDFILE=${ANCE_DOCKERD_PIDFILE:-$(mktemp /tmp/ance-dockerd.XXXXXX)}
 trap 'bash docker/build-local.sh --stop-dockerd "$ANCE_DOCKERD_PIDFILE"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -m pytest -p no:cacheprovider "$@"
 rc=$?
