@@ -163,7 +163,7 @@ class MetricsWriter:
                         self._metric("gauge", name, ()).set(value)
                 for key, name in EVENT_COUNTERS.get(event, ()):
                     value = _number(record.get(key))
-                    if value is not None and value > 0:
+                    if value is not None and value >= 0:  # served from the first step on, at 0 until a wait
                         self._metric("counter", name, ()).inc(value)
         return record
 

@@ -11,6 +11,22 @@ if ! (docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/
       || echo "note: could not install docker-compose; the compose test will say so and skip"
   fi
 fi
+# promtool (tests/test_monitoring.py) from Debian's prometheus package, unpacked, never installed (its
+# postinst would start a Prometheus server).
+if [ -z "${PROMTOOL:-}" ] && ! command -v promtool >/dev/null; then
+  if [ ! -x .cache/promtool/usr/bin/promtool ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (mkdir -p .cache/promtool && cd .cache/promtool && apt-get download -qq prometheus 2>/dev/null \
+       && dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb) \
+      || echo "note: could not unpack promtool; the prometheus.yml check will say so and skip"
+  fi
+  [ -x .cache/promtool/usr/bin/promtool ] && export PROMTOOL=$PWD/.cache/promtool/usr/bin/promtool
+fi
+# The compose smoke test (tests/test_docker_smoke.py) builds the image with docker/build-local.sh, which
+# may start a dockerd; its PID goes here, and it is stopped when this script ends, even if pytest is killed.
+export ANCE_DOCKERD_PIDFILE=${ANCE_DOCKERD_PIDFILE:-$(mktemp /tmp/ance-dockerd.XXXXXX)}
+trap 'bash docker/build-local.sh --stop-dockerd "$ANCE_DOCKERD_PIDFILE"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -m pytest -p no:cacheprovider "$@"
 rc=$?
