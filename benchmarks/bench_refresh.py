@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import MODEL_CONFIGS, build_model, write_synthetic, write_token_cache  # noqa: E402
+from ance.rundir import RunDir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_STAGES = [("load_s", "load", "worker: checkpoint (+ token cache when cold)"),
@@ -213,9 +214,9 @@ class FakeTrainer:
         self.ctx.term()
 
 
-def joined_workers(run_dir: Path) -> set[str]:
-    """Workers the broker has seen join, from its ``worker`` events in metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
+def ready_workers(run_dir: Path) -> set[str]:
+    """Workers the broker has seen become ready for shards (warmed up), from its ``worker`` events."""
+    path = RunDir(run_dir).metrics
     alive: set[str] = set()
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():
@@ -224,7 +225,10 @@ def joined_workers(run_dir: Path) -> set[str]:
             except ValueError:
                 continue
             if ev.get("event") == "worker":
-                (alive.add if ev.get("state") in ("joined", "rejoined") else alive.discard)(ev.get("name"))
+                if ev.get("state") == "ready":
+                    alive.add(ev.get("name"))
+                elif str(ev.get("state")).startswith("lost"):
+                    alive.discard(ev.get("name"))
     return alive
 
 
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = FakeTrainer(cfg, data.fingerprint)
         trainer.hello(args.start_timeout, logs)
         end = time.time() + args.start_timeout
-        while len(joined_workers(run_dir)) < args.workers:
+        while len(ready_workers(run_dir)) < args.workers:
             dead = [" ".join(p.args[3:4] + p.args[-1:]) for p in procs if p.poll() is not None]
             if dead or time.time() > end:
                 raise SystemExit(f"processes not ready ({'exited: ' + ', '.join(dead) if dead else 'timeout'})"

@@ -5,5 +5,6 @@
 set -euo pipefail
 LO=$1 HI=$2 OUTFILE=$3
 ance mine --model "${MODEL:-all-MiniLM-L6-v2}" --data "${DATA:-../shared/data/scifact}" --split train \
+    --eval-split "${EVAL_SPLIT:-dev}" \
     --out "$OUTFILE" --max-length 256 --query-max-length 64 --depth $(( HI > 100 ? HI : 100 )) \
     --rank-window "$LO" "$HI" --n $(( HI - LO )) --backend "${BACKEND:-auto}" --quiet

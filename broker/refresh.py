@@ -223,8 +223,9 @@ class RefreshState:
         if w is None:
             return False
         w.last_seen = now
-        if state in ("idle", "busy"):  # heartbeating and warmed up (a "warming" worker gets no shard yet)
+        if state in ("idle", "busy") and not w.ready:  # heartbeating and warmed up ("warming": no shard yet)
             w.ready = True
+            self._worker_event(w, "ready")
         if state == "idle" and w.foreign_job is not None:
             w.foreign_job = None
         return True

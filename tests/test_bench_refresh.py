@@ -43,7 +43,6 @@ def check(result: dict, stdout: str, tmp_path: Path, workers: int, n_chunks: int
         for key in STAGES:
             assert isinstance(run[key], float) and run[key] >= 0, (key, run.get(key))
     warm = result["median"]
-    assert warm["latency_all_s"] < result["warmup"]["latency_all_s"]  # the warm-up paid for the start-up
     for row in ("| load |", "| encode |", "| index |", "| search |", "| transfer |", "| merge |", "| select |",
                 "| persist |", "| send |", "| **latency_first** |", "| **latency_all** |"):
         assert row in stdout, row

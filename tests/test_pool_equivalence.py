@@ -32,8 +32,8 @@ def refresh_with(tmp, n_workers: int):
               for i in range(n_workers)]
     trainer = Peer(cfg.broker.address, b"trainer")
     try:
-        wait_until(lambda: logs[0].exists() and logs[0].read_text().count(" joined") >= n_workers, 180,
-                   f"{n_workers} inferencers joined", logs)
+        wait_until(lambda: logs[0].exists() and logs[0].read_text().count(" ready for shards") >= n_workers, 180,
+                   f"{n_workers} inferencers ready", logs)
         trainer.send("hello", role="trainer", name="trainer", pid=1, device="cpu",
                      data_fingerprint=data.fingerprint, have_version=-1)
         ckpt = make_checkpoint(tmp / "run", 1)

@@ -18,7 +18,7 @@ NAMES = ["gap.png", "refresh_latency.png", "loss.png", "eval.png", "refresh_stag
 def synthetic_run(run_dir, max_steps=120, every=20, max_gap=40):
     """A run as the trainer logs it: refreshes every `every` steps arriving 25 steps later."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"max_steps": max_steps},
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"max_steps": max_steps, "checkpoint_every": every},
                                                          "negatives": {"max_gap": max_gap}}))
     lines, version, t = [], 0, 1000.0
     for step in range(1, max_steps + 1):

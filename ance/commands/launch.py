@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(cfg.run_dir)
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
-        aside = claim_run_dir(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+        aside = claim_run_dir(run_dir, resume=bool(args.from_run_dir), overwrite=args.overwrite)
         if aside is not None:
             logging.getLogger("ance.launch").warning("--overwrite: the earlier run moved to %s", aside)
     save_config(cfg, run_dir)
