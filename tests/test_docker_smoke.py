@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from ance.config import load_config
-from ance.telemetry import METRICS_FILE, prometheus_port_for
+from ance.rundir import RunDir
+from ance.telemetry import prometheus_port_for
 from helpers_refresh import SCIFACT
 from test_compose import ance_services, compose_client, interpolate, parse
 
@@ -161,7 +162,7 @@ def run_stack(tmp_path: Path, project: str, files: list[Path]) -> tuple[list[dic
             time.sleep(2)
         logs = sh([*compose, "logs", "--no-color", "--tail", "40"], env=env).stdout
         assert state[1] == "0", f"the trainer exited {state[1]}:\n{logs[-6000:]}"
-        events = [json.loads(line) for line in (runs / RUN / METRICS_FILE).read_text().splitlines() if line.strip()]
+        events = [json.loads(line) for line in RunDir(runs / RUN).metrics.read_text().splitlines() if line.strip()]
     finally:  # also after a failure above (whose error then wins over these)
         down = sh([*compose, "down", "-v", "--remove-orphans", "-t", "10"], timeout=300, env=env)
         left = project_leftovers(project)
