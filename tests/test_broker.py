@@ -153,6 +153,15 @@ def trainer_peer(env, have=-1):
     return t
 
 
+def first_job(broker):
+    """One worker and the trainer; checkpoint 1 announced: (worker, trainer peer, the worker's job)."""
+    w = FakeWorker(broker.addr, "0")
+    broker.peers.append(w)
+    t = trainer_peer(broker)
+    t.send("checkpoint", step=1, path=str(broker.ckpts / "step-000001"), written_at=time.time())
+    return w, t, w.job()
+
+
 def test_trainer_joining_mid_version_gets_the_chunks_so_far(broker):
     w0, w1 = FakeWorker(broker.addr, "0"), FakeWorker(broker.addr, "1")
     broker.peers += [w0, w1]
@@ -197,11 +206,7 @@ def test_trainer_joining_mid_version_gets_the_chunks_so_far(broker):
 
 
 def test_repeated_failures_abandon_the_version_and_the_waiting_one_starts(broker):
-    w = FakeWorker(broker.addr, "0")
-    broker.peers.append(w)
-    t = trainer_peer(broker)
-    t.send("checkpoint", step=1, path=str(broker.ckpts / "step-000001"), written_at=time.time())
-    job = w.job()
+    w, t, job = first_job(broker)
     t.send("checkpoint", step=2, path=str(broker.ckpts / "step-000002"), written_at=time.time())
     t.send("checkpoint", step=3, path=str(broker.ckpts / "step-000003"), written_at=time.time())
     assert negatives_path(broker.cfg.run_dir, 1, partial=True).exists()
@@ -217,11 +222,7 @@ def test_repeated_failures_abandon_the_version_and_the_waiting_one_starts(broker
 
 
 def test_wrong_results_are_refused_with_an_error(broker):
-    w = FakeWorker(broker.addr, "0")
-    broker.peers.append(w)
-    t = trainer_peer(broker)
-    t.send("checkpoint", step=1, path=str(broker.ckpts / "step-000001"), written_at=time.time())
-    job = w.job()
+    w, t, job = first_job(broker)
     scores, ids = topk_for(0, N_DOCS, 0, CQ, DEPTH)
     w.send("topk", job_id=job.job_id, version=1, shard=0, chunk=0, n_chunks=3, q_lo=0, q_hi=CQ,
            ids=pack_array(ids + N_DOCS), scores=pack_array(scores), split="train")

@@ -20,7 +20,7 @@ from ance.rundir import RunDir
 from ance.protocol import pack_array
 
 from helpers_refresh import Peer, wait_until
-from test_broker import CQ, DEPTH, N_DOCS, FakeWorker, broker, topk_for, trainer_peer  # noqa: F401 (fixture)
+from test_broker import CQ, DEPTH, N_DOCS, FakeWorker, broker, first_job, topk_for, trainer_peer  # noqa: F401 (fixture)
 
 
 def errors(peer: Peer, n: int = 1, timeout: float = 10) -> list:
@@ -69,11 +69,7 @@ def test_checkpoint_paths_outside_the_run_dir_are_refused(broker, tmp_path):
 
 def test_forged_results_are_refused_and_never_complete_a_version(broker):
     """Finding 3: a never-registered peer completed a version with junk ``topk`` / ``shard_done``."""
-    w = FakeWorker(broker.addr, "0")
-    broker.peers.append(w)
-    t = trainer_peer(broker)
-    t.send("checkpoint", step=1, path=str(broker.ckpts / "step-000001"), written_at=time.time())
-    job = w.job()
+    w, t, job = first_job(broker)
     scores, ids = topk_for(0, N_DOCS, 0, CQ, DEPTH)
     forged = dict(job_id=job.job_id, shard=0, chunk=0, n_chunks=3, q_lo=0, q_hi=CQ, ids=pack_array(ids),
                   scores=pack_array(scores), split="train")
