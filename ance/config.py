@@ -58,6 +58,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    sample_by: str = "query"  # "pair": every (query, positive) pair once a pass (sentence-transformers' way)
     loss: str = "infonce"
     gist_guide: str | None = None
     gist_margin: float = 0.0
@@ -148,6 +149,7 @@ _CHOICES = {
     "model.similarity": ("cosine", "dot"),
     "model.long_doc": ("firstp", "maxp"),
     "train.loss": ("infonce", "bidirectional"),
+    "train.sample_by": ("query", "pair"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "negatives.source": ("inbatch", "static", "async"),
     "negatives.warmup": ("inbatch", "bm25", "static"),

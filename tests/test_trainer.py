@@ -102,7 +102,7 @@ def runs(request, work, guide) -> dict[str, Path]:
     # the plain path (no GradCache) with bf16 autocast, guided by a frozen model; runs while `ance mine` does
     procs = {"gist": start(ance("train", CONFIG, f"run_dir={gist}", *SMALL, "train.max_steps=2",
                                 "train.chunk_size=null", "train.precision=bf16", f"train.gist_guide={guide}",
-                                "train.gist_margin=0.1"), work / "gist.log")}
+                                "train.gist_margin=0.1", "train.sample_by=pair"), work / "gist.log")}
     try:
         mined = request.getfixturevalue("mined")
         procs["static"] = start(ance("train", CONFIG, f"run_dir={static}", *SMALL, "train.max_steps=5",
@@ -161,6 +161,13 @@ def test_checkpoints_are_hf_dirs_with_state_and_manifest_and_only_last_k_kept(ru
     start = AutoModel.from_pretrained(resolve_model("tiny-bert"))
     last = AutoModel.from_pretrained(str(list_checkpoints(run)[-1][1]))
     assert not torch.equal(start.embeddings.word_embeddings.weight, last.embeddings.word_embeddings.weight)
+
+
+def test_pair_sampling_run_saves_its_sampler(runs):
+    """train.sample_by=pair (the GIST run): the checkpoint's sampler walks (query, positive) pairs."""
+    state = load_trainer_state(list_checkpoints(runs["gist"])[-1][1])
+    assert state["sampler"]["by"] == "pair"
+    assert state["sampler"]["offset"] == 2 * 4
 
 
 def test_resolved_config_is_saved(runs):

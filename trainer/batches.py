@@ -21,9 +21,9 @@ class QuerySampler:
     DDP slicing need).
     """
 
-    def __init__(self, n_queries: int, batch_size: int, seed: int):
+    def __init__(self, n_queries: int, batch_size: int, seed: int, unit: str = "training queries"):
         if n_queries < batch_size:
-            raise ValueError(f"batch_size={batch_size} exceeds the {n_queries} training queries; "
+            raise ValueError(f"batch_size={batch_size} exceeds the {n_queries} {unit}; "
                              "lower train.batch_size or use more queries")
         self.n = n_queries
         self.batch_size = batch_size
@@ -48,10 +48,39 @@ class QuerySampler:
         return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("by", "query") != "query":
+            raise ValueError("the checkpoint sampled by (query, positive) pair; resume with train.sample_by=pair")
         if state["n"] != self.n or state["seed"] != self.seed:
             raise ValueError("the checkpoint's sampler was made for another query set or seed")
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self._order = self._permutation(self.epoch)
+
+
+class PairSampler:
+    """Epochs of shuffled (query, positive) pairs: a query with three labelled
+    positives comes three times a pass, each time with one of them (the way
+    sentence-transformers' trainers read a pairs dataset). Same batching rules
+    and state as :class:`QuerySampler`, over pairs."""
+
+    def __init__(self, positives: Sequence[np.ndarray], batch_size: int, seed: int):
+        lengths = np.fromiter((len(p) for p in positives), dtype=np.int64, count=len(positives))
+        self.pair_query = np.repeat(np.arange(len(positives), dtype=np.int64), lengths)
+        self.pair_positive = (np.concatenate([np.asarray(p, dtype=np.int64) for p in positives])
+                              if len(positives) else np.empty(0, np.int64))
+        self.pairs = QuerySampler(len(self.pair_query), batch_size, seed, unit="(query, positive) training pairs")
+
+    def next_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Query indices and their positives for the next batch."""
+        idx = self.pairs.next_batch()
+        return self.pair_query[idx], self.pair_positive[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.pairs.state_dict(), "by": "pair"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("by") != "pair":
+            raise ValueError("the checkpoint sampled by query; resume with train.sample_by=query")
+        self.pairs.load_state_dict({k: v for k, v in state.items() if k != "by"})
 
 
 @dataclass

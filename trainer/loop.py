@@ -32,7 +32,7 @@ from ance.rundir import RunDir
 from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.tokcache import build_inputs
 
-from .batches import Batch, QuerySampler, sample_negatives, sample_positives
+from .batches import Batch, PairSampler, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, sweep_incomplete,
                          write_checkpoint)
 from .feed import NegativesTable, fill_bm25, fill_static
@@ -161,7 +161,10 @@ class Trainer:
     def _build_sampling(self) -> None:
         """Seeded query order, positive and negative draws, and the table of negatives in use."""
         cfg = self.cfg
-        self.sampler = QuerySampler(len(self.split), cfg.train.batch_size, cfg.seed)
+        if cfg.train.sample_by == "pair":
+            self.sampler = PairSampler(self.split.positives, cfg.train.batch_size, cfg.seed)
+        else:
+            self.sampler = QuerySampler(len(self.split), cfg.train.batch_size, cfg.seed)
         self.pos_rng = np.random.default_rng([cfg.seed, 1])
         self.neg_rng = np.random.default_rng([cfg.seed, 2])
         self.table = NegativesTable(len(self.split), cfg.negatives.keep)
@@ -235,8 +238,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def _next_batch(self) -> Batch:
-        q_idx = self.sampler.next_batch()
-        positives = sample_positives(q_idx, self.split.positives, self.pos_rng)
+        if isinstance(self.sampler, PairSampler):
+            q_idx, positives = self.sampler.next_pairs()
+        else:
+            q_idx = self.sampler.next_batch()
+            positives = sample_positives(q_idx, self.split.positives, self.pos_rng)
         n = self.cfg.negatives.n_per_query if self.cfg.negatives.source != "inbatch" else 0
         negatives = np.zeros((len(q_idx), n), dtype=np.int64)
         version = self.step + 1
