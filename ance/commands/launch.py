@@ -49,12 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start fresh in a run directory that holds an earlier run, moving that run aside to "
                              "RUN_DIR.old-<time> (without it, such a directory is refused)")
+    parser.add_argument("--mps", default="off", choices=("off", "on", "auto"),
+                        help="CUDA MPS for processes sharing a GPU (the launcher runs a private MPS control daemon "
+                             "for the run): on, auto (when a trainer GPU also runs an inferencer and "
+                             "nvidia-cuda-mps-control is there), off (default)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument("--log-level", default="INFO", help="the launcher's own logging level")
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
+    from ance.launch.mps import MpsDaemon, find_control, wanted
     from ance.launch.progress import Progress
     from ance.launch.supervisor import Supervisor, plan
     from ance.telemetry import MetricsWriter
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(roles) - {"broker", "trainer", "inferencer"}
     if unknown:
         raise ConfigError(f"--only: unknown role(s) {', '.join(sorted(unknown))}; use broker, trainer, inferencer")
+    control = find_control()
+    use_mps = wanted(args.mps, args.trainer_gpus, args.inferencer_gpus, control)
     run_dir = Path(cfg.run_dir)
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                  node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, roles=roles,
                  worker_prefix=worker_prefix(args.worker_prefix, roles))
     log = logging.getLogger("ance.launch")
+    mps = MpsDaemon(run_dir, control) if use_mps else None
     # Process starts, exits and restarts go to the metrics log too, so `ance monitor` and tests see them.
     metrics = MetricsWriter(run_dir, "launch", tensorboard=False)
 
@@ -99,8 +107,15 @@ def run(args: argparse.Namespace) -> int:
     log.info("run directory %s; logs in %s", run_dir, RunDir(run_dir).logs)
     rc = 1
     try:
+        if mps is not None:
+            env = mps.start()
+            for spec in specs:
+                spec.env.update(env)
+            metrics.log("mps", state="started", pipe_dir=str(mps.pipe_dir))
         rc = sup.run(tick=progress.tick if progress else None)
     finally:
+        if mps is not None:
+            mps.stop()
         # the run's last word in the metrics log, so `ance monitor` shows it finished (and when); only from
         # the launcher whose trainer ends the run, not from an `--only inferencer` one on another host
         if "trainer" in roles and args.node_rank == 0:
