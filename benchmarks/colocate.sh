@@ -18,7 +18,7 @@ MODEL=$MODEL DATA=$DATA BACKEND=torch bash benchmarks/mine_static.sh 0 30 "$OUT/
 runs=()
 for mode in ${MODES:-plain mps}; do
   p=""; flag=""
-  [ "$mode" = mps ] && { p="mps-"; flag="--mps"; }
+  [ "$mode" = mps ] && { p="mps-"; flag="--mps on"; }
   timeout 150 ance launch $CFG $common run_dir=$OUT/${p}static negatives.source=static \
       negatives.static_file=$OUT/static.tsv --trainer-gpus 0 $flag --no-progress 2>&1 | tail -2
   timeout 150 ance launch $CFG $common run_dir=$OUT/${p}async --trainer-gpus 0 --inferencer-gpus 0 $flag \
