@@ -80,13 +80,13 @@ def select_block(rule: Rule, ranked: np.ndarray, positives: Sequence, draws: np.
         cols = _uniform_pick(cand, draws, col, k)
     else:
         if rule.sampling == "uniform":
-            key = np.where(cand, draws, 2.0).view(np.int64)  # doubles >= 0 order as their bits
+            key = np.where(cand, draws, 2.0)
         else:  # Gumbel top-k: the smallest -(log w + G) are a weighted draw without replacement
             if rule.sampling == "rank":
                 log_w = -np.arange(lo, lo + width, dtype=np.float64)[None, :] / rule.rank_decay
             else:
                 log_w = scores[:, lo:hi] / rule.score_temperature
-            key = _sortable(np.where(cand, -(log_w + draws), np.inf))
+            key = np.where(cand, -(log_w + draws), np.inf)
         n_pick = np.minimum(cand.sum(axis=1), k)
         cols = _smallest(np.where(_first_in_order(key, n_pick, k), col, width), k, in_order=True)
     vals = np.take_along_axis(window, np.minimum(cols, width - 1), axis=1)
@@ -173,10 +173,15 @@ def _sortable(x: np.ndarray) -> np.ndarray:
 
 
 def _first_in_order(key: np.ndarray, n_pick: np.ndarray, k: int) -> np.ndarray:
-    """bool like ``key``: the first ``n_pick[q]`` (<= ``k``) entries of row ``q`` in stable ascending order of ``key``."""
+    """bool like ``key``: the first ``n_pick[q]`` (<= ``k``) entries of row ``q`` in stable ascending order of ``key``.
+
+    Floats compare as numpy sorts them (-0.0 == 0.0, NaN last) unless the threshold is NaN.
+    """
     rows_n = key.shape[0]
     smallest = _smallest(key, k, in_order=True)
     last = smallest[np.arange(rows_n), np.maximum(n_pick, 1) - 1][:, None]  # the n_pick-th smallest key
+    if key.dtype.kind == "f" and np.isnan(last).any():  # NaN compares with nothing: use integers that do
+        return _first_in_order(_sortable(key), n_pick, k)
     below = key < last
     tied = key == last
     need = n_pick - below.sum(axis=1)  # how many of the keys equal to `last` are taken: the first ones

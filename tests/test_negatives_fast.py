@@ -114,9 +114,13 @@ def stable_first(key, n_pick):
 
 def test_first_in_order_breaks_ties_by_column():
     rng = np.random.default_rng(3)
-    for _ in range(300):
+    floats = np.array([-np.inf, -1.0, -0.0, 0.0, 0.5, np.inf, np.nan, -np.nan])
+    for i in range(600):
         rows, width = int(rng.integers(1, 6)), int(rng.integers(1, 30))
-        key = rng.integers(-3, 4, (rows, width)).astype(np.int64)  # many ties
+        if i % 2:  # integers, many ties
+            key = rng.integers(-3, 4, (rows, width)).astype(np.int64)
+        else:  # doubles: ties, -0.0 == 0.0, infinities, NaN (sorted last, the threshold too sometimes)
+            key = rng.choice(floats, (rows, width), p=[0.1, 0.2, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1])
         k = int(rng.integers(1, width + 1))
         n_pick = rng.integers(0, k + 1, rows)
         np.testing.assert_array_equal(_first_in_order(key, n_pick, k), stable_first(key, n_pick))
