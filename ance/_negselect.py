@@ -182,12 +182,11 @@ def _first_in_order(key: np.ndarray, n_pick: np.ndarray, k: int) -> np.ndarray:
     last = smallest[np.arange(rows_n), np.maximum(n_pick, 1) - 1][:, None]  # the n_pick-th smallest key
     if key.dtype.kind == "f" and np.isnan(last).any():  # NaN compares with nothing: use integers that do
         return _first_in_order(_sortable(key), n_pick, k)
-    below = key < last
-    tied = key == last
-    need = n_pick - below.sum(axis=1)  # how many of the keys equal to `last` are taken: the first ones
-    chosen = below | tied
-    rows = np.flatnonzero(tied.sum(axis=1) > need)
+    chosen = key <= last
+    rows = np.flatnonzero(chosen.sum(axis=1) > n_pick)  # keys tied with `last` past n_pick: the first ones
     if rows.size:
-        t = tied[rows]
-        chosen[rows] = below[rows] | (t & (np.cumsum(t, axis=1) <= need[rows, None]))
+        sub, at = key[rows], last[rows]
+        below, tied = sub < at, sub == at
+        need = n_pick[rows] - below.sum(axis=1)
+        chosen[rows] = below | (tied & (np.cumsum(tied, axis=1) <= need[:, None]))
     return chosen
