@@ -21,6 +21,8 @@ COL_BITS = 10  # uniform: a draw is k / 2**53, so (k, column) packs into a uint6
 
 
 class Rule(NamedTuple):
+    """select_negatives' options, checked there: the same for every block of a chunk."""
+
     window: tuple[int, int]
     keep: int
     sampling: str
