@@ -28,6 +28,7 @@ from typing import IO, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ._negselect import BLOCK_ROWS, Rule, _member, _pair_codes, _unique, select_block
 from .config import parse_rank_window
 from .errors import DataError
 from .fsio import atomic_write_lines
@@ -37,39 +38,6 @@ SAMPLING = ("uniform", "top", "rank", "score")
 
 
 # --------------------------------------------------------------------------- selection
-
-
-# Set operations below use sort + searchsorted rather than np.unique / np.isin,
-# which are 50x slower on millions of int64 in numpy 2.x.
-
-
-def _pair_codes(rows: np.ndarray, docs: np.ndarray, n_codes: int) -> np.ndarray:
-    """One int64 per (query row, doc), so set operations over all rows are one array operation."""
-    return rows.astype(np.int64) * n_codes + docs.astype(np.int64)
-
-
-def _unique(x: np.ndarray) -> np.ndarray:
-    s = np.sort(x, axis=None)
-    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
-
-
-def _member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """x in sorted_set, elementwise."""
-    if sorted_set.size == 0:
-        return np.zeros(x.shape, dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_set, x), sorted_set.size - 1)
-    return sorted_set[pos] == x
-
-
-def _positive_codes(positives: Sequence[np.ndarray], n_codes: int) -> np.ndarray:
-    arrays = [np.asarray(p, dtype=np.int64).ravel() for p in positives]
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-    if lengths.sum() == 0:
-        return np.empty(0, np.int64)
-    docs = np.concatenate(arrays)
-    rows = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
-    ok = (docs >= 0) & (docs < n_codes)  # a positive outside the ranked ids cannot be in them
-    return _pair_codes(rows[ok], docs[ok], n_codes)
 
 
 def select_negatives(
@@ -126,57 +94,25 @@ def select_negatives(
         if scores is None or np.shape(scores) != ranked.shape:
             raise ValueError(f"sampling='score' and denoise_margin need scores shaped like ranked {ranked.shape}, "
                              f"got {None if scores is None else np.shape(scores)}")
-        scores = np.asarray(scores, dtype=np.float64)
+        scores = np.asarray(scores)  # each block's rows are made float64
+    else:
+        scores = None
 
-    window = ranked[:, lo:hi].astype(np.int64)
+    window = ranked[:, lo:hi]
     out = np.full((nq, keep), -1, np.int32)
     if window.size == 0:
         return out
-    n_codes = int(max(window.max(), 0)) + 1
-    rows = np.broadcast_to(np.arange(nq, dtype=np.int64)[:, None], window.shape)
-    codes = _pair_codes(rows, np.maximum(window, 0), n_codes)
-    pos_codes = _unique(_positive_codes(positives, n_codes))
-    cand = (window >= 0) & ~_member(codes, pos_codes)
-    if denoise_margin is not None:
-        cand &= ~_likely_positive(ranked, scores, positives, (lo, hi), denoise_margin)
-    # a doc listed twice in a row: keep its first (best ranked) occurrence
-    order = np.argsort(window, axis=1, kind="stable")
-    sorted_docs = np.take_along_axis(window, order, axis=1)
-    repeat = np.zeros(window.shape, dtype=bool)
-    repeat[:, 1:] = sorted_docs[:, 1:] == sorted_docs[:, :-1]
-    np.put_along_axis(repeat, order, repeat.copy(), axis=1)
-    cand &= ~repeat
-
-    if sampling == "top":
-        key = np.where(cand, 0.0, 1.0)  # the stable sort keeps rank order among candidates
-    elif sampling == "uniform":
-        key = np.where(cand, rng.random(window.shape), 2.0)
-    else:  # Gumbel top-k: the smallest -(log w + G) are a weighted draw without replacement
-        if sampling == "rank":
-            log_w = -np.arange(lo, lo + window.shape[1], dtype=np.float64)[None, :] / rank_decay
-        else:
-            log_w = scores[:, lo:hi] / score_temperature
-        key = np.where(cand, -(log_w + rng.gumbel(size=window.shape)), np.inf)
-    pick = np.argsort(key, axis=1, kind="stable")[:, :keep]
-    n_pick = np.minimum(cand.sum(axis=1), keep)
-    chosen = np.arange(pick.shape[1])[None, :] < n_pick[:, None]
-    pick = np.sort(np.where(chosen, pick, window.shape[1]), axis=1)  # rank order, unused last
-    vals = np.take_along_axis(window, np.minimum(pick, window.shape[1] - 1), axis=1)
-    out[:, : pick.shape[1]] = np.where(pick < window.shape[1], vals, -1)
+    # the same draws, in the same shape, as one argsort over the whole chunk would use; then each
+    # block of rows is selected on its own (every step is per row), its arrays small enough to stay in cache
+    draws = (rng.random(window.shape) if sampling == "uniform"
+             else rng.gumbel(size=window.shape) if sampling in ("rank", "score") else None)
+    rule = Rule((lo, hi), keep, sampling, rank_decay, score_temperature, denoise_margin)
+    positives = list(positives)
+    for a in range(0, nq, BLOCK_ROWS):
+        b = a + BLOCK_ROWS
+        out[a:b] = select_block(rule, ranked[a:b], positives[a:b], None if draws is None else draws[a:b],
+                                None if scores is None else scores[a:b])
     return out
-
-
-def _likely_positive(ranked: np.ndarray, scores: np.ndarray, positives: Sequence[np.ndarray],
-                     window: tuple[int, int], margin: float) -> np.ndarray:
-    """bool ``[nq, hi - lo]``: window entries scored above the row's best positive score minus ``margin``."""
-    lo, hi = window
-    full = ranked.astype(np.int64)
-    n_codes = int(max(full.max(initial=0), 0)) + 1
-    rows = np.broadcast_to(np.arange(full.shape[0], dtype=np.int64)[:, None], full.shape)
-    pos_codes = _unique(_positive_codes(positives, n_codes))
-    is_pos = (full >= 0) & _member(_pair_codes(rows, np.maximum(full, 0), n_codes), pos_codes)
-    s_pos = np.where(is_pos, scores, -np.inf).max(axis=1, initial=-np.inf)
-    return (scores[:, lo:hi] > (s_pos - margin)[:, None]) & np.isfinite(s_pos)[:, None]
 
 
 def overlap(previous: np.ndarray, ranked: np.ndarray) -> float:
