@@ -57,7 +57,13 @@ def table(runs: dict[str, dict]) -> str:
     lines = ["| run | dev nDCG@10 | MRR@10 | R@100 | steps | train wall s | trainer wait s (fraction) | mean gap |",
              "|---|---|---|---|---|---|---|---|"]
     for name, e in runs.items():
-        dev = e["dev"]
+        dev = e.get("dev") or {}
+        if not dev:
+            y, _ = final_ndcg(e)
+            score = "" if y is None else f"{y:.4f} (last refresh eval)"
+            gap = "" if e.get("mean_gap") is None else f"{e['mean_gap']:.0f}"
+            lines.append(f"| {name} | {score} | | | {e.get('steps', '')} | | | {gap} |")
+            continue
         wait = f"{e['wait_s']:.1f} ({e['wait_fraction']:.3f})" if "wait_s" in e else ""
         gap = "" if e.get("mean_gap") is None or name.startswith(("base/static", "inbatch")) else f"{e['mean_gap']:.0f}"
         lines.append(f"| {name} | {dev['ndcg@10']:.4f} | {dev['mrr@10']:.4f} | {dev['recall@100']:.4f} | "
@@ -65,7 +71,16 @@ def table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plots(runs: dict[str, dict], img: Path) -> None:
+def final_ndcg(e: dict) -> tuple[float | None, bool]:
+    """A run's dev nDCG@10 at its last checkpoint, or (when `ance eval` did not run: the job timed out
+    waiting for the final refresh) its last refresh evaluation, flagged True."""
+    if (e.get("dev") or {}).get("ndcg@10") is not None:
+        return e["dev"]["ndcg@10"], False
+    curve = e.get("eval_ndcg@10_by_version") or []
+    return (sorted(curve)[-1][1], True) if curve else (None, False)
+
+
+def plots(runs: dict[str, dict], img: Path, prefix: str = "squad") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,15 +92,16 @@ def plots(runs: dict[str, dict], img: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, e in runs.items():
         setting, run = name.split("/")
-        if setting in every and run.startswith("async") and e.get("mean_gap") is not None:
-            ax.scatter(e["mean_gap"], e["dev"]["ndcg@10"], color="C0")
-            ax.annotate(f"every {every[setting]} ({run[-2:]})", (e["mean_gap"], e["dev"]["ndcg@10"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
+        y, from_refresh = final_ndcg(e)
+        if setting in every and run.startswith("async") and e.get("mean_gap") is not None and y is not None:
+            ax.scatter(e["mean_gap"], y, color="C0", facecolors="none" if from_refresh else "C0")
+            ax.annotate(f"every {every[setting]} ({run[-2:]}){'*' if from_refresh else ''}", (e["mean_gap"], y),
+                        fontsize=7, xytext=(4, 2), textcoords="offset points")
     for name, style in (("base/static-13", "--"), ("base/static-14", ":")):
         if name in runs:
             ax.axhline(runs[name]["dev"]["ndcg@10"], color="C1", ls=style, lw=1, label=f"static {name[-2:]}")
-    _save(fig, ax, "measured mean gap (steps)", "dev nDCG@10 (last checkpoint)",
-          "SQuAD: ANCE's async gap and quality", 7, img / "squad-gap.png")
+    _save(fig, ax, "measured mean gap (steps)", "dev nDCG@10 (last checkpoint; *: last refresh's eval)",
+          "SQuAD: ANCE's async gap and quality", 7, img / f"{prefix}-gap.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (name, e) in enumerate(runs.items()):
@@ -98,7 +114,7 @@ def plots(runs: dict[str, dict], img: Path) -> None:
             ax.axhline(e["dev"]["ndcg@10"], ls="--", lw=0.8, color="grey")
             ax.annotate(name, (0, e["dev"]["ndcg@10"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
     _save(fig, ax, "checkpoint step", "dev nDCG@10 (the refresh's own evaluation)",
-          "SQuAD learning curves (ANCE runs; dashed: final static / in-batch)", 6, img / "squad-learning.png")
+          "SQuAD learning curves (ANCE runs; dashed: final static / in-batch)", 6, img / f"{prefix}-learning.png")
 
 
 def _save(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int, path: Path) -> None:
@@ -135,6 +151,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("runs", type=Path)
     p.add_argument("--compare", type=Path, default=None)
     p.add_argument("--img", type=Path, default=Path("docs/img"))
+    p.add_argument("--prefix", default="squad", help="image names: PREFIX-gap.png, PREFIX-learning.png")
     p.add_argument("--recover", action="store_true",
                    help="fill empty METHOD-SEED.dev.json files from --compare's means first")
     args = p.parse_args(argv)
@@ -142,7 +159,7 @@ def main(argv: list[str]) -> int:
         print("recovered dev metrics of:", ", ".join(recover(args.runs, args.compare)) or "none", file=sys.stderr)
     runs = load(args.runs)
     print(table(runs))
-    plots(runs, args.img)
+    plots(runs, args.img, args.prefix)
     if args.compare:
         print()
         print(comparisons(args.compare))

@@ -59,8 +59,9 @@ compare() {  # compare NAME A B (ROOT-relative TREC runs without .dev.trec)
   [ -s "$a" ] && [ -s "$b" ] || { echo "{\"$1\": \"missing $2 or $3\"}"; return; }
   echo "{\"$1\": $(ance eval --compare "$a" "$b" --qrels "$DATA/qrels/dev.tsv")}"
 }
-for pair in ${COMPARE:-"ance13-static13:base/async-13:base/static-13 ance14-static14:base/async-14:base/static-14
-    static13-inbatch13:base/static-13:inbatch/inbatch-13 static14-inbatch14:base/static-14:inbatch/inbatch-14"}; do
+COMPARE=${COMPARE:-"ance13-static13:base/async-13:base/static-13 ance14-static14:base/async-14:base/static-14
+static13-inbatch13:base/static-13:inbatch/inbatch-13 static14-inbatch14:base/static-14:inbatch/inbatch-14"}
+for pair in $COMPARE; do  # NAME:A:B, whitespace-separated
   IFS=: read -r name a b <<< "$pair"; compare "$name" "$a" "$b"
 done > "$OUT/compare.jsonl"
 cut -c1-300 "$OUT/compare.jsonl"

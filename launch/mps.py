@@ -7,7 +7,8 @@ than the inferencer's share of the GPU (docs/benchmarks.md, co-location). Under
 MPS both processes' kernels go through one server and run side by side.
 
 The launcher starts its own MPS control daemon with a private pipe and log
-directory (nothing else on the machine talks to it), gives every child the
+directory (nothing else on the machine talks to it; its logs go to
+``RUN_DIR/logs/mps``), gives every child the
 directory in ``CUDA_MPS_PIPE_DIRECTORY``, and quits the daemon when the run
 ends. The GPU's settings (compute mode, MIG) are not touched.
 """
@@ -23,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ance.errors import ConfigError
+from ance.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,15 @@ def shares_gpu(trainer_gpus: list[int], inferencer_gpus: list[int]) -> bool:
     return bool(set(trainer_gpus) & set(inferencer_gpus))
 
 
-def wanted(mode: str, trainer_gpus: list[int], inferencer_gpus: list[int], control: str | None) -> bool:
+def wanted(mode: str, trainer_gpus: list[int], inferencer_gpus: list[int], control: str | None,
+           existing: str | None = None) -> bool:
     """``--mps`` decision (pure): ``on`` always (the binary must exist), ``auto`` when a GPU is shared
-    and the binary is there, ``off`` never. ``control`` is the binary's path or None."""
+    and the binary is there, ``off`` never. ``control`` is the binary's path or None; ``existing`` is
+    ``CUDA_MPS_PIPE_DIRECTORY`` when the environment already names an MPS daemon: then no daemon of our
+    own (the children inherit the variable and use that one)."""
     if mode not in MODES:
         raise ConfigError(f"--mps: expected one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "off" or not (trainer_gpus or inferencer_gpus):
+    if mode == "off" or not (trainer_gpus or inferencer_gpus) or existing:
         return False
     if control is None:
         if mode == "on":
@@ -57,9 +62,9 @@ def pipe_dir_for(run_dir: Path, base: str | None = None) -> Path:
     return Path(base or tempfile.gettempdir()) / f"ance-mps-{tag}"
 
 
-def client_env(pipe_dir: Path) -> dict[str, str]:
-    """What every child needs to reach the run's MPS server."""
-    return {"CUDA_MPS_PIPE_DIRECTORY": str(pipe_dir), "CUDA_MPS_LOG_DIRECTORY": str(pipe_dir / "log")}
+def client_env(pipe_dir: Path, log_dir: Path) -> dict[str, str]:
+    """What every child needs to reach the run's MPS server (and the daemon, where to log)."""
+    return {"CUDA_MPS_PIPE_DIRECTORY": str(pipe_dir), "CUDA_MPS_LOG_DIRECTORY": str(log_dir)}
 
 
 class MpsDaemon:
@@ -68,7 +73,8 @@ class MpsDaemon:
     def __init__(self, run_dir: Path, control: str):
         self.control = control
         self.pipe_dir = pipe_dir_for(run_dir)
-        self.env = client_env(self.pipe_dir)
+        self.log_dir = RunDir(run_dir).logs / "mps"  # control.log, server.log: kept with the run's logs
+        self.env = client_env(self.pipe_dir, self.log_dir)
         self.running = False
 
     def _ctl(self, stdin: str | None = None, *args: str) -> subprocess.CompletedProcess:
@@ -79,7 +85,8 @@ class MpsDaemon:
         if self.pipe_dir.exists():  # a daemon left by a launcher that was killed: quit it, start clean
             self._ctl("quit\n")
             shutil.rmtree(self.pipe_dir, ignore_errors=True)
-        (self.pipe_dir / "log").mkdir(parents=True, mode=0o700)
+        self.pipe_dir.mkdir(parents=True, mode=0o700)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         res = self._ctl(None, "-d")
         if res.returncode != 0:
             raise ConfigError(f"--mps: {CONTROL} -d failed (exit {res.returncode}): "

@@ -28,6 +28,11 @@ def test_auto_only_when_a_trainer_gpu_runs_an_inferencer_too():
     assert wanted("on", [0], [1], "/usr/bin/nvidia-cuda-mps-control")
 
 
+def test_a_daemon_named_by_the_environment_is_used_not_doubled():
+    assert not wanted("on", [0], [0], "/usr/bin/nvidia-cuda-mps-control", existing="/tmp/mps")
+    assert not wanted("auto", [0], [0], None, existing="/tmp/mps")  # no error: the user runs MPS
+
+
 def test_on_without_the_binary_says_what_to_do():
     with pytest.raises(ConfigError, match="nvidia-cuda-mps-control is not on PATH.*--mps off"):
         wanted("on", [0], [0], None)
@@ -37,8 +42,8 @@ def test_pipe_dir_is_short_private_and_per_run(tmp_path):
     deep = tmp_path / ("x" * 150) / "run"
     a, b = pipe_dir_for(deep, "/tmp"), pipe_dir_for(tmp_path / "other", "/tmp")
     assert a != b and len(str(a)) < 40 and a == pipe_dir_for(deep, "/tmp")
-    env = client_env(a)
-    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(a) and env["CUDA_MPS_LOG_DIRECTORY"].startswith(str(a))
+    env = client_env(a, tmp_path / "logs" / "mps")
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(a) and env["CUDA_MPS_LOG_DIRECTORY"] == str(tmp_path / "logs" / "mps")
 
 
 def test_launch_mps_on_without_the_binary_exits_2_before_touching_the_run_dir(tmp_path):

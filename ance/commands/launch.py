@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -71,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--only: unknown role(s) {', '.join(sorted(unknown))}; use broker, trainer, inferencer")
     control = find_control()
-    use_mps = wanted(args.mps, args.trainer_gpus, args.inferencer_gpus, control)
+    existing = os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
+    use_mps = wanted(args.mps, args.trainer_gpus, args.inferencer_gpus, control, existing)
+    if existing and args.mps != "off":
+        logging.getLogger("ance.launch").info("--mps: using the MPS daemon of CUDA_MPS_PIPE_DIRECTORY=%s", existing)
     run_dir = Path(cfg.run_dir)
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
