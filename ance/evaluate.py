@@ -280,17 +280,27 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, *, n_boot: int = 10000, seed
 
 
 def compare_runs(
-    run_a: Mapping[str, Mapping[str, float]],
-    run_b: Mapping[str, Mapping[str, float]],
+    run_a: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, Mapping[str, float]]],
+    run_b: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, Mapping[str, float]]],
     qrels: Mapping[str, Mapping[str, int]],
     measures: Sequence[str] = MEASURES,
     *, n_boot: int = 10000, seed: int = 0, level: float = 0.95,
 ) -> dict[str, dict]:
     """:func:`paired_comparison` of two runs for each measure, over the qrels' judged queries
-    (a query one run lacks counts 0 for it, as in :func:`evaluate_run`)."""
-    _, va = evaluate_per_query(run_a, qrels, measures)
-    _, vb = evaluate_per_query(run_b, qrels, measures)
+    (a query one run lacks counts 0 for it, as in :func:`evaluate_run`).
+
+    Either side may be a list of runs, e.g. the seeds of one recipe: each query's value is then the
+    mean over that side's runs before pairing (seeds pooled per query; the test stays over queries)."""
+    va, vb = (_seed_mean(side, qrels, measures) for side in (run_a, run_b))
     return {name: paired_comparison(va[name], vb[name], n_boot=n_boot, seed=seed, level=level) for name in va}
+
+
+def _seed_mean(runs, qrels, measures) -> dict[str, np.ndarray]:
+    runs = [runs] if isinstance(runs, Mapping) else list(runs)
+    if not runs:
+        raise ValueError("a side of the comparison has no run")
+    per_run = [evaluate_per_query(r, qrels, measures)[1] for r in runs]
+    return {name: np.mean([v[name] for v in per_run], axis=0) for name in per_run[0]}
 
 
 def evaluate_ranked(

@@ -107,3 +107,25 @@ def test_cli_compare_json(tmp_path, capsys):
     assert rc == 0 and json.loads(capsys.readouterr().out)["ndcg@10"] == round((3 + 1 / math.log2(3)) / 4, 6)
     assert main(["eval", "--compare", str(tmp_path / "a.trec"), str(tmp_path / "b.trec"),
                  "--qrels", str(tmp_path / "qrels.tsv"), "--bootstrap", "0"]) == 2
+
+
+def test_seeds_pooled_per_query():
+    """A side given as several runs (a recipe's seeds): each query's value is their mean before pairing."""
+    a, b = make_run(RANK_A), make_run(RANK_B)
+    same = compare_runs([a, a], [b, b], QRELS, ("ndcg@10",), n_boot=500, seed=1)
+    assert same == compare_runs(a, b, QRELS, ("ndcg@10",), n_boot=500, seed=1)
+    half = compare_runs([a, b], [b, b], QRELS, ("ndcg@10",), n_boot=500, seed=1)["ndcg@10"]
+    assert half["diff"] == pytest.approx(0.125 / 2) and half["n"] == 4
+    with pytest.raises(ValueError, match="no run"):
+        compare_runs([], [b], QRELS, ("ndcg@10",))
+
+
+def test_cli_compare_takes_comma_separated_seeds(tmp_path, capsys):
+    write_run(tmp_path / "a.trec", make_run(RANK_A))
+    write_run(tmp_path / "b.trec", make_run(RANK_B))
+    (tmp_path / "qrels.tsv").write_text("".join(f"{q}\t{d}\t{r}\n" for q, docs in QRELS.items()
+                                                for d, r in docs.items()))
+    a, b = str(tmp_path / "a.trec"), str(tmp_path / "b.trec")
+    assert main(["eval", "--compare", f"{a},{b}", f"{b},{b}", "--qrels", str(tmp_path / "qrels.tsv"),
+                 "--measures", "ndcg@10", "--bootstrap", "200"]) == 0
+    assert json.loads(capsys.readouterr().out)["ndcg@10"]["diff"] == 0.0625

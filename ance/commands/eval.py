@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                        help="two TREC runs over the same queries: per measure, the mean of A - B over the "
                             "queries, a paired t-test and Wilcoxon signed-rank test (scipy), a bootstrap "
-                            "confidence interval of the mean difference, and wins/ties/losses of A")
+                            "confidence interval of the mean difference, and wins/ties/losses of A. Either side "
+                            "may be a comma-separated list of runs (a recipe's seeds): each query's value is "
+                            "then averaged over them before pairing")
     parser.add_argument("--qrels", required=True,
                         help="judgements: BEIR TSV (query-id corpus-id score, header optional) or TREC qrels "
                              "(qid 0 did rel)")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             if args.bootstrap < 1:
                 raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
-            run_a, run_b = (read_run(p) for p in args.compare)
+            run_a, run_b = ([read_run(p) for p in side.split(",") if p] for side in args.compare)
             result = compare_runs(run_a, run_b, qrels, measures, n_boot=args.bootstrap, seed=args.seed)
         else:
             result = evaluate_run(read_run(args.run), qrels, measures)
