@@ -145,11 +145,9 @@ class Config:
 
 _CHOICES = {
     "data.format": ("auto", "beir", "msmarco"),
-    "model.pooling": ("cls", "mean"),
-    "model.similarity": ("cosine", "dot"),
+    "model.pooling": ("cls", "mean"), "model.similarity": ("cosine", "dot"),
     "model.long_doc": ("firstp", "maxp"),
-    "train.loss": ("infonce", "bidirectional"),
-    "train.sample_by": ("query", "pair"),
+    "train.loss": ("infonce", "bidirectional"), "train.sample_by": ("query", "pair"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "negatives.source": ("inbatch", "static", "async"),
     "negatives.warmup": ("inbatch", "bm25", "static"),
