@@ -25,7 +25,7 @@ from ance.config_checks import check_model_lengths
 from ance.data import load_for_config
 from ance.device import autocast_dtype, describe_device, device_type, resolve_device
 from ance.encode import corpus_tokens, query_tokens
-from ance.errors import AnceError, ConfigError
+from ance.errors import AnceError, CheckpointError, ConfigError
 from ance.losses import BidirectionalInfoNCE, InfoNCE, gist_mask, positive_mask
 from ance.model import BiEncoder, resolve_model
 from ance.rundir import RunDir
@@ -228,7 +228,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError as e:  # the run's data, seed or train.sample_by changed since the checkpoint
+            raise CheckpointError(f"{path}: {e}") from None
         self.pos_rng.bit_generator.state = state["pos_rng"]
         self.neg_rng.bit_generator.state = state["neg_rng"]
         self.table.load_state_dict(state["table"])
