@@ -7,7 +7,7 @@
 #   . benchmarks/device_env.sh; tar -C /tmp/data -xzf .devdata/squad.tgz
 #   DATA=/tmp/data/squad MODEL=$ANCE_DEVICE_MODEL OUT=$OUT SWEEP=... bash benchmarks/squad_long.sh
 # Env: SWEEP (quality_sweep.sh lines; default base static+async seeds 13 14, inbatch 13 14), JOBS (6),
-# TRAIN_S (360), MAX_STEPS (4000), STEPS (skip the probe), JOB_TIMEOUT (480), MPS (1), ROOT, OUT.
+# TRAIN_S (360), MAX_STEPS (4000), STEPS (skip the probe), JOB_TIMEOUT (480), MPS (1), KEEP_TREC (20), ROOT, OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CFG=configs/squad-minilm-gpu.yaml BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-480}
@@ -65,6 +65,10 @@ for pair in $COMPARE; do  # NAME:A:B, whitespace-separated
   IFS=: read -r name a b <<< "$pair"; compare "$name" "$a" "$b"
 done > "$OUT/compare.jsonl"
 cut -c1-300 "$OUT/compare.jsonl"
+# the dev TREC runs cut at rank KEEP_TREC (default 20: enough for nDCG@10 and MRR@10), one archive, so
+# further comparisons (e.g. seeds pooled: `ance eval --compare A13,A14 B13,B14`) can run off the device
+(cd "$ROOT" && for f in */*.dev.trec; do awk -v k="${KEEP_TREC:-20}" '$4 <= k' "$f" > "$f.top"; done
+ tar -czf "$OUT/trec-top${KEEP_TREC:-20}.tgz" */*.dev.trec.top && rm -f */*.dev.trec.top)
 (cd "$ROOT" && tar -czf "$OUT/squad-runs.tgz" --exclude=checkpoints --exclude=cache --exclude='*.trec' \
     --exclude='static-*.tsv' --exclude='negatives' .)
 ls -la "$OUT"
