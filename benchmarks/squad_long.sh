@@ -54,9 +54,14 @@ inbatch|inbatch|13 14|$S"}
 SWEEP="${SWEEP//@S@/$S}" ROOT="$ROOT" JOBS=$JOBS MODEL="$MODEL" DATA="$DATA" \
     bash benchmarks/quality_sweep.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -30
 cp "$ROOT/sweep.json" "$OUT/" 2>/dev/null
-compare() {  # compare NAME A B (ROOT-relative TREC runs without .dev.trec)
-  local a="$ROOT/$2.dev.trec" b="$ROOT/$3.dev.trec"
-  [ -s "$a" ] && [ -s "$b" ] || { echo "{\"$1\": \"missing $2 or $3\"}"; return; }
+runs() {  # runs A,B,...: ROOT-relative runs (without .dev.trec) -> comma-separated TREC files, or fail
+  local out="" r
+  for r in ${1//,/ }; do [ -s "$ROOT/$r.dev.trec" ] || return 1; out="$out${out:+,}$ROOT/$r.dev.trec"; done
+  echo "$out"
+}
+compare() {  # compare NAME A B; A and B each one run or several (seeds pooled per query), comma-separated
+  local a b
+  a=$(runs "$2") && b=$(runs "$3") || { echo "{\"$1\": \"missing $2 or $3\"}"; return; }
   echo "{\"$1\": $(ance eval --compare "$a" "$b" --qrels "$DATA/qrels/dev.tsv")}"
 }
 COMPARE=${COMPARE:-"ance13-static13:base/async-13:base/static-13 ance14-static14:base/async-14:base/static-14
