@@ -100,7 +100,7 @@ def plots(runs: dict[str, dict], img: Path, prefix: str = "squad") -> None:
     for name, style in (("base/static-13", "--"), ("base/static-14", ":")):
         if name in runs:
             ax.axhline(runs[name]["dev"]["ndcg@10"], color="C1", ls=style, lw=1, label=f"static {name[-2:]}")
-    _save(fig, ax, "measured mean gap (steps)", "dev nDCG@10 (last checkpoint; *: last refresh's eval)",
+    _save(fig, ax, "measured mean gap (steps)", "dev nDCG@10, last checkpoint\n(*: the last refresh's eval)",
           "SQuAD: ANCE's async gap and quality", 7, img / f"{prefix}-gap.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
