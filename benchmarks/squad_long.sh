@@ -54,21 +54,9 @@ inbatch|inbatch|13 14|$S"}
 SWEEP="${SWEEP//@S@/$S}" ROOT="$ROOT" JOBS=$JOBS MODEL="$MODEL" DATA="$DATA" \
     bash benchmarks/quality_sweep.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -30
 cp "$ROOT/sweep.json" "$OUT/" 2>/dev/null
-runs() {  # runs A,B,...: ROOT-relative runs (without .dev.trec) -> comma-separated TREC files, or fail
-  local out="" r
-  for r in ${1//,/ }; do [ -s "$ROOT/$r.dev.trec" ] || return 1; out="$out${out:+,}$ROOT/$r.dev.trec"; done
-  echo "$out"
-}
-compare() {  # compare NAME A B; A and B each one run or several (seeds pooled per query), comma-separated
-  local a b
-  a=$(runs "$2") && b=$(runs "$3") || { echo "{\"$1\": \"missing $2 or $3\"}"; return; }
-  echo "{\"$1\": $(ance eval --compare "$a" "$b" --qrels "$DATA/qrels/dev.tsv")}"
-}
 COMPARE=${COMPARE:-"ance13-static13:base/async-13:base/static-13 ance14-static14:base/async-14:base/static-14
 static13-inbatch13:base/static-13:inbatch/inbatch-13 static14-inbatch14:base/static-14:inbatch/inbatch-14"}
-for pair in $COMPARE; do  # NAME:A:B, whitespace-separated
-  IFS=: read -r name a b <<< "$pair"; compare "$name" "$a" "$b"
-done > "$OUT/compare.jsonl"
+ROOT="$ROOT" DATA="$DATA" bash benchmarks/compare_runs.sh $COMPARE > "$OUT/compare.jsonl"   # NAME:A:B, whitespace-separated
 cut -c1-300 "$OUT/compare.jsonl"
 # the dev TREC runs cut at rank KEEP_TREC (default 20: enough for nDCG@10 and MRR@10), one archive, so
 # further comparisons (e.g. seeds pooled: `ance eval --compare A13,A14 B13,B14`) can run off the device

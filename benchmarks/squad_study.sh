@@ -29,23 +29,11 @@ mix|async|13|$S negatives.mix_static=0.5 negatives.static_file=@STATIC@"
 SWEEP="$SWEEP" ROOT="$ROOT" JOBS=${JOBS:-10} MODEL="$MODEL" DATA="$DATA" \
     bash benchmarks/quality_sweep.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -30
 cp "$ROOT/sweep.json" "$OUT/" 2>/dev/null
-compare() {  # compare NAME A B: A and B are ROOT-relative TREC runs without .dev.trec; one JSON line
-  local a="$ROOT/$2.dev.trec" b="$ROOT/$3.dev.trec"
-  [ -s "$a" ] && [ -s "$b" ] || { echo "{\"$1\": \"missing $2 or $3\"}" > "$ROOT/cmp-$1.json"; return; }
-  echo "{\"$1\": $(ance eval --compare "$a" "$b" --qrels "$DATA/qrels/dev.tsv")}" > "$ROOT/cmp-$1.json"
-}
-compare ance13-static13 base/async-13 base/static-13 &
-compare ance14-static14 base/async-14 base/static-14 &
-compare static13-inbatch13 base/static-13 inbatch/inbatch-13 &
-compare ance13-inbatch13 base/async-13 inbatch/inbatch-13 &
-compare ck25-ck100 ck25/async-13 base/async-13 &
-compare ck$LONG-ck100 ck$LONG/async-13 base/async-13 &
-for o in denoise score mix; do
-  compare $o-static13 $o/async-13 base/static-13 &
-  compare $o-ance13 $o/async-13 base/async-13 &
-done
-wait
-cat "$ROOT"/cmp-*.json > "$OUT/compare.jsonl"
+pairs="ance13-static13:base/async-13:base/static-13 ance14-static14:base/async-14:base/static-14
+ static13-inbatch13:base/static-13:inbatch/inbatch-13 ance13-inbatch13:base/async-13:inbatch/inbatch-13
+ ck25-ck100:ck25/async-13:base/async-13 ck$LONG-ck100:ck$LONG/async-13:base/async-13"
+for o in denoise score mix; do pairs="$pairs $o-static13:$o/async-13:base/static-13 $o-ance13:$o/async-13:base/async-13"; done
+ROOT="$ROOT" DATA="$DATA" bash benchmarks/compare_runs.sh $pairs > "$OUT/compare.jsonl"
 cat "$OUT/compare.jsonl" | cut -c1-300
 (cd "$ROOT" && tar -czf "$OUT/squad-runs.tgz" --exclude=checkpoints --exclude=cache --exclude='*.trec' \
     --exclude='static-*.tsv' --exclude='negatives' .)

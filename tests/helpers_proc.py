@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import urllib.request
 from pathlib import Path
+from typing import Callable
+
+METRIC_LINE = re.compile(r"^(ance_[a-z0-9_]+)(?:\{[^}]*\})? (\S+)$", re.M)
 
 
 def proc_env(**extra: str) -> dict[str, str]:
@@ -25,3 +30,17 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
         proc.wait()
         raise AssertionError(f"{what} ran over {timeout}s:\n{log.read_text()[-3000:]}") from None
     assert rc == 0, f"{what} exited {rc}:\n{log.read_text()[-3000:]}"
+
+
+def scrape(port: int, combine: Callable[[float, float], float] = max) -> dict[str, float]:
+    """``ance_*`` samples at ``http://127.0.0.1:PORT/metrics``, one value a name (samples of one name with
+    different labels joined by ``combine(old, new)``: the largest by default); {} when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for name, value in METRIC_LINE.findall(text):
+        out[name] = combine(out[name], float(value)) if name in out else float(value)
+    return out

@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ import yaml
 from ance.config import load_config
 from ance.rundir import RunDir
 from ance.telemetry import prometheus_port_for
+from helpers_proc import scrape
 from helpers_refresh import SCIFACT
 from test_compose import ance_services, compose_client, interpolate, parse
 
@@ -41,7 +41,6 @@ IMAGE = os.environ.get("ANCE_IMAGE", "ance:0.1.0-cpu")
 DATA = Path(os.environ.get("ANCE_DATA", SCIFACT.parent))
 RUN = "smoke"
 RUN_TIMEOUT_S = 900
-METRIC_LINE = re.compile(r"^(ance_[a-z0-9_]+)(?:\{[^}]*\})? (\S+)$", re.M)
 
 
 def load(path: Path) -> dict:
@@ -107,19 +106,6 @@ def image(tmp_path_factory):
         yield IMAGE
     finally:
         sh(["bash", str(BUILD), "--stop-dockerd", pidfile], timeout=120)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """``ance_*`` samples of http://127.0.0.1:PORT/metrics (the largest value per name); {} when it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for name, value in METRIC_LINE.findall(text):
-        out[name] = max(out.get(name, float("-inf")), float(value))
-    return out
 
 
 def project_leftovers(project: str) -> list[str]:

@@ -30,7 +30,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +40,7 @@ from ance.data import load_for_config
 from ance.negatives import read_negatives
 from ance.telemetry import MetricsTail, read_metrics
 
+from helpers_proc import scrape
 from helpers_refresh import free_port, needs_scifact
 
 pytestmark = [needs_scifact, pytest.mark.slow]
@@ -163,19 +163,6 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, logs: tuple[Pat
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails(*logs)}")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """``name -> value`` of the unlabelled samples at ``http://127.0.0.1:port/metrics``; {} if not served."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    samples = {}
-    for m in re.finditer(r"^(ance_[a-z0-9_]+)(\{[^}]*\})? (\S+)$", text, re.M):
-        samples[m.group(1)] = float(m.group(3))
-    return samples
 
 
 def start_launch(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
@@ -306,13 +293,13 @@ def test_launch_end_to_end(tmp_path, cleanup):
         # 1. Prometheus: the gap and version gauges of trainer (base+1) and broker (base+0)
         if len(prom) < 2 and any(e["event"] == "step" for e in events):
             for role, port in (("trainer", base + 1), ("broker", base)):
-                samples = scrape(port)
+                samples = scrape(port, lambda _old, new: new)
                 if {"ance_async_gap", "ance_negatives_version", "ance_trainer_step"} <= samples.keys():
                     prom[role] = samples
         # ... and inferencer-0's own endpoint (base+2) once it has finished a shard
         if "inferencer-0" not in prom and any(e["event"] == "shard" and e.get("state") == "done"
                                               and e.get("worker") == "inferencer-0" for e in events):
-            samples = scrape(base + 2)
+            samples = scrape(base + 2, lambda _old, new: new)
             if {"ance_inferencer_shards_done", "ance_inferencer_docs_per_second"} <= samples.keys():
                 prom["inferencer-0"] = samples
         # 2. kill inferencer-1 as soon as it is handed a shard of a refresh after the first one
