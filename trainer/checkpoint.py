@@ -5,6 +5,13 @@ fsynced, the manifest written last, then the directory is renamed into
 place and its parent fsynced. A directory without a manifest (or a
 ``.tmp-*`` one) is incomplete: never listed, never loaded, swept on start. So a
 ``kill -9`` at any instant leaves only complete checkpoints behind.
+
+The write has two halves. :func:`stage_checkpoint` serialises the model and the
+trainer state into the temp dir: it reads the live parameters, so the trainer
+waits for it. :meth:`Staged.commit` makes the files durable and visible (fsync,
+manifest, rename): it touches only files, so :class:`CommitThread` runs it in the
+background while the trainer steps on; under I/O load (several runs writing to
+one disk) the fsyncs are most of a checkpoint's write time.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,16 +46,61 @@ def write_checkpoint(
     trainer_state: dict[str, Any] | None,
     manifest: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and return its final path.
+    """Write checkpoint ``step`` atomically and return its final path (stage, then commit, in this thread).
 
     ``trainer_state`` is saved first (``trainer_state.json`` + ``trainer_state.safetensors``,
     :mod:`.state_io`, no pickle), then ``save_model(dir)`` writes the HF model directory;
     the manifest follows once every file is fsynced.
     """
+    return stage_checkpoint(run_dir, step, save_model, trainer_state, manifest).commit()
+
+
+@dataclass
+class Staged:
+    """A checkpoint whose files are written into its temp dir but not yet durable or visible."""
+
+    step: int
+    tmp: Path
+    final: Path
+    manifest: dict[str, Any]
+    started: float
+    staged_s: float
+    write_s: float | None = field(default=None)   # stage + commit, once committed
+
+    def commit(self) -> Path:
+        """fsync every file, write the manifest, rename into place; returns the final path."""
+        _fsync_tree(self.tmp)
+        info = {"step": self.step, "time": time.time(), **self.manifest}
+        with open(manifest_path(self.tmp), "w", encoding="utf-8") as fh:
+            json.dump(info, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(self.tmp)
+        parent = self.final.parent
+        if self.final.exists():  # re-writing a step (resume): move the old one aside first
+            old = parent / f".tmp-old-{self.final.name}-{os.getpid()}"
+            os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)
+        fsync_dir(parent)
+        self.write_s = time.time() - self.started
+        return self.final
+
+
+def stage_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    save_model: Callable[[Path], None],
+    trainer_state: dict[str, Any] | None,
+    manifest: dict[str, Any] | None = None,
+) -> Staged:
+    """The first half of :func:`write_checkpoint`: the trainer state and the model, written into
+    the checkpoint's temp dir (copies of the live tensors, so training may go on once it returns)."""
     final = RunDir(run_dir).checkpoint(step)
-    parent = final.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{final.name}-{os.getpid()}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -54,23 +108,55 @@ def write_checkpoint(
     if trainer_state is not None:
         save_state(trainer_state, tmp)
     save_model(tmp)
-    _fsync_tree(tmp)
-    info = {"step": int(step), "time": time.time(), **(manifest or {})}
-    with open(manifest_path(tmp), "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    if final.exists():  # re-writing a step (resume): move the old one aside first
-        old = parent / f".tmp-old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(parent)
-    info["write_s"] = time.time() - started
-    return final
+    return Staged(int(step), tmp, final, dict(manifest or {}), started, time.time() - started)
+
+
+class CommitThread:
+    """Commits staged checkpoints in a background thread, one at a time.
+
+    ``submit`` first finishes the commit in flight (so checkpoints become visible in step
+    order); ``poll`` returns a finished commit once, ``wait`` blocks for it. A commit that
+    failed (e.g. disk full) raises its error from ``poll`` / ``wait`` / ``submit``, in the
+    caller's thread. The thread is not a daemon: an interpreter that exits normally (end of
+    run, Ctrl-C) finishes the commit first; a ``kill -9`` leaves only the temp dir, which is
+    never listed (module docstring).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._staged: Staged | None = None
+        self._error: BaseException | None = None
+
+    def _run(self, staged: Staged) -> None:
+        try:
+            staged.commit()
+        except BaseException as exc:  # handed to the caller's thread by poll / wait
+            self._error = exc
+
+    def submit(self, staged: Staged) -> Staged | None:
+        """Start committing ``staged``; returns the previous commit if it finished only now."""
+        previous = self.wait()
+        self._staged = staged
+        self._thread = threading.Thread(target=self._run, args=(staged,), name=f"commit-{staged.step}")
+        self._thread.start()
+        return previous
+
+    def poll(self) -> Staged | None:
+        """The commit in flight if it has finished (once), else None."""
+        if self._thread is None or self._thread.is_alive():
+            return None
+        return self.wait()
+
+    def wait(self) -> Staged | None:
+        """Block until the commit in flight has finished and return it (None when there was none)."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        staged, error = self._staged, self._error
+        self._thread = self._staged = self._error = None
+        if error is not None:
+            raise error
+        return staged
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:

@@ -33,8 +33,8 @@ from ance.telemetry import MetricsWriter, prometheus_port_for
 from ance.tokcache import build_inputs
 
 from .batches import Batch, PairSampler, QuerySampler, sample_negatives, sample_positives
-from .checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, sweep_incomplete,
-                         write_checkpoint)
+from .checkpoint import (CommitThread, Staged, latest_checkpoint, load_trainer_state, prune_checkpoints,
+                         stage_checkpoint, sweep_incomplete)
 from .feed import NegativesTable, fill_bm25, fill_static
 from .link import TrainerLink
 from .optim import build_optimizer, build_scheduler, check_finite, check_params_finite, grad_norm, last_layer_params
@@ -80,6 +80,7 @@ class Trainer:
         self._build_sampling()
         self.metrics = self._metrics_writer() if self.is_main else None
         self.client = None
+        self.commits = CommitThread()   # checkpoints committed in the background, one at a time
         if start:
             self._restore(start[1])
         elif self.is_main:
@@ -357,20 +358,27 @@ class Trainer:
                 "rng": rng_state(), "wait_total": self.wait_total, "config_hash": config_hash(self.cfg)}
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-N`` (rank 0) and announce it to the broker."""
-        t0 = time.time()
+        """Stage ``checkpoints/step-N`` (rank 0; the trainer waits for this half) and commit it in the
+        background; it is logged, announced to the broker and pruned around once the commit ends."""
         check_params_finite(self.model, self.step)  # never write a non-finite checkpoint
-        path = write_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
-                                {"config_hash": config_hash(self.cfg)})
-        written = time.time()
-        self.metrics.log("checkpoint", step=self.step, path=str(path), write_s=written - t0)
+        staged = stage_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
+                                  {"config_hash": config_hash(self.cfg)})
+        self._committed(self.commits.submit(staged))
+        return staged.final
+
+    def _committed(self, staged: Staged | None) -> None:
+        """A commit that has ended: log it, announce it, prune the checkpoints no one needs."""
+        if staged is None:
+            return
+        written = staged.started + staged.write_s
+        self.metrics.log("checkpoint", step=staged.step, path=str(staged.final), write_s=staged.write_s,
+                         blocking_s=staged.staged_s)
         if self.client is not None:
-            self.client.announce(self.step, str(path), written)
+            self.client.announce(staged.step, str(staged.final), written)
         protect = set(int(v) for v in np.unique(self.table.version))
         if self.client is not None:
             protect |= self.client.pending_versions()
         prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints, protect)
-        return path
 
     # ----------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -387,6 +395,7 @@ class Trainer:
                 if self.is_main:
                     if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
                         self.metrics.log("step", **record)
+                    self._committed(self.commits.poll())
                     if self.client is not None:
                         self.client.status(self.step, record["negatives_version"], record["gap"])
                         self.client.poll(0)
@@ -394,6 +403,8 @@ class Trainer:
                         self.save_checkpoint()
                 if self.distributed:
                     torch.distributed.barrier()
+            if self.is_main:
+                self._committed(self.commits.wait())
             summary = {"steps": self.step, "wait_s": self.wait_total}
             if self.is_main and self.client is not None and cfg.negatives.final_refresh:
                 summary["final_refresh_s"] = self.client.wait_for_version(self.step, cfg.negatives.wait_timeout_s)
