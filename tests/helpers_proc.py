@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -44,3 +47,19 @@ def scrape(port: int, combine: Callable[[float, float], float] = max) -> dict[st
     for name, value in METRIC_LINE.findall(text):
         out[name] = combine(out[name], float(value)) if name in out else float(value)
     return out
+
+
+def kill_9_at_pause(script: str, *args: str, flag: Path, timeout: float = 60) -> None:
+    """Run ``python -c script *args``, wait until it writes ``flag`` (where it pauses), then ``kill -9`` it."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args])
+    try:
+        deadline = time.time() + timeout
+        while not flag.exists():
+            assert proc.poll() is None, "the script died before its pause"
+            assert time.time() < deadline, "the script never reached its pause"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,11 +1,5 @@
 """Atomic checkpoints: only complete ones are ever listed, whatever kills the writer."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +9,8 @@ from ance.errors import CheckpointError
 from ance.rundir import RunDir
 from ance.trainer.checkpoint import (latest_checkpoint, list_checkpoints, load_trainer_state, prune_checkpoints,
                                      read_manifest, sweep_incomplete, write_checkpoint)
+
+from helpers_proc import kill_9_at_pause
 
 
 def fake_model(payload: bytes):
@@ -79,18 +75,7 @@ write_checkpoint(run, 2, save_then_pause, {"step": 2})
 
 def test_kill_9_during_write_leaves_only_complete_checkpoints(tmp_path):
     flag = tmp_path / "paused"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "run"), str(flag)])
-    try:
-        deadline = time.time() + 60
-        while not flag.exists():
-            assert proc.poll() is None, "writer died early"
-            assert time.time() < deadline, "writer never reached the pause"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_9_at_pause(WRITER, str(tmp_path / "run"), str(flag), flag=flag)
     assert Path(flag.read_text()).exists()  # the half-written temp dir is there...
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]  # ...but never listed
     assert load_trainer_state(RunDir(tmp_path / "run").checkpoint(1))["step"] == 1

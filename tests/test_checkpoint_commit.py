@@ -1,10 +1,6 @@
 """Checkpoints staged by the trainer and committed in the background (trainer/checkpoint.py)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +11,8 @@ import torch
 from ance.rundir import manifest_path
 from ance.trainer.checkpoint import (CommitThread, Staged, list_checkpoints, load_trainer_state, stage_checkpoint,
                                      sweep_incomplete)
+
+from helpers_proc import kill_9_at_pause
 
 
 def save_model(path: Path) -> None:
@@ -110,18 +108,7 @@ while True:  # the trainer stepping on
 
 def test_kill_9_during_a_background_commit_leaves_only_complete_checkpoints(tmp_path):
     flag, run = tmp_path / "paused", tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", COMMITTER, str(run), str(flag)])
-    try:
-        deadline = time.time() + 60
-        while not flag.exists():
-            assert proc.poll() is None, "committer died early"
-            assert time.time() < deadline, "committer never reached the pause"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_9_at_pause(COMMITTER, str(run), str(flag), flag=flag)
     assert Path(flag.read_text()).exists()
     assert [s for s, _ in list_checkpoints(run)] == [1]
     assert load_trainer_state(list_checkpoints(run)[0][1])["step"] == 1
