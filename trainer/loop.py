@@ -270,9 +270,14 @@ class Trainer:
         self.client.poll(0)
         target = self.step + 1 - self.cfg.negatives.max_gap
         if self.table.batch_version(q_idx) < target:
+            # the negatives may have to come from the checkpoint still being committed: announce it
+            # first, or the wait could not end; the trainer waits for that commit too
+            t0 = time.perf_counter()
+            self._committed(self.commits.wait())
+            committing = time.perf_counter() - t0
             waited = self.client.wait_for(lambda: self.table.batch_version(q_idx) >= target,
                                           timeout=self.cfg.negatives.wait_timeout_s, step=self.step + 1)
-            self._step_wait += waited
+            self._step_wait += committing + waited
         return self.table.batch_version(q_idx)
 
     def _inputs(self, batch: Batch):
