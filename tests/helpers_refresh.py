@@ -121,6 +121,8 @@ class Peer:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, identity)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # a DEALER whose handshake was refused has no pipe and would block in send forever: raise instead
+        self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
         if keys is not None:
             from ance.keys import secure_client
 

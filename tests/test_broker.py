@@ -26,6 +26,7 @@ from types import SimpleNamespace
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from ance.config import load_config
 from ance.negatives import read_negatives
@@ -250,8 +251,12 @@ def test_curve_keys_let_only_key_holders_in(tmp_path):
     outsider = Peer(cfg.broker.address, b"trainer")
     insider = Peer(cfg.broker.address, b"trainer", keys=keys)
     try:
-        for peer in (outsider, insider):
-            peer.send("hello", role="trainer", name="trainer", pid=1, device="cpu", data_fingerprint="fp-test")
+        hello = dict(role="trainer", name="trainer", pid=1, device="cpu", data_fingerprint="fp-test")
+        try:
+            outsider.send("hello", **hello)
+        except zmq.Again:  # its handshake was refused first, which dropped its pipe: no way in either
+            pass
+        insider.send("hello", **hello)
         insider.wait_for(lambda ms: [m for m in ms if m.type == "welcome"], 10, "welcome with keys")
         outsider.pump(0.5)
         assert outsider.received == []
@@ -263,8 +268,46 @@ def test_curve_keys_let_only_key_holders_in(tmp_path):
     assert not thread.is_alive()
 
 
-# --------------------------------------------------------------------------- part 2: processes
+@pytest.mark.timeout(120)
+def test_a_trainer_without_the_keys_errors_instead_of_hanging(tmp_path):
+    """A trainer without keys at a broker with CURVE keys ends its wait for negatives with the one-line
+    error. After the refused handshake ZeroMQ may leave the DEALER without a pipe, and then a blocking
+    send never returns (seen once in CI, in the test above, and reproduced by hand with a socket
+    monitor attached, not reliably without); the trainer's sends never block."""
+    from ance.broker.hub import Broker
+    from ance.errors import AnceError
+    from ance.keys import generate_keys
+    from ance.trainer.feed import NegativesTable
+    from ance.trainer.link import TrainerLink
 
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    common = [f"run_dir={tmp_path / 'run'}", f"broker.address=tcp://127.0.0.1:{free_port()}",
+              "broker.heartbeat_s=0.1", "broker.worker_timeout_s=1.0"]
+    b = Broker(load_config(None, [*common, f"broker.curve_keys={keys}"]), dataset=synthetic_dataset(),
+               metrics=Recorder())
+    b.bind()
+    thread = threading.Thread(target=b.run, daemon=True)
+    thread.start()
+    link = TrainerLink(load_config(None, common), NegativesTable(4, 2),
+                       Recorder(), ["q0", "q1", "q2", "q3"], "fp-test")
+    try:
+        link.connect()
+        time.sleep(1.0)  # the handshake is refused by now, and the pipe gone
+        for step in range(3):
+            link.announce(step, str(tmp_path / f"step-{step}"), time.time())
+            link.status(step, 0, step)
+        t0 = time.time()
+        with pytest.raises(AnceError, match="waited 5s for fresh negatives"):  # saying hello again at 2 s
+            link.wait_for(lambda: False, timeout=5.0, step=3)
+        assert time.time() - t0 < 30
+    finally:
+        link.close()
+        b.stop("test over")
+        thread.join(10)
+
+
+# --------------------------------------------------------------------------- part 2: processes
 
 
 class Cluster:
@@ -325,6 +368,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
+
 def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("broker"))
     c.start_broker()

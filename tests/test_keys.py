@@ -104,7 +104,12 @@ def _ask(ctx, port, payload, keys=None, timeout_ms=1000):
     if keys is not None:
         keys(sock)
     sock.connect(f"tcp://127.0.0.1:{port}")
-    sock.send(payload)
+    sock.sndtimeo = timeout_ms  # a refused handshake drops the DEALER's pipe: send would block for good
+    try:
+        sock.send(payload)
+    except zmq.Again:
+        sock.close(0)
+        return None
     answer = sock.recv() if sock.poll(timeout_ms) else None
     sock.close(0)
     return answer

@@ -54,11 +54,22 @@ class TrainerLink(BrokerLink):
         self._hello()
 
     def _hello(self) -> None:
-        self.sock.send(self.hello_frame(have_version=self.latest_complete))
+        self._put(self.hello_frame(have_version=self.latest_complete))
         self.last_heard = time.time()
 
     def _send(self, type_: str, **fields: Any) -> None:
-        self.sock.send(pack_message(type_, **fields))
+        self._put(pack_message(type_, **fields))
+
+    def _put(self, frame: bytes) -> None:
+        """Send without ever blocking the training loop. A DEALER blocks when it has no pipe to the
+        broker (ZeroMQ drops the pipe for good after a refused handshake, e.g. CURVE keys that do
+        not match) or its queue is full (a broker long gone): then the frame is dropped; ``hello``
+        and the announcements are sent again after a silence (``wait_for``), and a wait that never
+        ends raises its one-line error instead of hanging."""
+        try:
+            self.sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("broker at %s unreachable; a %d-byte frame dropped", self.cfg.broker.address, len(frame))
 
     def close(self) -> None:
         if self.sock is not None:
