@@ -81,6 +81,7 @@ class Trainer:
         self.metrics = self._metrics_writer() if self.is_main else None
         self.client = None
         self.commits = CommitThread()   # checkpoints committed in the background, one at a time
+        self._commit_s, self._step_s = float("inf"), 0.0  # the last commit's and the last step's seconds
         if start:
             self._restore(start[1])
         elif self.is_main:
@@ -369,15 +370,20 @@ class Trainer:
         staged = stage_checkpoint(self.run_dir, self.step, self.model.save, self.state_dict(),
                                   {"config_hash": config_hash(self.cfg)})
         self._committed(self.commits.submit(staged))
+        if self.client is not None and self._commit_s < self._step_s:
+            # a commit shorter than a step (small steps on CPU): waiting for it costs the trainer
+            # less than announcing it a step late costs the refresh
+            self._committed(self.commits.wait(), blocking_s=time.time() - staged.started)
         return staged.final
 
-    def _committed(self, staged: Staged | None) -> None:
+    def _committed(self, staged: Staged | None, blocking_s: float | None = None) -> None:
         """A commit that has ended: log it, announce it, prune the checkpoints no one needs."""
         if staged is None:
             return
         written = staged.started + staged.write_s
+        self._commit_s = staged.write_s - staged.staged_s
         self.metrics.log("checkpoint", step=staged.step, path=str(staged.final), write_s=staged.write_s,
-                         blocking_s=staged.staged_s)
+                         blocking_s=staged.staged_s if blocking_s is None else blocking_s)
         if self.client is not None:
             self.client.announce(staged.step, str(staged.final), written)
         protect = set(int(v) for v in np.unique(self.table.version))
@@ -397,6 +403,7 @@ class Trainer:
                 self.save_checkpoint()
             while self.step < cfg.train.max_steps:
                 record = self.train_step()
+                self._step_s = record["step_s"] - record["wait_s"]
                 if self.is_main:
                     if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
                         self.metrics.log("step", **record)
