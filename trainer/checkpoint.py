@@ -21,7 +21,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,7 +65,7 @@ class Staged:
     manifest: dict[str, Any]
     started: float
     staged_s: float
-    write_s: float | None = field(default=None)   # stage + commit, once committed
+    write_s: float | None = None   # stage + commit, once committed
 
     def commit(self) -> Path:
         """fsync every file, write the manifest, rename into place; returns the final path."""
