@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import AnceError
+from ance.run.errors import AnceError
 
 # Order is the order `ance --help` lists them in.
 COMMANDS = (

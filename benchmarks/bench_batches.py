@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ance.encode import _Results, encode_token_lists, length_sorted_batches  # noqa: E402
-from ance.tokcache import FlatTokens, build_inputs, build_padded_inputs  # noqa: E402
+from ance.model.encode import _Results, encode_token_lists, length_sorted_batches  # noqa: E402
+from ance.model.tokcache import FlatTokens, build_inputs, build_padded_inputs  # noqa: E402
 from synthetic import MODEL_CONFIGS  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         return 0
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from ance.model import BiEncoder
+    from ance.model.biencoder import BiEncoder
 
     torch.set_num_threads(max(1, cores // 2))
     tok = AutoTokenizer.from_pretrained(args.tokenizer)

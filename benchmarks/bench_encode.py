@@ -30,7 +30,7 @@ import torch
 def default_model() -> str:
     if os.environ.get("ANCE_DEVICE_MODEL"):
         return os.environ["ANCE_DEVICE_MODEL"]
-    from ance.model import resolve_model
+    from ance.model.biencoder import resolve_model
 
     return resolve_model("all-MiniLM-L6-v2")
 
@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from sentence_transformers import SentenceTransformer
 
-    from ance.device import autocast_dtype, resolve_device
-    from ance.encode import corpus_max_tokens, encode_corpus
-    from ance.model import BiEncoder
-    from ance.retrieve import load_data
-    from ance.tokcache import TokenCache
+    from ance.run.device import autocast_dtype, resolve_device
+    from ance.model.encode import corpus_max_tokens, encode_corpus
+    from ance.model.biencoder import BiEncoder
+    from ance.search.retrieve import load_data
+    from ance.model.tokcache import TokenCache
 
     device = resolve_device(args.device)
     model_path = args.model or default_model()

@@ -2,7 +2,7 @@
 
 Synthetic top-k: ``--queries`` queries, ``--depth`` hits per shard (sorted, disjoint global ids, as
 the inferencers send them), merged chunk by chunk (``--chunk-queries``) the way the broker merges
-(:func:`ance.topk.merge_topk`), beside the lexsort merge it replaced, on the same arrays in the
+(:func:`ance.search.topk.merge_topk`), beside the lexsort merge it replaced, on the same arrays in the
 same process; then negatives selection on the merged lists, whose input no longer depends on N,
 beside the selection it replaced (tests/negatives_reference.py, two full stable argsorts a chunk),
 on the same lists and seeds, both checked equal.
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ance.negatives import SAMPLING, select_negatives
-from ance.topk import merge_topk
+from ance.negatives.select import SAMPLING, select_negatives
+from ance.search.topk import merge_topk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from negatives_reference import reference_select_negatives  # noqa: E402

@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import MODEL_CONFIGS, build_model, write_synthetic, write_token_cache  # noqa: E402
-from ance.rundir import RunDir  # noqa: E402
+from ance.run.rundir import RunDir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_STAGES = [("load_s", "load", "worker: checkpoint (+ token cache when cold)"),
@@ -142,13 +142,13 @@ class FakeTrainer:
         self.sock.connect(cfg.broker.address)
 
     def send(self, type_: str, **fields: Any) -> None:
-        from ance.protocol import pack_message
+        from ance.wire.protocol import pack_message
 
         self.sock.send(pack_message(type_, **fields))
 
     def recv(self, timeout_s: float):
         """One decoded message and its arrival time, or None."""
-        from ance.protocol import unpack_message
+        from ance.wire.protocol import unpack_message
 
         if not self.sock.poll(int(timeout_s * 1000)):
             return None
@@ -355,7 +355,7 @@ def parse_args(argv):
 def make_config(args, run_dir: Path, data_path: Path, model_dir: Path):
     import yaml
 
-    from ance.config import dump_config, load_config
+    from ance.run.config import dump_config, load_config
 
     synthetic = args.synthetic_docs is not None
     tree = {
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from transformers import AutoTokenizer
 
-        from ance.data import load_for_config
+        from ance.data.dataset import load_for_config
 
         model_dir = build_model(args, work)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             log(f"warning: some refreshes ran on {bad} shards, not {args.workers}")
 
-        from ance.telemetry import MetricsWriter
+        from ance.run.telemetry import MetricsWriter
 
         mw = MetricsWriter(run_dir, "trainer", tensorboard=False)  # the refresh events, as the trainer logs them
         for x in [warmup] + runs:

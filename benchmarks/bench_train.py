@@ -26,13 +26,13 @@ import torch
 def default_model() -> str:
     if os.environ.get("ANCE_DEVICE_MODEL"):
         return os.environ["ANCE_DEVICE_MODEL"]
-    from ance.model import resolve_model
+    from ance.model.biencoder import resolve_model
 
     return resolve_model("all-MiniLM-L6-v2")
 
 
 def load_texts(data: str, n: int, seed: int = 0):
-    from ance.data import load_dataset
+    from ance.data.dataset import load_dataset
 
     ds = load_dataset(data, splits=("train",))
     split = ds.split("train")
@@ -74,10 +74,10 @@ def timed_steps(model, step, n, batch, steps, warmup, device) -> dict:
 def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *, by_tokens=True, prepared=None):
     """ance's model and its two-part step: ``build(idx)`` (the batch from token ids, on the
     device) and ``run(inputs)`` (the GradCache forward + backward)."""
-    from ance.gradcache import GradCache
-    from ance.losses import InfoNCE
-    from ance.model import BiEncoder
-    from ance.tokcache import build_inputs
+    from ance.learn.gradcache import GradCache
+    from ance.learn.losses import InfoNCE
+    from ance.model.biencoder import BiEncoder
+    from ance.model.tokcache import build_inputs
 
     model = BiEncoder.load(model_path).to(device).train()
     model.prepared_masks = prepared

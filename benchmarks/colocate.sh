@@ -14,7 +14,7 @@ MODEL=${ANCE_DEVICE_MODEL:-${MODEL:-all-MiniLM-L6-v2}}
 DATA=${DATA:-../shared/data/scifact}
 CFG=configs/scifact-minilm-gpu.yaml
 common="model.name_or_path=$MODEL data.path=$DATA inferencer.backend=torch telemetry.tensorboard=false train.max_steps=${STEPS:-200}"
-MODEL=$MODEL DATA=$DATA BACKEND=torch bash benchmarks/mine_static.sh 0 30 "$OUT/static.tsv" 2>&1 | tail -2
+MODEL=$MODEL DATA=$DATA BACKEND=torch bash studies/mine_static.sh 0 30 "$OUT/static.tsv" 2>&1 | tail -2
 runs=()
 for mode in ${MODES:-plain mps}; do
   p=""; flag=""

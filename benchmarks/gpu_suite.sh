@@ -5,7 +5,7 @@
 #   PACK=.device-model PARTS="zeroshot encode train memory quality" bash benchmarks/gpu_suite.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-. benchmarks/device_env.sh
+. scripts/device_env.sh
 OUT=${OUT:-runs/gpu}; mkdir -p "$OUT"
 M=${ANCE_DEVICE_MODEL:-all-MiniLM-L6-v2}
 PARTS=${PARTS:-"zeroshot encode train memory quality"}
@@ -32,9 +32,9 @@ for part in $PARTS; do
           --chunk 32 --memory-sweep 64,256,1024,4096 --out "$OUT/bench_memory.json" 2>&1 | tail -12 ;;
     quality)
       MODEL="$M" OUT="$OUT/${QNAME:-quality}" BACKEND=${BACKEND:-auto} timeout ${QUALITY_TIMEOUT:-420} \
-          bash benchmarks/quality.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
+          bash studies/quality.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
       for r in "$OUT"/${QNAME:-quality}/*/; do [ -d "$r/logs" ] && tail -3 "$r"/logs/*.log; done 2>/dev/null | tail -30
-      python benchmarks/summarize_runs.py "$OUT/${QNAME:-quality}" | tee "$OUT/${QNAME:-quality}-summary.json"
+      python studies/summarize_runs.py "$OUT/${QNAME:-quality}" | tee "$OUT/${QNAME:-quality}-summary.json"
       # one archive of metrics, configs and logs; drop checkpoints, caches and runs (too many files to fetch)
       (cd "$OUT/${QNAME:-quality}" && tar -czf "../${QNAME:-quality}-runs.tgz" --exclude=checkpoints --exclude=cache --exclude='*.trec' .)
       rm -rf "$OUT/${QNAME:-quality}" ;;
@@ -42,13 +42,13 @@ for part in $PARTS; do
       ance mine --model "$M" --data "$DATA" --split train --out "$OUT/st-static.tsv" --max-length 256 \
           --query-max-length 64 --depth 100 --rank-window 0 30 --n 30 --quiet
       for neg in none static; do
-        timeout 300 python benchmarks/st_reference.py --model "$M" --data "$DATA" --negatives $neg \
+        timeout 300 python studies/st_reference.py --model "$M" --data "$DATA" --negatives $neg \
             --static-file "$OUT/st-static.tsv" --seed ${SEED:-13} --out "$OUT/stref-$neg" 2>&1 | tail -1
         rm -rf "$OUT/stref-$neg/model" "$OUT/stref-$neg/dev.trec"
       done ;;
-    sweep)   # recipes side by side (benchmarks/quality_sweep.sh); SWEEP lines NAME|METHODS|SEEDS|EXTRA|WINDOW
+    sweep)   # recipes side by side (studies/quality_sweep.sh); SWEEP lines NAME|METHODS|SEEDS|EXTRA|WINDOW
       ROOT="$OUT/sweep" BACKEND=${BACKEND:-auto} MODEL="$M" JOBS=${JOBS:-4} timeout ${SWEEP_TIMEOUT:-540} \
-          bash benchmarks/quality_sweep.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
+          bash studies/quality_sweep.sh 2>&1 | grep -v "INFO\|it/s\|text/s" | tail -40
       (cd "$OUT/sweep" && tar -czf ../sweep-runs.tgz --exclude=checkpoints --exclude=cache --exclude='*.trec' \
           --exclude='static-*.tsv' .)
       cp "$OUT/sweep/sweep.json" "$OUT/sweep.json" 2>/dev/null; rm -rf "$OUT/sweep" ;;

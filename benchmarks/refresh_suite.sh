@@ -2,7 +2,7 @@
 # Refresh latency on the GPU machine (docs/benchmarks.md): SciFact with the real
 # MiniLM, then a synthetic 1M-passage corpus (128 tokens) with 100k training
 # queries and a MiniLM-shaped model. Called by gpu_suite.sh (PARTS=refresh);
-# needs benchmarks/device_env.sh sourced, or ance installed and MODEL/DATA set.
+# needs scripts/device_env.sh sourced, or ance installed and MODEL/DATA set.
 #   bash benchmarks/refresh_suite.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-runs/refresh}; mkdir -p "$OUT"

@@ -29,12 +29,12 @@ def tokenizer_source(args) -> str:
     if args.tokenizer:
         return args.tokenizer
     if args.model:
-        from ance.model import resolve_model
+        from ance.model.biencoder import resolve_model
 
         return resolve_model(args.model)
     if os.environ.get("ANCE_DEVICE_MODEL"):
         return os.environ["ANCE_DEVICE_MODEL"]
-    from ance.model import minilm_dir
+    from ance.model.biencoder import minilm_dir
 
     found = minilm_dir()
     if found is None:
@@ -45,8 +45,8 @@ def tokenizer_source(args) -> str:
 
 def build_model(args, work: Path) -> Path:
     """The model dir every checkpoint copies: ``--model`` as is, or a random BERT of ``--model-config``
-    with the tokenizer of :func:`tokenizer_source` (as ``ance.model`` builds ``tiny-bert``)."""
-    from ance.model import resolve_model
+    with the tokenizer of :func:`tokenizer_source` (as ``ance.model.biencoder`` builds ``tiny-bert``)."""
+    from ance.model.biencoder import resolve_model
 
     if not args.model_config:
         if args.model:
@@ -55,7 +55,7 @@ def build_model(args, work: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from ance.model import BiEncoder
+    from ance.model.biencoder import BiEncoder
 
     out = work / f"model-{args.model_config}"
     if (out / "ance.json").is_file():
@@ -96,8 +96,8 @@ def write_synthetic(root: Path, n_docs: int, n_queries: int, query_words: int, t
 
 def write_token_cache(cfg, data, tokenizer, seed: int) -> Path:
     """Fill the token cache the inferencers will look up with random ids, ``max_tokens`` a passage."""
-    from ance.encode import corpus_max_tokens
-    from ance.tokcache import FORMAT_VERSION, TokenCache, cache_key
+    from ance.model.encode import corpus_max_tokens
+    from ance.model.tokcache import FORMAT_VERSION, TokenCache, cache_key
 
     t0 = time.time()
     m = cfg.model

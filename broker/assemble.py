@@ -1,7 +1,7 @@
 """A refresh's output, from merged top-k chunks to a complete negatives version.
 
 For every merged chunk of the training queries: select the negatives
-(:func:`ance.negatives.select_negatives`, seeded by version and chunk, so the
+(:func:`ance.negatives.select.select_negatives`, seeded by version and chunk, so the
 same chunk always draws the same negatives), measure how many of the previous
 version's negatives are candidates again, **persist the chunk, then stream it**
 to the trainer. Eval chunks only feed the refresh's own evaluation. The
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ance.config import Config
-from ance.negatives import overlap, select_negatives
-from ance.rundir import checkpoint_files
+from ance.run.config import Config
+from ance.negatives.select import overlap, select_negatives
+from ance.run.rundir import checkpoint_files
 
 from .refresh import ChunkReady, Job
 from .stats import RefreshTally

@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path, PurePath
 from typing import Any
 
-from ance.rundir import RunDir, is_complete_checkpoint, step_name
+from ance.run.rundir import RunDir, is_complete_checkpoint, step_name
 
 from .refresh import RefreshError
 from .stats import eval_depth

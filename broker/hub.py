@@ -32,13 +32,13 @@ from typing import Any
 
 import zmq
 
-from ance.config import Config
-from ance.data import load_for_config
-from ance.errors import ProtocolError
-from ance.protocol import MAX_NAME, MAX_STR, pack_message, unpack_array, unpack_message
-from ance.rundir import RunDir, manifest_path
-from ance.telemetry import MetricsWriter, prometheus_port_for
-from ance.transport import router_socket
+from ance.run.config import Config
+from ance.data.dataset import load_for_config
+from ance.run.errors import ProtocolError
+from ance.wire.protocol import MAX_NAME, MAX_STR, pack_message, unpack_array, unpack_message
+from ance.run.rundir import RunDir, manifest_path
+from ance.run.telemetry import MetricsWriter, prometheus_port_for
+from ance.wire.transport import router_socket
 
 from .guard import (RateLimit, confine_checkpoint, max_inbound_bytes, peer_label, peer_name, safe_text,
                     token_matches, write_token)
@@ -57,7 +57,7 @@ class Broker:
     """``Broker(cfg).run()`` serves until ``stop``, SIGTERM or SIGINT; ``close()`` frees the socket.
 
     ``dataset``: the loaded dataset (tests pass one in); default
-    :func:`ance.data.load_for_config`. ``metrics``: a ``MetricsWriter``-like sink;
+    :func:`ance.data.dataset.load_for_config`. ``metrics``: a ``MetricsWriter``-like sink;
     default ``MetricsWriter(run_dir, "broker", ...)``.
     """
 

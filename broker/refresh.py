@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ance.topk import merge_topk
+from ance.search.topk import merge_topk
 SPLITS = ("train", "eval")
 
 

@@ -9,7 +9,7 @@ arrive and asks it for the stats once, when the refresh completes.
 ``version_done.stats`` (what the trainer logs as the ``refresh`` event):
 
 * ``load_s``, ``encode_s``, ``index_s``, ``search_s``, ``transfer_s`` (the
-  shard stages of :data:`ance.protocol.SHARD_STAGES`), ``query_encode_s`` and
+  shard stages of :data:`ance.wire.protocol.SHARD_STAGES`), ``query_encode_s`` and
   ``knn_s`` (the parts of ``search_s``), ``shard_s``: the slowest shard's
   time for each (shards run in parallel, so the slowest one is what the
   refresh waited for).
@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from ance.evaluate import evaluate_ranked
-from ance.protocol import BROKER_STAGES, SHARD_STAGES
+from ance.eval.metrics import evaluate_ranked
+from ance.wire.protocol import BROKER_STAGES, SHARD_STAGES
 from .refresh import Job
 
 #: per-shard worker stages; a refresh reports the slowest shard's

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ance.protocol import pack_array
+from ance.wire.protocol import pack_array
 from .versions import NegativesVersions, Version
 
 log = logging.getLogger(__name__)

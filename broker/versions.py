@@ -9,7 +9,7 @@ newest complete file is reloaded, refused when it was made from other data.
 Each version also lives in memory as a :class:`Version` table (one row of
 ``keep`` doc indices per train query), so the broker can re-stream it and
 compute the overlap with the next one. No sockets or clocks here; the file
-format is :mod:`ance.negatives`', the file names :mod:`ance.rundir`'.
+format is :mod:`ance.negatives.files`', the file names :mod:`ance.run.rundir`'.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import IO, Any, Sequence
 
 import numpy as np
 
-from ance.errors import AnceError
-from ance.fsio import fsync_dir
-from ance.negatives import append_negatives, header_line, read_negatives
-from ance.rundir import RunDir
+from ance.run.errors import AnceError
+from ance.run.fsio import fsync_dir
+from ance.negatives.files import append_negatives, header_line, read_negatives
+from ance.run.rundir import RunDir
 from .refresh import chunk_range, n_chunks
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from typing import Any
 
 import zmq
 
-from ance.brokerlink import BrokerLink, is_unknown_peer
-from ance.config import Config
-from ance.protocol import pack_message
+from ance.wire.brokerlink import BrokerLink, is_unknown_peer
+from ance.run.config import Config
+from ance.wire.protocol import pack_message
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ For a ``job`` (one shard of one refresh) it loads the checkpoint, encodes its
 document range from the shared token cache, indexes it, searches the training
 queries chunk by chunk (``topk`` per chunk, global doc indices), then the eval
 queries when asked, then sends ``shard_done`` with its stage times
-(:data:`ance.protocol.SHARD_STAGES`, plus ``query_encode_s`` and ``knn_s``, the
+(:data:`ance.wire.protocol.SHARD_STAGES`, plus ``query_encode_s`` and ``knn_s``, the
 two parts of ``search_s``, and ``shard_s``, the whole job). Anything
 that goes wrong in a job becomes ``shard_failed`` (traceback in the log) and
 the worker waits for the next job. Only the token cache survives a job.
@@ -33,16 +33,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ance.config import Config
-from ance.data import load_for_config
-from ance.device import describe_device, resolve_device, resolve_precision
-from ance.encode import corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, query_tokens
-from ance.errors import AnceError, CheckpointError, ProtocolError
-from ance.protocol import pack_array
-from ance.rundir import RunDir, manifest_path
-from ance.telemetry import MetricsWriter, prometheus_port_for
-from ance.tokcache import FlatTokens, cache_key
-from ance.topk import maxp_collapse
+from ance.run.config import Config
+from ance.data.dataset import load_for_config
+from ance.run.device import describe_device, resolve_device, resolve_precision
+from ance.model.encode import corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, query_tokens
+from ance.run.errors import AnceError, CheckpointError, ProtocolError
+from ance.wire.protocol import pack_array
+from ance.run.rundir import RunDir, manifest_path
+from ance.run.telemetry import MetricsWriter, prometheus_port_for
+from ance.model.tokcache import FlatTokens, cache_key
+from ance.search.topk import maxp_collapse
 
 from .link import InferencerLink
 
@@ -113,7 +113,7 @@ class Worker:
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
-        self._queries: dict[tuple[str, str], Any] = {}  # (split, key) -> ance.tokcache.FlatTokens
+        self._queries: dict[tuple[str, str], Any] = {}  # (split, key) -> ance.model.tokcache.FlatTokens
         self._stop = threading.Event()
         self._stop_reason: str | None = None
 
@@ -211,7 +211,7 @@ class Worker:
     def process(self, job) -> dict[str, Any]:
         """Encode, index and search one shard, streaming ``topk``; return the stats."""
         t_job = time.perf_counter()  # load_s includes these imports on the first job, when warm_up was off
-        from ance.index import make_index  # (see warm_up: after hello, on purpose)
+        from ance.search.index import make_index  # (see warm_up: after hello, on purpose)
 
         if job.data_fingerprint != self.fingerprint:
             raise AnceError(f"job for data {job.data_fingerprint}, this inferencer loaded {self.fingerprint}")
@@ -318,12 +318,12 @@ class Worker:
                               "share the run directory with the inferencers or set broker.send_weights=true")
 
     def _load_model(self, path: Path):
-        from ance.model import BiEncoder  # transformers: see warm_up
+        from ance.model.biencoder import BiEncoder  # transformers: see warm_up
 
         return BiEncoder.from_config(self.cfg.model, path).to(self.device).eval()
 
     def _token_cache(self, tokenizer):
-        """The run's corpus token cache (the trainer's own, :func:`ance.encode.corpus_tokens`), built once
+        """The run's corpus token cache (the trainer's own, :func:`ance.model.encode.corpus_tokens`), built once
         (by whichever process comes first) and kept while the tokenizer stays the same."""
         m = self.cfg.model
         max_tokens = corpus_max_tokens(tokenizer, m.passage_max_length, m.long_doc, m.maxp_windows)
@@ -355,13 +355,13 @@ class Worker:
         t = time.perf_counter()
         try:
             # transformers and faiss are imported here, after hello, not at the top: importing
-            # ance.model and ance.index after torch took 13-18 s on the shared 2-core dev box (load 10),
+            # ance.model.biencoder and ance.search.index after torch took 13-18 s on the shared 2-core dev box (load 10),
             # which at the top would delay the worker's joining the pool; here it overlaps the
             # trainer's start-up and stays out of the first refresh (tests/test_bench_refresh.py).
             from transformers import AutoTokenizer
 
-            import ance.index  # noqa: F401
-            from ance.model import resolve_model
+            import ance.search.index  # noqa: F401
+            from ance.model.biencoder import resolve_model
 
             base = resolve_model(self.cfg.model.name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(base)

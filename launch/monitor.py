@@ -28,10 +28,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ance.config import Config, load_run_config
-from ance.errors import ConfigError
-from ance.rundir import RunDir
-from ance.telemetry import MetricsTail
+from ance.run.config import Config, load_run_config
+from ance.run.errors import ConfigError
+from ance.run.rundir import RunDir
+from ance.run.telemetry import MetricsTail
 
 from .stages import breakdown, shard_table, stage_line
 
@@ -39,7 +39,7 @@ MAX_WORKERS_SHOWN = 32
 
 
 def read_run_config(run_dir: str | Path) -> Config | None:
-    """The run's resolved config (:func:`ance.config.load_run_config`); None while it is not written yet."""
+    """The run's resolved config (:func:`ance.run.config.load_run_config`); None while it is not written yet."""
     if not RunDir(run_dir).config.is_file():
         return None
     return load_run_config(run_dir)

@@ -23,8 +23,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ance.errors import ConfigError
-from ance.rundir import RunDir
+from ance.run.errors import ConfigError
+from ance.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

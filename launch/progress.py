@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ance.rundir import RunDir
-from ance.telemetry import MetricsTail
+from ance.run.rundir import RunDir
+from ance.run.telemetry import MetricsTail
 
 
 class Progress:

@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ance.protocol import SHARD_STAGES
-from ance.rundir import RunDir
-from ance.telemetry import read_metrics
+from ance.wire.protocol import SHARD_STAGES
+from ance.run.rundir import RunDir
+from ance.run.telemetry import read_metrics
 
 from .monitor import read_run_config
 from .stages import is_number
@@ -260,7 +260,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
     """Write gap.png, refresh_latency.png, loss.png, eval.png and refresh_stages.png; return their paths.
 
     ``out_dir`` defaults to ``RUN_DIR/report``. Raises
-    :class:`~ance.errors.DataError` when the run's metrics log is missing
+    :class:`~ance.run.errors.DataError` when the run's metrics log is missing
     or has a malformed line (a torn last line is skipped).
     """
     run_dir = Path(run_dir)

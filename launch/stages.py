@@ -1,13 +1,13 @@
 """Where a refresh spent its time: the stage and the shard that held it back, for ``ance monitor``
-and ``ance report``. Stages are :data:`ance.protocol.SHARD_STAGES` (per shard; a refresh event
-carries the slowest shard's) and :data:`ance.protocol.BROKER_STAGES` (the broker's, summed over
+and ``ance report``. Stages are :data:`ance.wire.protocol.SHARD_STAGES` (per shard; a refresh event
+carries the slowest shard's) and :data:`ance.wire.protocol.BROKER_STAGES` (the broker's, summed over
 chunks); a refresh event's ``shards`` has one row per shard (``ance.broker.stats.shard_rows``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ance.protocol import BROKER_STAGES, SHARD_STAGES
+from ance.wire.protocol import BROKER_STAGES, SHARD_STAGES
 
 
 def is_number(value: Any) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ance.rundir import RunDir
+from ance.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from ance.protocol import unpack_message, pack_message
+from ance.wire.protocol import unpack_message, pack_message
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 MAX_FRAME = 16 << 20  # a tiny-bert checkpoint (~9 MB) fits in one job frame
@@ -62,7 +62,7 @@ def make_checkpoint(run_dir: Path, step: int) -> Path:
     """``RUN_DIR/checkpoints/step-N`` holding tiny-bert (saved once, then copied) and its manifest."""
     global _MODEL_DIR
     if _MODEL_DIR is None or not _MODEL_DIR.exists():
-        from ance.model import BiEncoder, resolve_model
+        from ance.model.biencoder import BiEncoder, resolve_model
 
         _MODEL_DIR = run_dir.parent / "tiny-bert-saved"
         BiEncoder.load(resolve_model("tiny-bert")).save(str(_MODEL_DIR))
@@ -124,7 +124,7 @@ class Peer:
         # a DEALER whose handshake was refused has no pipe and would block in send forever: raise instead
         self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
         if keys is not None:
-            from ance.keys import secure_client
+            from ance.wire.keys import secure_client
 
             secure_client(self.sock, keys)
         self.sock.connect(address)

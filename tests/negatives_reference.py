@@ -1,6 +1,6 @@
 """The negatives selection before issue 10's speed-up, kept verbatim as the reference.
 
-``reference_select_negatives`` is ``ance.negatives.select_negatives`` as it was at main 3a7c88f
+``reference_select_negatives`` is ``ance.negatives.select.select_negatives`` as it was at main 3a7c88f
 (one stable argsort for duplicates, one for the draw). tests/test_negatives_fast.py checks the
 current selection returns exactly its arrays; benchmarks/bench_merge.py times both side by side.
 Do not "improve" this file: its value is that it does not change.
@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ance.config import parse_rank_window
+from ance.run.config import parse_rank_window
 
 SAMPLING = ("uniform", "top", "rank", "score")
 

@@ -18,7 +18,7 @@ TINY = ["--device", "cpu", "--batch", "4", "--max-length", "32", "--data", str(S
 
 
 def run(script: str, tmp_path: Path, *args: str) -> dict:
-    from ance.model import resolve_model
+    from ance.model.biencoder import resolve_model
 
     out = tmp_path / f"{script}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}

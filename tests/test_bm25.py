@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ance.bm25 import bm25_rank
+from ance.data.bm25 import bm25_rank
 
 CORPUS = [
     "The cat sat on the mat and purred.",
@@ -94,7 +94,7 @@ def test_bm25_does_not_start_jax(tmp_path):
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
-        "from ance.bm25 import bm25_rank\n"
+        "from ance.data.bm25 import bm25_rank\n"
         "print(bm25_rank(['graphene sheets', 'protein folding', 'cell biology'], ['protein'], 2).tolist())\n"
         f"assert not __import__('os').path.exists({str(marker)!r}), 'bm25s imported JAX'\n"
         "import jax\n"

@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 import zmq
 
-from ance.config import load_config
-from ance.negatives import read_negatives
-from ance.protocol import pack_array, unpack_array
+from ance.run.config import load_config
+from ance.negatives.files import read_negatives
+from ance.wire.protocol import pack_array, unpack_array
 from ance.broker.guard import max_inbound_bytes, read_token
-from ance.rundir import RunDir
+from ance.run.rundir import RunDir
 
 from helpers_refresh import (Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
                              write_config)
@@ -238,7 +238,7 @@ def test_wrong_results_are_refused_with_an_error(broker):
 
 def test_curve_keys_let_only_key_holders_in(tmp_path):
     from ance.broker.hub import Broker
-    from ance.keys import generate_keys
+    from ance.wire.keys import generate_keys
 
     keys = tmp_path / "keys"
     generate_keys(keys)
@@ -275,8 +275,8 @@ def test_a_trainer_without_the_keys_errors_instead_of_hanging(tmp_path):
     send never returns (seen once in CI, in the test above, and reproduced by hand with a socket
     monitor attached, not reliably without); the trainer's sends never block."""
     from ance.broker.hub import Broker
-    from ance.errors import AnceError
-    from ance.keys import generate_keys
+    from ance.run.errors import AnceError
+    from ance.wire.keys import generate_keys
     from ance.trainer.feed import NegativesTable
     from ance.trainer.link import TrainerLink
 
@@ -312,8 +312,8 @@ def test_a_trainer_without_the_keys_errors_instead_of_hanging(tmp_path):
 
 class Cluster:
     def __init__(self, tmp):
-        from ance.data import load_for_config as dataset_from_config
-        from ance.config import load_config
+        from ance.data.dataset import load_for_config as dataset_from_config
+        from ance.run.config import load_config
 
         self.tmp = tmp
         self.cfg_path = write_config(tmp, free_port())

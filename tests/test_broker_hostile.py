@@ -16,8 +16,8 @@ import time
 
 
 from ance.broker.guard import read_token
-from ance.rundir import RunDir
-from ance.protocol import pack_array
+from ance.run.rundir import RunDir
+from ance.wire.protocol import pack_array
 
 from helpers_refresh import Peer, wait_until
 from test_broker import CQ, DEPTH, N_DOCS, FakeWorker, broker, first_job, topk_for, trainer_peer  # noqa: F401 (fixture)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ance.errors import CheckpointError
-from ance.rundir import RunDir
+from ance.run.errors import CheckpointError
+from ance.run.rundir import RunDir
 from ance.trainer.checkpoint import (latest_checkpoint, list_checkpoints, load_trainer_state, prune_checkpoints,
                                      read_manifest, sweep_incomplete, write_checkpoint)
 

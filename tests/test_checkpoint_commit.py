@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ance.rundir import manifest_path
+from ance.run.rundir import manifest_path
 from ance.trainer.checkpoint import (CommitThread, Staged, list_checkpoints, load_trainer_state, stage_checkpoint,
                                      sweep_incomplete)
 

@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from ance.cli import COMMANDS, build_parser, main
-from ance.config import load_config
-from ance.errors import ConfigError
-from ance.keys import KEY_FILES, check_bind_address, load_server_keys
-from ance.telemetry import prometheus_port_for
+from ance.run.config import load_config
+from ance.run.errors import ConfigError
+from ance.wire.keys import KEY_FILES, check_bind_address, load_server_keys
+from ance.run.telemetry import prometheus_port_for
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker" / "docker-compose.yml"

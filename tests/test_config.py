@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ance.config import config_hash, load_config, load_run_config, parse_overrides, save_config
-from ance.errors import ConfigError
+from ance.run.config import config_hash, load_config, load_run_config, parse_overrides, save_config
+from ance.run.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

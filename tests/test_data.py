@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ance.config import DataConfig
-from ance.data import detect_format, load_dataset, load_for_config
-from ance.readers import read_beir_corpus, read_beir_queries, read_msmarco_collection, read_msmarco_queries, read_qrels
-from ance.errors import ConfigError, DataError
+from ance.run.config import DataConfig
+from ance.data.dataset import detect_format, load_dataset, load_for_config
+from ance.data.readers import read_beir_corpus, read_beir_queries, read_msmarco_collection, read_msmarco_queries, read_qrels
+from ance.run.errors import ConfigError, DataError
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
 needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(),

@@ -1,12 +1,12 @@
-"""ance.device: one rule for device and precision, for every role and command."""
+"""ance.run.device: one rule for device and precision, for every role and command."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ance.device import autocast, autocast_dtype, describe_device, device_type, resolve_device, resolve_precision
-from ance.errors import ConfigError
+from ance.run.device import autocast, autocast_dtype, describe_device, device_type, resolve_device, resolve_precision
+from ance.run.errors import ConfigError
 
 
 def test_autocast_dtype():

@@ -22,9 +22,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from ance import distributed as du
-from ance.gradcache import GradCache, plain_step
-from ance.losses import BidirectionalInfoNCE, InfoNCE, positive_mask
+from ance.learn import distributed as du
+from ance.learn.gradcache import GradCache, plain_step
+from ance.learn.losses import BidirectionalInfoNCE, InfoNCE, positive_mask
 from test_gradcache import TinyEncoder, assert_tensors_close, tokens
 
 WORLD = 2

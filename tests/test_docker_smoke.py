@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ance.config import load_config
-from ance.rundir import RunDir
-from ance.telemetry import prometheus_port_for
+from ance.run.config import load_config
+from ance.run.rundir import RunDir
+from ance.run.telemetry import prometheus_port_for
 from helpers_proc import scrape
 from helpers_refresh import SCIFACT
 from test_compose import ance_services, compose_client, interpolate, parse

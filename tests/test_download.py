@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ance.data import load_dataset
-from ance.errors import DataError
+from ance.data.dataset import load_dataset
+from ance.run.errors import DataError
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
 

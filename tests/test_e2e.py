@@ -35,10 +35,10 @@ from typing import Any, Callable
 
 import pytest
 
-from ance.config import load_config, load_run_config
-from ance.data import load_for_config
-from ance.negatives import read_negatives
-from ance.telemetry import MetricsTail, read_metrics
+from ance.run.config import load_config, load_run_config
+from ance.data.dataset import load_for_config
+from ance.negatives.files import read_negatives
+from ance.run.telemetry import MetricsTail, read_metrics
 
 from helpers_proc import scrape
 from helpers_refresh import free_port, needs_scifact

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ance.encode import (corpus_max_tokens, encode_corpus, encode_texts, encode_token_lists,
+from ance.model.encode import (corpus_max_tokens, encode_corpus, encode_texts, encode_token_lists,
                          length_sorted_batches, parse_shard, read_embeddings, shard_range, write_embeddings)
-from ance.errors import AnceError, ConfigError
+from ance.run.errors import AnceError, ConfigError
 
 SCIFACT = Path("/work/shared/data/scifact")
 needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"no SciFact at {SCIFACT}")
@@ -19,7 +19,7 @@ MAX_LENGTH = 64  # short windows keep CPU time down and give MaxP several window
 
 @pytest.fixture(scope="module")
 def model():
-    from ance.model import BiEncoder, resolve_model
+    from ance.model.biencoder import BiEncoder, resolve_model
 
     return BiEncoder.load(resolve_model("tiny-bert")).eval()
 
@@ -28,14 +28,14 @@ def model():
 def data():
     if not (SCIFACT / "corpus.jsonl").is_file():
         pytest.skip(f"no SciFact at {SCIFACT}")
-    from ance.data import load_dataset
+    from ance.data.dataset import load_dataset
 
     return load_dataset(SCIFACT, splits=("dev",), max_docs=300, max_queries=30)
 
 
 @pytest.fixture(scope="module")
 def cache(model, data, tmp_path_factory):
-    from ance.tokcache import TokenCache
+    from ance.model.tokcache import TokenCache
 
     return TokenCache.open(data.corpus.passages(), model.tokenizer,
                            corpus_max_tokens(model.tokenizer, MAX_LENGTH, "maxp", 3),
@@ -44,7 +44,7 @@ def cache(model, data, tmp_path_factory):
 
 def naive(model, token_lists, kind="passage") -> np.ndarray:
     """One sequence at a time, no padding, no sorting, no autocast."""
-    from ance.tokcache import build_inputs
+    from ance.model.tokcache import build_inputs
 
     with torch.inference_mode():
         return np.stack([model(**build_inputs([t], model.tokenizer, MAX_LENGTH), kind=kind)[0].numpy()
@@ -132,7 +132,7 @@ def test_encode_texts_matches_the_tokenizer(model):
 
 @needs_scifact
 def test_maxp_windows_and_owner(model, cache):
-    from ance.tokcache import windows
+    from ance.model.tokcache import windows
 
     n_windows, lo, hi = 3, 0, 60
     emb, owner = encode_corpus(model, cache, lo=lo, hi=hi, max_length=MAX_LENGTH, long_doc="maxp",
@@ -210,7 +210,7 @@ def test_second_encode_reuses_the_token_cache(tmp_path, capsys):
 
 
 def test_prefetch_keeps_order_and_raises_the_builders_error():
-    from ance.encode import _prefetched
+    from ance.model.encode import _prefetched
 
     batches = [np.arange(i, i + 2) for i in range(0, 10, 2)]
     assert [(list(p), x) for p, x in _prefetched(lambda p: int(p.sum()), batches)] == \

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ance.cli import main
-from ance.evaluate import compare_runs, evaluate_per_query, paired_comparison
+from ance.eval.compare import compare_runs, paired_comparison
+from ance.eval.metrics import evaluate_per_query
 
 # One relevant document a query, so nDCG@10 = 1/log2(rank + 1) and RR = 1/rank.
 QRELS = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}, "q4": {"d4": 1}, "q5": {"d9": 0}}

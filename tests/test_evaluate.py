@@ -3,15 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from ance.errors import DataError
-from ance.evaluate import (
-    MEASURES,
-    evaluate_ranked,
-    evaluate_run,
-    read_qrels,
-    read_trec_run,
-    write_trec_run,
-)
+from ance.run.errors import DataError
+from ance.eval.metrics import MEASURES, evaluate_ranked, evaluate_run
+from ance.eval.trec import read_qrels, read_trec_run, write_trec_run
 
 QRELS = {
     "q1": {"d2": 2, "d3": 1, "d4": 1, "d9": 0},

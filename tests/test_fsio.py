@@ -2,7 +2,7 @@
 
 import pytest
 
-from ance.fsio import atomic_write_lines, fsync_dir
+from ance.run.fsio import atomic_write_lines, fsync_dir
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from ance.gradcache import GradCache, RandContext, plain_step
-from ance.losses import BidirectionalInfoNCE, InfoNCE, positive_mask
+from ance.learn.gradcache import GradCache, RandContext, plain_step
+from ance.learn.losses import BidirectionalInfoNCE, InfoNCE, positive_mask
 
 B, N_NEG, Q_LEN, P_LEN = 6, 1, 7, 11
 P = B * (1 + N_NEG)
@@ -290,7 +290,7 @@ def test_argument_validation(batch):
 
 
 def test_plan_sorts_longest_first_and_cuts_only_trailing_padding():
-    from ance.gradcache import _plan, _unsort
+    from ance.learn.gradcache import _plan, _unsort
 
     ids = torch.tensor([[101, 7, 102, 0, 0, 0], [101, 5, 6, 102, 0, 0], [101, 1, 2, 3, 4, 102]])
     inputs = {"input_ids": ids, "attention_mask": (ids != 0).long()}

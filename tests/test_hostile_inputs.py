@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ance.cli import main
-from ance.errors import TrainingError
+from ance.run.errors import TrainingError
 from ance.trainer.checkpoint import list_checkpoints
 from ance.trainer.optim import check_finite, check_params_finite
 
@@ -212,7 +212,7 @@ def test_retrieve_out_into_a_missing_folder_fails_before_encoding(capsys, tmp_pa
 
 def test_leftovers_of_an_interrupted_first_checkpoint_do_not_block_a_restart(tmp_path):
     """`--auto-resume` after a kill -9 during the very first checkpoint: nothing complete, only a temp dir."""
-    from ance.rundir import claim_run_dir, previous_run
+    from ance.run.rundir import claim_run_dir, previous_run
 
     tmp = tmp_path / "run" / "checkpoints" / ".tmp-step-000000-123"
     tmp.mkdir(parents=True)

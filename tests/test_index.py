@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ance import index as index_mod
-from ance.index import (
+from ance.search import index as index_mod
+from ance.search.index import (
     FaissIndex,
     SearchIndex,
     TorchIndex,
@@ -271,7 +271,7 @@ def test_torch_cuda_matches_cpu():
 def test_sort_rows_equals_the_lexsort_rule_on_ties_pads_and_infinities():
     """The integer-key sort gives what one lexsort over (pad, -score, id) gives, also on ties, +-inf,
     -0.0 and pads; ids too large for 32 bits take the lexsort path."""
-    from ance.topk import _sort_rows
+    from ance.search.topk import _sort_rows
 
     rng = np.random.default_rng(5)
     values = np.array([-np.inf, -1.5, -0.0, 0.0, 0.25, 1.0, 2.0, np.inf], np.float32)

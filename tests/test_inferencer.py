@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from ance.protocol import unpack_message, pack_message, unpack_array
+from ance.wire.protocol import unpack_message, pack_message, unpack_array
 
 from helpers_refresh import (MAX_FRAME, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until,
                               write_config)
@@ -61,8 +61,8 @@ class FakeBroker:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ance.data import load_for_config as dataset_from_config
-    from ance.config import load_config
+    from ance.data.dataset import load_for_config as dataset_from_config
+    from ance.run.config import load_config
 
     tmp = tmp_path_factory.mktemp("infer")
     port = free_port()
@@ -107,9 +107,9 @@ def test_hello_and_heartbeats(setup):
 
 
 def test_job_streams_chunks_that_match_an_exact_search(setup):
-    from ance.encode import corpus_max_tokens, encode_corpus, encode_texts
-    from ance.model import BiEncoder
-    from ance.tokcache import TokenCache
+    from ance.model.encode import corpus_max_tokens, encode_corpus, encode_texts
+    from ance.model.biencoder import BiEncoder
+    from ance.model.tokcache import TokenCache
 
     cfg, data, ckpt, broker, proc, log, tmp = setup
     welcome(broker, log)
@@ -170,7 +170,7 @@ def test_bad_job_fails_the_shard_and_the_worker_goes_on(setup):
 
 
 def test_weights_shipped_in_the_job(setup):
-    from ance.rundir import checkpoint_files
+    from ance.run.rundir import checkpoint_files
 
     cfg, data, ckpt, broker, proc, log, _ = setup
     broker.got.clear()
@@ -207,7 +207,7 @@ def test_warm_up_builds_the_token_cache_the_first_job_uses(setup, tmp_path):
     import dataclasses
 
     from ance.inferencer.worker import Worker
-    from ance.model import BiEncoder
+    from ance.model.biencoder import BiEncoder
 
     cfg, data, ckpt, *_ = setup
     cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "run"))

@@ -8,8 +8,8 @@ import threading
 import pytest
 import zmq
 
-from ance.errors import ConfigError
-from ance.keys import (KEY_FILES, check_bind_address, generate_keys, is_loopback, load_client_keys,
+from ance.run.errors import ConfigError
+from ance.wire.keys import (KEY_FILES, check_bind_address, generate_keys, is_loopback, load_client_keys,
                        load_server_keys, secure_client, secure_server)
 
 
@@ -182,7 +182,7 @@ def test_not_an_endpoint():
 def test_zap_replies(keys_dir, tmp_path, caplog):
     from zmq.utils import z85
 
-    from ance.keys import CurveZap
+    from ance.wire.keys import CurveZap
 
     zap = CurveZap(None, keys_dir)
     zap.reload()
@@ -195,7 +195,7 @@ def test_zap_replies(keys_dir, tmp_path, caplog):
 
     ok = ask(b"CURVE", client)
     assert ok[:4] == [b"1.0", b"7", b"200", b"OK"] and ok[4] == z85.encode(client)
-    with caplog.at_level("WARNING", logger="ance.keys"):
+    with caplog.at_level("WARNING", logger="ance.wire.keys"):
         assert ask(b"CURVE", stranger)[2] == b"400"
         assert ask(b"CURVE", stranger)[2] == b"400"
         assert ask(b"NULL")[2] == b"400"
@@ -208,7 +208,7 @@ def test_zap_replies(keys_dir, tmp_path, caplog):
 def test_zap_handler_stops_promptly_and_is_one_per_context(keys_dir):
     import time
 
-    from ance.keys import CurveZap
+    from ance.wire.keys import CurveZap
 
     ctx = zmq.Context()
     zap = CurveZap(ctx, keys_dir)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ance import losses
-from ance.distributed import gather_with_grad
-from ance.losses import BidirectionalInfoNCE, InfoNCE, gist_mask, positive_mask
+from ance.learn import losses
+from ance.learn.distributed import gather_with_grad
+from ance.learn.losses import BidirectionalInfoNCE, InfoNCE, gist_mask, positive_mask
 
 T = 0.1
 

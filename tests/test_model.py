@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ance.errors import ConfigError
-from ance.model import BiEncoder, minilm_dir, resolve_model
+from ance.run.errors import ConfigError
+from ance.model.biencoder import BiEncoder, minilm_dir, resolve_model
 
 TEXTS = [
     "Dense retrieval with approximate nearest neighbour negatives.",
@@ -113,8 +113,7 @@ def test_output_is_float32_under_autocast_and_pooler_is_frozen(tiny_path):
 def test_prepared_masks_give_the_same_representations_and_gradients(tiny_path):
     """The GPU path's prepared 4-D padding mask (no host sync per forward) against HF's own
     handling of the 2-D mask, forced on here on CPU; with padding, in training mode too."""
-    from ance import model as model_module
-
+    from ance.model import biencoder as model_module
     model = BiEncoder.load(tiny_path).eval()
     inputs = model.tokenizer(TEXTS, padding=True, return_tensors="pt")
     assert not bool(inputs["attention_mask"].all())

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from ance.config import config_from_dict
-from ance.errors import ConfigError
+from ance.run.config import config_from_dict
+from ance.run.errors import ConfigError
 from ance.launch.monitor import read_run_config, render, summarize, watch
-from ance.telemetry import MetricsTail
+from ance.run.telemetry import MetricsTail
 
 CONFIG_YAML = {"train": {"max_steps": 200, "checkpoint_every": 20}, "negatives": {"max_gap": 40}}
 CONFIG = config_from_dict(CONFIG_YAML)
@@ -182,7 +182,7 @@ def test_monitor_command(tmp_path, capsys):
 def test_read_run_config(tmp_path):
     assert read_run_config(tmp_path) is None
     (tmp_path / "config.yaml").write_text("train: {checkpoint_every: 5}\nnegatives: {max_gap: 7}\n")
-    assert read_run_config(tmp_path).negatives.max_gap == 7  # the typed config of ance.config's loader
+    assert read_run_config(tmp_path).negatives.max_gap == 7  # the typed config of ance.run.config's loader
     (tmp_path / "config.yaml").write_text("negatives: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         read_run_config(tmp_path)
@@ -233,9 +233,9 @@ def test_monitor_over_http_reads_the_prometheus_gauges(tmp_path):
 
     from rich.console import Console
 
-    from ance.errors import ConfigError
+    from ance.run.errors import ConfigError
     from ance.launch.monitor import parse_prometheus, watch_url
-    from ance.telemetry import MetricsWriter
+    from ance.run.telemetry import MetricsWriter
 
     w = MetricsWriter(tmp_path / "run", "trainer", tensorboard=False, prometheus_port=0)
     try:

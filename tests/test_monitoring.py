@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ance.telemetry import EVENT_COUNTERS, KNOWN_METRICS
+from ance.run.telemetry import EVENT_COUNTERS, KNOWN_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -55,7 +55,7 @@ def test_dashboard_panels_query_served_metrics():
             for target in panel["targets"]:
                 used = set(METRIC.findall(target.get("expr", "")))
                 assert used, f"{where}: query {target.get('expr')!r} names no ance metric"
-                assert used <= served, f"{where}: {sorted(used - served)} is served by nothing (ance/telemetry.py)"
+                assert used <= served, f"{where}: {sorted(used - served)} is served by nothing (ance/run/telemetry.py)"
 
 
 def test_dashboard_provider_reads_the_mounted_folder():

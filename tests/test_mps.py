@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ance.errors import ConfigError
+from ance.run.errors import ConfigError
 from ance.launch.mps import client_env, pipe_dir_for, shares_gpu, wanted
 
 ROOT = Path(__file__).resolve().parents[1]

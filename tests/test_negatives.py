@@ -3,15 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from ance.errors import DataError
-from ance.negatives import (
-    append_negatives,
-    header_line,
-    overlap,
-    read_negatives,
-    select_negatives,
-    write_negatives,
-)
+from ance.run.errors import DataError
+from ance.negatives.files import append_negatives, header_line, read_negatives, write_negatives
+from ance.negatives.select import overlap, select_negatives
 
 try:  # property tests run with hypothesis when installed, and with a seeded loop always
     from hypothesis import given, settings

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from negatives_reference import reference_select_negatives
 
-from ance._negselect import BLOCK_ROWS, COL_BITS, _first_in_order, _sortable, _uniform_pick
-from ance.negatives import SAMPLING, select_negatives
+from ance.negatives.blocks import BLOCK_ROWS, COL_BITS, _first_in_order, _sortable, _uniform_pick
+from ance.negatives.select import SAMPLING, select_negatives
 
 
 def random_case(rng):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ance.config import load_config
-from ance.errors import ConfigError
-from ance.negatives import select_negatives
+from ance.run.config import load_config
+from ance.run.errors import ConfigError
+from ance.negatives.select import select_negatives
 from ance.trainer.batches import sample_negatives
 
 RNG = np.random.default_rng

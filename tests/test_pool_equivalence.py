@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from ance.config import load_config
-from ance.data import load_for_config
-from ance.protocol import unpack_array
-from ance.rundir import RunDir
+from ance.run.config import load_config
+from ance.data.dataset import load_for_config
+from ance.wire.protocol import unpack_array
+from ance.run.rundir import RunDir
 from helpers_refresh import Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until, write_config
 
 

@@ -6,8 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from ance.errors import ProtocolError
-from ance.protocol import PROTOCOL_VERSION, SPEC, unpack_message, pack_message, pack_array, unpack_array
+from ance.run.errors import ProtocolError
+from ance.wire.protocol import PROTOCOL_VERSION, SPEC, unpack_message, pack_message, pack_array, unpack_array
 
 MAX = 1 << 20
 

@@ -1,4 +1,4 @@
-"""benchmarks/quality_sweep.sh (and the quality.sh it runs per job) end to end, tiny and on CPU:
+"""studies/quality_sweep.sh (and the quality.sh it runs per job) end to end, tiny and on CPU:
 two settings side by side, static and ANCE, each evaluated, summarised in sweep.json, so the
 scripts behind docs/results.md's sweep do not rot."""
 
@@ -22,7 +22,7 @@ TINY = ("train.max_steps=4 train.batch_size=8 train.checkpoint_every=2 negatives
 @needs_scifact
 @pytest.mark.slow
 def test_sweep_runs_settings_side_by_side(tmp_path):
-    from ance.model import resolve_model
+    from ance.model.biencoder import resolve_model
 
     root = tmp_path / "sweep"
     sweep = f"w30|static async|13|{TINY}\nw50|static|13|{TINY}|0 50"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ance.config import load_config
+from ance.run.config import load_config
 
 from helpers_refresh import free_port, needs_scifact
 from test_e2e import ance, check_run, child_env, kill_leftovers, tails

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ance.negatives import select_negatives
+from ance.negatives.select import select_negatives
 from ance.broker.refresh import RefreshError, RefreshState, shard_ranges
 from ance.broker.stats import json_safe
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import yaml
 
-from ance.errors import DataError
+from ance.run.errors import DataError
 from ance.launch.report import write_report
 
 NAMES = ["gap.png", "refresh_latency.png", "loss.png", "eval.png", "refresh_stages.png"]

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ance.telemetry import read_metrics
+from ance.run.telemetry import read_metrics
 from helpers_proc import finish, proc_env
-from ance.rundir import MANIFEST, TRAINER_STATE as STATE
+from ance.run.rundir import MANIFEST, TRAINER_STATE as STATE
 from ance.trainer.checkpoint import latest_checkpoint, list_checkpoints, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +47,9 @@ def train(*argv, log: Path, pause_at: tuple[int, Path] | None = None) -> subproc
 
 def static_negatives(path: Path) -> Path:
     """A negatives file for the run's data: 5 random non-positive documents a query."""
-    from ance.config import load_config
-    from ance.data import load_for_config
-    from ance.negatives import write_negatives
+    from ance.run.config import load_config
+    from ance.data.dataset import load_for_config
+    from ance.negatives.files import write_negatives
 
     cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml", [o for o in SMALL if o.startswith("data.")])
     data = load_for_config(cfg)

@@ -51,7 +51,7 @@ def retrieved(work):
 
 
 def read_run(path: Path) -> dict[str, dict[str, float]]:
-    from ance.evaluate import read_trec_run
+    from ance.eval.trec import read_trec_run
 
     return read_trec_run(path)
 
@@ -77,7 +77,7 @@ def test_the_dispatcher_lists_these_commands():
 
 
 def test_retrieve_then_eval_prints_one_json_object(retrieved, capsys):
-    from ance.data import load_dataset
+    from ance.data.dataset import load_dataset
 
     data = load_dataset(SCIFACT, splits=("dev",), max_docs=300, max_queries=30)
     run = read_run(retrieved)
@@ -145,8 +145,8 @@ def test_search_refuses_embeddings_of_another_corpus(work, capsys):
 
 
 def test_mine_never_returns_a_positive(work, capsys):
-    from ance.data import load_dataset
-    from ance.negatives import read_negatives
+    from ance.data.dataset import load_dataset
+    from ance.negatives.files import read_negatives
 
     out = work / "neg.tsv"
     assert run_command("mine", *common(work, "train"), *ENCODING, "--cache-dir", work / "cache", "--depth", 50,

@@ -1,10 +1,10 @@
-"""ance.rundir: the one place that names the paths of a run directory."""
+"""ance.run.rundir: the one place that names the paths of a run directory."""
 
 from __future__ import annotations
 
 import pytest
 
-from ance.rundir import (CONFIG, MANIFEST, METRICS, TRAINER_STATE, RunDir, checkpoint_files, is_complete_checkpoint,
+from ance.run.rundir import (CONFIG, MANIFEST, METRICS, TRAINER_STATE, RunDir, checkpoint_files, is_complete_checkpoint,
                          negatives_name, parse_negatives_name, parse_step, step_name)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ance.telemetry import read_metrics
+from ance.run.telemetry import read_metrics
 from helpers_refresh import free_port, needs_scifact
 from test_e2e import CONFIG, REPO, ance, start, tails
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ance.config import load_config
-from ance.negatives import write_negatives
-from ance.telemetry import read_metrics
+from ance.run.config import load_config
+from ance.negatives.files import write_negatives
+from ance.run.telemetry import read_metrics
 from helpers_proc import finish, proc_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_both_configs_load():
 
 @pytest.mark.skipif(not (SQUAD / "corpus.jsonl").is_file(), reason=f"no SQuAD at {SQUAD}")
 def test_cpu_config_trains_with_eight_static_negatives(tmp_path):
-    from ance.data import load_for_config
+    from ance.data.dataset import load_for_config
 
     over = [f"data.path={SQUAD}", f"run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.chunk_size=4",
             "train.device=cpu", "model.passage_max_length=64", "negatives.source=static",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ance.errors import CheckpointError
+from ance.run.errors import CheckpointError
 from ance.trainer.checkpoint import load_trainer_state, write_checkpoint
 from ance.trainer.state_io import LEGACY_PICKLE, STATE_JSON, STATE_TENSORS, load_state, save_state
 

@@ -12,8 +12,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from ance.errors import ConfigError, DataError
-from ance.telemetry import MetricsWriter, prometheus_port_for, read_metrics
+from ance.run.errors import ConfigError, DataError
+from ance.run.telemetry import MetricsWriter, prometheus_port_for, read_metrics
 
 
 def test_log_writes_one_line_per_event(tmp_path):
@@ -64,7 +64,7 @@ def test_several_processes_append_whole_lines(tmp_path):
 def test_read_metrics_skips_a_torn_last_line(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"event": "step", "step": 1}\n{"event": "step", "st')
-    with caplog.at_level(logging.WARNING, logger="ance.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="ance.run.telemetry"):
         assert read_metrics(path) == [{"event": "step", "step": 1}]
     assert "metrics.jsonl:2" in caplog.text and "cut short" in caplog.text
 
@@ -75,7 +75,7 @@ def test_read_metrics_recovers_a_record_glued_to_a_torn_line(tmp_path, caplog):
     path.write_text('{"event": "step", "step": 1}\n{"event": "step", "lo')
     with MetricsWriter(tmp_path, "trainer", tensorboard=False) as mw:
         mw.log("step", step=2, time=5.0)
-    with caplog.at_level(logging.WARNING, logger="ance.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="ance.run.telemetry"):
         assert read_metrics(path) == [{"event": "step", "step": 1}, {"event": "step", "step": 2, "time": 5.0}]
     assert "metrics.jsonl:2" in caplog.text
 

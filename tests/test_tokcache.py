@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ance import tokcache
-from ance.errors import ConfigError, DataError
-from ance.tokcache import TokenCache, build_inputs, cache_key, windows
+from ance.model import tokcache
+from ance.run.errors import ConfigError, DataError
+from ance.model.tokcache import TokenCache, build_inputs, cache_key, windows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -50,7 +50,7 @@ def reference_ids(tok, texts, max_tokens):
 def scifact_cache(tok, tmp_path_factory):
     if not (SCIFACT / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact not found at {SCIFACT} (shared test data)")
-    from ance.data import load_dataset
+    from ance.data.dataset import load_dataset
 
     corpus = load_dataset(SCIFACT).corpus
     cache = TokenCache.open(corpus.passages(), tok, 254, tmp_path_factory.mktemp("cache"), corpus.source_hash,
@@ -235,7 +235,7 @@ def test_windows():
 def test_padded_batches_equal_build_inputs_of_the_lists(tok, tmp_path, side):
     """The vectorised path (gather_padded + build_padded_inputs) builds what build_inputs builds from
     the token lists, from a TokenCache and from FlatTokens alike."""
-    from ance.tokcache import FlatTokens, build_padded_inputs
+    from ance.model.tokcache import FlatTokens, build_padded_inputs
 
     rng = np.random.default_rng(3)
     lists = [rng.integers(1000, 2000, int(rng.integers(0, 40))).astype(np.int32) for _ in range(50)]

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from ance.config import config_hash, load_config, load_run_config
-from ance.errors import DataError
-from ance.telemetry import read_metrics
+from ance.run.config import config_hash, load_config, load_run_config
+from ance.run.errors import DataError
+from ance.run.telemetry import read_metrics
 from ance.trainer.batches import sample_negatives
-from ance.rundir import MANIFEST, TRAINER_STATE as STATE
+from ance.run.rundir import MANIFEST, TRAINER_STATE as STATE
 from ance.trainer.checkpoint import list_checkpoints, load_trainer_state, read_manifest
 from ance.trainer.feed import NegativesTable, fill_bm25, fill_static
 from helpers_proc import finish, proc_env
@@ -55,7 +55,7 @@ def steps(run_dir: Path) -> list[dict]:
 
 
 def dataset():
-    from ance.data import load_for_config
+    from ance.data.dataset import load_for_config
 
     cfg = load_config(CONFIG, DATA)
     data = load_for_config(cfg)
@@ -88,7 +88,7 @@ def guide(work) -> Path:
     """tiny-bert's model directory copied to a path of our own, as a frozen GIST guide."""
     import shutil
 
-    from ance.model import resolve_model
+    from ance.model.biencoder import resolve_model
 
     path = work / "guide"
     shutil.copytree(resolve_model("tiny-bert"), path)
@@ -157,7 +157,7 @@ def test_checkpoints_are_hf_dirs_with_state_and_manifest_and_only_last_k_kept(ru
         assert {"optimizer", "scheduler", "rng", "sampler", "pos_rng", "neg_rng", "table"} <= state.keys()
         assert (state["table"]["neg"] >= 0).any()  # the static negatives are part of the state
     # the saved weights are the trained ones, not the starting model
-    from ance.model import resolve_model
+    from ance.model.biencoder import resolve_model
 
     start = AutoModel.from_pretrained(resolve_model("tiny-bert"))
     last = AutoModel.from_pretrained(str(list_checkpoints(run)[-1][1]))
@@ -262,7 +262,7 @@ def test_bm25_warmup_fills_the_table_without_positives():
     for q, pos in enumerate(split.positives):
         assert not np.isin(table.neg[q], pos).any(), q
     # "top": the best BM25-ranked documents that are not positives, in rank order
-    from ance.bm25 import bm25_rank
+    from ance.data.bm25 import bm25_rank
 
     ranked = bm25_rank(data.corpus.passages(), split.texts, 50)
     for q in range(5):
@@ -292,17 +292,17 @@ def test_torchrun_two_ranks_on_cpu(work, mined):
 
 
 def test_plain_path_gets_autocast_and_metrics_get_prometheus_addr(tmp_path, monkeypatch):
-    import ance.gradcache
+    import ance.learn.gradcache
     from ance.trainer.loop import Trainer
 
     seen = {}
-    real = ance.gradcache.plain_step
+    real = ance.learn.gradcache.plain_step
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ance.gradcache, "plain_step", spy)
+    monkeypatch.setattr(ance.learn.gradcache, "plain_step", spy)
     cfg = load_config(CONFIG, [f"run_dir={tmp_path / 'run'}", *SMALL, "train.chunk_size=null",
                                "train.precision=bf16", "train.max_steps=1", "telemetry.prometheus_port=0",
                                "telemetry.prometheus_addr=localhost"])
@@ -346,7 +346,7 @@ class _Recorder:
 
 
 def test_replayed_refresh_is_not_logged_twice():
-    from ance.protocol import pack_message
+    from ance.wire.protocol import pack_message
     from ance.trainer.link import TrainerLink
 
     cfg = load_config(CONFIG, [])

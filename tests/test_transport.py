@@ -1,13 +1,13 @@
-"""ance.transport: the broker's ROUTER and the roles' DEALERs, one socket policy (real sockets)."""
+"""ance.wire.transport: the broker's ROUTER and the roles' DEALERs, one socket policy (real sockets)."""
 
 from __future__ import annotations
 
 import pytest
 import zmq
 
-from ance.config import BrokerConfig
-from ance.errors import AnceError
-from ance.transport import dealer_socket, router_socket
+from ance.run.config import BrokerConfig
+from ance.run.errors import AnceError
+from ance.wire.transport import dealer_socket, router_socket
 
 
 @pytest.fixture

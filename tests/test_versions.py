@@ -1,6 +1,6 @@
 """NegativesVersions: the broker's negatives versions on disk, without sockets.
 
-begin → append → finish gives a complete file ance.negatives reads back;
+begin → append → finish gives a complete file ance.negatives.files reads back;
 restore removes partial files, reloads the newest complete version and refuses
 one made from other data; drop removes the partial file.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ance.errors import AnceError
-from ance.negatives import read_negatives
-from ance.rundir import RunDir
+from ance.run.errors import AnceError
+from ance.negatives.files import read_negatives
+from ance.run.rundir import RunDir
 from ance.broker.versions import NegativesVersions
 
 

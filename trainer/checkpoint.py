@@ -1,4 +1,4 @@
-"""Atomic checkpoints: ``RunDir.checkpoint(step)`` (names in :mod:`ance.rundir`).
+"""Atomic checkpoints: ``RunDir.checkpoint(step)`` (names in :mod:`ance.run.rundir`).
 
 A checkpoint is written into ``checkpoints/.tmp-<name>-<pid>/``, every file
 fsynced, the manifest written last, then the directory is renamed into
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ance.errors import CheckpointError
-from ance.fsio import fsync_dir
-from ance.rundir import MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step
+from ance.run.errors import CheckpointError
+from ance.run.fsio import fsync_dir
+from ance.run.rundir import MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step
 
 from .state_io import load_state, save_state
 

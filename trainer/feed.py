@@ -16,9 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ance.bm25 import bm25_rank
-from ance.errors import DataError
-from ance.negatives import MAGIC, read_negatives, select_negatives
+from ance.data.bm25 import bm25_rank
+from ance.run.errors import DataError
+from ance.negatives.files import MAGIC, read_negatives
+from ance.negatives.select import select_negatives
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import zmq
 
-from ance.brokerlink import BrokerLink, is_unknown_peer
-from ance.config import Config
-from ance.errors import AnceError
-from ance.protocol import pack_message, unpack_array
+from ance.wire.brokerlink import BrokerLink, is_unknown_peer
+from ance.run.config import Config
+from ance.run.errors import AnceError
+from ance.wire.protocol import pack_message, unpack_array
 
 from .feed import NegativesTable
 

@@ -18,19 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ance import distributed as dist_util
-from ance import gradcache
-from ance.config import Config, config_hash, save_config
-from ance.config_checks import check_model_lengths
-from ance.data import load_for_config
-from ance.device import autocast_dtype, describe_device, device_type, resolve_device
-from ance.encode import corpus_tokens, query_tokens
-from ance.errors import AnceError, CheckpointError, ConfigError
-from ance.losses import BidirectionalInfoNCE, InfoNCE, gist_mask, positive_mask
-from ance.model import BiEncoder, resolve_model
-from ance.rundir import RunDir
-from ance.telemetry import MetricsWriter, prometheus_port_for
-from ance.tokcache import build_inputs
+from ance.learn import distributed as dist_util
+from ance.learn import gradcache
+from ance.run.config import Config, config_hash, save_config
+from ance.run.config_checks import check_model_lengths
+from ance.data.dataset import load_for_config
+from ance.run.device import autocast_dtype, describe_device, device_type, resolve_device
+from ance.model.encode import corpus_tokens, query_tokens
+from ance.run.errors import AnceError, CheckpointError, ConfigError
+from ance.learn.losses import BidirectionalInfoNCE, InfoNCE, gist_mask, positive_mask
+from ance.model.biencoder import BiEncoder, resolve_model
+from ance.run.rundir import RunDir
+from ance.run.telemetry import MetricsWriter, prometheus_port_for
+from ance.model.tokcache import build_inputs
 
 from .batches import Batch, PairSampler, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (CommitThread, Staged, latest_checkpoint, load_trainer_state, prune_checkpoints,
@@ -142,7 +142,7 @@ class Trainer:
                 find_unused_parameters=not self.cfg.model.shared_towers)
 
     def _load_tokens(self) -> None:
-        """The corpus token cache (the inferencers' own, :func:`ance.encode.corpus_tokens`) and the queries."""
+        """The corpus token cache (the inferencers' own, :func:`ance.model.encode.corpus_tokens`) and the queries."""
         m = self.cfg.model
         self.passages = corpus_tokens(self.data.corpus, self.tokenizer, max_length=m.passage_max_length,
                                       long_doc=m.long_doc, n_windows=m.maxp_windows,

@@ -8,7 +8,7 @@ import re
 import torch
 from torch import nn
 
-from ance.errors import TrainingError
+from ance.run.errors import TrainingError
 
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 _LAYER = re.compile(r"\blayers?\.(\d+)\.")

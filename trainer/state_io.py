@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ance.errors import CheckpointError
-from ance.rundir import LEGACY_TRAINER_STATE, TRAINER_STATE, TRAINER_STATE_TENSORS
+from ance.run.errors import CheckpointError
+from ance.run.rundir import LEGACY_TRAINER_STATE, TRAINER_STATE, TRAINER_STATE_TENSORS
 
 STATE_JSON, STATE_TENSORS, LEGACY_PICKLE = TRAINER_STATE, TRAINER_STATE_TENSORS, LEGACY_TRAINER_STATE
 _TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__items__")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ance.config import add_config_arguments, config_from_args
-from ance.logutil import setup_logging
-from ance.rundir import claim_run_dir
+from ance.run.config import add_config_arguments, config_from_args
+from ance.run.logutil import setup_logging
+from ance.run.rundir import claim_run_dir
 
 NAME = "broker"
 HELP = "Run the broker: track inferencers, turn checkpoints into refresh jobs, merge and persist negatives."

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ance.fsio import default_cache_dir
+from ance.run.fsio import default_cache_dir
 
 from .retrieve import add_data_arguments, add_encoding_arguments, add_model_arguments, setup
 
@@ -35,7 +35,7 @@ def shard_dir(out: str, shard: tuple[int, int] | None):
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
-    from ance.encode import corpus_tokens, encode_corpus, parse_shard, shard_range, write_embeddings
+    from ance.model.encode import corpus_tokens, encode_corpus, parse_shard, shard_range, write_embeddings
     shard = parse_shard(args.shard) if args.shard else None
     t0 = time.perf_counter()
     device, model, data = setup(args, args.split)

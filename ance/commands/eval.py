@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ance.errors import ConfigError, DataError
+from ance.run.errors import ConfigError, DataError
 
 NAME = "eval"
 HELP = ("Evaluate a TREC run against qrels, or compare two (--compare A B): prints one JSON object "
@@ -52,7 +52,9 @@ def _round(value):
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (ir-measures, scipy), so `ance --help` stays fast
-    from ance.evaluate import MEASURES, compare_runs, evaluate_run, read_qrels, read_trec_run
+    from ance.eval.compare import compare_runs
+    from ance.eval.metrics import MEASURES, evaluate_run
+    from ance.eval.trec import read_qrels, read_trec_run
 
     qrels = read_qrels(args.qrels)
     measures = args.measures or MEASURES

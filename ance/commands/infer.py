@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ance.config import add_config_arguments, config_from_args
-from ance.logutil import setup_logging
-from ance.rundir import claim_run_dir
+from ance.run.config import add_config_arguments, config_from_args
+from ance.run.logutil import setup_logging
+from ance.run.rundir import claim_run_dir
 
 NAME = "infer"
 HELP = "Run one inferencer: take refresh shards from the broker and stream their top-k back."

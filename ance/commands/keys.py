@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
-    from ance.keys import KEY_FILES, generate_keys, load_client_keys, load_server_keys
+    from ance.wire.keys import KEY_FILES, generate_keys, load_client_keys, load_server_keys
 
     out = Path(args.dir)
     if args.if_missing and all((out / name).is_file() for name in KEY_FILES):

@@ -11,10 +11,10 @@ import socket
 import sys
 from pathlib import Path
 
-from ance.config import add_config_arguments, config_from_args, save_config
-from ance.errors import ConfigError
-from ance.logutil import setup_logging
-from ance.rundir import RunDir, claim_run_dir
+from ance.run.config import add_config_arguments, config_from_args, save_config
+from ance.run.errors import ConfigError
+from ance.run.logutil import setup_logging
+from ance.run.rundir import RunDir, claim_run_dir
 
 NAME = "launch"
 HELP = "Start a whole run (broker, trainer group, inferencer pool) and supervise it until training ends."
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ance.launch.mps import MpsDaemon, find_control, wanted
     from ance.launch.progress import Progress
     from ance.launch.supervisor import Supervisor, plan
-    from ance.telemetry import MetricsWriter
+    from ance.run.telemetry import MetricsWriter
 
     setup_logging(args.log_level, role="launch")
     cfg = config_from_args(args)

@@ -7,10 +7,10 @@ import logging
 import sys
 import time
 
-from ance.config import parse_rank_window
-from ance.errors import ConfigError
-from ance.fsio import check_output_file
-from ance.logutil import setup_logging
+from ance.run.config import parse_rank_window
+from ance.run.errors import ConfigError
+from ance.run.fsio import check_output_file
+from ance.run.logutil import setup_logging
 
 from .retrieve import (add_data_arguments, add_encoding_arguments, add_model_arguments, add_search_arguments,
                        check_positive, setup)
@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     import numpy as np
 
-    from ance.negatives import select_negatives, write_negatives
-    from ance.retrieve import retrieve
+    from ance.negatives.files import write_negatives
+    from ance.negatives.select import select_negatives
+    from ance.search.retrieve import retrieve
 
     check_output_file(args.out)
 
@@ -95,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
 def _setup_with_eval(args: argparse.Namespace):
     """``setup`` loading the eval split too, so the subset (and fingerprint) is the training run's."""
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
-    from ance.data import load_dataset
-    from ance.device import resolve_device
-    from ance.retrieve import load_encoder
+    from ance.data.dataset import load_dataset
+    from ance.run.device import resolve_device
+    from ance.search.retrieve import load_encoder
 
     if not logging.getLogger().handlers:
         setup_logging("WARNING" if args.quiet else "INFO", role="ance-mine")

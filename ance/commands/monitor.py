@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ance.rundir import CONFIG, METRICS
+from ance.run.rundir import CONFIG, METRICS
 
 NAME = "monitor"
 HELP = "Show a run's live state: training step, loss, async gap, refreshes, shards, workers, checkpoints."

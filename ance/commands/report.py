@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ance.rundir import CONFIG, METRICS
+from ance.run.rundir import CONFIG, METRICS
 
 NAME = "report"
 HELP = "Plot a run (async gap, refresh latency, loss and gradient norms, evaluation) as PNG files."

@@ -12,9 +12,9 @@ import logging
 import sys
 import time
 
-from ance.errors import ConfigError
-from ance.fsio import check_output_file
-from ance.logutil import setup_logging
+from ance.run.errors import ConfigError
+from ance.run.fsio import check_output_file
+from ance.run.logutil import setup_logging
 
 NAME = "retrieve"
 HELP = "Encode the corpus and one split's queries, search exactly, write a TREC run."
@@ -97,8 +97,8 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 def setup(args: argparse.Namespace, split: str | None):
     """(device, model, dataset) as every command loads them, after checking the numeric flags."""
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
-    from ance.device import resolve_device
-    from ance.retrieve import load_data, load_encoder
+    from ance.run.device import resolve_device
+    from ance.search.retrieve import load_data, load_encoder
 
     if not logging.getLogger().handlers:  # leave a host's logging (pytest, a notebook) alone
         setup_logging("WARNING" if args.quiet else "INFO", role=f"ance-{args.command_name}")
@@ -126,8 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
-    from ance.evaluate import write_trec_run
-    from ance.retrieve import retrieve
+    from ance.eval.trec import write_trec_run
+    from ance.search.retrieve import retrieve
 
     check_output_file(args.out)  # before minutes of encoding
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from ance.fsio import check_output_file
+from ance.run.fsio import check_output_file
 
 from .retrieve import add_data_arguments, add_model_arguments, add_search_arguments, setup
 
@@ -38,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
-    from ance.encode import encode_texts, read_embeddings
-    from ance.evaluate import write_trec_run
-    from ance.retrieve import expand_emb_dirs, search_shards
+    from ance.model.encode import encode_texts, read_embeddings
+    from ance.eval.trec import write_trec_run
+    from ance.search.retrieve import expand_emb_dirs, search_shards
 
     check_output_file(args.out)
 

@@ -7,9 +7,9 @@ import json
 import logging
 import os
 
-from ance.config import add_config_arguments, config_from_args
-from ance.logutil import setup_logging
-from ance.rundir import RunDir, claim_run_dir
+from ance.run.config import add_config_arguments, config_from_args
+from ance.run.logutil import setup_logging
+from ance.run.rundir import RunDir, claim_run_dir
 
 NAME = "train"
 HELP = "Train a bi-encoder with GradCache on in-batch, static or asynchronously refreshed negatives."

@@ -1,0 +1,3 @@
+"""Evaluation: TREC run and qrels files, metrics through ir-measures, paired comparisons of runs.
+
+May import: ance.run."""

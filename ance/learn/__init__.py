@@ -1,0 +1,3 @@
+"""The training maths: GradCache with RNG replay, the contrastive losses, distributed gathers.
+
+May import: ance.run."""

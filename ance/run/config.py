@@ -1,0 +1,305 @@
+"""One typed config for a run: dataclasses, YAML, dotted overrides.
+
+``load_config("configs/x.yaml", ["train.lr=3e-5", "run_dir=runs/y"])`` reads the
+file, applies the overrides (values parse as YAML scalars) and validates every
+field. Unknown keys are errors that list the valid ones. The resolved config
+is what ``save_config`` writes to the run directory (:attr:`ance.run.rundir.RunDir.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ance.run.config_checks import check_ranges
+from ance.run.errors import ConfigError
+from ance.run.rundir import CONFIG, RunDir
+from ance.run.sections import (  # noqa: F401  (the sections are part of the config's face)
+    _CHOICES, _POSITIVE, BrokerConfig, Config, DataConfig, InferencerConfig, LaunchConfig, ModelConfig,
+    NegativesConfig, TelemetryConfig, TrainConfig, _plain,
+)
+
+
+def _convert(value: Any, typ: Any, where: str) -> Any:
+    """Coerce a YAML value to a dataclass field's type, or raise ConfigError."""
+    origin = get_origin(typ)
+    args = get_args(typ)
+    if origin is not None and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # fixed length: [lo, hi] in YAML, a tuple once loaded
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {typ!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys{(' of ' + prefix) if prefix else ''}: "
+            + ", ".join(names)
+        )
+    kwargs = {}
+    for name in names:
+        if name not in values:
+            continue
+        where = f"{prefix}.{name}" if prefix else name
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):  # `data:` with nothing is the defaults; `data: 0` is an error
+            kwargs[name] = _build(typ, {} if values[name] is None else values[name], where)
+        else:
+            kwargs[name] = _convert(values[name], typ, where)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → nested dict; values parse as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=3e-5")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_rank_window(value: Any) -> tuple[int, int]:
+    """``(lo, hi)``, ranks ``[lo, hi)`` with ``0 <= lo < hi``: the one check of a rank window (config,
+    ``ance mine --rank-window``, :func:`ance.negatives.select.select_negatives`); ValueError otherwise."""
+    try:
+        lo, hi = (int(x) for x in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rank_window must be two integers (lo, hi), got {value!r}") from exc
+    if not 0 <= lo < hi:
+        raise ValueError(f"rank_window must satisfy 0 <= lo < hi, got {value!r}")
+    return lo, hi
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices, ranges and cross-field rules; return ``cfg``."""
+    flat = _flatten(cfg.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
+    try:
+        lo, hi = cfg.negatives.rank_window = parse_rank_window(cfg.negatives.rank_window)
+    except ValueError as exc:
+        raise ConfigError(f"negatives.rank_window: {exc}; write [lo, hi]") from None
+    if hi > cfg.negatives.depth:
+        raise ConfigError(f"negatives.rank_window: hi={hi} exceeds negatives.depth={cfg.negatives.depth}")
+    if cfg.negatives.max_gap < 0:
+        raise ConfigError("negatives.max_gap: must be >= 0")
+    if cfg.negatives.n_per_query > cfg.negatives.keep:
+        raise ConfigError("negatives.n_per_query must be <= negatives.keep")
+    if "static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file:
+        raise ConfigError("negatives.static_file is required when negatives.source or negatives.warmup is static "
+                          "(make one with `ance mine`)")
+    _validate_negative_options(cfg.negatives)
+    if cfg.train.chunk_size is not None and cfg.train.chunk_size <= 0:
+        raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
+    if not 0.0 <= cfg.train.warmup_ratio < 1.0:
+        raise ConfigError("train.warmup_ratio: must be in [0, 1)")
+    check_ranges(cfg)
+    return cfg
+
+
+def _validate_negative_options(neg: NegativesConfig) -> None:
+    """The selection and mixing options (docs/results.md, SQuAD) and the sources they need."""
+    if neg.rank_decay <= 0:
+        raise ConfigError(f"negatives.rank_decay: must be > 0 (ranks), got {neg.rank_decay}")
+    if neg.score_temperature <= 0:
+        raise ConfigError(f"negatives.score_temperature: must be > 0, got {neg.score_temperature}")
+    if not 0.0 <= neg.mix_static <= 1.0:
+        raise ConfigError(f"negatives.mix_static: must be a fraction in [0, 1], got {neg.mix_static}")
+    if neg.mix_static > 0 and (neg.source != "async" or not neg.static_file):
+        raise ConfigError("negatives.mix_static mixes static into refreshed negatives: it needs "
+                          "negatives.source=async and negatives.static_file (make one with `ance mine`)")
+    if neg.source == "async" and neg.warmup == "bm25" and neg.sampling == "score":
+        raise ConfigError("negatives.sampling=score needs the dense model's scores, which the bm25 warm-up "
+                          "does not give: use negatives.warmup=inbatch or static, or sampling=rank")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (YAML; None = defaults), apply dotted ``overrides``, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    tree = _merge(tree, parse_overrides(list(overrides or [])))
+    try:
+        cfg = _build(Config, tree, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return validate(cfg)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return validate(_build(Config, tree, ""))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_hash(cfg: Config) -> str:
+    """Digest of the settings that shape the model and data (not run_dir)."""
+    tree = cfg.to_dict()
+    tree.pop("run_dir", None)
+    for section in ("launch", "telemetry"):
+        tree.pop(section, None)
+    blob = json.dumps(tree, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(cfg: Config, run_dir: str | os.PathLike | None = None) -> Path:
+    """Write the resolved config into the run directory atomically."""
+    run = Path(run_dir if run_dir is not None else cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    target = RunDir(run).config
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(dump_config(cfg))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """The resolved config of an existing run (for --resume and the other roles)."""
+    path = RunDir(run_dir).config
+    if not path.is_file():
+        raise ConfigError(f"{path}: no {path.name} in the run directory; is {run_dir} a run directory?")
+    cfg = load_config(path, overrides)
+    cfg.run_dir = str(run_dir)
+    return cfg
+
+
+def add_config_arguments(parser, run_dir_flag: str = "--run-dir",
+                         run_dir_help: str = f"use RUN_DIR/{CONFIG} (the resolved config of an existing run)") -> None:
+    """The config flags every role takes: CONFIG [key=value ...] or ``run_dir_flag`` RUN_DIR.
+
+    ``ance train`` and ``ance launch`` name the run-directory flag ``--resume``
+    (the run's config, and its checkpoints); the others ``--run-dir``.
+    """
+    parser.add_argument("config", nargs="?", help=f"YAML config file (see configs/); omit with {run_dir_flag}")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.lr=3e-5 run_dir=runs/x")
+    parser.add_argument(run_dir_flag, dest="from_run_dir", metavar="RUN_DIR", default=None, help=run_dir_help)
+    parser.set_defaults(run_dir_flag=run_dir_flag)
+
+
+def config_from_args(args) -> Config:
+    """Resolve the config from ``add_config_arguments`` flags.
+
+    A first positional that looks like ``key=value`` is an override, so
+    ``ance broker --run-dir R broker.address=...`` works too.
+    """
+    config = getattr(args, "config", None)
+    overrides = list(getattr(args, "overrides", None) or [])
+    if config is not None and "=" in config and not Path(config).is_file():
+        overrides.insert(0, config)
+        config = None
+    run_dir = getattr(args, "from_run_dir", None)
+    flag = getattr(args, "run_dir_flag", "--run-dir")
+    if run_dir:
+        if config is not None:
+            raise ConfigError(f"give either CONFIG or {flag}, not both")
+        return load_run_config(run_dir, overrides)
+    if config is None:
+        raise ConfigError(f"a config file is required (e.g. configs/tiny-cpu.yaml), or {flag} RUN_DIR")
+    return load_config(config, overrides)

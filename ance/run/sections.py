@@ -1,0 +1,157 @@
+"""The config's sections: one dataclass per top-level YAML section, their defaults, the choices and
+the positive keys. Loading, overrides and validation: :mod:`ance.run.config`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    path: str = "../shared/data/scifact"
+    format: str = "auto"
+    train_split: str = "train"
+    eval_split: str | None = "dev"
+    max_docs: int | None = None
+    max_queries: int | None = None   # per split: the first N queries with judgements
+    subset_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pooling: str = "mean"
+    normalize: bool = True
+    similarity: str = "cosine"
+    temperature: float = 0.05
+    shared_towers: bool = True
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    long_doc: str = "firstp"
+    maxp_windows: int = 4
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    batch_size: int = 64
+    chunk_size: int | None = 32
+    chunk_by_tokens: bool = True
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    sample_by: str = "query"  # "pair": every (query, positive) pair once a pass (sentence-transformers' way)
+    loss: str = "infonce"
+    gist_guide: str | None = None
+    gist_margin: float = 0.0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    precision: str = "auto"
+    log_every: int = 1
+    device: str = "auto"
+    num_workers: int = 0
+
+
+@dataclass
+class NegativesConfig:
+    source: str = "async"
+    warmup: str = "inbatch"
+    static_file: str | None = None
+    n_per_query: int = 1
+    depth: int = 200
+    rank_window: tuple[int, int] = (0, 200)
+    keep: int = 20
+    sampling: str = "uniform"          # uniform | top | rank | score: how `keep` are chosen from the window
+    rank_decay: float = 10.0           # sampling=rank: weights exp(-rank / rank_decay)
+    score_temperature: float = 0.05    # sampling=score: weights exp(score / score_temperature)
+    denoise_margin: float | None = None  # drop candidates scored above the positive's score minus this
+    mix_static: float = 0.0            # async: this fraction of a step's negatives from static_file
+    max_gap: int = 100
+    final_refresh: bool = True
+    wait_timeout_s: float = 1800.0
+
+
+@dataclass
+class BrokerConfig:
+    address: str = "tcp://127.0.0.1:5555"      # where peers connect
+    bind: str | None = None                     # where the broker binds (default: address)
+    heartbeat_s: float = 1.0
+    worker_timeout_s: float = 10.0
+    chunk_queries: int = 256
+    max_frame_bytes: int = 256 * 1024 * 1024
+    send_weights: bool = False
+    curve_keys: str | None = None
+    max_shards: int = 64                        # the most inferencers one refresh is split over
+
+
+@dataclass
+class InferencerConfig:
+    batch_size: int = 256
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    warm_up: bool = True          # tokenize the corpus and initialise the device before the first job
+
+
+@dataclass
+class TelemetryConfig:
+    tensorboard: bool = True
+    prometheus_port: int | None = None
+    prometheus_addr: str = "127.0.0.1"
+
+
+@dataclass
+class LaunchConfig:
+    inferencers: int = 2
+    restart_backoff_s: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
+    max_restarts: int = 10
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    seed: int = 13
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    inferencer: InferencerConfig = field(default_factory=InferencerConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON values: sections as dicts, tuples as lists."""
+        return _plain(dataclasses.asdict(self))
+
+
+_CHOICES = {
+    "data.format": ("auto", "beir", "msmarco"),
+    "model.pooling": ("cls", "mean"), "model.similarity": ("cosine", "dot"),
+    "model.long_doc": ("firstp", "maxp"),
+    "train.loss": ("infonce", "bidirectional"), "train.sample_by": ("query", "pair"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "negatives.source": ("inbatch", "static", "async"),
+    "negatives.warmup": ("inbatch", "bm25", "static"),
+    "negatives.sampling": ("uniform", "top", "rank", "score"),
+    "inferencer.backend": ("auto", "faiss", "torch"),
+    "inferencer.precision": ("auto", "bf16", "fp16", "fp32"),
+}
+
+_POSITIVE = (
+    "train.max_steps", "train.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.log_every", "negatives.n_per_query", "negatives.depth", "negatives.keep",
+    "broker.chunk_queries", "broker.max_frame_bytes", "broker.max_shards", "inferencer.batch_size",
+    "model.query_max_length", "model.passage_max_length", "model.maxp_windows",
+)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

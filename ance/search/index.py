@@ -1,0 +1,406 @@
+"""Exact inner-product search behind one interface (the top-k maths: :mod:`ance.search.topk`).
+
+Two backends implement :class:`SearchIndex`:
+
+* :class:`FaissIndex` — ``IndexFlatIP`` on the CPU, ``GpuIndexFlatIP`` on one
+  GPU, or one ``GpuIndexFlatIP`` per GPU with the corpus split between them.
+* :class:`TorchIndex` — blocked matmul + ``topk`` on any torch device, for
+  machines where faiss (or faiss-gpu) is not installed.
+
+Both return ``(scores float32 [m, k], ids int64 [m, k])`` where ids are
+positions in add order, rows are sorted by score descending with ties broken by
+the smaller id, and ``-1`` ids with ``-inf`` scores pad rows when the index
+holds fewer than ``k`` vectors. :func:`merge_topk` combines per-shard results
+(the broker's job) and :func:`maxp_collapse` turns window hits into document
+hits (MaxP).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+try:
+    import faiss
+except ImportError:  # optional: TorchIndex serves without it
+    faiss = None
+
+from ance.search.topk import _check_k, _sort_rows, maxp_collapse, merge_topk  # noqa: F401  (re-exported)
+
+# Rows converted to float32 at a time when adding, so a float16 memmap of the
+# whole corpus is never copied to float32 in one piece.
+_ADD_CHUNK = 65536
+# Largest k faiss-gpu's k-selection supports (GPU_MAX_SELECTION_K).
+_FAISS_GPU_MAX_K = 2048
+
+
+@runtime_checkable
+class SearchIndex(Protocol):
+    dim: int
+
+    @property
+    def ntotal(self) -> int: ...
+
+    @property
+    def backend_name(self) -> str: ...
+
+    def add(self, emb: np.ndarray) -> None: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+# --------------------------------------------------------------------------- faiss
+
+
+def faiss_available() -> bool:
+    """True when ``import faiss`` works."""
+    return faiss is not None
+
+
+def faiss_gpus() -> int:
+    """Number of GPUs faiss can use (0 for faiss-cpu or when faiss is missing)."""
+    if not faiss_available():
+        return 0
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def _as_matrix(x, dim: int, what: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{what} must have shape [n, {dim}], got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{what} must be float16 or float32, got {x.dtype}")
+    return x
+
+
+def _pads(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
+
+
+class FaissIndex:
+    """Exact inner-product index (flat) through faiss, on CPU or GPU(s).
+
+    ``device``: ``"cpu"``; ``"cuda:i"`` (GPU i); ``"cuda"`` (all GPUs faiss
+    sees, the corpus split between them when there are several); ``"auto"``
+    (GPU 0 when faiss has GPUs, else CPU). ``gpus=[0, 2]`` splits the corpus
+    over exactly those GPUs. ``fp16`` stores vectors as float16 on GPU (half the
+    memory; scores still come back float32); the CPU index stores float32.
+
+    Multi-GPU sharding is done here rather than with faiss ``IndexShards``
+    because ``IndexShards`` numbers vectors consecutively only when everything
+    is added in a single ``add`` call; here each GPU holds contiguous pieces of
+    every ``add``, results are mapped back to add-order ids and merged with
+    :func:`merge_topk`, searching the GPUs in parallel threads.
+    """
+
+    def __init__(
+        self, dim: int, device: str = "auto", gpus: Sequence[int] | None = None, fp16: bool = True
+    ):
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if not faiss_available():
+            raise ValueError(
+                "faiss is not installed: pip install faiss-cpu (or faiss-gpu), or use backend 'torch'"
+            )
+        self.dim = int(dim)
+        self.fp16 = bool(fp16)
+        self._faiss = faiss
+        devices = self._resolve_devices(device, gpus)
+        self.devices: list[int] = devices  # [] = CPU
+        self._resources = []  # kept alive as long as the GPU indexes use them
+        self._shards = []
+        # per shard: add-order id of the first vector of each piece, local start of each piece
+        self._global_starts: list[list[int]] = []
+        self._local_starts: list[list[int]] = []
+        for gpu in devices or [None]:
+            self._shards.append(self._new_shard(gpu))
+            self._global_starts.append([])
+            self._local_starts.append([])
+        self._ntotal = 0
+
+    def _new_shard(self, gpu: int | None):
+        faiss = self._faiss
+        if gpu is None:
+            return faiss.IndexFlatIP(self.dim)
+        res = faiss.StandardGpuResources()
+        cfg = faiss.GpuIndexFlatConfig()
+        cfg.device = int(gpu)
+        cfg.useFloat16 = self.fp16
+        self._resources.append(res)
+        return faiss.GpuIndexFlatIP(res, self.dim, cfg)
+
+    @staticmethod
+    def _resolve_devices(device: str, gpus: Sequence[int] | None) -> list[int]:
+        n_gpus = faiss_gpus()
+        no_gpu = (
+            f"device={device!r} needs faiss with GPU support, but the installed faiss sees no GPU "
+            "(faiss.get_num_gpus() == 0 or a faiss-cpu build): install faiss-gpu, or use backend "
+            "'torch' (inferencer.backend=torch)"
+        )
+        if gpus is not None:
+            gpus = [int(g) for g in gpus]
+            if not gpus:
+                raise ValueError("gpus is empty: give GPU numbers, e.g. gpus=[0, 1], or leave it None")
+            if device not in ("auto", "cuda"):
+                raise ValueError(f"gpus={gpus} conflicts with device={device!r}: use device 'cuda' with a gpus list")
+            if n_gpus == 0:
+                raise ValueError(no_gpu)
+            bad = [g for g in gpus if not 0 <= g < n_gpus]
+            if bad or len(set(gpus)) != len(gpus):
+                raise ValueError(f"gpus={gpus}: faiss sees GPUs 0..{n_gpus - 1}, each may appear once")
+            return gpus
+        if device == "cpu":
+            return []
+        if device == "auto":
+            return [0] if n_gpus > 0 else []
+        if device == "cuda":
+            if n_gpus == 0:
+                raise ValueError(no_gpu)
+            return list(range(n_gpus))
+        if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+            gpu = int(device[5:])
+            if n_gpus == 0:
+                raise ValueError(no_gpu)
+            if gpu >= n_gpus:
+                raise ValueError(f"device={device!r}: faiss sees GPUs 0..{n_gpus - 1}")
+            return [gpu]
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {device!r}")
+
+    @property
+    def backend_name(self) -> str:
+        if not self.devices:
+            return "faiss-cpu"
+        if len(self.devices) == 1:
+            return "faiss-gpu"
+        return f"faiss-gpu x{len(self.devices)}"
+
+    @property
+    def ntotal(self) -> int:
+        return self._ntotal
+
+    def add(self, emb: np.ndarray) -> None:
+        """Append vectors (float16 or float32 ``[n, dim]``); their ids continue from ``ntotal``."""
+        emb = _as_matrix(emb, self.dim, "embeddings")
+        n, n_shards = emb.shape[0], len(self._shards)
+        for s, index in enumerate(self._shards):
+            lo, hi = s * n // n_shards, (s + 1) * n // n_shards
+            if hi == lo:
+                continue
+            self._global_starts[s].append(self._ntotal + lo)
+            self._local_starts[s].append(int(index.ntotal))
+            for c in range(lo, hi, _ADD_CHUNK):
+                part = emb[c : min(c + _ADD_CHUNK, hi)]
+                index.add(np.ascontiguousarray(part, dtype=np.float32))
+        self._ntotal += n
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: ``(scores float32 [m, k], ids int64 [m, k])``, -1/-inf padded."""
+        k = _check_k(k)
+        q = np.ascontiguousarray(_as_matrix(queries, self.dim, "queries"), dtype=np.float32)
+        m = q.shape[0]
+        if m == 0 or self._ntotal == 0:
+            return _pads(m, k)
+        if self.devices and min(k, max(int(ix.ntotal) for ix in self._shards)) > _FAISS_GPU_MAX_K:
+            raise ValueError(
+                f"faiss-gpu returns at most {_FAISS_GPU_MAX_K} neighbours per query, asked k={k}: "
+                "lower the depth (or maxp_windows), or use backend 'torch'"
+            )
+        results: list = [None] * len(self._shards)
+        errors: list[BaseException] = []
+
+        def run(s: int) -> None:
+            try:
+                index = self._shards[s]
+                kk = min(k, int(index.ntotal))
+                if kk == 0:
+                    results[s] = _pads(m, 1)
+                    return
+                d, i = index.search(q, kk)
+                results[s] = (d, self._to_global(s, i))
+            except BaseException as exc:  # re-raised in the caller's thread below
+                errors.append(exc)
+
+        if len(self._shards) == 1:
+            run(0)
+        else:  # faiss releases the GIL while searching: the GPUs work in parallel
+            threads = [threading.Thread(target=run, args=(s,)) for s in range(len(self._shards))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        return merge_topk([r[0] for r in results], [r[1] for r in results], k)
+
+    def _to_global(self, s: int, local: np.ndarray) -> np.ndarray:
+        local = np.asarray(local, dtype=np.int64)
+        starts = np.asarray(self._local_starts[s], dtype=np.int64)
+        gstarts = np.asarray(self._global_starts[s], dtype=np.int64)
+        if len(starts) == 1 and starts[0] == 0 and gstarts[0] == 0:
+            return local
+        piece = np.searchsorted(starts, np.maximum(local, 0), side="right") - 1
+        out = gstarts[piece] + (local - starts[piece])
+        return np.where(local < 0, -1, out)
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def _torch_device(device: str):
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {device!r}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but torch sees no CUDA GPU: use device 'cpu'")
+        index = 0 if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: torch sees GPUs 0..{torch.cuda.device_count() - 1}")
+        return torch.device("cuda", index)
+    if dev.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {device!r}")
+    return dev
+
+
+class TorchIndex:
+    """Exact inner-product search with torch: blocked matmul + ``topk``.
+
+    Vectors live on ``device`` (float16 on GPU, float32 on CPU) in blocks of
+    ``block_size`` rows. A search takes the queries in blocks too, so the score
+    matrix in memory is at most about ``2**26`` floats (256 MB), keeps a running
+    top-k per query block and merges each corpus block's top-k into it. On GPU
+    the float16 products accumulate and come out in float32 where torch supports
+    ``mm(..., out_dtype=float32)``, like faiss-gpu's float16 mode.
+    """
+
+    _SCORE_BUDGET = 1 << 26  # query rows x corpus rows per score matrix
+
+    def __init__(self, dim: int, device: str = "cpu", block_size: int = 65536):
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        self._torch = torch
+        self.dim = int(dim)
+        self.block_size = int(block_size)
+        self.device = _torch_device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self._blocks: list = []  # each block_size rows, the last one possibly fewer
+        self._ntotal = 0
+        self._mm_fp32_out = self.device.type == "cuda" and self._supports_out_dtype()
+
+    def _supports_out_dtype(self) -> bool:
+        torch = self._torch
+        a = torch.ones(2, 2, device=self.device, dtype=self.dtype)
+        try:
+            out = torch.mm(a, a, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            return False
+        return out.dtype == torch.float32
+
+    @property
+    def backend_name(self) -> str:
+        return f"torch-{self.device}"
+
+    @property
+    def ntotal(self) -> int:
+        return self._ntotal
+
+    def _to_device(self, x: np.ndarray):
+        torch = self._torch
+        if isinstance(x, torch.Tensor):
+            return x.detach().to(self.device, self.dtype)
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
+
+    def add(self, emb: np.ndarray) -> None:
+        """Append vectors (float16 or float32 ``[n, dim]``); their ids continue from ``ntotal``."""
+        torch = self._torch
+        if isinstance(emb, torch.Tensor):
+            if emb.ndim != 2 or emb.shape[1] != self.dim:
+                raise ValueError(f"embeddings must have shape [n, {self.dim}], got {tuple(emb.shape)}")
+        else:
+            emb = _as_matrix(emb, self.dim, "embeddings")
+        n, pos = emb.shape[0], 0
+        while pos < n:
+            if self._blocks and self._blocks[-1].shape[0] < self.block_size:
+                room = self.block_size - self._blocks[-1].shape[0]
+                piece = self._to_device(emb[pos : pos + room])
+                self._blocks[-1] = torch.cat([self._blocks[-1], piece])
+            else:
+                piece = self._to_device(emb[pos : pos + self.block_size])
+                self._blocks.append(piece)
+            pos += piece.shape[0]
+        self._ntotal += n
+
+    def _scores(self, q, block):
+        if self._mm_fp32_out:
+            return self._torch.mm(q, block.T, out_dtype=self._torch.float32)
+        return (q @ block.T).float()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: ``(scores float32 [m, k], ids int64 [m, k])``, -1/-inf padded."""
+        torch = self._torch
+        k = _check_k(k)
+        if isinstance(queries, torch.Tensor):
+            queries = queries.detach().cpu().numpy()
+        queries = _as_matrix(queries, self.dim, "queries")
+        m = queries.shape[0]
+        if m == 0 or self._ntotal == 0:
+            return _pads(m, k)
+        kk = min(k, self._ntotal)
+        q_block = max(1, self._SCORE_BUDGET // min(self.block_size, self._ntotal))
+        out_s = np.empty((m, kk), np.float32)
+        out_i = np.empty((m, kk), np.int64)
+        with torch.inference_mode():
+            for q0 in range(0, m, q_block):
+                q = self._to_device(queries[q0 : q0 + q_block])
+                best_s = best_i = None
+                offset = 0
+                for block in self._blocks:
+                    s = self._scores(q, block)
+                    ts, ti = s.topk(min(kk, block.shape[0]), dim=1)
+                    ti = ti + offset
+                    offset += block.shape[0]
+                    if best_s is not None:
+                        ts = torch.cat([best_s, ts], dim=1)
+                        ti = torch.cat([best_i, ti], dim=1)
+                        if ts.shape[1] > kk:
+                            ts, sel = ts.topk(kk, dim=1)
+                            ti = ti.gather(1, sel)
+                    best_s, best_i = ts, ti
+                out_s[q0 : q0 + q.shape[0]] = best_s.cpu().numpy()
+                out_i[q0 : q0 + q.shape[0]] = best_i.cpu().numpy()
+        return _sort_rows(out_s, out_i, k)
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def make_index(backend: str, dim: int, device: str = "cpu") -> SearchIndex:
+    """Build an empty index.
+
+    ``backend``: ``"faiss"``, ``"torch"`` or ``"auto"``. ``auto`` takes faiss
+    when it is importable, except when a GPU is asked for (``device`` ``cuda``
+    or ``cuda:i``) and the installed faiss has none: then torch on that GPU,
+    rather than an error. For torch, ``device="auto"`` means the first CUDA GPU
+    when torch has one.
+    """
+    if backend not in ("auto", "faiss", "torch"):
+        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    if backend == "auto":
+        wants_gpu = isinstance(device, str) and device.startswith("cuda")
+        use_faiss = faiss_available() and (not wants_gpu or faiss_gpus() > 0)
+        backend = "faiss" if use_faiss else "torch"
+    if backend == "faiss":
+        return FaissIndex(dim, device=device)
+    return TorchIndex(dim, device=device)
