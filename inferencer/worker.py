@@ -225,15 +225,17 @@ class Worker:
         load_s = time.perf_counter() - t_job
 
         t = time.perf_counter()
+        index = make_index(self.cfg.inferencer.backend, int(model.dim), self.device)
+        # a torch index on the GPU takes the vectors where they are made: none cross to the host
+        on_device = index.backend_name.startswith("torch-cuda")
         emb, owner = encode_corpus(model, cache, lo=job.doc_lo, hi=job.doc_hi, max_length=m.passage_max_length,
                                    long_doc=m.long_doc, n_windows=m.maxp_windows,
                                    batch_size=self.cfg.inferencer.batch_size, device=self.device,
-                                   precision=self.precision, progress=False)
+                                   precision=self.precision, progress=False, on_device=on_device)
         encode_s = time.perf_counter() - t
         self._check_stop()
 
         t = time.perf_counter()
-        index = make_index(self.cfg.inferencer.backend, int(emb.shape[1]), self.device)
         index.add(emb)
         owner = np.asarray(owner, dtype=np.int64)
         n_vectors = int(emb.shape[0])

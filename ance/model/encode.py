@@ -113,23 +113,32 @@ def parse_shard(s: str) -> tuple[int, int]:
 
 
 class _Results:
-    """Batch outputs into a numpy array; on CUDA through two pinned buffers, one batch behind."""
+    """Batch outputs into one array. CPU: float32 numpy. CUDA: float16 (the index keeps float16 on a
+    GPU, and the host never holds the corpus in float32), either in a GPU tensor (``on_device``:
+    nothing crosses to the host) or in numpy through two pinned buffers, one batch behind."""
 
-    def __init__(self, n: int, dim: int, batch_size: int, cuda: bool):
-        self.out = np.empty((n, dim), dtype=np.float32)
-        self.cuda = cuda
+    def __init__(self, n: int, dim: int, batch_size: int, device: str, on_device: bool = False):
+        self.cuda = device.startswith("cuda")
+        self.on_device = self.cuda and on_device
         self.pending = None  # (event, host tensor, positions)
-        if cuda:
-            self.buffers = [torch.empty((batch_size, dim), dtype=torch.float32, pin_memory=True) for _ in range(2)]
+        if self.on_device:
+            self.out = torch.empty((n, dim), dtype=torch.float16, device=device)
+        else:
+            self.out = np.empty((n, dim), dtype=np.float16 if self.cuda else np.float32)
+        if self.cuda and not self.on_device:
+            self.buffers = [torch.empty((batch_size, dim), dtype=torch.float16, pin_memory=True) for _ in range(2)]
             self.turn = 0
 
     def put(self, reps: torch.Tensor, pos: np.ndarray) -> None:
+        if self.on_device:
+            self.out[torch.from_numpy(pos).to(self.out.device, non_blocking=True)] = reps.half()
+            return
         if not self.cuda:
             self.out[pos] = reps.float().numpy()
             return
         host = self.buffers[self.turn][: len(pos)]
         self.turn ^= 1
-        host.copy_(reps, non_blocking=True)
+        host.copy_(reps.half(), non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         self.flush()  # the previous batch: its copy finished before this batch's kernels ran
@@ -195,8 +204,9 @@ def _prefetched(make: Callable[[np.ndarray], Any], batches: list[np.ndarray], de
 
 def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_length: int, *, kind: str,
                        batch_size: int, device: str, precision: str = "auto", progress: bool = True,
-                       desc: str = "encode") -> np.ndarray:
-    """Encode the token lists ``indices`` of a source; float32 ``[len(indices), d]`` in ``indices`` order.
+                       desc: str = "encode", on_device: bool = False):
+    """Encode the token lists ``indices`` of a source: ``[len(indices), d]`` in ``indices`` order,
+    float32 numpy on the CPU, float16 on CUDA (numpy, or a tensor on the GPU with ``on_device``).
 
     ``token_lists_fn_or_cache``: a ``TokenCache`` or ``FlatTokens`` (``.lengths``,
     ``.padded``), a sequence of token-id lists, or a callable ``fn(indices) ->
@@ -223,7 +233,7 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
 
     was_training = model.training
     model.to(device).eval()
-    results = _Results(len(indices), model.dim, int(batch_size), cuda)
+    results = _Results(len(indices), model.dim, int(batch_size), device, on_device)
     try:
         with torch.inference_mode(), amp:
             for pos, inputs in tqdm(_prefetched(make, batches), total=len(batches), desc=desc, unit="batch",
@@ -231,7 +241,7 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
                 if cuda:
                     inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
                 reps = model(**inputs, kind=kind)
-                results.put(reps.float(), pos)
+                results.put(reps, pos)
             results.flush()
     finally:
         model.train(was_training)
@@ -256,10 +266,11 @@ def encode_texts(model, texts: Sequence[str], max_length: int, *, kind: str, bat
 
 def encode_corpus(model, cache, *, lo: int = 0, hi: int | None = None, max_length: int, long_doc: str = "firstp",
                   n_windows: int = 4, batch_size: int, device: str, precision: str = "auto",
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool = True, on_device: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Encode the documents ``[lo, hi)`` of a ``TokenCache`` as passages.
 
-    Returns ``(emb float32 [n_vec, d], owner int64 [n_vec])`` where ``owner`` is
+    Returns ``(emb [n_vec, d], owner int64 [n_vec])`` (``emb`` as :func:`encode_token_lists`
+    returns it; ``on_device`` applies to FirstP) where ``owner`` is
     each vector's global corpus index. FirstP: one vector per document, its
     first ``max_length`` tokens. MaxP: up to ``n_windows`` consecutive windows
     per document (see :func:`ance.model.tokcache.windows`), the document's vectors
@@ -275,7 +286,7 @@ def encode_corpus(model, cache, *, lo: int = 0, hi: int | None = None, max_lengt
     kw = dict(kind="passage", batch_size=batch_size, device=device, precision=precision)
     if long_doc == "firstp":
         emb = encode_token_lists(model, cache, np.arange(lo, hi), tokenizer, max_length, progress=progress,
-                                 desc="encode corpus", **kw)
+                                 desc="encode corpus", on_device=on_device, **kw)
         return emb, np.arange(lo, hi, dtype=np.int64)
 
     n_special = n_special_tokens(tokenizer)

@@ -28,6 +28,7 @@ try:
 except ImportError:  # optional: TorchIndex serves without it
     faiss = None
 
+from ance.search.knn import block_search
 from ance.search.topk import _check_k, _sort_rows, maxp_collapse, merge_topk  # noqa: F401  (re-exported)
 
 # Rows converted to float32 at a time when adding, so a float16 memmap of the
@@ -273,21 +274,23 @@ def _torch_device(device: str):
 
 
 class TorchIndex:
-    """Exact inner-product search with torch: blocked matmul + ``topk``.
+    """Exact inner-product search with torch: tiled matmul + two-stage top-k (:mod:`ance.search.knn`).
 
     Vectors live on ``device`` (float16 on GPU, float32 on CPU) in blocks of
-    ``block_size`` rows. A search takes the queries in blocks too, so the score
-    matrix in memory is at most about ``2**26`` floats (256 MB), keeps a running
-    top-k per query block and merges each corpus block's top-k into it. On GPU
-    the float16 products accumulate and come out in float32 where torch supports
-    ``mm(..., out_dtype=float32)``, like faiss-gpu's float16 mode.
+    ``block_size`` rows (262,144 on a GPU by default). A search takes the queries in blocks too, so
+    a score tile holds at most ``2**26`` float32 scores on the CPU (256 MB) or ``2**30`` float16
+    scores on a GPU (2 GB), keeps a running top-k per query block and merges each tile's top-k into
+    it; on a GPU the winners are rescored in float32.
     """
 
-    _SCORE_BUDGET = 1 << 26  # query rows x corpus rows per score matrix
+    _SCORE_BUDGET = 1 << 26  # query rows x corpus rows per score tile (float32, CPU: 256 MB)
+    _SCORE_BUDGET_GPU = 1 << 30  # float16 tiles on a GPU (2 GB): fewer, larger GEMMs
 
-    def __init__(self, dim: int, device: str = "cpu", block_size: int = 65536):
+    def __init__(self, dim: int, device: str = "cpu", block_size: int | None = None):
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if block_size is None:
+            block_size = 262144 if str(device).startswith("cuda") else 65536
         if not isinstance(block_size, (int, np.integer)) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         self._torch = torch
@@ -297,16 +300,6 @@ class TorchIndex:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self._blocks: list = []  # each block_size rows, the last one possibly fewer
         self._ntotal = 0
-        self._mm_fp32_out = self.device.type == "cuda" and self._supports_out_dtype()
-
-    def _supports_out_dtype(self) -> bool:
-        torch = self._torch
-        a = torch.ones(2, 2, device=self.device, dtype=self.dtype)
-        try:
-            out = torch.mm(a, a, out_dtype=torch.float32)
-        except (TypeError, RuntimeError, NotImplementedError):
-            return False
-        return out.dtype == torch.float32
 
     @property
     def backend_name(self) -> str:
@@ -342,11 +335,6 @@ class TorchIndex:
             pos += piece.shape[0]
         self._ntotal += n
 
-    def _scores(self, q, block):
-        if self._mm_fp32_out:
-            return self._torch.mm(q, block.T, out_dtype=self._torch.float32)
-        return (q @ block.T).float()
-
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: ``(scores float32 [m, k], ids int64 [m, k])``, -1/-inf padded."""
         torch = self._torch
@@ -358,26 +346,15 @@ class TorchIndex:
         if m == 0 or self._ntotal == 0:
             return _pads(m, k)
         kk = min(k, self._ntotal)
-        q_block = max(1, self._SCORE_BUDGET // min(self.block_size, self._ntotal))
+        budget = self._SCORE_BUDGET_GPU if self.device.type == "cuda" else self._SCORE_BUDGET
+        q_block = max(1, budget // min(self.block_size, self._ntotal))
         out_s = np.empty((m, kk), np.float32)
         out_i = np.empty((m, kk), np.int64)
+        low_precision = self.dtype != torch.float32
         with torch.inference_mode():
             for q0 in range(0, m, q_block):
                 q = self._to_device(queries[q0 : q0 + q_block])
-                best_s = best_i = None
-                offset = 0
-                for block in self._blocks:
-                    s = self._scores(q, block)
-                    ts, ti = s.topk(min(kk, block.shape[0]), dim=1)
-                    ti = ti + offset
-                    offset += block.shape[0]
-                    if best_s is not None:
-                        ts = torch.cat([best_s, ts], dim=1)
-                        ti = torch.cat([best_i, ti], dim=1)
-                        if ts.shape[1] > kk:
-                            ts, sel = ts.topk(kk, dim=1)
-                            ti = ti.gather(1, sel)
-                    best_s, best_i = ts, ti
+                best_s, best_i = block_search(q, self._blocks, kk, rescore=low_precision)
                 out_s[q0 : q0 + q.shape[0]] = best_s.cpu().numpy()
                 out_i[q0 : q0 + q.shape[0]] = best_i.cpu().numpy()
         return _sort_rows(out_s, out_i, k)
