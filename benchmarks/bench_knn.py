@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ance.search.knn import block_search  # noqa: E402
+from ance.search.knn import GROUP, block_search  # noqa: E402
 
 
 def previous_search(q: torch.Tensor, blocks, k: int, q_block: int):
@@ -49,7 +49,7 @@ def previous_search(q: torch.Tensor, blocks, k: int, q_block: int):
     return np.concatenate(out_s), np.concatenate(out_i)
 
 
-def new_search(q: torch.Tensor, blocks, k: int, q_block: int, group: int = 16):
+def new_search(q: torch.Tensor, blocks, k: int, q_block: int, group: int = GROUP):
     out_s, out_i = [], []
     for q0 in range(0, q.shape[0], q_block):
         s, i = block_search(q[q0:q0 + q_block], blocks, k, group=group, rescore=True)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--k", type=int, default=200)
     p.add_argument("--block", type=int, default=262144, help="corpus rows per block (TorchIndex on a GPU)")
-    p.add_argument("--group", type=int, default=16, help="columns per group (ance.search.knn.GROUP)")
+    p.add_argument("--group", type=int, default=GROUP, help="corpus rows per group (default ance.search.knn.GROUP)")
     p.add_argument("--skip-previous", action="store_true", help="leave out the previous search (slow)")
     p.add_argument("--faiss", action="store_true", help="also faiss-gpu GpuIndexFlatIP (fp16)")
     p.add_argument("--profile", action="store_true", help="profile 4 query blocks of the new search, print the top ops")
