@@ -35,7 +35,7 @@ from ance.model.tokcache import build_inputs
 from .batches import Batch, PairSampler, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (CommitThread, Staged, latest_checkpoint, load_trainer_state, prune_checkpoints,
                          stage_checkpoint, sweep_incomplete)
-from .feed import NegativesTable, fill_bm25, fill_static
+from .feed import NegativesTable, fill_bm25, fill_given, fill_static
 from .link import TrainerLink
 from .optim import build_optimizer, build_scheduler, check_finite, check_params_finite, grad_norm, last_layer_params
 
@@ -79,6 +79,9 @@ class Trainer:
         self._build_optimization()
         self._build_sampling()
         self.metrics = self._metrics_writer() if self.is_main else None
+        if self.metrics is not None and self.data.note and not resume:  # once a run: the log and `ance monitor`
+            log.warning("%s", self.data.note)
+            self.metrics.log("data_note", note=self.data.note)
         self.client = None
         self.commits = CommitThread()   # checkpoints committed in the background, one at a time
         self._commit_s, self._step_s = float("inf"), 0.0  # the last commit's and the last step's seconds
@@ -213,7 +216,9 @@ class Trainer:
     def _warmup_negatives(self) -> None:
         neg = self.cfg.negatives
         source = neg.source if neg.source != "async" else neg.warmup
-        if source == "static":
+        if source == "static" and not neg.static_file:  # the data's own (Tevatron, triplets)
+            fill_given(self.table, self.split.negatives, self.cfg.data.path)
+        elif source == "static":
             fill_static(self.table, neg.static_file, self.split.ids, self.data.corpus.ids,
                         fingerprint=self.data.fingerprint)
         elif source == "bm25":

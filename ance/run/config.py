@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ance.run.config_checks import check_ranges
+from ance.run.data_checks import check_columns, may_bring_negatives
 from ance.run.errors import ConfigError
 from ance.run.rundir import CONFIG, RunDir
 from ance.run.sections import (  # noqa: F401  (the sections are part of the config's face)
@@ -40,6 +41,10 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # a mapping checked by its section's own rules (data.columns: ance.run.data_checks)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is tuple:  # fixed length: [lo, hi] in YAML, a tuple once loaded
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
@@ -165,9 +170,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("negatives.max_gap: must be >= 0")
     if cfg.negatives.n_per_query > cfg.negatives.keep:
         raise ConfigError("negatives.n_per_query must be <= negatives.keep")
-    if "static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file:
+    check_columns(cfg.data.columns)
+    if ("static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file
+            and not may_bring_negatives(cfg.data)):
         raise ConfigError("negatives.static_file is required when negatives.source or negatives.warmup is static "
-                          "(make one with `ance mine`)")
+                          "(make one with `ance mine`, or train from a Tevatron/pairs file that holds negatives)")
     _validate_negative_options(cfg.negatives)
     if cfg.train.chunk_size is not None and cfg.train.chunk_size <= 0:
         raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
