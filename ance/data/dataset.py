@@ -30,6 +30,7 @@ import numpy as np
 
 from ance.data.download import resolve_data_path
 from ance.data.formats import RECORD_FORMATS, add_split, detect_file, read_records
+from ance.data.hfdata import is_hf_folder
 from ance.data.records import RawData, RawSplit
 from ance.run.errors import ConfigError, DataError
 from ance.data.readers import (read_beir_corpus_hashed, read_beir_queries, read_msmarco_collection_hashed,
@@ -38,8 +39,8 @@ from ance.data.readers import (read_beir_corpus_hashed, read_beir_queries, read_
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "beir", "msmarco", *RECORD_FORMATS)
-_EXPECTED = ("a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or an MS MARCO folder "
-             "(collection.tsv, queries.<split>.tsv, qrels.<split>.tsv)")
+_EXPECTED = ("a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), an MS MARCO folder "
+             "(collection.tsv, queries.<split>.tsv, qrels.<split>.tsv) or a Hugging Face save_to_disk folder")
 
 
 # --------------------------------------------------------------------------- containers
@@ -127,8 +128,8 @@ def detect_format(path: str | Path) -> str:
         return "beir"
     if (root / "collection.tsv").is_file():
         return "msmarco"
-    if not (root / "qrels").is_dir() and not any(root.glob("qrels.*.tsv")):
-        return detect_file(root)  # a Hugging Face folder, or an error naming every accepted form
+    if is_hf_folder(root):
+        return "hf"
     found = sorted(p.name for p in root.iterdir())
     more = ", ..." if len(found) > 10 else ""
     raise ConfigError(f"{root}: cannot tell the data format: expected {_EXPECTED}; found "
@@ -223,7 +224,8 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
     fmt = detect_format(root) if format == "auto" else format
     if fmt in ("beir", "msmarco"):
         if not root.is_dir():
-            raise DataError(root, None, f"not a directory; data.format={fmt} needs {_EXPECTED}")
+            what = "a file, not a folder" if root.exists() else "no such file or directory"
+            raise DataError(root, None, f"{what}; data.format={fmt} needs {_EXPECTED}")
         raw = _read_folder(root, fmt, own)
     else:
         raw = read_records(str(root), fmt, own, corpus=corpus, columns=columns)
