@@ -67,8 +67,9 @@ class Trainer:
     negatives.
     """
 
-    def __init__(self, cfg: Config, resume: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, dataset=None):
         self.cfg = cfg
+        self.data = dataset  # loaded by `ance train` before the run directory is touched, else here
         self.run_dir = Path(cfg.run_dir)
         self._join_process_group()
         self._prepare_run_dir()
@@ -121,7 +122,8 @@ class Trainer:
     def _load_data(self) -> None:
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
-        self.data = load_for_config(self.cfg)
+        if self.data is None:
+            self.data = load_for_config(self.cfg)
         self.split = self.data.split(self.cfg.data.train_split)
         self.n_docs = len(self.data.corpus)
 

@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, role="trainer")
     cfg = config_from_args(args)
     resume = bool(args.from_run_dir)
+    from ance.data.dataset import load_for_config
+
+    dataset = load_for_config(cfg)  # bad data fails here, before the run directory is created or touched
     if args.auto_resume and not resume:
         found = RunDir(cfg.run_dir).latest_checkpoint()
         if found is not None:
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ance.trainer.loop import Trainer  # torch, transformers: only when the command runs
 
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, dataset=dataset)
     try:
         summary = trainer.run()
     finally:

@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ance.run.config_checks import check_ranges
-from ance.run.data_checks import check_columns, may_bring_negatives
+from ance.run.data_checks import check_columns, is_record_data
 from ance.run.errors import ConfigError
 from ance.run.rundir import CONFIG, RunDir
 from ance.run.sections import (  # noqa: F401  (the sections are part of the config's face)
@@ -172,7 +172,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("negatives.n_per_query must be <= negatives.keep")
     check_columns(cfg.data.columns)
     if ("static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file
-            and not may_bring_negatives(cfg.data)):
+            and not is_record_data(cfg.data)):
         raise ConfigError("negatives.static_file is required when negatives.source or negatives.warmup is static "
                           "(make one with `ance mine`, or train from a Tevatron/pairs file that holds negatives)")
     _validate_negative_options(cfg.negatives)

@@ -36,8 +36,9 @@ def check_columns(columns: Any) -> dict[str, Any]:
     return out
 
 
-def may_bring_negatives(data: Any) -> bool:
-    """Whether ``data.path`` is a record format (Tevatron, pairs, HF) whose records may hold negatives;
+def is_record_data(data: Any) -> bool:
+    """Whether ``data.path`` is (or may be) a record format (Tevatron, pairs, HF), not a BEIR or MS MARCO
+    folder: its records may hold negatives, and its errors are worth checking before a run starts;
     the trainer checks that they do once the data is loaded."""
     if data.format in RECORD_FORMATS:
         return True
