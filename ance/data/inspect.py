@@ -94,3 +94,17 @@ def render(s: dict[str, Any]) -> str:
     if s.get("note"):
         lines.append(f"note: {s['note']}")
     return "\n".join(lines)
+
+
+QRELS_SUFFIXES = ("", ".tsv", ".txt", ".qrels", ".trec")
+
+
+def judgements(spec: str, split: str | None = None) -> dict[str, dict[str, int]] | None:
+    """The qrels of a dataset given where a qrels file may be (``ance eval --qrels``): ``None`` for a
+    qrels file (BEIR TSV, TREC), else split ``split`` (default: the training split) of the dataset."""
+    root = Path(spec)
+    if root.is_file() and root.suffix.lower() in QRELS_SUFFIXES:
+        return None
+    fmt, data = inspect_data(spec, splits=[split] if split else None)
+    name = split or ("train" if "train" in data.splits else next(iter(data.splits)))
+    return data.split(name).qrels
