@@ -166,3 +166,15 @@ def test_eval_path_adds_a_split_over_the_same_corpus(tmp_path):
     assert [p.tolist() for p in ds.split("dev").positives] == [[0], [2]]
     with pytest.raises(DataError, match="holds one split.*data.eval_path"):
         load_dataset(train, splits=("train", "dev"))
+
+
+def test_static_negatives_from_the_data_need_no_file_but_must_be_there(tmp_path, capsys):
+    from ance.run.config import load_config
+
+    tev = jsonl(tmp_path / "t.jsonl", [GOOD])
+    load_config(CONFIG, [f"data.path={tev}", "negatives.source=static"])  # its own negatives: no file needed
+    load_config(CONFIG, [f"data.path={tev}", "negatives.source=async", "negatives.mix_static=0.5"])
+    with pytest.raises(ConfigError, match="negatives.static_file is required"):
+        load_config(CONFIG, ["negatives.source=static"])  # a BEIR folder brings none
+    pairs = jsonl(tmp_path / "p.jsonl", [{"anchor": "q", "positive": "p"}])
+    fails(tmp_path, capsys, pairs, "negatives.source=static", match=r"holds no negatives for the training queries")

@@ -92,6 +92,17 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
     return len(q_idx)
 
 
+def check_given(cfg: Any, dataset: Any) -> None:
+    """Before a run: negatives.source/warmup/mix_static static without a static_file needs negatives in the data."""
+    neg = cfg.negatives
+    wanted = "static" in (neg.source, neg.warmup if neg.source == "async" else None) or neg.mix_static > 0
+    split = dataset.split(cfg.data.train_split)
+    if wanted and not neg.static_file and not any(len(r) for r in split.negatives or ()):
+        raise ConfigError(f"{cfg.data.path} holds no negatives for the training queries, so negatives.source, "
+                          "warmup or mix_static static has none to use: give negatives.static_file (make one with "
+                          "`ance mine`) or use warmup inbatch or bm25")
+
+
 def fill_given(table: NegativesTable, negatives: Sequence[np.ndarray] | None, source: str) -> int:
     """The data's own negatives (a Tevatron file's negative passages, a triplet's negatives; file order,
     the first ``keep``) as version 0, as a ``negatives.static_file`` would be; return queries covered."""

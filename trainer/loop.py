@@ -190,8 +190,11 @@ class Trainer:
         neg = self.cfg.negatives
         if self.is_main and neg.mix_static > 0:
             self.static_table = NegativesTable(len(self.split), neg.keep)
-            fill_static(self.static_table, neg.static_file, self.split.ids, self.data.corpus.ids,
-                        fingerprint=self.data.fingerprint)
+            if not neg.static_file:  # the data's own negatives (Tevatron, triplets)
+                fill_given(self.static_table, self.split.negatives, self.cfg.data.path)
+            else:
+                fill_static(self.static_table, neg.static_file, self.split.ids, self.data.corpus.ids,
+                            fingerprint=self.data.fingerprint)
 
     def _build_gradcache(self):
         """The GradCache step of ``train.chunk_size`` (None: the plain step); with

@@ -12,7 +12,8 @@ HELP = "Inspect training data: the detected format, counts, a sample record and 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True, help="inspect: show what "
+                                "ance reads from PATH")
     p = sub.add_parser("inspect", help="show what ance reads from PATH", description=HELP)
     p.add_argument("path", help="a BEIR or MS MARCO folder, a Tevatron JSONL(.gz) file, sentence-transformers "
                                 "pairs/triplets (JSONL, CSV, TSV, Parquet), a Hugging Face dataset (save_to_disk "

@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(cfg.run_dir)
     if is_record_data(cfg.data):  # not a BEIR/MS MARCO folder: check the user's file here, on the console,
         from ance.data.dataset import load_for_config  # before any run directory or process exists
+        from ance.trainer.feed import check_given
 
-        load_for_config(cfg)
+        check_given(cfg, load_for_config(cfg))
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
         aside = claim_run_dir(run_dir, resume=bool(args.from_run_dir), overwrite=args.overwrite)

@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     resume = bool(args.from_run_dir)
     from ance.data.dataset import load_for_config
+    from ance.trainer.feed import check_given
 
     dataset = load_for_config(cfg)  # bad data fails here, before the run directory is created or touched
+    check_given(cfg, dataset)
     if args.auto_resume and not resume:
         found = RunDir(cfg.run_dir).latest_checkpoint()
         if found is not None:

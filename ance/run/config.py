@@ -175,7 +175,7 @@ def validate(cfg: Config) -> Config:
             and not is_record_data(cfg.data)):
         raise ConfigError("negatives.static_file is required when negatives.source or negatives.warmup is static "
                           "(make one with `ance mine`, or train from a Tevatron/pairs file that holds negatives)")
-    _validate_negative_options(cfg.negatives)
+    _validate_negative_options(cfg.negatives, own_negatives=is_record_data(cfg.data))
     if cfg.train.chunk_size is not None and cfg.train.chunk_size <= 0:
         raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
@@ -184,7 +184,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _validate_negative_options(neg: NegativesConfig) -> None:
+def _validate_negative_options(neg: NegativesConfig, own_negatives: bool = False) -> None:
     """The selection and mixing options (docs/results.md, SQuAD) and the sources they need."""
     if neg.rank_decay <= 0:
         raise ConfigError(f"negatives.rank_decay: must be > 0 (ranks), got {neg.rank_decay}")
@@ -192,7 +192,7 @@ def _validate_negative_options(neg: NegativesConfig) -> None:
         raise ConfigError(f"negatives.score_temperature: must be > 0, got {neg.score_temperature}")
     if not 0.0 <= neg.mix_static <= 1.0:
         raise ConfigError(f"negatives.mix_static: must be a fraction in [0, 1], got {neg.mix_static}")
-    if neg.mix_static > 0 and (neg.source != "async" or not neg.static_file):
+    if neg.mix_static > 0 and (neg.source != "async" or not (neg.static_file or own_negatives)):
         raise ConfigError("negatives.mix_static mixes static into refreshed negatives: it needs "
                           "negatives.source=async and negatives.static_file (make one with `ance mine`)")
     if neg.source == "async" and neg.warmup == "bm25" and neg.sampling == "score":
