@@ -178,3 +178,22 @@ def test_static_negatives_from_the_data_need_no_file_but_must_be_there(tmp_path,
         load_config(CONFIG, ["negatives.source=static"])  # a BEIR folder brings none
     pairs = jsonl(tmp_path / "p.jsonl", [{"anchor": "q", "positive": "p"}])
     fails(tmp_path, capsys, pairs, "negatives.source=static", match=r"holds no negatives for the training queries")
+
+
+def test_arrow_file_parquet_in_tevatron_shape_and_a_passage_without_docid(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [GOOD, dict(GOOD, query_id="q2", positive_passages=[{"title": "", "text": "no id"}])]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    assert detect_format(tmp_path / "t.parquet") == "tevatron"
+    ds = load_dataset(tmp_path / "t.parquet")
+    assert ds.corpus.ids == ["d1", "d2", text_id("no id")]
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list([{"anchor": "q", "positive": "p"}]).save_to_disk(str(tmp_path / "saved"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    assert detect_format(arrow) == "hf" and detect_format(tmp_path / "saved") == "hf"
+    assert load_dataset(arrow).corpus.texts == ["p"] == load_dataset(tmp_path / "saved").corpus.texts
+    with pytest.raises(ConfigError, match="has its own corpus"):
+        load_dataset(ROOT / "tests", format="beir", corpus=str(tmp_path / "t.parquet"))

@@ -223,6 +223,9 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
     root = resolve_data_path(path)  # hf:NAME stays a name
     fmt = detect_format(root) if format == "auto" else format
     if fmt in ("beir", "msmarco"):
+        if corpus:
+            raise ConfigError(f"data.corpus={corpus}: a {fmt} folder has its own corpus; data.corpus is for "
+                              "Tevatron, pairs and Hugging Face data (set it to null)")
         if not root.is_dir():
             what = "a file, not a folder" if root.exists() else "no such file or directory"
             raise DataError(root, None, f"{what}; data.format={fmt} needs {_EXPECTED}")

@@ -6,7 +6,8 @@ Face dataset) holds one query a line::
     {"query_id": "1", "query": "...", "positive_passages": [{"docid": "7", "title": "...", "text": "..."}],
      "negative_passages": [{"docid": "9", "title": "...", "text": "..."}, ...]}
 
-and its corpus one passage a line, ``{"docid", "title", "text"}`` (a BEIR corpus writes ``_id``).
+and its corpus one passage a line, ``{"docid", "title", "text"}`` (a BEIR corpus writes ``_id``). A
+passage without a docid is known by its text (a hash of it, or the corpus passage of the same text).
 Every field is checked; an error names the file, the line (or row) and the field.
 """
 
@@ -62,9 +63,8 @@ def _passages(row: dict, key: str, path: str, line: int | None) -> list[Passage]
         if not isinstance(p, dict):
             raise DataError(path, line, f'"{where}" must be an object {{docid, title, text}}, got '
                                         f"{type(p).__name__}")
-        if p.get("docid") is None:
-            raise DataError(path, line, f'missing "{where}.docid"; every passage needs docid and text')
-        docid = _ident(p["docid"], path, line, f"{where}.docid")
+        # without a docid a passage is known by its text (a hash, as for sentence-transformers rows)
+        docid = None if p.get("docid") is None else _ident(p["docid"], path, line, f"{where}.docid")
         text = _text(p, "text", path, line, f"{where}.text")
         title = _text(p, "title", path, line, f"{where}.title", optional=True)
         out.append(Passage(text, title, docid))
