@@ -104,7 +104,8 @@ def test_unknown_hf_name_offline_and_inspect(tmp_path):
                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     err = [line for line in out.stderr.splitlines() if line.startswith("ance data: error:")]
     assert out.returncode == 2 and len(err) == 1, out.stderr
-    assert "hf:no-such-org/no-such-dataset: cannot load the Hugging Face dataset 'no-such-org/no-such-dataset'" in err[0]
+    assert ("hf:no-such-org/no-such-dataset: cannot load the Hugging Face dataset 'no-such-org/no-such-dataset'"
+            in err[0])
     assert "Traceback" not in out.stderr and not list(tmp_path.iterdir())
 
 
@@ -197,3 +198,18 @@ def test_arrow_file_parquet_in_tevatron_shape_and_a_passage_without_docid(tmp_pa
     assert load_dataset(arrow).corpus.texts == ["p"] == load_dataset(tmp_path / "saved").corpus.texts
     with pytest.raises(ConfigError, match="has its own corpus"):
         load_dataset(ROOT / "tests", format="beir", corpus=str(tmp_path / "t.parquet"))
+
+
+def test_eval_path_over_a_beir_folder_and_a_folder_as_eval_path(tmp_path):
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    jsonl(root / "corpus.jsonl", [{"_id": "d1", "title": "T", "text": "a passage"}])
+    jsonl(root / "queries.jsonl", [{"_id": "q1", "text": "what?"}])
+    (root / "qrels" / "train.tsv").write_text("q1\td1\t1\n")
+    dev = jsonl(tmp_path / "dev.jsonl", [dict(GOOD, query_id="q9", negative_passages=[])])
+    ds = load_dataset(root, splits=("train", "dev"), eval_path=str(dev))
+    assert ds.split("dev").positives[0].tolist() == [0] and len(ds.corpus) == 1
+    with pytest.raises(DataError, match="docid 'd2' is not in the corpus"):
+        load_dataset(root, splits=("train", "dev"), eval_path=str(jsonl(tmp_path / "d2.jsonl", [GOOD])))
+    with pytest.raises(ConfigError, match="data.eval_path takes Tevatron, pairs or Hugging Face data"):
+        load_dataset(root, splits=("train", "dev"), eval_path=str(root))

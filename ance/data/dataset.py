@@ -232,8 +232,12 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
         raw = _read_folder(root, fmt, own)
     else:
         raw = read_records(str(root), fmt, own, corpus=corpus, columns=columns)
+    eval_fmt = detect_format(eval_path) if extra else None
+    if eval_fmt in ("beir", "msmarco"):
+        raise ConfigError(f"data.eval_path={eval_path}: a {eval_fmt} folder; data.eval_path takes Tevatron, pairs or "
+                          "Hugging Face data over data.path's corpus (a folder's own splits are data.eval_split)")
     for name in extra:
-        add_split(raw, name, str(eval_path), detect_file(eval_path), columns)
+        add_split(raw, name, str(eval_path), eval_fmt, columns)
     return _assemble(raw, names, max_docs, max_queries, seed, root)
 
 

@@ -92,7 +92,8 @@ def read_corpus(spec: str) -> tuple[list[str], list[str], list[str], str, Path]:
         return ids, titles, texts, corpus_hash(ids, titles, texts), root
     if not root.is_file():
         raise DataError(root, None, "data.corpus: no such file or directory; give a Tevatron corpus JSONL "
-                                    "{docid, title, text}, a BEIR corpus.jsonl or folder, or an MS MARCO collection.tsv")
+                                    "{docid, title, text}, a BEIR corpus.jsonl or folder, or an MS MARCO "
+                                    "collection.tsv")
     if suffix(root) == ".tsv":
         return (*read_msmarco_collection_hashed(root), root)
     ids, titles, texts = corpus_rows(table_rows(root), root)

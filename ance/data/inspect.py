@@ -63,9 +63,12 @@ def summary(fmt: str, data: Dataset, sample_chars: int = 120) -> dict[str, Any]:
         }
         if len(split):
             neg = [] if split.negatives is None else split.negatives[0][:3]
+
+            def docs(idx) -> list[dict[str, str]]:
+                return [{"docid": c.ids[i], "text": passages[i][:sample_chars]} for i in idx]
+
             s["sample"] = {"query_id": split.ids[0], "query": split.texts[0][:sample_chars],
-                           "positives": [{"docid": c.ids[i], "text": passages[i][:sample_chars]} for i in split.positives[0][:3]],
-                           "negatives": [{"docid": c.ids[i], "text": passages[i][:sample_chars]} for i in neg]}
+                           "positives": docs(split.positives[0][:3]), "negatives": docs(neg)}
         out["splits"][name] = s
     out["note"] = data.note
     return out
@@ -85,7 +88,8 @@ def render(s: dict[str, Any]) -> str:
                      f"(mean {pos['mean']}); negatives per query "
                      + (f"{neg['min']}-{neg['max']} (mean {neg['mean']}), the static negatives / warm-up "
                         "version 0 with negatives.source or warmup static" if neg else "none in the data")
-                     + (f"; {sp['duplicate_query_texts']} duplicate query texts" if sp["duplicate_query_texts"] else ""))
+                     + (f"; {sp['duplicate_query_texts']} duplicate query texts"
+                        if sp["duplicate_query_texts"] else ""))
         if "sample" in sp:
             smp = sp["sample"]
             lines.append(f"  sample {smp['query_id']}: {smp['query']!r}")
