@@ -71,6 +71,7 @@ def first_json_row(path: Path) -> dict | None:
 def csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """``(line, {column: value})`` of a CSV (``,``) or TSV (tab) file whose first line names the columns."""
     delimiter = "\t" if suffix(path) == ".tsv" else ","
+    csv.field_size_limit(2**31 - 1)  # a passage may be longer than the csv module's default of 128 KiB
     with _open_text(path) as f:
         text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
         reader = csv.reader(text, delimiter=delimiter)
