@@ -213,3 +213,17 @@ def test_eval_path_over_a_beir_folder_and_a_folder_as_eval_path(tmp_path):
         load_dataset(root, splits=("train", "dev"), eval_path=str(jsonl(tmp_path / "d2.jsonl", [GOOD])))
     with pytest.raises(ConfigError, match="data.eval_path takes Tevatron, pairs or Hugging Face data"):
         load_dataset(root, splits=("train", "dev"), eval_path=str(root))
+
+
+def test_tevatron_records_by_document_id_need_their_corpus(tmp_path):
+    rows = [{"query_id": "q1", "query_text": "what?", "positive_document_ids": ["d1"],
+             "negative_document_ids": ["d2"]}]
+    path = jsonl(tmp_path / "ids.jsonl", rows)
+    assert detect_format(path) == "tevatron"
+    with pytest.raises(DataError, match="by id only .*data.corpus"):
+        load_dataset(path)
+    corpus = jsonl(tmp_path / "corpus.jsonl", [P, N])
+    sp = load_dataset(path, corpus=str(corpus)).split("train")
+    assert sp.texts == ["what?"] and sp.positives[0].tolist() == [0] and sp.negatives[0].tolist() == [1]
+    with pytest.raises(DataError, match=r'ids.jsonl:1: "positive_document_ids" is empty'):
+        load_dataset(jsonl(path, [dict(rows[0], positive_document_ids=[])]), corpus=str(corpus))

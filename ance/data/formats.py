@@ -18,7 +18,7 @@ from ance.data.pairs import pair_records, resolve_columns
 from ance.data.readers import read_beir_corpus_hashed, read_msmarco_collection_hashed
 from ance.data.records import CorpusBuilder, RawData, Record, build, build_split, corpus_hash
 from ance.data.rows import TABLE_SUFFIXES, columns_of, suffix, table_rows
-from ance.data.tevatron import corpus_rows, is_tevatron, tevatron_records
+from ance.data.tevatron import corpus_rows, ids_only, is_tevatron, tevatron_records
 from ance.run.errors import DataError
 
 RECORD_FORMATS = ("tevatron", "pairs", "hf")
@@ -50,7 +50,10 @@ def detect_file(path: str | Path) -> str:
 
 
 def _records(rows: Iterator[tuple[int, dict]], cols: list[str], where: str, columns: Any,
-             fmt: str) -> Iterator[Record]:
+             fmt: str, has_corpus: bool) -> Iterator[Record]:
+    if ids_only(cols) and not has_corpus:
+        raise DataError(where, None, "its records name documents by id only (positive_document_ids): give the "
+                                     "corpus they come from with data.corpus=FILE")
     if is_tevatron(cols):
         return tevatron_records(rows, where)
     if fmt == "tevatron":
@@ -59,14 +62,15 @@ def _records(rows: Iterator[tuple[int, dict]], cols: list[str], where: str, colu
     return pair_records(rows, resolve_columns(cols, columns, where), where)
 
 
-def split_records(spec: str, fmt: str, names: list[str], columns: Any = None) -> dict[str, Iterator[Record]]:
+def split_records(spec: str, fmt: str, names: list[str], columns: Any = None,
+                  has_corpus: bool = False) -> dict[str, Iterator[Record]]:
     """The records of splits ``names`` of one source (the first is the training split)."""
     if fmt == "hf":
         hf = HFSplits(spec)
         out = {}
         for i, name in enumerate(names):
             split = hf.split(name, first=i == 0)
-            out[name] = _records(hf.rows(split), hf.columns(split), hf.where(name), columns, fmt)
+            out[name] = _records(hf.rows(split), hf.columns(split), hf.where(name), columns, fmt, has_corpus)
         return out
     path = Path(spec)
     if not path.is_file():
@@ -74,7 +78,7 @@ def split_records(spec: str, fmt: str, names: list[str], columns: Any = None) ->
     if len(names) > 1:
         raise DataError(path, None, f"a {fmt} file holds one split (the training split); split {names[1]!r} needs "
                                     "data.eval_path=FILE (its queries and positives), or set data.eval_split=null")
-    return {names[0]: _records(table_rows(path), columns_of(path), str(path), columns, fmt)}
+    return {names[0]: _records(table_rows(path), columns_of(path), str(path), columns, fmt, has_corpus)}
 
 
 def read_corpus(spec: str) -> tuple[list[str], list[str], list[str], str, Path]:
@@ -111,14 +115,14 @@ def read_records(spec: str, fmt: str, names: list[str], *, corpus: str | None = 
         if not ids:
             raise DataError(corpus_path, None, "data.corpus holds no documents")
         given = (ids, titles, texts)
-    return build(split_records(spec, fmt, names, columns), given, corpus_path, spec, file_hash)
+    return build(split_records(spec, fmt, names, columns, given is not None), given, corpus_path, spec, file_hash)
 
 
 def add_split(raw: RawData, name: str, spec: str, fmt: str, columns: Any = None) -> None:
     """Split ``name`` from another source (``data.eval_path``), over ``raw``'s corpus: docids must be in it
     when the corpus was given, passages without one are found by text (or added)."""
     builder = CorpusBuilder((raw.ids, raw.titles, raw.texts), raw.corpus_path, strict=raw.note is None)
-    raw.splits[name] = build_split(split_records(spec, fmt, [name], columns)[name], builder)
+    raw.splits[name] = build_split(split_records(spec, fmt, [name], columns, raw.note is None)[name], builder)
     if len(builder.ids) != len(raw.ids):
         raw.ids, raw.titles, raw.texts = builder.ids, builder.titles, builder.texts
         raw.source_hash = corpus_hash(raw.ids, raw.titles, raw.texts)

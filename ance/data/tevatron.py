@@ -24,8 +24,23 @@ EXAMPLE = ('{"query_id": "1", "query": "...", "positive_passages": [{"docid": "7
 
 
 def is_tevatron(columns: Iterable[str]) -> bool:
-    """Whether a record with these keys is a Tevatron training record."""
-    return "positive_passages" in set(columns)
+    """Whether a record with these keys is a Tevatron training record (passages, or document ids only)."""
+    return bool({"positive_passages", "positive_document_ids"} & set(columns))
+
+
+def ids_only(columns: Iterable[str]) -> bool:
+    """Tevatron's newer records name their documents by id only (``positive_document_ids``): they need a corpus."""
+    cols = set(columns)
+    return "positive_document_ids" in cols and "positive_passages" not in cols
+
+
+def _doc_ids(row: dict, key: str, path: str, line: int | None) -> list[Passage]:
+    value = row.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError(path, line, f'"{key}" must be a list of document ids, got {type(value).__name__}')
+    return [Passage("", "", _ident(v, path, line, f"{key}[{i}]")) for i, v in enumerate(value)]
 
 
 def _ident(value: Any, path: str, line: int | None, what: str) -> str:
@@ -78,14 +93,19 @@ def tevatron_records(rows: Iterable[tuple[int, dict]], path: str | Path) -> Iter
         if "query_id" not in row or row["query_id"] is None:
             raise DataError(path, line, f'missing "query_id"; a Tevatron record looks like {EXAMPLE}')
         qid = _ident(row["query_id"], path, line, "query_id")
-        query = _text(row, "query", path, line, "query")
-        if "positive_passages" not in row:
-            raise DataError(path, line, f'missing "positive_passages"; a Tevatron record looks like {EXAMPLE}')
-        positives = _passages(row, "positive_passages", path, line)
+        qkey = "query_text" if "query" not in row and "query_text" in row else "query"
+        query = _text(row, qkey, path, line, qkey)
+        if "positive_passages" in row or "positive_document_ids" not in row:
+            pkey, nkey, read = "positive_passages", "negative_passages", _passages
+        else:
+            pkey, nkey, read = "positive_document_ids", "negative_document_ids", _doc_ids
+        if pkey not in row:
+            raise DataError(path, line, f'missing "{pkey}"; a Tevatron record looks like {EXAMPLE}')
+        positives = read(row, pkey, path, line)
         if not positives:
-            raise DataError(path, line, '"positive_passages" is empty; every query needs at least one positive '
+            raise DataError(path, line, f'"{pkey}" is empty; every query needs at least one positive '
                                         "passage (drop the record)")
-        yield Record(path, line, query, positives, _passages(row, "negative_passages", path, line), qid)
+        yield Record(path, line, query, positives, read(row, nkey, path, line), qid)
 
 
 def corpus_rows(rows: Iterable[tuple[int, dict]], path: str | Path) -> tuple[list[str], list[str], list[str]]:
