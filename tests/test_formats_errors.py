@@ -227,3 +227,9 @@ def test_tevatron_records_by_document_id_need_their_corpus(tmp_path):
     assert sp.texts == ["what?"] and sp.positives[0].tolist() == [0] and sp.negatives[0].tolist() == [1]
     with pytest.raises(DataError, match=r'ids.jsonl:1: "positive_document_ids" is empty'):
         load_dataset(jsonl(path, [dict(rows[0], positive_document_ids=[])]), corpus=str(corpus))
+
+
+def test_labelled_pairs_are_refused_not_trained_on(tmp_path):
+    path = jsonl(tmp_path / "sts.jsonl", [{"sentence1": "a", "sentence2": "b", "label": 0}])
+    with pytest.raises(DataError, match=r'sts.jsonl: a "label" column: labelled pairs'):
+        load_dataset(path)

@@ -49,6 +49,11 @@ def resolve_columns(names: list[str], mapping: Any, path: str | Path) -> Columns
                 raise DataError(path, None, f'no column "{col}" (data.columns.{key}); the columns are: '
                                             f"{', '.join(names) or 'none'}")
     lower = {n.lower(): n for n in names}
+    labels = [lower[n] for n in _LABELS if n in lower]
+    if labels:  # (sentence1, sentence2, label): label 0 rows are not positives, and silently training on them hurts
+        raise DataError(path, None, f'a "{labels[0]}" column: labelled pairs (sentence-transformers\' (sentence1, '
+                                    "sentence2, label/score)) are not (query, positive) pairs; keep the positive "
+                                    "rows and drop the column")
 
     def guess(choices: tuple[str, ...]) -> str | None:
         return next((lower[c] for c in choices if c in lower), None)
@@ -61,7 +66,7 @@ def resolve_columns(names: list[str], mapping: Any, path: str | Path) -> Columns
         numbered = sorted((int(m.group(1)), n) for n in names if (m := _NUMBERED.match(n.lower())))
         negatives = tuple(n for _, n in numbered) or tuple(lower[c] for c in NEGATIVE_NAMES if c in lower)[:1]
     if query is None and positive is None and not given:
-        usable = [n for n in names if n.lower() not in _LABELS]
+        usable = list(names)
         if len(usable) < 2:
             raise DataError(path, None, f"cannot tell the query and positive columns among "
                                         f"{', '.join(names) or 'no columns'}; {MAPPING_HINT}")
