@@ -93,6 +93,7 @@ class CorpusBuilder:
         self.index = {d: i for i, d in enumerate(self.ids)}
         self.first: dict[str, tuple[str, int | None]] = {}
         self._by_text: dict[str, str] | None = None
+        self._by_id = False  # a passage was added under its own docid (not a hash of its text)
         self.appended = 0
 
     def _add(self, did: str, p: Passage, where: tuple[str, int | None]) -> str:
@@ -118,12 +119,13 @@ class CorpusBuilder:
             if self.strict:
                 raise DataError(path, line, f"{what}: docid {p.docid!r} is not in the corpus {self.path}; "
                                             "give the corpus these passages come from (data.corpus)")
+            self._by_id = True
             return self._add(p.docid, p, (path, line))
         joined = p.joined()
         did = text_id(joined)
         if did in self.index and did in self.first:  # a passage of the records, seen before
             return did
-        if self.ids:
+        if self.given or self._by_id:  # texts may hide behind other ids: look them up (built once)
             if self._by_text is None:
                 self._by_text = {}
                 for d, t, x in zip(self.ids, self.titles, self.texts):
