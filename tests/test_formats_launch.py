@@ -9,6 +9,8 @@ version, so at least one is consumed. Without a corpus the run says once, in its
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +54,21 @@ def data(tmp_path_factory) -> Path:
     return out
 
 
+def kill_leftovers(run_dir: Path) -> None:
+    """SIGKILL, by pid, any process of this run still there (a launcher killed on timeout leaves its roles)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(str(run_dir).encode() in a for a in argv):
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
 def launch(run_dir: Path, *overrides: str) -> list[dict]:
     log = run_dir.parent / f"{run_dir.name}.log"
     argv = [sys.executable, "-m", "ance.cli", "launch", str(ROOT / "configs" / "tiny-async-cpu.yaml"),
@@ -60,7 +77,10 @@ def launch(run_dir: Path, *overrides: str) -> list[dict]:
     proc = subprocess.Popen(argv, cwd=ROOT, env=proc_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                                                          CUDA_VISIBLE_DEVICES=""),
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    finish(proc, log, timeout=240)
+    try:
+        finish(proc, log, timeout=240)
+    finally:
+        kill_leftovers(run_dir)
     events = read_metrics(run_dir)
     steps = [ev for ev in events if ev["event"] == "step"]
     assert [ev["step"] for ev in steps] == list(range(1, 9))
