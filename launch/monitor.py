@@ -63,6 +63,7 @@ class RunSummary:
         self.checkpoint: dict[str, Any] | None = None
         self.n_checkpoints = 0
         self.finished: dict[str, Any] | None = None  # the launcher's run_end: code, reason, time
+        self.data_note: str | None = None  # what the trainer said once about the data (e.g. a file-only corpus)
 
     def update(self, events: Iterable[dict]) -> RunSummary:
         for ev in events:
@@ -135,6 +136,9 @@ class RunSummary:
         if w["state"].startswith("lost"):
             w["shard"] = None
 
+    def _on_data_note(self, ev: dict) -> None:
+        self.data_note = ev.get("note")
+
     def _on_run_end(self, ev: dict) -> None:
         self.finished = {k: ev.get(k) for k in ("code", "reason", "time")}
 
@@ -171,6 +175,7 @@ class RunSummary:
             "checkpoint": dict(self.checkpoint) if self.checkpoint else None,
             "n_checkpoints": self.n_checkpoints,
             "finished": dict(self.finished) if self.finished else None,
+            "data_note": self.data_note,
         }
 
 
@@ -235,6 +240,8 @@ def render(summary: dict[str, Any], *, title: str | None = None, now: float | No
         head.append(f"   finished {when}: exit code {_f(end.get('code'))} ({_f(end.get('reason'))})",
                     style="green" if end.get("code") == 0 else "red")
     parts.append(head)
+    if summary.get("data_note"):
+        parts.append(Text(f"data: {summary['data_note']}", style="yellow"))
 
     t = summary.get("train")
     max_gap = summary.get("max_gap")

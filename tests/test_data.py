@@ -256,8 +256,10 @@ def test_empty_split(tmp_path):
 
 
 def test_missing_files_and_directory(tmp_path):
-    raises_at(tmp_path / "nope", None, "no such directory", load_dataset, tmp_path / "nope")
-    raises_at(tmp_path / "nope", None, "no such directory", load_dataset, tmp_path / "nope", format="beir")
+    raises_at(tmp_path / "nope", None, "no such file or directory", load_dataset, tmp_path / "nope")
+    raises_at(tmp_path / "nope", None, "no such file or directory", load_dataset, tmp_path / "nope", format="beir")
+    (tmp_path / "f.jsonl").write_text("{}\n")  # a file where a folder is expected is not "no such directory"
+    raises_at(tmp_path / "f.jsonl", None, "a file, not a folder", load_dataset, tmp_path / "f.jsonl", format="beir")
     root = write_beir(tmp_path / "b")
     (root / "queries.jsonl").unlink()
     raises_at(root / "queries.jsonl", None, "file not found", load_dataset, root)

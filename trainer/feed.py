@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ance.data.bm25 import bm25_rank
-from ance.run.errors import DataError
+from ance.run.errors import ConfigError, DataError
 from ance.negatives.files import MAGIC, read_negatives
 from ance.negatives.select import select_negatives
 
@@ -90,6 +90,35 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
     table.update(q_idx, neg, 0)
     log.info("static negatives: %d of %d queries from %s", len(q_idx), len(query_ids), path)
     return len(q_idx)
+
+
+def check_given(cfg: Any, dataset: Any) -> None:
+    """Before a run: negatives.source/warmup/mix_static static without a static_file needs negatives in the data."""
+    neg = cfg.negatives
+    wanted = "static" in (neg.source, neg.warmup if neg.source == "async" else None) or neg.mix_static > 0
+    split = dataset.split(cfg.data.train_split)
+    if wanted and not neg.static_file and not any(len(r) for r in split.negatives or ()):
+        raise ConfigError(f"{cfg.data.path} holds no negatives for the training queries, so negatives.source, "
+                          "warmup or mix_static static has none to use: give negatives.static_file (make one with "
+                          "`ance mine`) or use warmup inbatch or bm25")
+
+
+def fill_given(table: NegativesTable, negatives: Sequence[np.ndarray] | None, source: str) -> int:
+    """The data's own negatives (a Tevatron file's negative passages, a triplet's negatives; file order,
+    the first ``keep``) as version 0, as a ``negatives.static_file`` would be; return queries covered."""
+    rows = [r for r in negatives or () if len(r)]
+    if not rows:
+        raise ConfigError(f"{source} holds no negatives for the training queries, so negatives.source or "
+                          "negatives.warmup static has none to use: give negatives.static_file (make one with "
+                          "`ance mine`) or use warmup inbatch or bm25")
+    neg = np.full((len(negatives), table.keep), -1, dtype=np.int32)
+    for i, row in enumerate(negatives):
+        row = np.asarray(row[: table.keep], dtype=np.int32)
+        neg[i, : len(row)] = row
+    table.update(np.arange(len(negatives)), neg, 0)
+    log.info("static negatives: %d of %d queries from the data's own negatives (%s)", len(rows), len(negatives),
+             source)
+    return len(rows)
 
 
 def _header_fingerprint(path: str) -> str | None:

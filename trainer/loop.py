@@ -35,7 +35,7 @@ from ance.model.tokcache import build_inputs
 from .batches import Batch, PairSampler, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (CommitThread, Staged, latest_checkpoint, load_trainer_state, prune_checkpoints,
                          stage_checkpoint, sweep_incomplete)
-from .feed import NegativesTable, fill_bm25, fill_static
+from .feed import NegativesTable, fill_bm25, fill_given, fill_static
 from .link import TrainerLink
 from .optim import build_optimizer, build_scheduler, check_finite, check_params_finite, grad_norm, last_layer_params
 
@@ -67,8 +67,9 @@ class Trainer:
     negatives.
     """
 
-    def __init__(self, cfg: Config, resume: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, dataset=None):
         self.cfg = cfg
+        self.data = dataset  # loaded by `ance train` before the run directory is touched, else here
         self.run_dir = Path(cfg.run_dir)
         self._join_process_group()
         self._prepare_run_dir()
@@ -79,6 +80,9 @@ class Trainer:
         self._build_optimization()
         self._build_sampling()
         self.metrics = self._metrics_writer() if self.is_main else None
+        if self.metrics is not None and self.data.note and not resume:  # once a run: the log and `ance monitor`
+            log.warning("%s", self.data.note)
+            self.metrics.log("data_note", note=self.data.note)
         self.client = None
         self.commits = CommitThread()   # checkpoints committed in the background, one at a time
         self._commit_s, self._step_s = float("inf"), 0.0  # the last commit's and the last step's seconds
@@ -118,7 +122,8 @@ class Trainer:
     def _load_data(self) -> None:
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
-        self.data = load_for_config(self.cfg)
+        if self.data is None:
+            self.data = load_for_config(self.cfg)
         self.split = self.data.split(self.cfg.data.train_split)
         self.n_docs = len(self.data.corpus)
 
@@ -185,8 +190,11 @@ class Trainer:
         neg = self.cfg.negatives
         if self.is_main and neg.mix_static > 0:
             self.static_table = NegativesTable(len(self.split), neg.keep)
-            fill_static(self.static_table, neg.static_file, self.split.ids, self.data.corpus.ids,
-                        fingerprint=self.data.fingerprint)
+            if not neg.static_file:  # the data's own negatives (Tevatron, triplets)
+                fill_given(self.static_table, self.split.negatives, self.cfg.data.path)
+            else:
+                fill_static(self.static_table, neg.static_file, self.split.ids, self.data.corpus.ids,
+                            fingerprint=self.data.fingerprint)
 
     def _build_gradcache(self):
         """The GradCache step of ``train.chunk_size`` (None: the plain step); with
@@ -213,7 +221,9 @@ class Trainer:
     def _warmup_negatives(self) -> None:
         neg = self.cfg.negatives
         source = neg.source if neg.source != "async" else neg.warmup
-        if source == "static":
+        if source == "static" and not neg.static_file:  # the data's own (Tevatron, triplets)
+            fill_given(self.table, self.split.negatives, self.cfg.data.path)
+        elif source == "static":
             fill_static(self.table, neg.static_file, self.split.ids, self.data.corpus.ids,
                         fingerprint=self.data.fingerprint)
         elif source == "bm25":

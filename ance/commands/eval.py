@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "then averaged over them before pairing")
     parser.add_argument("--qrels", required=True,
                         help="judgements: BEIR TSV (query-id corpus-id score, header optional) or TREC qrels "
-                             "(qid 0 did rel)")
+                             "(qid 0 did rel), or a dataset ance reads (a folder, Tevatron or pairs file, "
+                             "Hugging Face dataset): its --split's judgements")
+    parser.add_argument("--split", default=None, help="--qrels DATASET: the split (default: its training split)")
     parser.add_argument("--measures", nargs="+", default=None, metavar="NAME@K",
                         help="measures to compute instead of the default four (ndcg, mrr, recall, map, "
                              "precision at a cutoff, e.g. ndcg@10 recall@100)")
@@ -56,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from ance.eval.metrics import MEASURES, evaluate_run
     from ance.eval.trec import read_qrels, read_trec_run
 
-    qrels = read_qrels(args.qrels)
+    from ance.data.inspect import judgements
+
+    qrels = judgements(args.qrels, args.split)
+    qrels = read_qrels(args.qrels) if qrels is None else qrels
     measures = args.measures or MEASURES
 
     def read_run(path: str):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ance.run.config import add_config_arguments, config_from_args, save_config
+from ance.run.data_checks import is_record_data
 from ance.run.errors import ConfigError
 from ance.run.logutil import setup_logging
 from ance.run.rundir import RunDir, claim_run_dir
@@ -77,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     if existing and args.mps != "off":
         logging.getLogger("ance.launch").info("--mps: using the MPS daemon of CUDA_MPS_PIPE_DIRECTORY=%s", existing)
     run_dir = Path(cfg.run_dir)
+    if is_record_data(cfg.data):  # not a BEIR/MS MARCO folder: check the user's file here, on the console,
+        from ance.data.dataset import load_for_config  # before any run directory or process exists
+        from ance.trainer.feed import check_given
+
+        check_given(cfg, load_for_config(cfg))
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
         aside = claim_run_dir(run_dir, resume=bool(args.from_run_dir), overwrite=args.overwrite)

@@ -104,7 +104,8 @@ def _setup_with_eval(args: argparse.Namespace):
         setup_logging("WARNING" if args.quiet else "INFO", role="ance-mine")
     check_positive(args, "k", "max_length", "query_max_length", "windows", "batch_size", "max_docs", "max_queries")
     data = load_dataset(args.data, splits=(args.split, args.eval_split), format=args.format,
-                        max_docs=args.max_docs, max_queries=args.max_queries, seed=args.subset_seed)
+                        max_docs=args.max_docs, max_queries=args.max_queries, seed=args.subset_seed,
+                        corpus=args.corpus, columns=args.columns)
     device = resolve_device(args.device, "--device")
     model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize)
     return device, model, data

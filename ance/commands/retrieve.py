@@ -39,9 +39,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str | None = "req
     """``split``: "required", a default split name, or None (optional: only used by --max-docs).
     Returns the "data" group, for a command's own data flags."""
     g = parser.add_argument_group("data")
-    g.add_argument("--data", required=True, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) "
-                                                 "or an MS MARCO folder (collection.tsv, queries.SPLIT.tsv, "
-                                                 "qrels.SPLIT.tsv)")
+    g.add_argument("--data", required=True, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), "
+                                                 "an MS MARCO folder (collection.tsv, queries.SPLIT.tsv, "
+                                                 "qrels.SPLIT.tsv), a Tevatron JSONL(.gz) file, sentence-"
+                                                 "transformers pairs/triplets (JSONL, CSV, TSV, Parquet), or a "
+                                                 "Hugging Face dataset (save_to_disk folder, .arrow, hf:NAME)")
     if split == "required":
         g.add_argument("--split", required=True, help="the split whose queries are searched (e.g. dev, test)")
     elif split is None:
@@ -50,13 +52,30 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str | None = "req
                             "same --split, --max-docs and --max-queries to `ance search`")
     else:
         g.add_argument("--split", default=split, help="the split whose queries are used")
-    g.add_argument("--format", choices=("auto", "beir", "msmarco"), default="auto", help="data folder layout")
+    g.add_argument("--format", choices=("auto", "beir", "msmarco", "tevatron", "pairs", "hf"), default="auto",
+                   help="data layout (auto: from the path and the first record)")
+    g.add_argument("--corpus", default=None, help="Tevatron/pairs/HF data: the corpus to index (as data.corpus; "
+                                                  "default: the union of the file's passages)")
+    g.add_argument("--columns", type=_mapping, default=None,
+                   help="pairs: the column mapping, e.g. '{query: anchor, positive: pos, negatives: [neg]}'")
     g.add_argument("--max-docs", type=int, default=None,
                    help="subset: keep the positives of the split's kept queries plus a seeded sample of other "
                         "documents, up to this many (for quick runs and tests)")
     g.add_argument("--max-queries", type=int, default=None, help="subset: the first N judged queries of the split")
     g.add_argument("--subset-seed", type=int, default=0, help="seed of the --max-docs sample")
     return g
+
+
+def _mapping(text: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{query: anchor, positive: pos}}', got {text!r}")
+    return value
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser, query_length: bool = True) -> None:
@@ -106,7 +125,7 @@ def setup(args: argparse.Namespace, split: str | None):
     check_positive(args, "k", "max_length", "query_max_length", "windows", "batch_size", "max_docs", "max_queries")
     device = resolve_device(args.device, "--device")
     data = load_data(args.data, split, format=args.format, max_docs=args.max_docs, max_queries=args.max_queries,
-                     seed=args.subset_seed)
+                     seed=args.subset_seed, corpus=args.corpus, columns=args.columns)
     model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize)
     return device, model, data
 

@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, role="trainer")
     cfg = config_from_args(args)
     resume = bool(args.from_run_dir)
+    from ance.data.dataset import load_for_config
+    from ance.trainer.feed import check_given
+
+    dataset = load_for_config(cfg)  # bad data fails here, before the run directory is created or touched
+    check_given(cfg, dataset)
     if args.auto_resume and not resume:
         found = RunDir(cfg.run_dir).latest_checkpoint()
         if found is not None:
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ance.trainer.loop import Trainer  # torch, transformers: only when the command runs
 
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, dataset=dataset)
     try:
         summary = trainer.run()
     finally:

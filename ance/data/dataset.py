@@ -29,15 +29,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ance.data.download import resolve_data_path
+from ance.data.formats import RECORD_FORMATS, add_split, detect_file, read_records
+from ance.data.hfdata import is_hf_folder
+from ance.data.records import RawData, RawSplit
 from ance.run.errors import ConfigError, DataError
 from ance.data.readers import (read_beir_corpus_hashed, read_beir_queries, read_msmarco_collection_hashed,
                       read_msmarco_queries, read_qrels_located)
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "beir", "msmarco")
-_EXPECTED = ("a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or an MS MARCO folder "
-             "(collection.tsv, queries.<split>.tsv, qrels.<split>.tsv)")
+FORMATS = ("auto", "beir", "msmarco", *RECORD_FORMATS)
+_EXPECTED = ("a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), an MS MARCO folder "
+             "(collection.tsv, queries.<split>.tsv, qrels.<split>.tsv) or a Hugging Face save_to_disk folder")
 
 
 # --------------------------------------------------------------------------- containers
@@ -81,6 +84,7 @@ class QuerySplit:
     texts: list[str]
     qrels: dict[str, dict[str, int]]  # qid -> {doc id: relevance}, zero judgements kept
     positives: list[np.ndarray]  # per query: sorted int64 corpus indices with relevance > 0
+    negatives: list[np.ndarray] | None = None  # per query: the data's own negatives, in file order (or None)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -95,6 +99,7 @@ class Dataset:
     splits: dict[str, QuerySplit]
     fingerprint: str  # sha256 over corpus ids and every split's query ids, 16 hex
     source: Path
+    note: str | None = None  # what a user must know once (e.g. the corpus is only the file's passages)
 
     def split(self, name: str) -> QuerySplit:
         try:
@@ -115,14 +120,16 @@ class Dataset:
 
 
 def detect_format(path: str | Path) -> str:
-    """``"beir"`` or ``"msmarco"``, from the files in ``path``."""
+    """``beir``, ``msmarco``, ``tevatron``, ``pairs`` or ``hf``, from the path and the first record."""
     root = Path(path)
-    if not root.is_dir():
-        raise DataError(root, None, f"no such directory; data.path must be {_EXPECTED}")
+    if not root.is_dir() or str(path).startswith("hf:"):
+        return detect_file(path)  # a file, hf:NAME, or nothing there (which says so)
     if (root / "corpus.jsonl").is_file():
         return "beir"
     if (root / "collection.tsv").is_file():
         return "msmarco"
+    if is_hf_folder(root):
+        return "hf"
     found = sorted(p.name for p in root.iterdir())
     more = ", ..." if len(found) > 10 else ""
     raise ConfigError(f"{root}: cannot tell the data format: expected {_EXPECTED}; found "
@@ -191,16 +198,19 @@ def _subset_docs(n_docs: int, positive: np.ndarray, max_docs: int, seed: int) ->
 
 
 def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), format: str = "auto",
-                 max_docs: int | None = None, max_queries: int | None = None, seed: int = 0) -> Dataset:
-    """Read the corpus and the named splits (only those) of the folder ``path``.
+                 max_docs: int | None = None, max_queries: int | None = None, seed: int = 0, *,
+                 corpus: str | None = None, columns: Any = None, eval_path: str | None = None) -> Dataset:
+    """Read the corpus and the named splits (only those) of ``path``.
 
-    Subset mode, for tests and quick runs: ``max_queries`` keeps the first N
-    queries of each split; ``max_docs`` keeps every positive of the kept
-    queries and fills up to ``max_docs`` with a ``seed``-ed sample of the other
-    documents, in corpus order, then drops the judgements of dropped documents.
-    Ids are always checked against the full files first.
+    ``path``: a BEIR or MS MARCO folder, or a record format (:mod:`ance.data.formats`: Tevatron,
+    sentence-transformers pairs/triplets, Hugging Face datasets) with its corpus ``corpus`` (else
+    the union of its passages) and ``columns`` mapped. ``eval_path``: the last split named is read
+    from there instead, over the same corpus. Subset mode, for tests and quick runs:
+    ``max_queries`` keeps the first N queries of each split; ``max_docs`` keeps every positive of
+    the kept queries and fills up to ``max_docs`` with a ``seed``-ed sample of the other
+    documents, in corpus order, then drops the judgements of dropped documents. Ids are always
+    checked against the full files first.
     """
-    root = resolve_data_path(path)
     names = [splits] if isinstance(splits, str) else list(dict.fromkeys(splits))
     if not names or not all(isinstance(s, str) and s for s in names):
         raise ConfigError(f"splits must be a non-empty list of split names, got {splits!r}")
@@ -208,18 +218,38 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
         raise ConfigError(f"data format {format!r} is not one of {', '.join(FORMATS)}")
     max_docs = _positive_int("max_docs", max_docs)
     max_queries = _positive_int("max_queries", max_queries)
+    extra = names[1:] if eval_path and len(names) > 1 else []
+    own = [n for n in names if n not in extra]
+    root = resolve_data_path(path)  # hf:NAME stays a name
     fmt = detect_format(root) if format == "auto" else format
-    if not root.is_dir():
-        raise DataError(root, None, f"no such directory; data.path must be {_EXPECTED}")
-    layout = _Layout(root, fmt)
+    if fmt in ("beir", "msmarco"):
+        if corpus:
+            raise ConfigError(f"data.corpus={corpus}: a {fmt} folder has its own corpus; data.corpus is for "
+                              "Tevatron, pairs and Hugging Face data (set it to null)")
+        if not root.is_dir():
+            what = "a file, not a folder" if root.exists() else "no such file or directory"
+            raise DataError(root, None, f"{what}; data.format={fmt} needs {_EXPECTED}")
+        raw = _read_folder(root, fmt, own)
+    else:
+        raw = read_records(str(root), fmt, own, corpus=corpus, columns=columns)
+    eval_fmt = detect_format(eval_path) if extra else None
+    if eval_fmt in ("beir", "msmarco"):
+        raise ConfigError(f"data.eval_path={eval_path}: a {eval_fmt} folder; data.eval_path takes Tevatron, pairs or "
+                          "Hugging Face data over data.path's corpus (a folder's own splits are data.eval_split)")
+    for name in extra:
+        add_split(raw, name, str(eval_path), eval_fmt, columns)
+    return _assemble(raw, names, max_docs, max_queries, seed, root)
 
+
+def _read_folder(root: Path, fmt: str, names: list[str]) -> RawData:
+    """A BEIR or MS MARCO folder's corpus and splits, every id checked."""
+    layout = _Layout(root, fmt)
     doc_ids, titles, texts, source_hash = layout.read_corpus()
     if not doc_ids:
         raise DataError(layout.corpus, None, "no documents; the corpus must hold at least one")
-    doc_index = {d: i for i, d in enumerate(doc_ids)}
-
+    doc_index = set(doc_ids)
     shared_queries = layout.read_queries(names[0]) if fmt == "beir" else None
-    raw = {}  # split -> (kept qids, qrels, query texts)
+    raw = {}
     for name in names:
         qrels_path = layout.qrels(name)
         if not qrels_path.is_file():
@@ -236,12 +266,26 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
             for did in judged:
                 if did not in doc_index:
                     raise DataError(qrels_path, where[qid, did], f"doc id {did!r} is not in {layout.corpus}")
-        qids = list(qrels)[:max_queries]
-        raw[name] = (qids, qrels, queries)
+        raw[name] = RawSplit(list(qrels), queries, qrels)
+    return RawData(doc_ids, titles, texts, source_hash, layout.corpus, raw)
 
+
+def _assemble(raw: RawData, names: list[str], max_docs: int | None, max_queries: int | None, seed: int,
+              root: Path) -> Dataset:
+    """Subset (``max_queries``, ``max_docs``), index, fingerprint."""
+    doc_ids, titles, texts, source_hash = raw.ids, raw.titles, raw.texts, raw.source_hash
+    if not doc_ids:
+        raise DataError(raw.corpus_path, None, "no documents; the corpus must hold at least one")
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    kept_q = {}
+    for name in names:
+        qids = raw.splits[name].qids[:max_queries]
+        if not qids:
+            raise DataError(root, None, f"no queries in split {name!r}")
+        kept_q[name] = qids
     if max_docs is not None and max_docs < len(doc_ids):
-        positive = np.array(sorted({doc_index[d] for qids, qrels, _ in raw.values() for q in qids
-                                    for d, r in qrels[q].items() if r > 0}), dtype=np.int64)
+        positive = np.array(sorted({doc_index[d] for name, qids in kept_q.items() for q in qids
+                                    for d, r in raw.splits[name].qrels[q].items() if r > 0}), dtype=np.int64)
         keep = _subset_docs(len(doc_ids), positive, max_docs, seed)
         doc_ids = [doc_ids[i] for i in keep]
         titles = [titles[i] for i in keep]
@@ -250,15 +294,20 @@ def load_dataset(path: str | Path, splits: str | Iterable[str] = ("train",), for
         doc_index = {d: i for i, d in enumerate(doc_ids)}
         log.info("subset of %s: %d docs kept (seed %d)", root, len(doc_ids), seed)
 
-    corpus = Corpus(doc_ids, titles, texts, layout.corpus, source_hash)
+    corpus = Corpus(doc_ids, titles, texts, raw.corpus_path, source_hash)
     corpus.__dict__["index_of"] = doc_index  # fill the cached property
     loaded = {}
-    for name, (qids, qrels, queries) in raw.items():
-        kept = {q: {d: r for d, r in qrels[q].items() if d in doc_index} for q in qids}
+    for name, qids in kept_q.items():
+        split = raw.splits[name]
+        kept = {q: {d: r for d, r in split.qrels[q].items() if d in doc_index} for q in qids}
         positives = [np.array(sorted(doc_index[d] for d, r in kept[q].items() if r > 0), dtype=np.int64)
                      for q in qids]
-        loaded[name] = QuerySplit(name, qids, [queries[q] for q in qids], kept, positives)
-    return Dataset(corpus, loaded, _fingerprint(doc_ids, loaded), root)
+        negatives = None
+        if split.negatives is not None:
+            negatives = [np.array([doc_index[d] for d in split.negatives.get(q, ()) if d in doc_index], dtype=np.int64)
+                         for q in qids]
+        loaded[name] = QuerySplit(name, qids, [split.queries[q] for q in qids], kept, positives, negatives)
+    return Dataset(corpus, loaded, _fingerprint(doc_ids, loaded), root, raw.note)
 
 
 def load_for_config(cfg: Any) -> Dataset:
@@ -266,4 +315,6 @@ def load_for_config(cfg: Any) -> Dataset:
     d = cfg.data
     splits = [d.train_split] + ([d.eval_split] if d.eval_split else [])
     return load_dataset(d.path, splits=splits, format=d.format, max_docs=d.max_docs,
-                        max_queries=d.max_queries, seed=getattr(d, "subset_seed", 0))
+                        max_queries=d.max_queries, seed=getattr(d, "subset_seed", 0),
+                        corpus=getattr(d, "corpus", None), columns=getattr(d, "columns", None),
+                        eval_path=getattr(d, "eval_path", None))

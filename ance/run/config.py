@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ance.run.config_checks import check_ranges
+from ance.run.data_checks import check_columns, is_record_data
 from ance.run.errors import ConfigError
 from ance.run.rundir import CONFIG, RunDir
 from ance.run.sections import (  # noqa: F401  (the sections are part of the config's face)
@@ -40,6 +41,10 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # a mapping checked by its section's own rules (data.columns: ance.run.data_checks)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is tuple:  # fixed length: [lo, hi] in YAML, a tuple once loaded
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
@@ -165,10 +170,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("negatives.max_gap: must be >= 0")
     if cfg.negatives.n_per_query > cfg.negatives.keep:
         raise ConfigError("negatives.n_per_query must be <= negatives.keep")
-    if "static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file:
+    check_columns(cfg.data.columns)
+    if ("static" in (cfg.negatives.source, cfg.negatives.warmup) and not cfg.negatives.static_file
+            and not is_record_data(cfg.data)):
         raise ConfigError("negatives.static_file is required when negatives.source or negatives.warmup is static "
-                          "(make one with `ance mine`)")
-    _validate_negative_options(cfg.negatives)
+                          "(make one with `ance mine`, or train from a Tevatron/pairs file that holds negatives)")
+    _validate_negative_options(cfg.negatives, own_negatives=is_record_data(cfg.data))
     if cfg.train.chunk_size is not None and cfg.train.chunk_size <= 0:
         raise ConfigError("train.chunk_size: must be > 0, or null for no GradCache")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
@@ -177,7 +184,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _validate_negative_options(neg: NegativesConfig) -> None:
+def _validate_negative_options(neg: NegativesConfig, own_negatives: bool = False) -> None:
     """The selection and mixing options (docs/results.md, SQuAD) and the sources they need."""
     if neg.rank_decay <= 0:
         raise ConfigError(f"negatives.rank_decay: must be > 0 (ranks), got {neg.rank_decay}")
@@ -185,7 +192,7 @@ def _validate_negative_options(neg: NegativesConfig) -> None:
         raise ConfigError(f"negatives.score_temperature: must be > 0, got {neg.score_temperature}")
     if not 0.0 <= neg.mix_static <= 1.0:
         raise ConfigError(f"negatives.mix_static: must be a fraction in [0, 1], got {neg.mix_static}")
-    if neg.mix_static > 0 and (neg.source != "async" or not neg.static_file):
+    if neg.mix_static > 0 and (neg.source != "async" or not (neg.static_file or own_negatives)):
         raise ConfigError("negatives.mix_static mixes static into refreshed negatives: it needs "
                           "negatives.source=async and negatives.static_file (make one with `ance mine`)")
     if neg.source == "async" and neg.warmup == "bm25" and neg.sampling == "score":

@@ -17,6 +17,9 @@ class DataConfig:
     max_docs: int | None = None
     max_queries: int | None = None   # per split: the first N queries with judgements
     subset_seed: int = 0
+    corpus: str | None = None        # record formats: what is indexed (else the union of the file's passages)
+    columns: dict[str, Any] | None = None  # pairs: {query: COL, positive: COL, negatives: [COL, ...]}
+    eval_path: str | None = None     # the eval split's queries and positives from this file/dataset instead
 
 
 @dataclass
@@ -129,7 +132,7 @@ class Config:
 
 
 _CHOICES = {
-    "data.format": ("auto", "beir", "msmarco"),
+    "data.format": ("auto", "beir", "msmarco", "tevatron", "pairs", "hf"),
     "model.pooling": ("cls", "mean"), "model.similarity": ("cosine", "dot"),
     "model.long_doc": ("firstp", "maxp"),
     "train.loss": ("infonce", "bidirectional"), "train.sample_by": ("query", "pair"),

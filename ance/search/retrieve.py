@@ -33,7 +33,7 @@ def load_encoder(name_or_path: str, *, device: str = "cpu", pooling: str | None 
 
 
 def load_data(path: str | Path, split: str | None = None, *, format: str = "auto", max_docs: int | None = None,
-              max_queries: int | None = None, seed: int = 0):
+              max_queries: int | None = None, seed: int = 0, corpus: str | None = None, columns=None):
     """The dataset with ``split`` loaded; ``split=None`` (corpus only) takes any split the folder has.
 
     With ``max_docs`` the corpus subset keeps the positives of ``split``, so
@@ -45,12 +45,14 @@ def load_data(path: str | Path, split: str | None = None, *, format: str = "auto
                               "(the same split as for `ance search`)")
         split = _any_split(Path(path), format)
     return load_dataset(path, splits=(split,), format=format, max_docs=max_docs, max_queries=max_queries,
-                        seed=seed)
+                        seed=seed, corpus=corpus, columns=columns)
 
 
 def _any_split(root: Path, format: str) -> str:
 
     fmt = detect_format(root) if format == "auto" else format
+    if fmt not in ("beir", "msmarco"):
+        return "train"  # a record file's one split; a Hugging Face dataset dict's training split
     pattern = "qrels/*.tsv" if fmt == "beir" else "qrels.*.tsv"
     names = sorted(p.name[len("qrels."):] if fmt != "beir" else p.name for p in root.glob(pattern))
     names = [n[: -len(".tsv")] for n in names]
