@@ -54,8 +54,7 @@ class RunSummary:
         self.last_time: float | None = None
         self.train: dict[str, Any] | None = None
         self.max_gap_seen: int | None = None
-        self.wait_total = 0.0
-        self.n_waits = 0
+        self.wait_total, self.n_waits, self._waits, self.total = 0.0, 0, {}, None
         self.refresh: dict[str, Any] | None = None
         self.n_refreshes = 0
         self.progress: dict[str, Any] | None = None
@@ -84,8 +83,14 @@ class RunSummary:
             self.max_gap_seen = gap if self.max_gap_seen is None else max(self.max_gap_seen, gap)
         wait = ev.get("wait_s")
         if isinstance(wait, (int, float)) and wait > 0:
-            self.wait_total += wait
-            self.n_waits += 1
+            self._waits[ev.get("step")] = wait
+            self.wait_total, self.n_waits = sum(self._waits.values()), len(self._waits)
+        if isinstance(ev.get("total"), int):
+            self.total = ev["total"]
+
+    def _on_resume(self, ev: dict) -> None:  # steps after ev["step"] run again: count them once
+        self._waits = {s: w for s, w in self._waits.items() if not (isinstance(s, int) and s > ev.get("step", 0))}
+        self.wait_total, self.n_waits = sum(self._waits.values()), len(self._waits)
 
     def _on_refresh(self, ev: dict) -> None:
         self.n_refreshes += 1
@@ -159,7 +164,7 @@ class RunSummary:
             train = dict(self.train, max_gap_seen=self.max_gap_seen, wait_s_total=self.wait_total,
                          n_waits=self.n_waits)
         return {
-            "max_steps": self.config.train.max_steps if self.config else None,
+            "max_steps": self.total or (self.config.train.max_steps if self.config else None),
             "max_gap": self.config.negatives.max_gap if self.config else None,
             "n_events": self.n_events,
             "last_time": self.last_time,
