@@ -42,6 +42,8 @@ class MlflowSink:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise _missing("telemetry.mlflow", "mlflow", "mlflow") from None
+        if uri.startswith("file:") or "://" not in uri:  # a local file store: mlflow 3 asks to opt in
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name("ance")
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment("ance")
