@@ -13,7 +13,7 @@ HELP = "Show a resolved config with comments, or the reference of every config k
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="show or keys")
     show = sub.add_parser("show", help="print the resolved config (file + overrides, or a run's) with comments",
                           description="Print the resolved config (defaults, CONFIG, then key=value overrides) as "
                                       "YAML with each key's allowed values and meaning as comments; no CONFIG: "

@@ -10,6 +10,14 @@ from ance.run.errors import ConfigError
 from ance.run.keydocs import REMOVED
 
 
+ALIASES = {"learning_rate": "train.lr", "num_train_epochs": "train.epochs", "per_device_train_batch_size":
+           "train.batch_size", "warmup_ratio": "train.warmup_ratio", "weight_decay": "train.weight_decay",
+           "output_dir": "run_dir", "seed": "seed", "max_grad_norm": "train.max_grad_norm",
+           "model_name_or_path": "model.name_or_path", "logging_steps": "train.log_every",
+           "save_steps": "train.checkpoint_every", "save_total_limit": "train.keep_checkpoints",
+           "dataset_name": "data.path", "temperature": "model.temperature"}  # HF TrainingArguments' names -> ours
+
+
 def did_you_mean(word: str, options, n: int = 1) -> str:
     """``"; did you mean train.max_steps?"`` for the closest of ``options``, or ``""``."""
     close = difflib.get_close_matches(word, list(options), n=n, cutoff=0.6)
@@ -42,7 +50,8 @@ def unknown_key_message(key: str, cls: type) -> str:
         return REMOVED[key]
     keys = all_keys(cls)
     section = key.split(".")[0]
-    hint = did_you_mean(key, keys + sections(cls))
+    alias = ALIASES.get(key.rsplit(".", 1)[-1])
+    hint = f"; did you mean {alias}?" if alias else did_you_mean(key, keys + sections(cls))
     if not hint and section in sections(cls):
         hint = "; valid keys of " + section + ": " + ", ".join(k.split(".", 1)[1] for k in keys
                                                                if k.startswith(section + "."))
@@ -79,13 +88,7 @@ def flag_hint(flag: str, known_flags, keys) -> str:
     """For an unrecognised ``--flag [value]``: the config key it probably means (HF style), or a close flag."""
     name = flag.split("=", 1)[0]
     bare = name.lstrip("-").replace("-", "_")
-    aliases = {"learning_rate": "train.lr", "num_train_epochs": "train.epochs", "per_device_train_batch_size":
-               "train.batch_size", "warmup_ratio": "train.warmup_ratio", "weight_decay": "train.weight_decay",
-               "output_dir": "run_dir", "seed": "seed", "max_grad_norm": "train.max_grad_norm",
-               "model_name_or_path": "model.name_or_path", "logging_steps": "train.log_every",
-               "save_steps": "train.checkpoint_every", "save_total_limit": "train.keep_checkpoints",
-               "dataset_name": "data.path", "temperature": "model.temperature"}
-    key = aliases.get(bare)
+    key = ALIASES.get(bare)
     if key is None:
         leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
         key = leaf.get(bare)
