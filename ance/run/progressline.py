@@ -21,7 +21,7 @@ def format_line(step: int, total: int, loss: float | None, lr: float | None, rat
     """``step 120/200 60% loss 0.412 lr 1.2e-05 2.31it/s ETA 0:35 neg v100 gap 20``; ``bar`` > 0 puts a
     bar of that many cells in front (terminals). ``rate``: steps per second."""
     frac = step / total if total else 0.0
-    parts = [f"step {step}/{total} {frac:.0%}"]
+    parts = [f"step {step}/{total} {frac:.0%}" if total else f"step {step}"]
     if bar:
         done = min(bar, int(frac * bar))
         parts.insert(0, "[" + "#" * done + "." * (bar - done) + "]")
@@ -31,7 +31,7 @@ def format_line(step: int, total: int, loss: float | None, lr: float | None, rat
         parts.append(f"lr {lr:.1e}")
     if rate:
         parts.append(f"{rate:.2f}it/s" if rate >= 0.1 else f"{1 / rate:.0f}s/it")
-        parts.append("ETA " + eta_text((total - step) / rate))
+        parts.append("ETA " + (eta_text((total - step) / rate) if total else "?"))
     if version is not None:
         parts.append(f"neg v{version} gap {gap}")
     return " ".join(parts)
