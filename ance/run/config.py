@@ -221,7 +221,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+            where = "" if p.is_absolute() else f" (a relative path, resolved against {os.getcwd()})"
+            raise ConfigError(f"{p}: config file not found{where}")
         try:
             tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
