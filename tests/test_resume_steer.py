@@ -98,6 +98,15 @@ def test_a_changed_fixed_key_is_refused_naming_it(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["pooling"] == "mean"  # nothing written
 
 
+def test_launch_refuses_a_changed_fixed_key_too(tmp_path):
+    run = tmp_path / "run"
+    save_config(load_config(ROOT / "configs" / "tiny-async-cpu.yaml", [f"run_dir={run}"]), run)
+    out = ance("launch", "--resume", str(run), "seed=7", "--no-progress", check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("ance launch: error: seed cannot change on resume (13 in ")
+    assert not (run / "logs").exists() and not (run / "metrics.jsonl").exists()  # nothing started
+
+
 def test_readers_count_each_step_once():
     events = [{"event": "step", "step": s} for s in (1, 2, 3, 4, 5)] + [
         {"event": "checkpoint", "step": 4}, {"event": "refresh", "version": 3},
