@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ance.cli import _where, main
 from ance.run import reference
@@ -37,6 +38,7 @@ def test_config_keys_and_show(capsys):
     out = capsys.readouterr().out
     assert "  lr: 0.0001  # peak learning rate" in out
     assert "sampling: uniform  # [uniform | top | rank | score]" in out
+    assert yaml.safe_load(out) == load_config(QUICK, ["train.lr=1e-4"]).to_dict()  # a config file again
     assert main(["config", "show", "train.max_steps=7"]) == 0  # no CONFIG: the defaults
     assert "  max_steps: 7" in capsys.readouterr().out
 
