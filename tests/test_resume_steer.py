@@ -114,3 +114,15 @@ def test_readers_count_each_step_once():
     kept = drop_rerun(events)
     assert [e["step"] for e in kept if e["event"] == "step"] == [1, 2, 3, 4, 5, 6]
     assert {"event": "refresh", "version": 3} in kept and {"event": "checkpoint", "step": 4} not in kept
+
+
+def test_epochs_give_the_horizon():
+    from ance.trainer.resume import total_steps
+
+    positives = [[0], [1, 2], [3], [4, 5, 6]]  # 4 queries, 7 (query, positive) pairs
+    cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml", ["train.epochs=2.5", "train.batch_size=2"])
+    assert total_steps(cfg, positives) == 5  # ceil(2.5 * 4 / 2)
+    cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml", ["train.epochs=1", "train.batch_size=2",
+                                                           "train.sample_by=pair"])
+    assert total_steps(cfg, positives) == 4  # ceil(7 / 2)
+    assert total_steps(load_config(ROOT / "configs" / "tiny-cpu.yaml"), positives) == 40  # max_steps
