@@ -30,6 +30,7 @@ from rich.text import Text
 
 from ance.run.config import Config, load_run_config
 from ance.run.errors import ConfigError
+from ance.run.progressline import eta_text
 from ance.run.rundir import RunDir
 from ance.run.telemetry import MetricsTail
 
@@ -54,8 +55,7 @@ class RunSummary:
         self.last_time: float | None = None
         self.train: dict[str, Any] | None = None
         self.max_gap_seen: int | None = None
-        self.wait_total = 0.0
-        self.n_waits = 0
+        self.wait_total, self.n_waits, self._waits, self.total, self._t0 = 0.0, 0, {}, None, None
         self.refresh: dict[str, Any] | None = None
         self.n_refreshes = 0
         self.progress: dict[str, Any] | None = None
@@ -80,13 +80,23 @@ class RunSummary:
     def _on_step(self, ev: dict) -> None:
         self.train = {k: ev.get(k) for k in ("step", "loss", "lr", "grad_norm", "examples_per_s",
                                               "negatives_version", "gap", "time")}
+        if isinstance(ev.get("step"), int) and isinstance(ev.get("time"), (int, float)):
+            s0, t0 = self._t0 = self._t0 or (ev["step"], ev["time"])  # speed since the first step seen
+            self.train["steps_per_s"] = (ev["step"] - s0) / (ev["time"] - t0) if ev["time"] > t0 else None
         gap = ev.get("gap")
         if isinstance(gap, (int, float)):
             self.max_gap_seen = gap if self.max_gap_seen is None else max(self.max_gap_seen, gap)
         wait = ev.get("wait_s")
         if isinstance(wait, (int, float)) and wait > 0:
-            self.wait_total += wait
-            self.n_waits += 1
+            self._waits[ev.get("step")] = wait
+            self.wait_total, self.n_waits = sum(self._waits.values()), len(self._waits)
+        if isinstance(ev.get("total"), int):
+            self.total = ev["total"]
+
+    def _on_resume(self, ev: dict) -> None:  # steps after ev["step"] run again: count them once
+        self._t0 = None
+        self._waits = {s: w for s, w in self._waits.items() if not (isinstance(s, int) and s > ev.get("step", 0))}
+        self.wait_total, self.n_waits = sum(self._waits.values()), len(self._waits)
 
     def _on_refresh(self, ev: dict) -> None:
         self.n_refreshes += 1
@@ -158,12 +168,10 @@ class RunSummary:
             done = sum(1 for s in shards if s["state"] == "done")
             progress = {"version": p["version"], "n_shards": p["n_shards"], "done": done, "shards": shards,
                         "complete": p["complete"] or (p["n_shards"] is not None and done >= p["n_shards"])}
-        train = None
-        if self.train is not None:
-            train = dict(self.train, max_gap_seen=self.max_gap_seen, wait_s_total=self.wait_total,
-                         n_waits=self.n_waits)
+        train = None if self.train is None else dict(self.train, max_gap_seen=self.max_gap_seen,
+                                                     wait_s_total=self.wait_total, n_waits=self.n_waits)
         return {
-            "max_steps": self.config.train.max_steps if self.config else None,
+            "max_steps": self.total or (self.config.train.max_steps if self.config else None),
             "max_gap": self.config.negatives.max_gap if self.config else None,
             "n_events": self.n_events,
             "last_time": self.last_time,
@@ -208,6 +216,11 @@ def _seconds(value: float | None) -> str:
     if value < 172800:
         return f"{value / 3600:.1f}h"
     return f"{value / 86400:.1f}d"
+
+
+def _eta(t: dict[str, Any], total: Any) -> str:
+    rate = t.get("steps_per_s")
+    return "–" if not rate or not isinstance(total, int) else f"{rate:.2f}, ETA {eta_text(max(0, total - (t['step'] or 0)) / rate)}"
 
 
 def _gap_text(gap: Any, max_gap: Any):
@@ -255,6 +268,7 @@ def render(summary: dict[str, Any], *, title: str | None = None, now: float | No
         parts.append(_pairs("training", [
             ("step", step), ("loss", _f(t["loss"], "{:.4f}")), ("lr", _f(t["lr"], "{:.3g}")),
             ("examples/s", _f(t["examples_per_s"], "{:.1f}")),
+            ("steps/s, ETA", _eta(t, summary.get("max_steps"))),
             ("negatives version", _f(t["negatives_version"], none="in-batch")),
             ("async gap", gap), ("waited for negatives", wait),
         ]))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ance.run.progressline import format_line
 from ance.run.rundir import RunDir
 from ance.run.telemetry import MetricsTail
 
@@ -34,10 +35,11 @@ class Progress:
         for ev in events:
             kind = ev.get("event")
             if kind == "step":
-                self.state.update(step=ev.get("step"), loss=ev.get("loss"), gap=ev.get("gap"),
-                                  version=ev.get("negatives_version"), eps=ev.get("examples_per_s"))
-                if ev.get("gap") is not None:
-                    self.max_seen_gap = max(self.max_seen_gap, ev["gap"])
+                self._on_step(ev)
+            elif kind == "resume":  # steps after ev["step"] run again: the speed starts over from there
+                self.state.pop("t0", None)
+                if isinstance(ev.get("max_steps"), int):
+                    self.max_steps = ev["max_steps"]
             elif kind == "refresh":
                 self.refreshes.append(ev)
             elif kind == "checkpoint":
@@ -48,24 +50,38 @@ class Progress:
                 self.state.setdefault("shards", {})[ev.get("shard")] = ev.get("state")
                 self.state["shard_version"] = ev.get("version")
 
-    def line(self) -> str:
+    def _on_step(self, ev: dict[str, Any]) -> None:
         s = self.state
-        parts = [f"step {s.get('step', 0)}/{self.max_steps}"]
-        if s.get("loss") is not None:
-            parts.append(f"loss {s['loss']:.3f}")
-        if s.get("gap") is not None:
-            parts.append(f"gap {s['gap']} (max {self.max_seen_gap}/{self.max_gap})")
-        if s.get("version") is not None:
-            parts.append(f"negatives v{s['version']}")
+        loss, step, t = ev.get("loss"), ev.get("step"), ev.get("time")
+        if isinstance(loss, (int, float)):
+            s["loss"] = loss if s.get("loss") is None else 0.9 * s["loss"] + 0.1 * loss
+        if isinstance(ev.get("total"), int):
+            self.max_steps = ev["total"]
+        if isinstance(step, int) and isinstance(t, (int, float)):
+            if "t0" not in s:
+                s["t0"] = (step, t)
+            s0, t0 = s["t0"]
+            s["rate"] = (step - s0) / (t - t0) if step > s0 and t > t0 else None
+        s.update(step=step, lr=ev.get("lr"), gap=ev.get("gap"), version=ev.get("negatives_version"))
+        if ev.get("gap") is not None:
+            self.max_seen_gap = max(self.max_seen_gap, ev["gap"])
+
+    def line(self) -> str:
+        """The training line (:func:`ance.run.progressline.format_line`), then refresh news, within 80 columns
+        on a terminal; off one, the refresh news on a line of its own when it changed."""
+        s = self.state
+        text = format_line(s.get("step") or 0, self.max_steps, s.get("loss"), s.get("lr"), s.get("rate"),
+                           s.get("version"), s.get("gap"))
+        extra = []
         shards = s.get("shards") or {}
         if shards:
             done = sum(1 for v in shards.values() if v == "done")
-            parts.append(f"refresh v{s.get('shard_version')}: {done}/{len(shards)} shards")
+            extra.append(f"refresh v{s.get('shard_version')} {done}/{len(shards)} shards")
         if self.refreshes:
             r = self.refreshes[-1]
             ndcg = r.get("eval_ndcg@10")
-            parts.append(f"last refresh v{r.get('version')}" + (f" nDCG@10 {ndcg:.3f}" if ndcg is not None else ""))
-        return " | ".join(parts)
+            extra.append(f"last v{r.get('version')}" + (f" nDCG@10 {ndcg:.3f}" if ndcg is not None else ""))
+        return text + ("\n  " + " | ".join(extra) if extra else "")
 
     def tick(self) -> None:
         now = time.time()
@@ -74,8 +90,11 @@ class Progress:
         self._last = now
         self.update()
         text = self.line()
-        if self.tty:
-            self.out.write("\r\033[K" + text)
+        head, _, news = text.partition("\n")
+        if self.tty:  # refresh news printed once, above the live training line
+            if news and news != self._last_line.partition("\n")[2]:
+                self.out.write("\r\033[K" + news.strip() + "\n")
+            self.out.write("\r\033[K" + head[:79])
             self.out.flush()
         elif text != self._last_line:
             self.out.write(text + "\n")

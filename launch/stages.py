@@ -43,23 +43,35 @@ def stage_line(stages: dict[str, float]) -> str:
     return (f"{top[:-2]} slowest: " if top else "") + text
 
 
+# shard_table's short column names (it fits 80 columns), explained in its legend
+SHORT = {"load_s": "load", "encode_s": "enc", "index_s": "idx", "search_s": "srch", "transfer_s": "xfer"}
+LEGEND = "dev=device enc=encode idx=index srch=search xfer=transfer *=slowest shard GiB=GPU-peak"
+
+
+def short_worker(name: Any) -> str:
+    """``inferencer-3`` -> ``inf-3`` (the column is narrow; names are unique either way)."""
+    text = _text(name)
+    return "inf-" + text[len("inferencer-"):] if text.startswith("inferencer-") else text
+
+
 def shard_table(r: dict[str, Any]):
-    """The last refresh shard by shard: which worker and GPU, its stages, and the one that held it back."""
+    """The last refresh shard by shard: which worker and GPU, its stages, and the one that held it back;
+    short column names and a legend, so it fits 80 columns."""
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(show_edge=False, pad_edge=False, expand=False)
-    for col in ("shard", "worker", "device", "docs/s", *(k[:-2] for k in SHARD_STAGES), "total", "GPU peak"):
-        table.add_column(col)
+    table = Table(box=None, padding=(0, 1), pad_edge=False, expand=False, caption=LEGEND, caption_justify="left")
+    for col in ("#", "worker", "dev", "docs/s", *(SHORT.get(k, k[:-2]) for k in SHARD_STAGES), "total", "GiB"):
+        table.add_column(col, no_wrap=True)
     last = slowest({i: row.get("shard_s") for i, row in enumerate(r["shards"])}) if len(r["shards"]) > 1 else None
     for i, row in enumerate(r["shards"]):
         peak = row.get("gpu_peak_bytes")
-        total = seconds(row.get("shard_s")) + (" ← slowest" if i == last else "")
-        table.add_row(_text(row.get("shard")), _text(row.get("worker")), _text(row.get("device")),
+        total = seconds(row.get("shard_s")) + ("*" if i == last else "")
+        table.add_row(_text(row.get("shard")), short_worker(row.get("worker")), _text(row.get("device")),
                       _text(row.get("encode_docs_per_s"), "{:,.0f}"), *(seconds(row.get(k)) for k in SHARD_STAGES),
                       Text(total, style="yellow" if i == last else ""),
-                      f"{peak / 2**30:.1f} GiB" if is_number(peak) else "–")
+                      f"{peak / 2**30:.1f}" if is_number(peak) else "–")
     return Panel(table, title=f"last refresh v{_text(r.get('version'))} by shard", title_align="left")
 
 

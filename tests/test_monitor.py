@@ -269,8 +269,17 @@ def test_stages_and_shards_of_the_last_refresh():
     assert [x["worker"] for x in r["shards"]] == ["inferencer-0", "inferencer-1"]
     text = _text(render(summarize(EVENTS + [SHARD_1_DONE, STAGED], CONFIG)), width=220)
     for needle in ["stages (slowest shard)", "encode slowest:", "encode 18.2s", "broker merge 0.36s",
-                   "select 3.30s", "last refresh v0 by shard", "cuda:1", "55,000", "22.6s ← slowest", "3.0 GiB"]:
+                   "select 3.30s", "last refresh v0 by shard", "cuda:1", "55,000", "22.6s*", "*=slowest",
+                   "GiB=GPU-peak"]:
         assert needle in text, f"{needle!r} not in\n{text}"
-    assert "12.5s ← slowest" not in text
+    assert "12.5s*" not in text
+
+
+def test_the_view_fits_80_columns_with_an_eta():
+    """No cell cut short (…) at 80 columns; the shard table's short names come with a legend."""
+    text = _text(render(summarize(EVENTS + [SHARD_1_DONE, STAGED], CONFIG)), width=80)
+    assert "…" not in text, text
+    for needle in ("inf-0", "cuda:1", "22.6s*", "3.0", "steps/s, ETA", "ETA 1:08"):
+        assert needle in text, f"{needle!r} not in\n{text}"
     plain = _text(render(summarize(EVENTS + [SHARD_1_DONE, REFRESH], CONFIG)))
     assert "by shard" not in plain and "stages (slowest shard)" not in plain  # a refresh without them

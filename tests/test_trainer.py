@@ -172,13 +172,19 @@ def test_pair_sampling_run_saves_its_sampler(runs):
 
 
 def test_resume_with_the_other_sampling_says_so(runs, tmp_path):
-    """A run sampled by query resumed with train.sample_by=pair: one line naming the checkpoint, exit 2."""
+    """A run sampled by query resumed with train.sample_by=pair (a fixed key): one line naming the key, exit 2;
+    with --force, one line naming the checkpoint whose sampler cannot go on that way."""
     import shutil
 
     run = tmp_path / "static"
     shutil.copytree(runs["static"], run)
     res = subprocess.run(ance("train", "--resume", run, "train.sample_by=pair", "train.max_steps=6"), cwd=ROOT,
                          env=proc_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert "train.sample_by cannot change on resume" in last and "--force" in last, last
+    res = subprocess.run(ance("train", "--resume", run, "train.sample_by=pair", "train.max_steps=6", "--force"),
+                         cwd=ROOT, env=proc_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert "step-" in last and "train.sample_by=query" in last and "Traceback" not in res.stderr

@@ -29,7 +29,9 @@ from ance.run.errors import AnceError, CheckpointError, ConfigError
 from ance.learn.losses import BidirectionalInfoNCE, InfoNCE, gist_mask, positive_mask
 from ance.model.biencoder import BiEncoder, resolve_model
 from ance.run.rundir import RunDir
+from ance.run.resume import flatten
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
+from ance.run.trackers import trackers_for
 from ance.model.tokcache import build_inputs
 
 from .batches import Batch, PairSampler, QuerySampler, sample_negatives, sample_positives
@@ -37,7 +39,10 @@ from .checkpoint import (CommitThread, Staged, latest_checkpoint, load_trainer_s
                          stage_checkpoint, sweep_incomplete)
 from .feed import NegativesTable, fill_bm25, fill_given, fill_static
 from .link import TrainerLink
-from .optim import build_optimizer, build_scheduler, check_finite, check_params_finite, grad_norm, last_layer_params
+from .console import console_for
+from .optim import (build_optimizer, build_scheduler, check_finite, check_params_finite, fresh_spec, grad_norm,
+                    last_layer_params)
+from .resume import restore_schedule, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +162,9 @@ class Trainer:
     def _build_optimization(self) -> None:
         t = self.cfg.train
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, t.max_steps, t.warmup_ratio)
+        self.max_steps = total_steps(self.cfg, self.split.positives)  # train.max_steps, or train.epochs in steps
+        self.schedule = fresh_spec(t.lr, self.max_steps, t.warmup_ratio)
+        self.scheduler = build_scheduler(self.optimizer, self.max_steps, t.warmup_ratio, self.schedule)
         self.amp_dtype = autocast_dtype(self.device, t.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.loss_fn = self._build_loss()
@@ -182,7 +189,8 @@ class Trainer:
         t = self.cfg.telemetry
         return MetricsWriter(self.run_dir, "trainer", tensorboard=t.tensorboard,
                              prometheus_port=prometheus_port_for(t.prometheus_port, "trainer"),
-                             prometheus_addr=t.prometheus_addr)
+                             prometheus_addr=t.prometheus_addr,
+                             sinks=trackers_for(t, self.run_dir, flatten(self.cfg.to_dict())))
 
     def _static_beside_refreshed(self) -> None:
         """negatives.mix_static: the static file's negatives kept beside the refreshed ones."""
@@ -233,8 +241,6 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         state = load_trainer_state(path)
-        if state.get("config_hash") not in (None, config_hash(self.cfg)):
-            log.warning("resuming with a config that differs from the checkpoint's (%s)", path)
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -249,6 +255,7 @@ class Trainer:
         self.table.load_state_dict(state["table"])
         self.wait_total = float(state.get("wait_total", 0.0))
         set_rng_state(state["rng"])
+        restore_schedule(self, state, path)  # what changed takes effect, and is logged
         log.info("resumed from %s at step %d", path, self.step)
 
     # ---------------------------------------------------------------- steps
@@ -371,7 +378,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "sampler": self.sampler.state_dict(), "pos_rng": self.pos_rng.bit_generator.state,
                 "neg_rng": self.neg_rng.bit_generator.state, "table": self.table.state_dict(),
-                "rng": rng_state(), "wait_total": self.wait_total, "config_hash": config_hash(self.cfg)}
+                "rng": rng_state(), "wait_total": self.wait_total, "config_hash": config_hash(self.cfg),
+                "config": self.cfg.to_dict(), "schedule": self.schedule}
 
     def save_checkpoint(self) -> Path:
         """Stage ``checkpoints/step-N`` (rank 0; the trainer waits for this half) and commit it in the
@@ -411,22 +419,27 @@ class Trainer:
         try:
             if self.is_main and (is_async and self.step == 0):
                 self.save_checkpoint()
-            while self.step < cfg.train.max_steps:
+            console = console_for(cfg, self.max_steps, self.step) if self.is_main else None
+            while self.step < self.max_steps:
                 record = self.train_step()
                 self._step_s = record["step_s"] - record["wait_s"]
                 if self.is_main:
-                    if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
-                        self.metrics.log("step", **record)
+                    if self.step % cfg.train.log_every == 0 or self.step == self.max_steps:
+                        self.metrics.log("step", total=self.max_steps, **record)
+                    if console is not None:
+                        console.update(record)
                     self._committed(self.commits.poll())
                     if self.client is not None:
                         self.client.status(self.step, record["negatives_version"], record["gap"])
                         self.client.poll(0)
-                    if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.max_steps:
+                    if self.step % cfg.train.checkpoint_every == 0 or self.step == self.max_steps:
                         self.save_checkpoint()
                 if self.distributed:
                     torch.distributed.barrier()
             if self.is_main:
                 self._committed(self.commits.wait())
+            if console is not None:
+                console.close()
             summary = {"steps": self.step, "wait_s": self.wait_total}
             if self.is_main and self.client is not None and cfg.negatives.final_refresh:
                 summary["final_refresh_s"] = self.client.wait_for_version(self.step, cfg.negatives.wait_timeout_s)

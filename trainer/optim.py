@@ -32,9 +32,46 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float):
-    warmup = int(total * warmup_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, total, warmup))
+def resumed_schedule(step: int, start: int, m0: float, total: int, warmup: int) -> float:
+    """LR multiplier of a schedule rebuilt at ``start`` where it stood at ``m0``: still warming up, on to 1
+    at step ``warmup - 1``, then :func:`linear_schedule`'s decay; past warm-up, linearly from ``m0`` to 0
+    at ``total``. No jump at ``start``, and for an unchanged schedule the same values as before."""
+    if step <= start:
+        return m0
+    if start < warmup:
+        if step < warmup:
+            return m0 + (1.0 - m0) * (step - start) / max(warmup - 1 - start, 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return max(0.0, m0 * (total - step) / max(1, total - start))
+
+
+def schedule_multiplier(step: int, spec: dict) -> float:
+    """The multiplier at ``step`` of a schedule spec: ``{peak, total, warmup, start, m0}``, ``m0`` None for a
+    fresh one (:func:`linear_schedule`)."""
+    if spec.get("m0") is None:
+        return linear_schedule(step, spec["total"], spec["warmup"])
+    return resumed_schedule(step, spec["start"], spec["m0"], spec["total"], spec["warmup"])
+
+
+def fresh_spec(peak: float, total: int, warmup_ratio: float) -> dict:
+    return {"peak": float(peak), "total": int(total), "warmup": int(total * warmup_ratio), "start": 0, "m0": None}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, spec: dict | None = None,
+                    step: int = 0):
+    """LambdaLR of ``spec`` (default: a fresh linear schedule) standing at ``step``: the peak lr becomes every
+    group's base, and the lr of the next optimizer step is ``peak * schedule_multiplier(step, spec)``."""
+    spec = spec or fresh_spec(optimizer.param_groups[0]["lr"], total, warmup_ratio)
+    if step == 0 and spec.get("m0") is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_multiplier(s, spec))
+    for group in optimizer.param_groups:
+        group["initial_lr"] = spec["peak"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_multiplier(s, spec), last_epoch=step - 1)
+
+
+def steps_for_epochs(epochs: float, n_examples: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``n_examples``, rounded up (at least 1)."""
+    return max(1, math.ceil(epochs * n_examples / batch_size))
 
 
 def last_layer_params(model: nn.Module) -> list[nn.Parameter]:
@@ -69,8 +106,9 @@ def check_finite(step: int, loss: float, grad_norm: float, lr: float, *, scaled:
     if bad:
         what = ", ".join(f"{name} is {value}" for name, value in bad)
         raise TrainingError(f"step {step}: {what}; stopped before the optimizer step, so no checkpoint holds it. "
-                            f"Lower train.lr (now {lr:g}) or train.max_grad_norm, use train.precision=fp32, or "
-                            "check the data; then resume from the last checkpoint with --resume")
+                            f"Resume from the last checkpoint with a lower lr or clipping, which take effect "
+                            f"(ance train --resume RUN_DIR train.lr={lr / 10:.1e}; the schedule continues from "
+                            "there), or train.max_grad_norm / train.precision=fp32; or check the data")
 
 
 def check_params_finite(model: nn.Module, step: int) -> None:
@@ -78,5 +116,5 @@ def check_params_finite(model: nn.Module, step: int) -> None:
     for name, param in model.named_parameters():
         if not bool(torch.isfinite(param).all()):
             raise TrainingError(f"step {step}: parameter {name} holds non-finite values (training diverged); "
-                                "no checkpoint written. Lower train.lr or train.max_grad_norm and resume from the "
-                                "last checkpoint with --resume")
+                                "no checkpoint written. Resume from the last checkpoint with a lower lr or clipping, "
+                                "which take effect: ance train --resume RUN_DIR train.lr=... train.max_grad_norm=...")

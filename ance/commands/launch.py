@@ -15,6 +15,7 @@ from ance.run.config import add_config_arguments, config_from_args, save_config
 from ance.run.data_checks import is_record_data
 from ance.run.errors import ConfigError
 from ance.run.logutil import setup_logging
+from ance.run.resume import check_resume
 from ance.run.rundir import RunDir, claim_run_dir
 
 NAME = "launch"
@@ -55,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CUDA MPS for processes sharing a GPU (the launcher runs a private MPS control daemon "
                              "for the run): on, auto (when a trainer GPU also runs an inferencer and "
                              "nvidia-cuda-mps-control is there), off (default)")
+    parser.add_argument("--force", action="store_true",
+                        help="resume even though a fixed config key changed (see `ance config keys`)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument("--log-level", default="INFO", help="the launcher's own logging level")
 
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         check_given(cfg, load_for_config(cfg))
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
+        if args.from_run_dir:  # a changed fixed key is refused before anything is written
+            check_resume(run_dir, cfg.to_dict(), force=args.force, command="ance launch --resume")
         aside = claim_run_dir(run_dir, resume=bool(args.from_run_dir), overwrite=args.overwrite)
         if aside is not None:
             logging.getLogger("ance.launch").warning("--overwrite: the earlier run moved to %s", aside)

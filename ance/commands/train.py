@@ -9,6 +9,7 @@ import os
 
 from ance.run.config import add_config_arguments, config_from_args
 from ance.run.logutil import setup_logging
+from ance.run.resume import check_resume
 from ance.run.rundir import RunDir, claim_run_dir
 
 NAME = "train"
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start fresh in a run directory that holds an earlier run, moving that run aside to "
                              "RUN_DIR.old-<time> (without it, such a directory is refused)")
+    parser.add_argument("--force", action="store_true",
+                        help="resume even though a fixed config key changed (see `ance config keys`)")
     parser.add_argument("--log-level", default="INFO", help="logging level of this process")
     parser.epilog = ("Several GPUs: torchrun --nproc-per-node N -m ance.cli train CONFIG ... "
                      "(batch_size is the global batch, split over the ranks).")
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         if found is not None:
             logging.getLogger("ance.train").info("--auto-resume: continuing from %s", found[1])
             resume = True
+    if resume:  # a changed fixed key is refused before anything is written; the trainer applies the rest
+        check_resume(cfg.run_dir, cfg.to_dict(), force=args.force, command="ance train --resume")
     # A fresh run never mixes with an earlier one's checkpoints or negatives (under torchrun: rank 0 checks).
     if os.environ.get("RANK", "0") == "0":
         aside = claim_run_dir(cfg.run_dir, resume=resume, overwrite=args.overwrite,

@@ -21,6 +21,7 @@ import yaml
 from ance.run.config_checks import check_ranges
 from ance.run.data_checks import check_columns, is_record_data
 from ance.run.errors import ConfigError
+from ance.run.suggest import check_override_keys, override_for, unknown_key_message
 from ance.run.rundir import CONFIG, RunDir
 from ance.run.sections import (  # noqa: F401  (the sections are part of the config's face)
     _CHOICES, _POSITIVE, BrokerConfig, Config, DataConfig, InferencerConfig, LaunchConfig, ModelConfig,
@@ -82,11 +83,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key {where}{unknown[0]}; valid keys{(' of ' + prefix) if prefix else ''}: "
-            + ", ".join(names)
-        )
+        raise ConfigError(unknown_key_message(f"{prefix}.{unknown[0]}" if prefix else unknown[0], Config))
     kwargs = {}
     for name in names:
         if name not in values:
@@ -160,6 +157,7 @@ def validate(cfg: Config) -> Config:
     for key in _POSITIVE:
         if flat[key] <= 0:
             raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
+    _validate_horizon(cfg.train)
     try:
         lo, hi = cfg.negatives.rank_window = parse_rank_window(cfg.negatives.rank_window)
     except ValueError as exc:
@@ -182,6 +180,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.warmup_ratio: must be in [0, 1)")
     check_ranges(cfg)
     return cfg
+
+
+def _validate_horizon(t: TrainConfig) -> None:
+    """Exactly one of train.max_steps and train.epochs, > 0; the progress interval >= 0."""
+    if (t.max_steps is None) == (t.epochs is None):
+        raise ConfigError(f"train.max_steps={t.max_steps} and train.epochs={t.epochs}: give exactly one of the "
+                          "two (e.g. train.epochs=3 train.max_steps=null)")
+    if t.max_steps is not None and t.max_steps <= 0:
+        raise ConfigError(f"train.max_steps: must be > 0, got {t.max_steps}")
+    if t.epochs is not None and not 0 < t.epochs < float("inf"):
+        raise ConfigError(f"train.epochs: must be a number > 0, got {t.epochs}")
+    if not 0 <= t.progress_every_s < float("inf"):
+        raise ConfigError(f"train.progress_every_s: must be >= 0 seconds (0: no progress), got {t.progress_every_s}")
 
 
 def _validate_negative_options(neg: NegativesConfig, own_negatives: bool = False) -> None:
@@ -217,7 +228,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+            where = "" if p.is_absolute() else f" (a relative path, resolved against {os.getcwd()})"
+            raise ConfigError(f"{p}: config file not found{where}")
         try:
             tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -226,12 +238,41 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
-    tree = _merge(tree, parse_overrides(list(overrides or [])))
+    if tree:
+        try:  # the file on its own: its errors name the file
+            _build(Config, tree, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    overrides = list(overrides or [])
+    check_override_keys(overrides, Config)
+    extra = parse_overrides(overrides)
+    tree = _merge(_one_horizon(tree, extra), extra)
     try:
         cfg = _build(Config, tree, "")
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    except ConfigError as exc:  # the file alone was fine: an override is wrong, name it
+        key = str(exc).split(":", 1)[0].split("[", 1)[0]
+        item = override_for(key, overrides)
+        raise ConfigError(f"override {item}: {exc}" if item else str(exc)) from None
     return validate(cfg)
+
+
+def _one_horizon(tree: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """train.max_steps and train.epochs are one of the two: the command line's choice wins over the
+    file's, and a file (or command line) giving train.epochs alone leaves max_steps out (its default)."""
+    file_t, over_t = tree.get("train") or {}, extra.get("train") or {}
+    if not isinstance(file_t, dict) or not isinstance(over_t, dict):
+        return tree
+    given = {**file_t, **over_t}
+    drop = None
+    if over_t.get("epochs") is not None and "max_steps" not in over_t:
+        drop = "max_steps"
+    elif over_t.get("max_steps") is not None and "epochs" not in over_t:
+        drop = "epochs"
+    elif given.get("epochs") is not None and "max_steps" not in given:
+        drop = "max_steps"
+    if drop is None:
+        return tree
+    return {**tree, "train": {**file_t, drop: None}}
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

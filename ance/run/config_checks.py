@@ -80,7 +80,6 @@ def check_ranges(cfg: Any) -> None:
                        ("broker.heartbeat_s", b.heartbeat_s), ("broker.worker_timeout_s", b.worker_timeout_s)):
         _positive(key, value)
     _non_negative("train.weight_decay", t.weight_decay)
-    _non_negative("train.num_workers", t.num_workers)
     if not math.isfinite(t.gist_margin):
         raise ConfigError(f"train.gist_margin: must be finite, got {t.gist_margin}")
     for key, value in (("model.query_max_length", m.query_max_length),

@@ -38,7 +38,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 200
+    max_steps: int | None = 200      # null with train.epochs
+    epochs: float | None = None      # alternative to max_steps (one of the two)
     batch_size: int = 64
     chunk_size: int | None = 32
     chunk_by_tokens: bool = True
@@ -55,7 +56,7 @@ class TrainConfig:
     precision: str = "auto"
     log_every: int = 1
     device: str = "auto"
-    num_workers: int = 0
+    progress_every_s: float = 30.0   # `ance train` terminal progress; 0: none
 
 
 @dataclass
@@ -104,6 +105,8 @@ class TelemetryConfig:
     tensorboard: bool = True
     prometheus_port: int | None = None
     prometheus_addr: str = "127.0.0.1"
+    mlflow: str | None = None        # MLflow tracking URI, e.g. file:./mlruns
+    wandb: str | None = None         # Weights & Biases project (offline mode by default)
 
 
 @dataclass
@@ -145,7 +148,7 @@ _CHOICES = {
 }
 
 _POSITIVE = (
-    "train.max_steps", "train.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
     "train.log_every", "negatives.n_per_query", "negatives.depth", "negatives.keep",
     "broker.chunk_queries", "broker.max_frame_bytes", "broker.max_shards", "inferencer.batch_size",
     "model.query_max_length", "model.passage_max_length", "model.maxp_windows",

@@ -115,8 +115,9 @@ class MetricsWriter:
     """
 
     def __init__(self, run_dir: str | Path, role: str, *, tensorboard: bool = True,
-                 prometheus_port: int | None = None, prometheus_addr: str = "127.0.0.1"):
+                 prometheus_port: int | None = None, prometheus_addr: str = "127.0.0.1", sinks: list | None = None):
         self.run_dir = Path(run_dir)
+        self.sinks = list(sinks or [])  # ance.run.trackers: MLflow, W&B (.log(record), .close())
         self.role = role
         self.path = self.run_dir / METRICS
         self.tensorboard = tensorboard
@@ -156,6 +157,8 @@ class MetricsWriter:
             self._write(data)
             if self.tensorboard:
                 self._to_tensorboard(record)
+            for sink in self.sinks:
+                sink.log(record)
             if self._registry is not None:
                 for key, name in EVENT_GAUGES.get(event, ()):
                     value = _number(record.get(key))
@@ -264,6 +267,9 @@ class MetricsWriter:
                 os.close(self._fd)
                 self._fd = None
             httpd, self._httpd = self._httpd, None
+            sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close()
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
@@ -276,8 +282,21 @@ class MetricsWriter:
         self.close()
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """All events of a metrics log (a file or a run directory), in file order.
+def drop_rerun(events: list[dict]) -> list[dict]:
+    """The events that count, once each: after a ``resume`` event at step s, the earlier events with
+    ``step > s`` are dropped (those steps ran again from the checkpoint at s, and are logged again)."""
+    out: list[dict] = []
+    for ev in events:
+        if ev.get("event") == "resume" and isinstance(ev.get("step"), (int, float)):
+            s = ev["step"]
+            out = [e for e in out if not (isinstance(e.get("step"), (int, float)) and e["step"] > s)]
+        out.append(ev)
+    return out
+
+
+def read_metrics(path: str | Path, *, rerun: bool = False) -> list[dict]:
+    """The events of a metrics log (a file or a run directory), in file order; steps re-run after a
+    resume counted once (:func:`drop_rerun`; ``rerun=True``: every line as written).
 
     A line cut short by a killed writer is skipped with a warning: the last
     line when it has no newline, or the head of a line when a later writer's
@@ -312,7 +331,7 @@ def read_metrics(path: str | Path) -> list[dict]:
             raise DataError(path, number, reason)
         log.warning("%s:%d: skipping the head of the line, cut short by a killed writer", path, number)
         events.append(record)
-    return events
+    return events if rerun else drop_rerun(events)
 
 
 _RECORD_START = re.compile(rb'\{\s*"event"\s*:')
