@@ -21,9 +21,15 @@ KEYS: dict[str, tuple[str, str]] = {
     "run_dir": (MAY, "the run directory (config.yaml, checkpoints, negatives, metrics.jsonl, logs)"),
     "seed": (FIXED, "seed of the query order, positive and negative draws and model init"),
     # data
-    "data.path": (FIXED, "BEIR folder, MS MARCO folder, or beir:NAME (downloaded once); a relative path is "
+    "data.path": (FIXED, "BEIR folder, MS MARCO folder, Tevatron JSONL, sentence-transformers pairs/triplets (JSONL, CSV/TSV, Parquet), an HF dataset (save_to_disk folder, .arrow, hf:NAME), or beir:NAME (downloaded once); a relative path is "
                          "resolved against the current directory"),
-    "data.format": (FIXED, "layout of data.path (auto: detected)"),
+    "data.format": (FIXED, "layout of data.path: auto (detected from the path and first record) | beir | msmarco | tevatron | pairs | hf"),
+    "data.corpus": (FIXED, "record formats (Tevatron, pairs, HF): the corpus to index (Tevatron corpus JSONL "
+                    "or a BEIR corpus.jsonl); null: the union of the file's passages, and ANCE mines only among them"),
+    "data.columns": (FIXED, "pairs/HF: column mapping {query: COL, positive: COL, negatives: [COL, ...]}; null: "
+                     "guessed from common names (anchor/query, positive/pos, negative/neg), else by position"),
+    "data.eval_path": (FIXED, "evaluation queries and positives from this file or dataset (any format) instead of "
+                       "data.eval_split of data.path; indexed against the same corpus"),
     "data.train_split": (FIXED, "split whose queries are trained on"),
     "data.eval_split": (FIXED, "split evaluated at every refresh (nDCG@10, recall@100); null: none"),
     "data.max_docs": (FIXED, "corpus subset: every judged document of the kept queries, then a seeded sample "
