@@ -12,7 +12,7 @@ from ance.run.errors import AnceError
 # Order is the order `ance --help` lists them in.
 COMMANDS = (
     "launch", "train", "broker", "infer",
-    "retrieve", "encode", "search", "eval", "mine",
+    "retrieve", "encode", "search", "eval", "benchmark", "mine", "export",
     "monitor", "report", "keys",
 )
 

@@ -35,6 +35,7 @@ from ance.model.tokcache import build_inputs
 from .batches import Batch, PairSampler, QuerySampler, sample_negatives, sample_positives
 from .checkpoint import (CommitThread, Staged, latest_checkpoint, load_trainer_state, prune_checkpoints,
                          stage_checkpoint, sweep_incomplete)
+from .evaluator import Evaluator, write_alias
 from .feed import NegativesTable, fill_bm25, fill_static
 from .link import TrainerLink
 from .optim import build_optimizer, build_scheduler, check_finite, check_params_finite, grad_norm, last_layer_params
@@ -387,6 +388,7 @@ class Trainer:
         if self.client is not None:
             self.client.announce(staged.step, str(staged.final), written)
         protect = set(int(v) for v in np.unique(self.table.version))
+        protect |= self.evaluator.protected() if getattr(self, "evaluator", None) else set()  # the best one
         if self.client is not None:
             protect |= self.client.pending_versions()
         prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints, protect)
@@ -398,7 +400,10 @@ class Trainer:
         if self.is_main and is_async:
             self.client = TrainerLink(cfg, self.table, self.metrics, self.split.ids, self.data.fingerprint)
             self.client.connect()
+        ev = self.evaluator = Evaluator(cfg, self.data, self.metrics, self.device) if self.is_main else None
         try:
+            if ev is not None and self.step == 0 and ev.due(0):
+                ev.evaluate(self.model, 0, None)
             if self.is_main and (is_async and self.step == 0):
                 self.save_checkpoint()
             while self.step < cfg.train.max_steps:
@@ -411,13 +416,19 @@ class Trainer:
                     if self.client is not None:
                         self.client.status(self.step, record["negatives_version"], record["gap"])
                         self.client.poll(0)
-                    if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.max_steps:
-                        self.save_checkpoint()
+                    due = ev.due(self.step)
+                    if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.max_steps or due:
+                        path = self.save_checkpoint()
+                        if due:
+                            ev.evaluate(self.model, self.step, path)
                 if self.distributed:
                     torch.distributed.barrier()
             if self.is_main:
                 self._committed(self.commits.wait())
             summary = {"steps": self.step, "wait_s": self.wait_total}
+            if ev is not None and (last := RunDir(self.run_dir).latest_checkpoint()):
+                write_alias(self.run_dir, "final", last[0])  # checkpoints/final.json: the last checkpoint
+                summary.update(ev.summary(), final=last[0])
             if self.is_main and self.client is not None and cfg.negatives.final_refresh:
                 summary["final_refresh_s"] = self.client.wait_for_version(self.step, cfg.negatives.wait_timeout_s)
             return summary

@@ -22,7 +22,7 @@ from ance.run.config_checks import check_ranges
 from ance.run.errors import ConfigError
 from ance.run.rundir import CONFIG, RunDir
 from ance.run.sections import (  # noqa: F401  (the sections are part of the config's face)
-    _CHOICES, _POSITIVE, BrokerConfig, Config, DataConfig, InferencerConfig, LaunchConfig, ModelConfig,
+    _CHOICES, _POSITIVE, BrokerConfig, Config, DataConfig, EvalConfig, InferencerConfig, LaunchConfig, ModelConfig,
     NegativesConfig, TelemetryConfig, TrainConfig, _plain,
 )
 
