@@ -241,6 +241,8 @@ class Trainer:
         self.wait_total = float(state.get("wait_total", 0.0))
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
+        if self.metrics is not None:  # `ance report` marks where a run resumed
+            self.metrics.log("resume", step=self.step, checkpoint=str(path))
 
     # ---------------------------------------------------------------- steps
     def _next_batch(self) -> Batch:
