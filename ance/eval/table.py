@@ -173,8 +173,10 @@ def _grid(table: dict, measure: str, fmt: str, digits: int) -> str:
         avg = f"{np.mean(means):.{digits}f}" if len(means) == len(datasets) and len(datasets) > 1 else ""
         rows.append([s, *row] + ([avg] if len(datasets) > 1 else []))
     head = [measure, *datasets] + (["avg"] if len(datasets) > 1 else [])
-    note = (f"† {table['test']}-test against {table['baseline']}, p < {table['alpha']}"
-            f"{' after Holm correction over the ' + str(_family(table, measure)) + ' tests' if table['correction'] == 'holm' else ''}.")
+    n_tests = _family(table, measure)
+    holm_note = f" after Holm correction over the {n_tests} tests" if n_tests > 1 else ""
+    note = (f"† paired {table['test']}-test against {table['baseline']}, p < {table['alpha']}{holm_note}."
+            if n_tests else "")
     if fmt == "md":
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
