@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ance.run.device import resolve_device
     from ance.run.fsio import atomic_write_lines, check_output_file
     from ance.run.logutil import setup_logging
-    from ance.search.retrieve import _has_split, load_data, load_encoder, retrieve
+    from ance.search.retrieve import has_split, load_data, load_encoder, retrieve
 
     if not logging.getLogger().handlers:
         setup_logging("WARNING" if args.quiet else "INFO", role="ance-benchmark")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     encoders = {name: load_encoder(path, device=device) for name, path in models.items()}
     per_query: dict[str, dict] = {}
     for dname, folder in datasets.items():
-        split = next((s for s in args.split if _has_split(folder, args.format, s)), None)
+        split = next((s for s in args.split if has_split(folder, args.format, s)), None)
         if split is None:
             raise ConfigError(f"--data {folder}: has none of the splits {', '.join(args.split)}; give --split")
         data = load_data(folder, split, format=args.format, max_docs=args.max_docs, max_queries=args.max_queries,

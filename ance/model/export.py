@@ -108,7 +108,7 @@ def model_card(src: Path, run: Path | None, *, command: str | None = None) -> st
              "tags: [sentence-transformers, feature-extraction, dense-retrieval, ance]",
              *([f"base_model: {m['name_or_path']}"] if m.get("name_or_path") else []), "---", "",
              f"# {src.parent.parent.name if run else src.name}" + (f" (step {step})" if step is not None else ""),
-             "", "A dense retriever (bi-encoder) trained with [ance](https://github.com/) "
+             "", "A dense retriever (bi-encoder) trained with ance "
              "(ANCE: asynchronously refreshed ANN hard negatives).", "", "## Model", ""]
     lines += [f"* base model: `{m.get('name_or_path', 'unknown')}`",
               f"* pooling: {ance_json.get('pooling', '?')}, normalize: {ance_json.get('normalize', '?')}, "

@@ -53,13 +53,13 @@ def load_data(path: str | Path, split: str | None = None, *, format: str = "auto
                                   "(the same split as for `ance search`)")
             split = _any_split(Path(path), format)
         splits = [split]
-        if max_docs is not None and train_split and train_split != split and _has_split(path, format, train_split):
+        if max_docs is not None and train_split and train_split != split and has_split(path, format, train_split):
             splits = [train_split, split]
     return load_dataset(path, splits=splits, format=format, max_docs=max_docs, max_queries=max_queries,
                         seed=seed)
 
 
-def _has_split(path: str | Path, format: str, split: str) -> bool:
+def has_split(path: str | Path, format: str, split: str) -> bool:
     from ance.data.download import resolve_data_path
 
     root = resolve_data_path(path)
