@@ -79,24 +79,26 @@ def test_checkpoint_files_honour_the_umask(run_dir):
     assert set(modes.values()) == {0o644}
 
 
-def test_retrieve_and_eval_reproduce_the_logged_figure(run_dir, tmp_path):
+def test_retrieve_and_eval_reproduce_the_logged_figure(run_dir, tmp_path, capsys):
     """The launcher's (trainer's) nDCG@10 of the final checkpoint, by hand, two ways: the run's own
     settings (--run-dir), and the same flags a user would type (--max-docs keeps train + dev positives)."""
+    from ance.cli import main
+
     logged = evals(run_dir)[-1]
     qrels = SCIFACT / "qrels" / "dev.tsv"
     by_run = tmp_path / "by_run.trec"
     by_flags = tmp_path / "by_flags.trec"
-    env = proc_env(HF_HUB_OFFLINE="1")
     for argv in (["--run-dir", run_dir, "--model", run_dir / "checkpoints" / "final", "--out", by_run],
                  ["--model", run_dir / "checkpoints" / "step-000004", "--data", SCIFACT, "--split", "dev", *SUBSET,
                   *LENGTHS, "--out", by_flags]):
-        subprocess.run(ance("retrieve", *argv, "--device", "cpu", "--quiet", "--cache-dir", tmp_path / "cache"),
-                       cwd=ROOT, env=env, check=True, capture_output=True)
+        assert main(["retrieve", *map(str, argv), "--device", "cpu", "--quiet", "--cache-dir",
+                     str(tmp_path / "cache")]) == 0
     for trec in (by_run, by_flags):
-        res = subprocess.run(ance("eval", "--run", trec, "--qrels", qrels, "--missing", "skip"), cwd=ROOT, env=env,
-                             check=True, capture_output=True, text=True)
-        got = json.loads(res.stdout)
-        assert got["n_queries"] == 30 and "have no ranking" in res.stderr
+        capsys.readouterr()
+        assert main(["eval", "--run", str(trec), "--qrels", str(qrels), "--missing", "skip"]) == 0
+        out, err = capsys.readouterr()
+        got = json.loads(out)
+        assert got["n_queries"] == 30 and "have no ranking" in err
         assert abs(got["ndcg@10"] - logged["eval_ndcg@10"]) <= 1e-4
         assert abs(got["recall@100"] - logged["eval_recall@100"]) <= 1e-4
 
