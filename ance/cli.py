@@ -13,7 +13,7 @@ from ance.run.errors import AnceError, DataError
 # Order is the order `ance --help` lists them in.
 COMMANDS = (
     "launch", "train", "broker", "infer",
-    "retrieve", "encode", "search", "eval", "mine", "data",
+    "retrieve", "encode", "search", "eval", "benchmark", "mine", "export", "data",
     "monitor", "report", "keys", "config",
 )
 

@@ -23,6 +23,8 @@ class Progress:
         self.tty = out.isatty()
         self.state: dict[str, Any] = {}
         self.refreshes: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []  # the trainer's own evaluations (eval.every)
+        self.run_dir = Path(run_dir)
         self.max_seen_gap = 0
         self._last = 0.0
         self._last_line = ""
@@ -31,7 +33,7 @@ class Progress:
         restarts = self.tail.restarts
         events = self.tail.read()
         if self.tail.restarts != restarts:  # the metrics log was replaced: what we built from it is stale
-            self.state, self.refreshes, self.max_seen_gap = {}, [], 0
+            self.state, self.refreshes, self.evals, self.max_seen_gap = {}, [], [], 0
         for ev in events:
             kind = ev.get("event")
             if kind == "step":
@@ -42,6 +44,8 @@ class Progress:
                     self.max_steps = ev["max_steps"]
             elif kind == "refresh":
                 self.refreshes.append(ev)
+            elif kind == "eval":
+                self.evals.append(ev)
             elif kind == "checkpoint":
                 self.state["checkpoint"] = ev.get("step")
             elif kind == "shard":
@@ -105,17 +109,39 @@ class Progress:
         self.update()
         if self.tty:
             self.out.write("\n")
-        return summary(self.refreshes, self.state, self.max_seen_gap)
+        out = summary(self.refreshes, self.state, self.max_seen_gap, self.evals)
+        out.update(aliases(self.run_dir))
+        return out
 
 
-def summary(refreshes: list[dict[str, Any]], state: dict[str, Any], max_gap_seen: int) -> dict[str, Any]:
-    """Evaluation before (first refresh) and after (last refresh) training."""
-    evals = [r for r in refreshes if r.get("eval_ndcg@10") is not None]
+def summary(refreshes: list[dict[str, Any]], state: dict[str, Any], max_gap_seen: int,
+            evals: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Evaluation before (first) and after (last) training: from the refreshes (async), else from the
+    trainer's own ``eval`` events (in-batch, static, or ``eval.every``); a step's newer record wins."""
+    scored = [(r.get("version"), r) for r in refreshes if r.get("eval_ndcg@10") is not None]
+    if not scored:
+        by_step = {e.get("step"): e for e in evals if e.get("eval_ndcg@10") is not None}
+        scored = sorted(by_step.items(), key=lambda kv: kv[0])
     out: dict[str, Any] = {"steps": state.get("step"), "refreshes": len(refreshes), "max_gap": max_gap_seen}
-    if evals:
-        first, last = evals[0], evals[-1]
-        out["before"] = {"step": first.get("version"), "ndcg@10": first["eval_ndcg@10"],
-                         "recall@100": first.get("eval_recall@100")}
-        out["after"] = {"step": last.get("version"), "ndcg@10": last["eval_ndcg@10"],
-                        "recall@100": last.get("eval_recall@100")}
+    if scored:
+        (s0, first), (s1, last) = scored[0], scored[-1]
+        out["before"] = {"step": s0, "ndcg@10": first["eval_ndcg@10"], "recall@100": first.get("eval_recall@100")}
+        out["after"] = {"step": s1, "ndcg@10": last["eval_ndcg@10"], "recall@100": last.get("eval_recall@100")}
+    return out
+
+
+def aliases(run_dir: Path) -> dict[str, Any]:
+    """The run's ``best`` and ``final`` checkpoint aliases, as paths (with the best's metric)."""
+    import json
+
+    from ance.run.rundir import ALIASES, alias_path
+
+    out: dict[str, Any] = {}
+    for name in ALIASES:
+        try:
+            info = json.loads(alias_path(run_dir, name).read_text(encoding="utf-8"))
+            out[name] = {"checkpoint": str(RunDir(run_dir).checkpoints / str(info["checkpoint"])),
+                         **{k: info[k] for k in ("metric", "value") if k in info}}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     return out

@@ -74,7 +74,8 @@ def test_report_command_prints_paths(tmp_path, capsys):
     cmd.add_arguments(parser)
     assert cmd.run(parser.parse_args([str(run), "--out", str(tmp_path / "plots")])) == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(tmp_path / "plots" / n) for n in NAMES]
+    figures = [f"{n}.{f}" for n in ("learning", "loss", "gap") for f in ("png", "pdf")]  # launch/overlay.py
+    assert printed == [str(tmp_path / "plots" / n) for n in NAMES + figures]
 
 
 def test_report_without_data_says_no_data(tmp_path):

@@ -87,8 +87,10 @@ def test_retrieve_then_eval_prints_one_json_object(retrieved, capsys):
     assert run_command("eval", "--run", retrieved, "--qrels", SCIFACT / "qrels" / "dev.tsv") == 0
     out = capsys.readouterr().out
     metrics = json.loads(out)
-    assert out.count("\n") == 1 and set(metrics) == {"ndcg@10", "mrr@10", "recall@100", "recall@1000"}
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert out.count("\n") == 1 and set(metrics) == {"ndcg@10", "mrr@10", "recall@100", "recall@1000",
+                                                      "n_queries", "n_missing"}
+    assert metrics["n_missing"] == metrics["n_queries"] - 30  # the subset's 30 queries ranked, reported
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if "@" in k)
     # queries outside the subset count 0, so recall@1000 is the kept queries' share
     assert metrics["recall@1000"] > 0
 

@@ -141,7 +141,8 @@ def test_checkpoints_are_hf_dirs_with_state_and_manifest_and_only_last_k_kept(ru
     logged = [ev for ev in read_metrics(run) if ev["event"] == "checkpoint"]
     assert [ev["step"] for ev in logged] == [2, 4, 5]  # every 2 steps, and the last (committed before the end)
     assert all(0 <= ev["blocking_s"] <= ev["write_s"] for ev in logged)  # the trainer waits for a part only
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.json", "final.json", "step-000004", "step-000005"]  # + the aliases (eval at steps 0 and 5)
     assert [s for s, _ in list_checkpoints(run)] == [4, 5]
 
     cfg = load_run_config(run)

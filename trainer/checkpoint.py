@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ance.run.errors import CheckpointError
-from ance.run.fsio import fsync_dir
+from ance.run.fsio import fsync_dir, honour_umask
 from ance.run.rundir import MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step
 
 from .state_io import load_state, save_state
@@ -108,6 +108,7 @@ def stage_checkpoint(
     if trainer_state is not None:
         save_state(trainer_state, tmp)
     save_model(tmp)
+    honour_umask(tmp)  # safetensors writes 0600: a checkpoint is for colleagues to load too (0644 under 022)
     return Staged(int(step), tmp, final, dict(manifest or {}), started, time.time() - started)
 
 

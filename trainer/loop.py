@@ -19,11 +19,13 @@ import torch
 from ance.learn import gradcache
 from ance.run.config import Config, config_hash
 from ance.run.device import device_type
+from ance.run.rundir import RunDir
 from ance.learn.losses import gist_mask, positive_mask
 from ance.model.tokcache import build_inputs
 
 from .batches import Batch, PairSampler, sample_negatives, sample_positives
 from .checkpoint import CommitThread, Staged, prune_checkpoints, stage_checkpoint
+from .evaluator import Evaluator, write_alias
 from .link import TrainerLink
 from .console import console_for
 from .optim import check_finite, check_params_finite, grad_norm
@@ -212,6 +214,7 @@ class Trainer(TrainerSetup):
         if self.client is not None:
             self.client.announce(staged.step, str(staged.final), written)
         protect = set(int(v) for v in np.unique(self.table.version))
+        protect |= self.evaluator.protected() if getattr(self, "evaluator", None) else set()  # the best one
         if self.client is not None:
             protect |= self.client.pending_versions()
         prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints, protect)
@@ -223,7 +226,10 @@ class Trainer(TrainerSetup):
         if self.is_main and is_async:
             self.client = TrainerLink(cfg, self.table, self.metrics, self.split.ids, self.data.fingerprint)
             self.client.connect()
+        ev = self.evaluator = Evaluator(cfg, self.data, self.metrics, self.device, self.max_steps) if self.is_main else None
         try:
+            if ev is not None and self.step == 0 and ev.due(0):
+                ev.evaluate(self.model, 0, None)
             if self.is_main and (is_async and self.step == 0):
                 self.save_checkpoint()
             console = console_for(cfg, self.max_steps, self.step) if self.is_main else None
@@ -239,8 +245,11 @@ class Trainer(TrainerSetup):
                     if self.client is not None:
                         self.client.status(self.step, record["negatives_version"], record["gap"])
                         self.client.poll(0)
-                    if self.step % cfg.train.checkpoint_every == 0 or self.step == self.max_steps:
-                        self.save_checkpoint()
+                    due = ev.due(self.step)
+                    if self.step % cfg.train.checkpoint_every == 0 or self.step == self.max_steps or due:
+                        path = self.save_checkpoint()
+                        if due:
+                            ev.evaluate(self.model, self.step, path)
                 if self.distributed:
                     torch.distributed.barrier()
             if self.is_main:
@@ -248,6 +257,9 @@ class Trainer(TrainerSetup):
             if console is not None:
                 console.close()
             summary = {"steps": self.step, "wait_s": self.wait_total}
+            if ev is not None and (last := RunDir(self.run_dir).latest_checkpoint()):
+                write_alias(self.run_dir, "final", last[0])  # checkpoints/final.json: the last checkpoint
+                summary.update(ev.summary(), final=last[0])
             if self.is_main and self.client is not None and cfg.negatives.final_refresh:
                 summary["final_refresh_s"] = self.client.wait_for_version(self.step, cfg.negatives.wait_timeout_s)
             return summary

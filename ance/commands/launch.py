@@ -142,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
     if before and after:
         print(f"{cfg.data.eval_split} nDCG@10: {before['ndcg@10']:.4f} at step {before['step']} -> "
               f"{after['ndcg@10']:.4f} at step {after['step']}", file=sys.stderr)
+    if result.get("best"):
+        b = result["best"]
+        print(f"best checkpoint ({b.get('metric')} {b.get('value', float('nan')):.4f}): {b['checkpoint']}",
+              file=sys.stderr)
     return rc
 
 

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--rank-window {args.rank_window[0]} {args.rank_window[1]}: {exc}") from None
     t0 = time.perf_counter()
-    if args.eval_split and args.eval_split != args.split:
+    if args.eval_split and args.eval_split != args.split and not args.run_dir:
         device, model, data = _setup_with_eval(args)
     else:
         device, model, data = setup(args, args.split)
@@ -100,8 +100,11 @@ def _setup_with_eval(args: argparse.Namespace):
     from ance.run.device import resolve_device
     from ance.search.retrieve import load_encoder
 
+    from .retrieve import apply_run_dir
+
     if not logging.getLogger().handlers:
         setup_logging("WARNING" if args.quiet else "INFO", role="ance-mine")
+    apply_run_dir(args)
     check_positive(args, "k", "max_length", "query_max_length", "windows", "batch_size", "max_docs", "max_queries")
     data = load_dataset(args.data, splits=(args.split, args.eval_split), format=args.format,
                         max_docs=args.max_docs, max_queries=args.max_queries, seed=args.subset_seed,

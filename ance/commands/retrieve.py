@@ -25,9 +25,10 @@ HELP = "Encode the corpus and one split's queries, search exactly, write a TREC 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", required=True,
+    g.add_argument("--model", default=None,
                    help="a saved model dir (ance checkpoint, sentence-transformers or HF), 'all-MiniLM-L6-v2', "
-                        "'tiny-bert', or a hub id when online")
+                        "'tiny-bert', or a hub id when online; RUN_DIR/checkpoints/best or final names a run's "
+                        "alias (required unless --run-dir: then the run's final checkpoint)")
     g.add_argument("--pooling", choices=("cls", "mean"), default=None,
                    help="override the pooling (default: the model's ance.json or sentence-transformers files, "
                         "else mean)")
@@ -39,13 +40,23 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str | None = "req
     """``split``: "required", a default split name, or None (optional: only used by --max-docs).
     Returns the "data" group, for a command's own data flags."""
     g = parser.add_argument_group("data")
-    g.add_argument("--data", required=True, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), "
-                                                 "an MS MARCO folder (collection.tsv, queries.SPLIT.tsv, "
-                                                 "qrels.SPLIT.tsv), a Tevatron JSONL(.gz) file, sentence-"
-                                                 "transformers pairs/triplets (JSONL, CSV, TSV, Parquet), or a "
-                                                 "Hugging Face dataset (save_to_disk folder, .arrow, hf:NAME)")
+    g.add_argument("--data", default=None, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), "
+                                                "an MS MARCO folder (collection.tsv, queries.SPLIT.tsv, "
+                                                "qrels.SPLIT.tsv), a Tevatron JSONL(.gz) file, sentence-"
+                                                "transformers pairs/triplets (JSONL, CSV, TSV, Parquet), or a "
+                                                "Hugging Face dataset (save_to_disk folder, .arrow, hf:NAME); "
+                                                "required unless --run-dir")
+    g.add_argument("--run-dir", default=None, metavar="RUN_DIR",
+                   help="a training run: its data (path, subset, seed, splits), lengths and final checkpoint are "
+                        "the defaults, so the corpus is exactly the one the run trained and evaluated on")
+    g.add_argument("--train-split", default="train",
+                   help="with --max-docs: the training split whose positives the subset also keeps, as a "
+                        "training run's does (its train + eval positives); 'none' for --split's alone")
     if split == "required":
-        g.add_argument("--split", required=True, help="the split whose queries are searched (e.g. dev, test)")
+        g.add_argument("--split", default=None,
+                       help="the split whose queries are searched (e.g. dev, test); required unless --run-dir "
+                            "(then the run's eval split)")
+        parser.set_defaults(split_required=True)
     elif split is None:
         g.add_argument("--split", default=None,
                        help="with --max-docs: the split whose positives the document subset keeps; give the "
@@ -80,11 +91,13 @@ def _mapping(text: str) -> dict:
 
 def add_encoding_arguments(parser: argparse.ArgumentParser, query_length: bool = True) -> None:
     g = parser.add_argument_group("encoding")
-    g.add_argument("--max-length", type=int, default=256,
-                   help="passage length in tokens, special tokens included (the length of each MaxP window)")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="passage length in tokens, special tokens included (the length of each MaxP window); "
+                        "default 256, or the run's model.passage_max_length with --run-dir")
     if query_length:
         g.add_argument("--query-max-length", type=int, default=None,
-                       help="query length in tokens (default: --max-length)")
+                       help="query length in tokens (default: --max-length, or the run's model.query_max_length "
+                            "with --run-dir)")
     g.add_argument("--long-doc", choices=("firstp", "maxp"), default="firstp",
                    help="firstp: a document is its first --max-length tokens; maxp: up to --windows windows, "
                         "a document scores its best window")
@@ -122,12 +135,54 @@ def setup(args: argparse.Namespace, split: str | None):
     if not logging.getLogger().handlers:  # leave a host's logging (pytest, a notebook) alone
         setup_logging("WARNING" if args.quiet else "INFO", role=f"ance-{args.command_name}")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    splits = apply_run_dir(args)
+    split = args.split
     check_positive(args, "k", "max_length", "query_max_length", "windows", "batch_size", "max_docs", "max_queries")
     device = resolve_device(args.device, "--device")
     data = load_data(args.data, split, format=args.format, max_docs=args.max_docs, max_queries=args.max_queries,
-                     seed=args.subset_seed, corpus=args.corpus, columns=args.columns)
+                     seed=args.subset_seed, train_split=None if args.train_split == "none" else args.train_split,
+                     splits=splits, corpus=args.corpus, columns=args.columns)
     model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize)
     return device, model, data
+
+
+def apply_run_dir(args: argparse.Namespace) -> list[str] | None:
+    """Fill the flags left out from ``--run-dir``'s config (data, subset, splits, lengths, model) and check
+    that --data, --split and --model are there; returns the run's splits (None without --run-dir)."""
+    from ance.run.rundir import RunDir
+
+    splits = None
+    if getattr(args, "run_dir", None):
+        from ance.run.config import load_run_config
+
+        cfg = load_run_config(args.run_dir)
+        d, m = cfg.data, cfg.model
+        splits = [d.train_split] + ([d.eval_split] if d.eval_split else [])
+        for name, value in (("data", d.path), ("format", d.format), ("max_docs", d.max_docs),
+                            ("max_queries", d.max_queries), ("subset_seed", d.subset_seed),
+                            ("train_split", d.train_split)):
+            if getattr(args, name, None) in (None, "auto", 0, "train") and hasattr(args, name):
+                setattr(args, name, value)
+        if hasattr(args, "split") and args.split is None:
+            args.split = d.eval_split or d.train_split
+        if args.split is not None and args.split not in splits:
+            raise ConfigError(f"--split {args.split}: not a split of the run {args.run_dir} ({', '.join(splits)}); "
+                              "its corpus keeps the positives of those only")
+        if getattr(args, "max_length", None) is None:
+            args.max_length = m.passage_max_length
+        if hasattr(args, "query_max_length") and args.query_max_length is None:
+            args.query_max_length = m.query_max_length
+        if args.model is None:
+            args.model = str(RunDir(args.run_dir).checkpoints / "final")
+    if getattr(args, "max_length", 0) is None:
+        args.max_length = 256
+    if args.data is None:
+        raise ConfigError("give --data FOLDER (or --run-dir RUN_DIR to use a training run's data)")
+    if getattr(args, "split_required", False) and args.split is None:
+        raise ConfigError("give --split SPLIT (e.g. dev, test), or --run-dir RUN_DIR for the run's eval split")
+    if args.model is None:
+        raise ConfigError("give --model MODEL (or --run-dir RUN_DIR for the run's final checkpoint)")
+    return splits
 
 
 # --------------------------------------------------------------------------- the command

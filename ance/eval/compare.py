@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from ance.eval.metrics import MEASURES, evaluate_per_query
+from ance.eval.metrics import MEASURES, evaluate_per_query, judged_queries
 
 def paired_comparison(a: np.ndarray, b: np.ndarray, *, n_boot: int = 10000, seed: int = 0,
                       level: float = 0.95) -> dict[str, float | int | list[float]]:
@@ -57,20 +57,29 @@ def compare_runs(
     run_b: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, Mapping[str, float]]],
     qrels: Mapping[str, Mapping[str, int]],
     measures: Sequence[str] = MEASURES,
-    *, n_boot: int = 10000, seed: int = 0, level: float = 0.95,
+    *, n_boot: int = 10000, seed: int = 0, level: float = 0.95, missing: str = "zero",
 ) -> dict[str, dict]:
-    """:func:`paired_comparison` of two runs for each measure, over the qrels' judged queries
-    (a query one run lacks counts 0 for it, as in :func:`evaluate_run`).
+    """:func:`paired_comparison` of two runs for each measure, over the qrels' judged queries.
+
+    A judged query a run lacks counts 0 for it (``missing="zero"``, as in :func:`evaluate_run`)
+    or, with ``missing="skip"``, the comparison is over the judged queries every run ranks.
+    Runs that share no judged query cannot be compared: ValueError.
 
     Either side may be a list of runs, e.g. the seeds of one recipe: each query's value is then the
     mean over that side's runs before pairing (seeds pooled per query; the test stays over queries)."""
-    va, vb = (_seed_mean(side, qrels, measures) for side in (run_a, run_b))
+    sides = [[r] if isinstance(r, Mapping) else list(r) for r in (run_a, run_b)]
+    if not all(sides):
+        raise ValueError("a side of the comparison has no run")
+    qids = judged_queries(qrels)
+    shared = [q for q in qids if all(r.get(q) for side in sides for r in side)]
+    if not shared:
+        raise ValueError("the runs share no judged query: nothing to compare (same dataset and split?)")
+    keep = np.array([i for i, q in enumerate(qids) if q in set(shared)]) if missing == "skip" else None
+    va, vb = (_seed_mean(side, qrels, measures, keep) for side in sides)
     return {name: paired_comparison(va[name], vb[name], n_boot=n_boot, seed=seed, level=level) for name in va}
 
 
-def _seed_mean(runs, qrels, measures) -> dict[str, np.ndarray]:
-    runs = [runs] if isinstance(runs, Mapping) else list(runs)
-    if not runs:
-        raise ValueError("a side of the comparison has no run")
+def _seed_mean(runs, qrels, measures, keep=None) -> dict[str, np.ndarray]:
     per_run = [evaluate_per_query(r, qrels, measures)[1] for r in runs]
-    return {name: np.mean([v[name] for v in per_run], axis=0) for name in per_run[0]}
+    out = {name: np.mean([v[name] for v in per_run], axis=0) for name in per_run[0]}
+    return out if keep is None else {name: v[keep] for name, v in out.items()}

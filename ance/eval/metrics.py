@@ -38,15 +38,30 @@ def _measure(name: str):
     return base @ cutoff
 
 
+MISSING = ("zero", "skip")
+
+
+def judged_queries(qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The qrels' queries with at least one relevant document (relevance >= 1), sorted."""
+    return sorted(q for q, docs in qrels.items() if any(r > 0 for r in docs.values()))
+
+
+def missing_queries(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The judged queries (:func:`judged_queries`) the run has no ranking for (absent or empty), sorted."""
+    return [q for q in judged_queries(qrels) if not run.get(q)]
+
+
 def evaluate_per_query(
     run: Mapping[str, Mapping[str, float]],
     qrels: Mapping[str, Mapping[str, int]],
     measures: Sequence[str] = MEASURES,
+    missing: str = "zero",
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """Each measure's value for every qrels query with a relevant document.
 
     Returns ``(query_ids, {name: float64 [n]})``, query ids sorted, values in
-    that order; a query missing from the run (or with an empty ranking) is 0.
+    that order; a query missing from the run (or with an empty ranking) is 0
+    with ``missing="zero"`` (trec_eval ``-c``), left out with ``missing="skip"``.
     """
     import ir_measures
 
@@ -58,9 +73,16 @@ def evaluate_per_query(
     by_measure = {}
     for name in names:
         by_measure.setdefault(_measure(name), []).append(name)
-    judged = sorted(q for q, docs in qrels.items() if any(r > 0 for r in docs.values()))
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    judged = judged_queries(qrels)
     if not judged:
         raise ValueError("the qrels have no relevant document (relevance >= 1): nothing to evaluate")
+    if missing == "skip":
+        judged = [q for q in judged if run.get(q)]
+        if not judged:
+            raise ValueError("the run ranks none of the qrels' judged queries: nothing to evaluate with "
+                             "missing=skip (same dataset and split?)")
     row = {q: i for i, q in enumerate(judged)}
     qrels_in = {q: {d: int(r) for d, r in qrels[q].items()} for q in judged}
     run_in = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in row and docs}
@@ -76,15 +98,17 @@ def evaluate_run(
     run: Mapping[str, Mapping[str, float]],
     qrels: Mapping[str, Mapping[str, int]],
     measures: Sequence[str] = MEASURES,
+    missing: str = "zero",
 ) -> dict[str, float]:
     """Mean of each measure over the qrels' queries with a relevant document.
 
     Returns ``{name: value}`` with the names as given (``"ndcg@10"``,
     ``"mrr@10"``, ``"recall@100"``, ``"recall@1000"`` by default). Queries the
     run has but the qrels do not are ignored; qrels queries missing from the
-    run (or with an empty ranking) count 0.
+    run (or with an empty ranking) count 0 (``missing="zero"``) or are left out
+    of the mean (``missing="skip"``); :func:`missing_queries` names them.
     """
-    _, values = evaluate_per_query(run, qrels, measures)
+    _, values = evaluate_per_query(run, qrels, measures, missing)
     return {name: float(v.mean()) for name, v in values.items()}
 
 

@@ -24,7 +24,7 @@ from ance.run.errors import ConfigError
 from ance.run.suggest import check_override_keys, override_for, unknown_key_message
 from ance.run.rundir import CONFIG, RunDir
 from ance.run.sections import (  # noqa: F401  (the sections are part of the config's face)
-    _CHOICES, _POSITIVE, BrokerConfig, Config, DataConfig, InferencerConfig, LaunchConfig, ModelConfig,
+    _CHOICES, _POSITIVE, BrokerConfig, Config, DataConfig, EvalConfig, InferencerConfig, LaunchConfig, ModelConfig,
     NegativesConfig, TelemetryConfig, TrainConfig, _plain,
 )
 

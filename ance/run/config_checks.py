@@ -111,6 +111,20 @@ def check_ranges(cfg: Any) -> None:
         raise ConfigError("launch.restart_backoff_s: give at least one delay, e.g. [1, 2, 5]")
     for i, delay in enumerate(launch.restart_backoff_s):
         _non_negative(f"launch.restart_backoff_s[{i}]", delay)
+    check_eval(cfg)
+
+
+def check_eval(cfg: Any) -> None:
+    """eval.every >= 0 (or null), eval.best_metric a measure name such as ndcg@10 (or null)."""
+    ev = getattr(cfg, "eval", None)
+    if ev is None:
+        return
+    if ev.every is not None and ev.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0 steps (0: never, null: start and end), got {ev.every}")
+    if ev.best_metric is not None and not re.match(r"^(ndcg|mrr|recall|map|precision)@[1-9][0-9]*$",
+                                                   ev.best_metric):
+        raise ConfigError(f"eval.best_metric: {ev.best_metric!r} is not a measure; use e.g. ndcg@10, mrr@10, "
+                          "recall@100, or null for no best alias")
 
 
 def check_model_lengths(cfg: Any, max_positions: int | None, model: str) -> None:

@@ -46,6 +46,37 @@ def atomic_write_lines(path: str | Path, lines: Iterable[str]) -> None:
     fsync_dir(path.parent)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, racing other threads):
+    from ``/proc/self/status`` on Linux, else set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(root: str | Path) -> None:
+    """Give every file under ``root`` mode ``0666 & ~umask`` and every folder ``0777 & ~umask`` (0644 and
+    0755 under the usual 022), as a plain ``open`` would: some writers (safetensors' ``save_file``,
+    ``mkstemp``) create files 0600, which a colleague could not read. Symlinks are left alone."""
+    mask = current_umask()
+    root = Path(root)
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            if not os.path.islink(os.path.join(dirpath, name)):
+                os.chmod(os.path.join(dirpath, name), 0o777 & ~mask)
+        for name in filenames:
+            if not os.path.islink(os.path.join(dirpath, name)):
+                os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+
+
 def check_output_file(path: str | Path, flag: str = "--out") -> None:
     """Fail before any work when ``path`` cannot be written: its folder missing or read-only, or a folder."""
     p = Path(path)

@@ -107,6 +107,11 @@ KEYS: dict[str, tuple[str, str]] = {
     "inferencer.precision": (MAY, "encoding precision"),
     "inferencer.warm_up": (MAY, "tokenize the corpus and load the base model before the first job"),
     # telemetry
+    "eval.every": (MAY, "steps between the trainer's evaluations of data.eval_split (trainer/evaluator.py); null: "
+                   "at step 0 and the last step for inbatch/static, none for async (its refreshes evaluate); 0: never"),
+    "eval.best_metric": (MAY, "the measure checkpoints/best.json follows (that checkpoint is never pruned), over "
+                         "the trainer's evaluations (async: set eval.every); null: no best alias"),
+    "eval.depth": (MAY, "documents retrieved per eval query (recall@depth is the deepest measure)"),
     "telemetry.tensorboard": (MAY, "trainer writes RUN_DIR/tensorboard/trainer"),
     "telemetry.prometheus_port": (MAY, "base port: broker +0, trainer +1, inferencer i +2+i; 0: any free; "
                                        "null: none"),

@@ -5,6 +5,8 @@ A run directory holds::
     config.yaml                      the resolved config (ance.run.config.save_config)
     metrics.jsonl                    one event a line (ance.run.telemetry)
     checkpoints/step-NNNNNN/         HF model dir + trainer_state.{json,safetensors}; manifest.json written last
+    checkpoints/best.json            alias: the checkpoint best on eval.best_metric (a pointer file, no symlink)
+    checkpoints/final.json           alias: the last checkpoint of the run
     broker.token                     the broker's secret for `stop` (mode 0600, new every broker start)
     negatives/step-N.tsv             a complete negatives version (step-N.partial.tsv while streaming)
     logs/<role>-<n>.log              one log per process (launch.supervisor)
@@ -74,6 +76,39 @@ def is_complete_checkpoint(path: str | Path) -> bool:
     """A ``step-N`` directory whose manifest is written (the last file of an atomic write)."""
     path = Path(path)
     return path.is_dir() and parse_step(path.name) is not None and manifest_path(path).is_file()
+
+
+ALIASES = ("best", "final")
+
+
+def alias_path(run_dir: str | Path, alias: str) -> Path:
+    """``checkpoints/<alias>.json``: a pointer file naming a checkpoint (``{"checkpoint": "step-N", ...}``).
+    A pointer rather than a symlink: the run dir holds no symlinks (they are skipped when checkpoints
+    are shipped, and a copied or archived run keeps its aliases)."""
+    if alias not in ALIASES:
+        raise ValueError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+    return Path(run_dir) / "checkpoints" / f"{alias}.json"
+
+
+def resolve_alias(path: str | Path) -> str | Path:
+    """``RUN_DIR/checkpoints/best`` (or ``final``) -> the checkpoint dir its pointer file names;
+    any other path (or a name) is returned as given. The pointer may only name a ``step-N`` dir
+    beside it, never a path elsewhere."""
+    p = Path(path)
+    pointer = p.parent / f"{p.name}.json"
+    if p.exists() or p.name not in ALIASES or not pointer.is_file():
+        return path
+    import json
+
+    try:
+        target = json.loads(pointer.read_text(encoding="utf-8")).get("checkpoint")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{pointer}: unreadable alias ({exc}); point at a step-N checkpoint instead") from None
+    if not isinstance(target, str) or parse_step(target) is None:
+        raise ConfigError(f"{pointer}: names {target!r}, not a step-NNNNNN checkpoint beside it")
+    if not is_complete_checkpoint(p.parent / target):
+        raise ConfigError(f"{pointer}: {target} is gone or incomplete (pruned?); use another checkpoint")
+    return p.parent / target
 
 
 def _child(name: str, doc: str) -> property:

@@ -117,6 +117,14 @@ class LaunchConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int | None = None          # steps between the trainer's evaluations of data.eval_split; null: at
+                                      # the start and the end for inbatch/static (async: refreshes); 0: never
+    best_metric: str | None = "ndcg@10"  # the measure the checkpoints/best.json alias follows; null: none
+    depth: int = 100                  # documents retrieved per eval query (recall@depth is the deepest)
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"
     seed: int = 13
@@ -128,6 +136,7 @@ class Config:
     inferencer: InferencerConfig = field(default_factory=InferencerConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON values: sections as dicts, tuples as lists."""
@@ -151,7 +160,7 @@ _POSITIVE = (
     "train.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
     "train.log_every", "negatives.n_per_query", "negatives.depth", "negatives.keep",
     "broker.chunk_queries", "broker.max_frame_bytes", "broker.max_shards", "inferencer.batch_size",
-    "model.query_max_length", "model.passage_max_length", "model.maxp_windows",
+    "model.query_max_length", "model.passage_max_length", "model.maxp_windows", "eval.depth",
 )
 
 

@@ -17,6 +17,7 @@ from ance.data.dataset import detect_format, load_dataset
 from ance.model.encode import corpus_tokens, encode_corpus, encode_texts, read_embeddings
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import default_cache_dir
+from ance.run.rundir import resolve_alias
 from ance.search.index import make_index
 from ance.model.biencoder import BiEncoder, resolve_model
 from ance.search.topk import maxp_collapse, merge_topk
@@ -26,26 +27,46 @@ log = logging.getLogger(__name__)
 
 def load_encoder(name_or_path: str, *, device: str = "cpu", pooling: str | None = None,
                  normalize: bool | None = None):
-    """``resolve_model`` + ``BiEncoder.load``, on ``device``, in eval mode."""
+    """``resolve_model`` + ``BiEncoder.load``, on ``device``, in eval mode; a run's checkpoint alias
+    (``RUN_DIR/checkpoints/best`` or ``final``, :func:`ance.run.rundir.resolve_alias`) is followed."""
 
+    name_or_path = str(resolve_alias(name_or_path))
     model = BiEncoder.load(resolve_model(name_or_path), pooling=pooling, normalize=normalize)
     return model.to(device).eval()
 
 
 def load_data(path: str | Path, split: str | None = None, *, format: str = "auto", max_docs: int | None = None,
-              max_queries: int | None = None, seed: int = 0, corpus: str | None = None, columns=None):
+              max_queries: int | None = None, seed: int = 0, train_split: str | None = None,
+              splits: Sequence[str] | None = None, corpus: str | None = None, columns=None):
     """The dataset with ``split`` loaded; ``split=None`` (corpus only) takes any split the folder has.
 
-    With ``max_docs`` the corpus subset keeps the positives of ``split``, so
-    every command on one subset must name the same split.
+    The subset rule is the training run's (:func:`ance.data.dataset.load_for_config`): with
+    ``max_docs`` the corpus keeps the positives of ``train_split`` (when the folder has it) and of
+    ``split``, so ``ance retrieve --split dev --max-docs N`` searches the corpus a run with
+    ``data.eval_split=dev, data.max_docs=N`` trained and evaluated on. ``splits`` (a run's train and
+    eval splits) overrides that choice.
     """
-    if split is None:
-        if max_docs is not None:
-            raise ConfigError("--max-docs keeps the positives of a split: give --split too "
-                              "(the same split as for `ance search`)")
-        split = _any_split(Path(path), format)
-    return load_dataset(path, splits=(split,), format=format, max_docs=max_docs, max_queries=max_queries,
+    if splits is None:
+        if split is None:
+            if max_docs is not None:
+                raise ConfigError("--max-docs keeps the positives of a split: give --split too "
+                                  "(the same split as for `ance search`)")
+            split = _any_split(Path(path), format)
+        splits = [split]
+        if max_docs is not None and train_split and train_split != split and has_split(path, format, train_split):
+            splits = [train_split, split]
+    return load_dataset(path, splits=splits, format=format, max_docs=max_docs, max_queries=max_queries,
                         seed=seed, corpus=corpus, columns=columns)
+
+
+def has_split(path: str | Path, format: str, split: str) -> bool:
+    from ance.data.download import resolve_data_path
+
+    root = resolve_data_path(path)
+    fmt = detect_format(root) if format == "auto" else format
+    if fmt not in ("beir", "msmarco"):  # record formats: their splits come with the file (train, or a dict's)
+        return False
+    return (root / "qrels" / f"{split}.tsv" if fmt == "beir" else root / f"qrels.{split}.tsv").is_file()
 
 
 def _any_split(root: Path, format: str) -> str:
