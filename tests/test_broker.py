@@ -134,6 +134,7 @@ def broker(tmp_path):
     for step in (1, 2, 3):  # complete from now on: the broker refreshes only complete checkpoints
         (ckpts / f"step-{step:06d}" / "manifest.json").write_text(f'{{"step": {step}}}')
     b.bind()
+    Peer.RUN_DIRS[cfg.broker.address] = tmp_path / "run"
     thread = threading.Thread(target=b.run, daemon=True)
     thread.start()
     peers = []
@@ -246,6 +247,7 @@ def test_curve_keys_let_only_key_holders_in(tmp_path):
                              f"broker.curve_keys={keys}", "broker.heartbeat_s=0.1"])
     b = Broker(cfg, dataset=synthetic_dataset(), metrics=Recorder())
     b.bind()
+    Peer.RUN_DIRS[cfg.broker.address] = tmp_path / "run"
     thread = threading.Thread(target=b.run, daemon=True)
     thread.start()
     outsider = Peer(cfg.broker.address, b"trainer")
@@ -319,6 +321,7 @@ class Cluster:
         self.cfg_path = write_config(tmp, free_port())
         self.cfg = load_config(self.cfg_path)
         self.run = tmp / "run"
+        Peer.RUN_DIRS[self.cfg.broker.address] = self.run
         self.data = dataset_from_config(self.cfg)
         self.train = self.data.split("train")
         self.broker_log = tmp / "broker.log"
@@ -395,10 +398,10 @@ def test_garbage_is_answered_with_errors_and_the_broker_goes_on(cluster):
     try:
         frames = [
             (b"\xc1\xc1garbage", "not valid msgpack"),
-            (msgpack.packb({"v": 2, "type": "hello"}), "protocol version 2"),
-            (msgpack.packb({"v": 1, "type": "launch_missiles"}), "unknown message type"),
-            (msgpack.packb({"v": 1, "type": "checkpoint", "step": 1}), "lacks field"),
-            (msgpack.packb({"v": 1, "type": "status", "step": "x", "version_in_use": 0, "gap": 0}), "expected int"),
+            (msgpack.packb({"v": 1, "type": "hello"}), "protocol version 1"),
+            (msgpack.packb({"v": 2, "type": "launch_missiles"}), "unknown message type"),
+            (msgpack.packb({"v": 2, "type": "checkpoint", "step": 1}), "lacks field"),
+            (msgpack.packb({"v": 2, "type": "status", "step": "x", "version_in_use": 0, "gap": 0}), "expected int"),
             (b"\x00" * (max_inbound_bytes(cluster.cfg) + 10), "exceeds the limit"),  # (topk-sized: no weights in)
         ]
         for frame, _ in frames:

@@ -167,8 +167,8 @@ def test_peer_strings_are_escaped_bounded_and_logged_once(broker, caplog):
     caplog.set_level(logging.INFO, logger="ance.broker")
     big = Peer(broker.addr, b"flood")
     broker.peers.append(big)
-    big.send_raw(__import__("msgpack").packb({"v": 1, "type": "hello", "role": "inferencer", "name": "x", "pid": 1,
-                                              "device": "d" * 100_000, "data_fingerprint": "fp-test"}))
+    big.send_raw(__import__("msgpack").packb({"v": 2, "type": "hello", "role": "inferencer", "name": "x", "pid": 1,
+                                              "device": "d" * 100_000, "data_fingerprint": "fp-test", "nonce": "0"}))
     assert "more than the limit" in errors(big)[0].reason
     forger = Peer(broker.addr, b"evil\nINFO forged line")
     broker.peers.append(forger)
