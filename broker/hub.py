@@ -50,6 +50,7 @@ from .sessions import Sessions
 from .admit import REFUSAL_LOG_S, Admission
 from .stats import STAGES, eval_depth
 from .stream import TrainerStream
+from .deadline import ShardDeadlines
 from .versions import NegativesVersions
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Broker(Admission):
         self.versions = NegativesVersions(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
                                     chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
         self.trainer = TrainerStream(self.versions, self._send)
+        self.deadlines = ShardDeadlines(cfg.broker.shard_deadline_s, floor_s=cfg.broker.worker_timeout_s)
         self.output = VersionAssembler(cfg, self.train, self.eval, self.doc_ids, self.versions, self.trainer)
         self._told_unknown = RateLimit(cfg.broker.heartbeat_s)  # "send hello first", per peer
         self._log_refusal = RateLimit(REFUSAL_LOG_S)               # one log line per peer and kind
@@ -163,6 +165,8 @@ class Broker(Admission):
                         self._dispatch(parts)
                 for name in self.state.expire(time.time()):
                     log.warning("worker %s lost (silent for more than %gs)", name, self.cfg.broker.worker_timeout_s)
+                for line in self.deadlines.check(self.state, time.time()):  # busy for ever, no progress
+                    log.error("%s", line)
                 self._schedule()
             log.info("broker stopping: %s", self._stop_reason)
             return 0
@@ -320,6 +324,7 @@ class Broker(Admission):
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids), version=msg.version)
         self.output.merged(msg.job_id, time.perf_counter() - t0)
+        self.deadlines.progress(msg.job_id, msg.shard, peer_name(peer), time.time())
         for r in ready:
             self.output.chunk(r, self.state.n_chunks("train"))
 
@@ -329,6 +334,7 @@ class Broker(Admission):
         if self.state.on_shard_done(peer_name(peer), job_id=msg.job_id, shard=msg.shard, stats=msg.stats,
                                     now=time.time(), version=msg.version):
             s = msg.stats
+            self.deadlines.measured(s)
             log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, peer_label(peer), s.get("n_docs"),
                      " ".join(f"{k[:-2]} {s[k]:.2f}s" for k in STAGES if isinstance(s.get(k), (int, float))))
         self._emit()

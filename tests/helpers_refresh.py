@@ -128,7 +128,7 @@ class Peer:
 
     RUN_DIRS: dict[str, Path] = {}  # broker address -> its run dir (registered by the fixtures)
 
-    def __init__(self, address: str, identity: bytes, keys: Path | None = None, secret: bytes | None = None):
+    def __init__(self, address: str, identity: bytes | None, keys: Path | None = None, secret: bytes | None = None):
         import zmq
 
         self.address = address
@@ -138,7 +138,8 @@ class Peer:
 
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, identity)
+        if identity:  # a label in the broker's logs (the real clients leave the routing id to the ROUTER)
+            self.sock.setsockopt(zmq.IDENTITY, identity)
         self.sock.setsockopt(zmq.LINGER, 0)
         # a DEALER whose handshake was refused has no pipe and would block in send forever: raise instead
         self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
@@ -155,7 +156,7 @@ class Peer:
             return
         self.sock.send(pack_message(type_, session=self.tags[0] if self.tags else None, **fields))
 
-    def hello(self, timeout: float = 5.0, **fields) -> bool:
+    def hello(self, timeout: float = 60.0, **fields) -> bool:
         """The handshake; True when the broker proved the secret and our auth went out."""
         from ance.wire.auth import broker_proof, client_proof, new_nonce, same, session_tags
 

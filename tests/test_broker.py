@@ -85,8 +85,8 @@ def topk_for(lo, hi, q_lo, q_hi, k):
 
 
 class FakeWorker(Peer):
-    def __init__(self, address, name, fingerprint="fp-test"):
-        super().__init__(address, f"inferencer-{name}".encode())
+    def __init__(self, address, name, fingerprint="fp-test", identity: bytes | None = b""):
+        super().__init__(address, f"inferencer-{name}".encode() if identity == b"" else identity)
         self.send("hello", role="inferencer", name=f"inferencer-{name}", pid=1, device="cpu",
                   data_fingerprint=fingerprint)
         self.send("heartbeat", state="idle")  # ready: only then does it get shards
@@ -147,7 +147,7 @@ def broker(tmp_path):
 
 
 def trainer_peer(env, have=-1):
-    t = Peer(env.addr, b"trainer")
+    t = Peer(env.addr, None)  # a new connection each time (a restarted trainer)
     env.peers.append(t)
     t.send("hello", role="trainer", name="trainer", pid=len(env.peers), device="cpu", data_fingerprint="fp-test",
            have_version=have)
@@ -255,7 +255,7 @@ def test_curve_keys_let_only_key_holders_in(tmp_path):
     try:
         hello = dict(role="trainer", name="trainer", pid=1, device="cpu", data_fingerprint="fp-test")
         try:
-            outsider.send("hello", **hello)
+            assert not outsider.hello(timeout=0.5, **hello)
         except zmq.Again:  # its handshake was refused first, which dropped its pipe: no way in either
             pass
         insider.send("hello", **hello)
@@ -344,7 +344,7 @@ class Cluster:
     def connect_trainer(self, have_version: int = -1) -> Peer:
         if self.trainer is not None:
             self.trainer.close()
-        self.trainer = Peer(self.cfg.broker.address, b"trainer")
+        self.trainer = Peer(self.cfg.broker.address, None)
         self.trainer.send("hello", role="trainer", name="trainer", pid=1, device="cpu",
                           data_fingerprint=self.data.fingerprint, have_version=have_version)
         return self.trainer

@@ -48,7 +48,7 @@ def test_checkpoint_paths_outside_the_run_dir_are_refused(broker, tmp_path):
     broker.peers.append(stranger)
     rel = os.path.relpath(secret, broker.ckpts / "step-000009")
     stranger.send("checkpoint", step=9, path=str(broker.ckpts / "step-000009" / rel), written_at=time.time())
-    assert "only the trainer" in errors(stranger)[-1].reason
+    assert "no session" in errors(stranger)[-1].reason
     t = trainer_peer(broker)
     bad = [(str(secret), "is not RUN_DIR/checkpoints/step-000009"),
            (str(broker.ckpts / ".." / ".." / "secretdir"), "is not RUN_DIR/checkpoints"),
@@ -180,7 +180,7 @@ def test_peer_strings_are_escaped_bounded_and_logged_once(broker, caplog):
     text = caplog.text
     assert "\nINFO forged line" not in text and "\nINFO broker stopping" not in text
     assert "'evil\\nINFO forged line'" in text
-    assert text.count("never said hello") == 1 and text.count("'stop' refused") == 1  # rate-limited
+    assert text.count("no authenticated session") == 1 and text.count("'stop' refused") == 1  # rate-limited
     assert all(len(r.getMessage()) < 2000 for r in caplog.records)
 
 

@@ -77,7 +77,8 @@ def check_ranges(cfg: Any) -> None:
             raise ConfigError(f"{key}: must be > 0, or null for all, got {value}")
     for key, value in (("train.lr", t.lr), ("train.max_grad_norm", t.max_grad_norm),
                        ("model.temperature", m.temperature), ("negatives.wait_timeout_s", n.wait_timeout_s),
-                       ("broker.heartbeat_s", b.heartbeat_s), ("broker.worker_timeout_s", b.worker_timeout_s)):
+                       ("broker.heartbeat_s", b.heartbeat_s), ("broker.worker_timeout_s", b.worker_timeout_s),
+                       ("broker.shard_deadline_s", b.shard_deadline_s)):
         _positive(key, value)
     _non_negative("train.weight_decay", t.weight_decay)
     _non_negative("train.num_workers", t.num_workers)
