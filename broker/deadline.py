@@ -10,7 +10,7 @@ a restarted one, with another pid, starts afresh) and reported.
 
 The bound comes from measured rates: ``factor`` times the slowest recent
 ``shard_s`` per document of finished shards, times the shard's documents
-(never below ``floor_s``); before any shard has finished, ``broker.shard_deadline_s``.
+(never below ``floor_s``: the hub passes max(3 x worker_timeout_s, 30 s)); before any shard has finished, ``broker.shard_deadline_s``.
 """
 
 from __future__ import annotations

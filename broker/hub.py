@@ -90,7 +90,8 @@ class Broker(Admission):
         self.versions = NegativesVersions(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
                                     chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
         self.trainer = TrainerStream(self.versions, self._send)
-        self.deadlines = ShardDeadlines(cfg.broker.shard_deadline_s, floor_s=cfg.broker.worker_timeout_s)
+        self.deadlines = ShardDeadlines(cfg.broker.shard_deadline_s,
+                                        floor_s=max(3 * cfg.broker.worker_timeout_s, 30.0))
         self.output = VersionAssembler(cfg, self.train, self.eval, self.doc_ids, self.versions, self.trainer)
         self._told_unknown = RateLimit(cfg.broker.heartbeat_s)  # "send hello first", per peer
         self._log_refusal = RateLimit(REFUSAL_LOG_S)               # one log line per peer and kind
