@@ -68,8 +68,8 @@ def check_ranges(cfg: Any) -> None:
     t, m, n, b = cfg.train, cfg.model, cfg.negatives, cfg.broker
     if not str(cfg.run_dir).strip():
         raise ConfigError("run_dir: empty; give a directory, e.g. run_dir=runs/x")
-    if cfg.seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    if not 0 <= cfg.seed < 2 ** 63:  # torch.manual_seed takes at most 64 bits
+        raise ConfigError(f"seed: must be in [0, 2**63), got {cfg.seed}")
     if not str(cfg.data.path).strip():
         raise ConfigError("data.path: empty; give a dataset folder or a known name")
     for key, value in (("data.max_docs", cfg.data.max_docs), ("data.max_queries", cfg.data.max_queries)):
