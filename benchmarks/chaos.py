@@ -271,6 +271,12 @@ def recompute_version(cfg, data, ckpt: Path, version: int, n_shards: int) -> np.
     return out
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    from ance.run.rundir import RunDir
+
+    return bool(RunDir(run_dir).complete_checkpoints())
+
+
 def inject(kind: str, run_dir: Path, proc: subprocess.Popen, rnd: random.Random) -> str | None:
     """Do fault ``kind``; return what was done (None when its target is not running now)."""
     pids = role_pids(run_dir)
@@ -319,11 +325,17 @@ def soak_run(i: int, out: Path, steps: int, rnd: random.Random, deadline: float,
             resumes += 1
             if resumes > 30 or time.time() - started > RUN_LIMIT_S:
                 break
-            proc = launch(["--resume", str(run_dir)], log)  # after kill_trainer / restart
+            if has_checkpoint(run_dir):
+                proc = launch(["--resume", str(run_dir)], log)  # after kill_trainer / restart
+            else:  # killed before its first checkpoint (a pause can delay it): nothing to resume, start again
+                check = Checker(run_dir)
+                proc = launch([str(cfg_path), "--overwrite"], log)
             continue
         if time.time() > deadline or time.time() - started > RUN_LIMIT_S:
             continue  # no more faults: let the run finish (the limit below ends a stuck one)
         kind = rnd.choices(FAULTS, WEIGHTS)[0]
+        if kind in ("kill_trainer", "restart") and not has_checkpoint(run_dir):
+            kind = "pause"  # a run resumes from a checkpoint: end the trainer only once there is one
         if inject(kind, run_dir, proc, rnd) is not None:
             faults[kind] += 1
     if proc.poll() is None:
