@@ -79,3 +79,17 @@ def test_broker_with_bad_curve_keys_exits_instead_of_hanging(tmp_path, bad):
     assert not t.is_alive(), "the broker hung (a socket left open blocks ctx.term())"
     assert len(result) == 1 and isinstance(result[0], AnceError), result
     assert "\n" not in str(result[0])
+
+
+def test_static_negatives_that_are_not_a_regular_file(tmp_path):
+    """A folder (traceback), a FIFO (open() hung) and /dev/zero (MemoryError) as negatives.static_file."""
+    import os
+
+    from ance.run.errors import DataError
+    from ance.trainer.feed import NegativesTable, fill_static
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo, Path("/dev/zero")):
+        with pytest.raises(DataError, match="not a regular file"):
+            fill_static(NegativesTable(2, 3), str(path), ["q0", "q1"], ["d0", "d1"])
