@@ -98,11 +98,18 @@ def write_token(run_dir: str | Path) -> str:
     """
     path = RunDir(run_dir).broker_token
     token = secrets.token_hex(16)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(token + "\n")
-    os.replace(tmp, path)
+    # A private, unpredictable temp name, created (O_EXCL) and never followed (O_NOFOLLOW): a link planted
+    # under a guessable name cannot make the broker overwrite another file, nor become broker.token.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(token + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
     return token
 
 

@@ -35,25 +35,29 @@ import zmq
 from ance.run.config import Config
 from ance.data.dataset import load_for_config
 from ance.run.errors import ProtocolError
-from ance.wire.protocol import MAX_NAME, MAX_STR, pack_message, unpack_array, unpack_message
+from ance.wire.protocol import MAX_STR, pack_message, unpack_array, unpack_message
 from ance.run.rundir import RunDir, manifest_path
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
 from ance.wire.transport import router_socket
+
+from ance.wire.auth import ensure_secret
 
 from .guard import (RateLimit, confine_checkpoint, max_inbound_bytes, peer_label, peer_name, safe_text,
                     token_matches, write_token)
 from .assemble import VersionAssembler
 from .refresh import Assignment, RefreshError, RefreshState
+from .sessions import Sessions
+from .admit import REFUSAL_LOG_S, Admission
 from .stats import STAGES, eval_depth
 from .stream import TrainerStream
+from .deadline import ShardDeadlines
 from .versions import NegativesVersions
 
 log = logging.getLogger(__name__)
-REFUSAL_LOG_S = 30.0  # one log line per misbehaving peer and message kind per this many seconds
 
 
 
-class Broker:
+class Broker(Admission):
     """``Broker(cfg).run()`` serves until ``stop``, SIGTERM or SIGINT; ``close()`` frees the socket.
 
     ``dataset``: the loaded dataset (tests pass one in); default
@@ -86,11 +90,14 @@ class Broker:
         self.versions = NegativesVersions(self.run_dir, self.train.ids, self.doc_ids, keep=self.keep,
                                     chunk_queries=cfg.broker.chunk_queries, fingerprint=self.fingerprint)
         self.trainer = TrainerStream(self.versions, self._send)
+        self.deadlines = ShardDeadlines(cfg.broker.shard_deadline_s,
+                                        floor_s=max(3 * cfg.broker.worker_timeout_s, 30.0))
         self.output = VersionAssembler(cfg, self.train, self.eval, self.doc_ids, self.versions, self.trainer)
         self._told_unknown = RateLimit(cfg.broker.heartbeat_s)  # "send hello first", per peer
         self._log_refusal = RateLimit(REFUSAL_LOG_S)               # one log line per peer and kind
         self._stop_reason: str | None = None
         self._token: str | None = None
+        self.sessions = Sessions(b"")  # keyed with the run's secret at bind()
         self.ctx = None
         self.sock = None
         self._restore()
@@ -124,6 +131,7 @@ class Broker:
             raise
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._token = write_token(self.run_dir)  # `stop` must carry it (RUN_DIR/broker.token)
+        self.sessions.secret = ensure_secret(self.run_dir)  # every peer proves it at hello (ance.wire.auth)
         log.info("broker %s listening on %s (%d docs, %d train queries, %s)", self.broker_id, endpoint,
                  self.n_docs, self.n_train, f"eval split {self.cfg.data.eval_split} with {len(self.eval.ids)} "
                  "queries" if self.eval else "no eval split")
@@ -158,6 +166,8 @@ class Broker:
                         self._dispatch(parts)
                 for name in self.state.expire(time.time()):
                     log.warning("worker %s lost (silent for more than %gs)", name, self.cfg.broker.worker_timeout_s)
+                for line in self.deadlines.check(self.state, time.time()):  # busy for ever, no progress
+                    log.error("%s", line)
                 self._schedule()
             log.info("broker stopping: %s", self._stop_reason)
             return 0
@@ -191,11 +201,20 @@ class Broker:
 
     # ------------------------------------------------------------ sending
     def _send(self, peer: bytes, type_: str, **fields: Any) -> bool:
-        """Send one message; False (logged) when the peer is gone or its queue is full."""
+        """Send one message to the session named ``peer``; False (logged) when it is gone or its queue is full."""
+        sess = self.sessions.get(peer_name(peer))
+        if sess is None:
+            log.warning("peer %s has no session; could not send %r", peer_label(peer), type_)
+            self._peer_gone(peer)
+            return False
+        return self._send_route(sess.route, type_, peer, session=sess.broker_tag, **fields)
 
+    def _send_route(self, route: bytes, type_: str, peer: bytes | None = None, **fields: Any) -> bool:
+        """Send one message on a connection (an unauthenticated one: ``error``, ``challenge``)."""
         frame = pack_message(type_, **fields)
+        peer = route if peer is None else peer
         try:
-            self.sock.send_multipart([peer, frame], zmq.NOBLOCK)
+            self.sock.send_multipart([route, frame], zmq.NOBLOCK)
             return True
         except zmq.Again:
             log.error("peer %s: send queue full, dropped a %r message", peer_label(peer), type_)
@@ -206,17 +225,19 @@ class Broker:
             self._peer_gone(peer)
         return False
 
-    def _error(self, peer: bytes, reason: str, of_type: str | None) -> None:
-        self._send(peer, "error", reason=reason[:MAX_STR], of_type=of_type)
+    def _error(self, peer: bytes, reason: str, of_type: str | None, raw: bool = False) -> None:
+        """``error`` to the session ``peer``, or (``raw``) to the connection ``peer``."""
+        (self._send_route if raw else self._send)(peer, "error", reason=reason[:MAX_STR], of_type=of_type)
 
-    def _refuse(self, peer: bytes, of_type: str, reason: str) -> None:
+    def _refuse(self, peer: bytes, of_type: str, reason: str, raw: bool = False) -> None:
         """Answer a refused message; log it once per peer, kind and ``REFUSAL_LOG_S``."""
         if self._log_refusal.allow((peer, of_type), time.time()):
             log.warning("peer %s: %r refused: %s (further refusals of this peer logged at most every %gs)",
                         peer_label(peer), of_type, reason, REFUSAL_LOG_S)
-        self._error(peer, f"refused: {reason}", of_type)
+        self._error(peer, f"refused: {reason}", of_type, raw)
 
     def _peer_gone(self, peer: bytes) -> None:
+        self.sessions.drop(peer_name(peer))
         if self.trainer.gone(peer):
             return
         if peer_name(peer) in self.state.workers:
@@ -237,67 +258,29 @@ class Broker:
             msg = unpack_message(frame, self.max_inbound)
         except ProtocolError as exc:
             log.error("peer %s: rejected a frame of %d bytes: %s", peer_label(peer), len(frame), exc)
-            self._error(peer, f"rejected: {exc}", getattr(exc, "of_type", None))
+            self._error(peer, f"rejected: {exc}", getattr(exc, "of_type", None), raw=True)
             return
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is None:
             log.error("peer %s: unexpected %r message (not sent to a broker)", peer_label(peer), msg.type)
-            self._error(peer, f"a broker does not accept {msg.type!r} messages", msg.type)
+            self._error(peer, f"a broker does not accept {msg.type!r} messages", msg.type, raw=True)
             return
+        raw = msg.type in ("hello", "auth", "stop")  # the only messages taken outside a session
+        if not raw:
+            sess = self.sessions.of(peer, msg)
+            if sess is None:
+                self._no_session(peer, msg.type)
+                return
+            peer = sess.name.encode()
         try:
             handler(peer, msg)
         except (RefreshError, ProtocolError) as exc:
-            self._refuse(peer, msg.type, str(exc))
+            self._refuse(peer, msg.type, str(exc), raw)
         except OSError:
             raise  # the run directory is unwritable: stop; a restarted broker resumes from disk
         except Exception as exc:  # a message we cannot handle must not take the broker down
             log.exception("peer %s: handling a %r message failed", peer_label(peer), msg.type)
-            self._error(peer, f"broker could not handle it: {type(exc).__name__}: {exc}", msg.type)
-
-    def _known(self, peer: bytes, of_type: str) -> bool:
-        """True for a peer that said hello; otherwise ask it to (at most once per heartbeat)."""
-        if peer == self.trainer.peer or peer_name(peer) in self.state.workers:
-            return True
-        now = time.time()
-        if self._told_unknown.allow(peer, now):
-            self._error(peer, f"unknown peer {peer_name(peer)[:MAX_NAME]!r}: send hello first", of_type)
-        if self._log_refusal.allow((peer, "unknown"), now):
-            log.info("peer %s: %r from a peer that never said hello: ignored (logged at most every %gs)",
-                     peer_label(peer), of_type, REFUSAL_LOG_S)
-        return False
-
-    def _on_hello(self, peer: bytes, msg) -> None:
-        name = peer_name(peer)
-        if msg.data_fingerprint != self.fingerprint:
-            # Never echo the expected fingerprint: it is what a peer must know to register.
-            reason = ("data fingerprint differs from the broker's: every role must load the same data with the "
-                      "same config (data.* settings)")
-            if self._log_refusal.allow((peer, "hello"), time.time()):
-                log.error("peer %s (%s, pid %d) refused: data fingerprint %s differs from the broker's %s",
-                          peer_label(peer), safe_text(msg.role), msg.pid, safe_text(msg.data_fingerprint), self.fingerprint)
-            self._error(peer, reason, "hello")
-            self._send(peer, "stop", reason=reason)
-            return
-        self._told_unknown.forget(peer)
-        if msg.role == "trainer":
-            if self.trainer.peer is not None and self.trainer.peer != peer:
-                log.warning("a second trainer %s replaces %s", peer_label(peer), peer_label(self.trainer.peer))
-            have = int(msg.get("have_version", -1))
-            self._welcome(peer)
-            again = self.trainer.hello(peer, msg.pid, have)
-            log.info("trainer %s (pid %d) says hello%s, holds version %d", peer_label(peer), msg.pid,
-                     " again" if again else "", have)
-        else:
-            busy = msg.get("job_id") if msg.get("state") == "busy" else None
-            self.state.on_hello(name, time.time(), busy_job=busy, device=msg.device, pid=msg.pid)
-            log.info("inferencer %s (pid %d, %s) joined%s; %d workers", peer_label(peer), msg.pid, safe_text(msg.device),
-                     f" busy with job {busy}" if busy is not None else "", len(self.state.workers))
-            self._welcome(peer)
-            self._emit()
-
-    def _welcome(self, peer: bytes) -> None:
-        self._send(peer, "welcome", broker_id=self.broker_id, latest_version=self.state.latest_version,
-                   heartbeat_s=float(self.cfg.broker.heartbeat_s))
+            self._error(peer, f"broker could not handle it: {type(exc).__name__}: {exc}", msg.type, raw)
 
     def _on_heartbeat(self, peer: bytes, msg) -> None:
         if peer == self.trainer.peer:
@@ -329,7 +312,7 @@ class Broker:
 
     def _on_stop(self, peer: bytes, msg) -> None:
         if self._token is None or not token_matches(self._token, msg.get("token")):
-            self._refuse(peer, "stop", "a stop must carry the run's token (RUN_DIR/broker.token); ignored")
+            self._refuse(peer, "stop", "a stop must carry the run's token (RUN_DIR/broker.token); ignored", raw=True)
             return
         log.info("stop from %s: %s", peer_label(peer), safe_text(msg.reason))
         self._stop_reason = f"stop from {peer_label(peer)}: {safe_text(msg.reason)}"
@@ -342,6 +325,7 @@ class Broker:
                                    chunk=msg.chunk, n_chunks=msg.n_chunks, q_lo=msg.q_lo, q_hi=msg.q_hi,
                                    scores=unpack_array(msg.scores), ids=unpack_array(msg.ids), version=msg.version)
         self.output.merged(msg.job_id, time.perf_counter() - t0)
+        self.deadlines.progress(msg.job_id, msg.shard, peer_name(peer), time.time())
         for r in ready:
             self.output.chunk(r, self.state.n_chunks("train"))
 
@@ -351,6 +335,7 @@ class Broker:
         if self.state.on_shard_done(peer_name(peer), job_id=msg.job_id, shard=msg.shard, stats=msg.stats,
                                     now=time.time(), version=msg.version):
             s = msg.stats
+            self.deadlines.measured(s)
             log.info("v%d shard %d done by %s: %s docs, %s", msg.version, msg.shard, peer_label(peer), s.get("n_docs"),
                      " ".join(f"{k[:-2]} {s[k]:.2f}s" for k in STAGES if isinstance(s.get(k), (int, float))))
         self._emit()

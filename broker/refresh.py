@@ -155,6 +155,7 @@ class RefreshState:
         self.pending: Checkpoint | None = None
         self._next_job_id = int(first_job_id)
         self.events: list[dict[str, Any]] = []
+        self.excluded: dict[str, int] = {}  # worker name -> pid: missed shard deadlines (broker/deadline.py)
 
     # ------------------------------------------------------------ helpers
     def n_chunks(self, split: str) -> int:
@@ -270,7 +271,7 @@ class RefreshState:
             if not job.queued:
                 break
             w = self.workers[name]
-            if not (w.idle and w.ready):
+            if not (w.idle and w.ready) or self.excluded.get(name) == w.pid:
                 continue
             shard = job.queued.pop(0)
             w.busy_with = (job.job_id, shard)

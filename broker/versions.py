@@ -27,6 +27,7 @@ from ance.run.fsio import fsync_dir
 from ance.negatives.files import append_negatives, header_line, read_negatives
 from ance.run.rundir import RunDir
 from .refresh import chunk_range, n_chunks
+from .seal import check_seal, write_seal
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,22 @@ class NegativesVersions:
             log.info("removing %s (the refresh it belongs to was interrupted)", stale)
             stale.unlink()
         versions = self.paths.complete_negatives()
-        if not versions:
-            return None
-        version, path = versions[-1]
         t0 = time.time()
         q_index = {q: i for i, q in enumerate(self.query_ids)}
         d_index = {d: i for i, d in enumerate(self.doc_ids)}
-        header, q_idx, neg = read_negatives(path, q_index, d_index, keep=self.keep)
-        fp = header.get("data_fingerprint")
-        if fp is not None and fp != self.fingerprint:
-            raise AnceError(f"{path} was made from other data (fingerprint {fp}, ours {self.fingerprint}); "
-                            "use the run's config or move the negatives/ directory away")
+        while versions:  # the newest version whose file is whole (row count and seal)
+            version, path = versions.pop()
+            header, q_idx, neg = read_negatives(path, q_index, d_index, keep=self.keep)
+            fp = header.get("data_fingerprint")
+            if fp is not None and fp != self.fingerprint:
+                raise AnceError(f"{path} was made from other data (fingerprint {fp}, ours {self.fingerprint}); "
+                                "use the run's config or move the negatives/ directory away")
+            bad = check_seal(path, len(q_idx), self.n_train)
+            if bad is None:
+                break
+            log.error("%s: refused, %s; left in place, an older version is used and the refresh redone", path, bad)
+        else:
+            return None
         latest = Version(version, self.n_train, self.keep)
         latest.neg[q_idx] = neg
         latest.chunks = set(range(self.n_chunks))
@@ -148,6 +154,7 @@ class NegativesVersions:
         cur = self._in_progress("finish")
         self._close_partial()
         final = self.paths.negatives(cur.version)
+        write_seal(self.paths.negatives(cur.version, partial=True), final, self.n_train)  # rows + checksum first
         os.replace(self.paths.negatives(cur.version, partial=True), final)
         fsync_dir(final.parent)
         self.current, self.latest = None, cur

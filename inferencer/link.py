@@ -60,11 +60,11 @@ class InferencerLink(BrokerLink):
         return self
 
     def send(self, type_: str, **fields: Any) -> None:
-        """Queue one message (encoded here, so a bad one fails in the caller)."""
-        frame = pack_message(type_, **fields)
+        """Queue one message (checked here, so a bad one fails in the caller; tagged with the session when sent)."""
+        pack_message(type_, **fields)
         with self._lock:
             self._unsent += 1
-        self._outbox.put(frame)
+        self._outbox.put((type_, fields))
 
     def set_busy(self, job_id: int | None) -> None:
         """The job the main thread works on (None: idle); goes into heartbeats and hellos."""
@@ -107,22 +107,23 @@ class InferencerLink(BrokerLink):
             hello_every = max(2.0, 3 * b.heartbeat_s)
             while not self._stopping.is_set():
                 # short waits while there is something to send: a queued result goes out within ~10 ms
-                if sock.poll(1 if (self._pending or not self._outbox.empty()) else 10, zmq.POLLIN):
+                if sock.poll(1 if ((self._pending and self.welcomed.is_set()) or not self._outbox.empty()) else 10,
+                             zmq.POLLIN):
                     for _ in range(100):
                         try:
                             frame = sock.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        if self._handle(frame):
+                        if self._handle(sock, frame):
                             hello_at = self._hello(sock)
                 while True:
                     try:
                         self._pending.append(self._outbox.get_nowait())
                     except queue.Empty:
                         break
-                while self._pending:
+                while self._pending and self.welcomed.is_set():  # results go to an authenticated broker only
                     try:
-                        sock.send(self._pending[0], zmq.NOBLOCK)
+                        sock.send(self.pack(*self._pending[0][:1], **self._pending[0][1]), zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     self._pending.popleft()
@@ -131,11 +132,11 @@ class InferencerLink(BrokerLink):
                 now = time.time()
                 job, warming = self._busy_job, self._warming
                 # every heartbeat_s, and at once when the main thread takes or finishes a job or warms up
-                if now - last_hb >= b.heartbeat_s or job != last_job or warming != last_warming:
+                if self.welcomed.is_set() and (now - last_hb >= b.heartbeat_s or job != last_job
+                                               or warming != last_warming):
                     last_hb, last_job, last_warming = now, job, warming
                     state = "busy" if job is not None else ("warming" if warming else "idle")
-                    self._send_now(sock, pack_message("heartbeat", state=state,
-                                                job_id=job))
+                    self._send_now(sock, self.pack("heartbeat", state=state, job_id=job))
                 if not self.welcomed.is_set() and now - hello_at > hello_every:
                     hello_at = self._hello(sock)
         except BaseException as exc:  # surfaced to the main thread, which exits
@@ -147,7 +148,9 @@ class InferencerLink(BrokerLink):
                 sock.close(0)
             ctx.term()
 
-    def _send_now(self, sock, frame: bytes) -> None:
+    def _send_now(self, sock, frame: bytes | None) -> None:
+        if frame is None:
+            return
         try:
             sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
@@ -159,19 +162,23 @@ class InferencerLink(BrokerLink):
         self._send_now(sock, self.hello_frame(state="busy" if job is not None else "idle", job_id=job))
         return time.time()
 
-    def _handle(self, frame: bytes) -> bool:
+    def _handle(self, sock, frame: bytes) -> bool:
         """Handle one frame from the broker; True when we must say hello again."""
         msg = self.read(frame)
         if msg is None:
             return False
-        if msg.type == "welcome":
+        if msg.type == "challenge":
+            self._send_now(sock, self.answer(msg))
+        elif msg.type == "welcome":
             if self.welcomed_by(msg):
                 log.info("welcomed by broker %s (latest version %d)", msg.broker_id, msg.latest_version)
             self.welcomed.set()
         elif msg.type in ("job", "stop"):
             self.inbox.put(msg)
         elif msg.type == "error":
-            if is_unknown_peer(msg):
+            if msg.get("s") is None and not is_unknown_peer(msg):
+                log.error("broker error outside a session (about %s): %s", msg.of_type, msg.reason)
+            elif is_unknown_peer(msg):
                 log.info("the broker does not know us (restarted?); saying hello again")
                 return True
             log.error("broker error (about %s): %s", msg.of_type, msg.reason)

@@ -111,15 +111,35 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, logs: list[Pa
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
 
 
-class Peer:
-    """A DEALER in the test (a fake trainer or a raw client) speaking the protocol."""
+def wait_secret(run_dir: Path, timeout: float = 60.0) -> bytes:
+    """The run's secret, once the broker (or launcher) has written it."""
+    from ance.wire.auth import read_secret, secret_path
 
-    def __init__(self, address: str, identity: bytes, keys: Path | None = None):
+    wait_until(lambda: secret_path(run_dir).exists(), timeout, f"{secret_path(run_dir)}")
+    return read_secret(secret_path(run_dir))
+
+
+class Peer:
+    """A DEALER in the test (a fake trainer or a raw client) speaking the protocol.
+
+    ``send("hello", ...)`` does the whole handshake (ance.wire.auth) with the secret of the run registered
+    for ``address`` in ``RUN_DIRS`` (or ``secret``): hello, the broker's challenge checked, auth; later
+    frames carry the session tag. The challenge is not kept in ``received``."""
+
+    RUN_DIRS: dict[str, Path] = {}  # broker address -> its run dir (registered by the fixtures)
+
+    def __init__(self, address: str, identity: bytes | None, keys: Path | None = None, secret: bytes | None = None):
         import zmq
+
+        self.address = address
+        self.secret = secret
+        self.tags: tuple[str, str] | None = None
+        self.broker_proved: bool | None = None
 
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, identity)
+        if identity:  # a label in the broker's logs (the real clients leave the routing id to the ROUTER)
+            self.sock.setsockopt(zmq.IDENTITY, identity)
         self.sock.setsockopt(zmq.LINGER, 0)
         # a DEALER whose handshake was refused has no pipe and would block in send forever: raise instead
         self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
@@ -131,7 +151,37 @@ class Peer:
         self.received: list = []
 
     def send(self, type_: str, **fields) -> None:
-        self.sock.send(pack_message(type_, **fields))
+        if type_ == "hello":
+            self.hello(**fields)
+            return
+        self.sock.send(pack_message(type_, session=self.tags[0] if self.tags else None, **fields))
+
+    def hello(self, timeout: float = 60.0, **fields) -> bool:
+        """The handshake; True when the broker proved the secret and our auth went out."""
+        from ance.wire.auth import broker_proof, client_proof, new_nonce, same, session_tags
+
+        import zmq
+
+        secret = self.secret if self.secret is not None else wait_secret(self.RUN_DIRS[self.address])
+        nonce = new_nonce()
+        self.sock.send(pack_message("hello", nonce=nonce, **fields))
+        end = time.time() + timeout
+        while time.time() < end:
+            if not self.sock.poll(50, zmq.POLLIN):
+                continue
+            msg = unpack_message(self.sock.recv(), MAX_FRAME)
+            if msg.type != "challenge":
+                self.received.append(msg)
+                continue
+            name = fields["name"]
+            self.broker_proved = same(broker_proof(secret, nonce, msg.nonce, name), msg.proof)
+            if not self.broker_proved:
+                return False
+            self.tags = session_tags(secret, nonce, msg.nonce, name)
+            self.sock.send(pack_message("auth", nonce=msg.nonce,
+                                        proof=client_proof(secret, nonce, msg.nonce, name, fields["role"])))
+            return True
+        return False
 
     def send_raw(self, frame: bytes) -> None:
         self.sock.send(frame)

@@ -85,8 +85,8 @@ def topk_for(lo, hi, q_lo, q_hi, k):
 
 
 class FakeWorker(Peer):
-    def __init__(self, address, name, fingerprint="fp-test"):
-        super().__init__(address, f"inferencer-{name}".encode())
+    def __init__(self, address, name, fingerprint="fp-test", identity: bytes | None = b""):
+        super().__init__(address, f"inferencer-{name}".encode() if identity == b"" else identity)
         self.send("hello", role="inferencer", name=f"inferencer-{name}", pid=1, device="cpu",
                   data_fingerprint=fingerprint)
         self.send("heartbeat", state="idle")  # ready: only then does it get shards
@@ -134,6 +134,7 @@ def broker(tmp_path):
     for step in (1, 2, 3):  # complete from now on: the broker refreshes only complete checkpoints
         (ckpts / f"step-{step:06d}" / "manifest.json").write_text(f'{{"step": {step}}}')
     b.bind()
+    Peer.RUN_DIRS[cfg.broker.address] = tmp_path / "run"
     thread = threading.Thread(target=b.run, daemon=True)
     thread.start()
     peers = []
@@ -146,7 +147,7 @@ def broker(tmp_path):
 
 
 def trainer_peer(env, have=-1):
-    t = Peer(env.addr, b"trainer")
+    t = Peer(env.addr, None)  # a new connection each time (a restarted trainer)
     env.peers.append(t)
     t.send("hello", role="trainer", name="trainer", pid=len(env.peers), device="cpu", data_fingerprint="fp-test",
            have_version=have)
@@ -246,6 +247,7 @@ def test_curve_keys_let_only_key_holders_in(tmp_path):
                              f"broker.curve_keys={keys}", "broker.heartbeat_s=0.1"])
     b = Broker(cfg, dataset=synthetic_dataset(), metrics=Recorder())
     b.bind()
+    Peer.RUN_DIRS[cfg.broker.address] = tmp_path / "run"
     thread = threading.Thread(target=b.run, daemon=True)
     thread.start()
     outsider = Peer(cfg.broker.address, b"trainer")
@@ -253,7 +255,7 @@ def test_curve_keys_let_only_key_holders_in(tmp_path):
     try:
         hello = dict(role="trainer", name="trainer", pid=1, device="cpu", data_fingerprint="fp-test")
         try:
-            outsider.send("hello", **hello)
+            assert not outsider.hello(timeout=0.5, **hello)
         except zmq.Again:  # its handshake was refused first, which dropped its pipe: no way in either
             pass
         insider.send("hello", **hello)
@@ -319,6 +321,7 @@ class Cluster:
         self.cfg_path = write_config(tmp, free_port())
         self.cfg = load_config(self.cfg_path)
         self.run = tmp / "run"
+        Peer.RUN_DIRS[self.cfg.broker.address] = self.run
         self.data = dataset_from_config(self.cfg)
         self.train = self.data.split("train")
         self.broker_log = tmp / "broker.log"
@@ -341,7 +344,7 @@ class Cluster:
     def connect_trainer(self, have_version: int = -1) -> Peer:
         if self.trainer is not None:
             self.trainer.close()
-        self.trainer = Peer(self.cfg.broker.address, b"trainer")
+        self.trainer = Peer(self.cfg.broker.address, None)
         self.trainer.send("hello", role="trainer", name="trainer", pid=1, device="cpu",
                           data_fingerprint=self.data.fingerprint, have_version=have_version)
         return self.trainer
@@ -395,10 +398,10 @@ def test_garbage_is_answered_with_errors_and_the_broker_goes_on(cluster):
     try:
         frames = [
             (b"\xc1\xc1garbage", "not valid msgpack"),
-            (msgpack.packb({"v": 2, "type": "hello"}), "protocol version 2"),
-            (msgpack.packb({"v": 1, "type": "launch_missiles"}), "unknown message type"),
-            (msgpack.packb({"v": 1, "type": "checkpoint", "step": 1}), "lacks field"),
-            (msgpack.packb({"v": 1, "type": "status", "step": "x", "version_in_use": 0, "gap": 0}), "expected int"),
+            (msgpack.packb({"v": 1, "type": "hello"}), "protocol version 1"),
+            (msgpack.packb({"v": 2, "type": "launch_missiles"}), "unknown message type"),
+            (msgpack.packb({"v": 2, "type": "checkpoint", "step": 1}), "lacks field"),
+            (msgpack.packb({"v": 2, "type": "status", "step": "x", "version_in_use": 0, "gap": 0}), "expected int"),
             (b"\x00" * (max_inbound_bytes(cluster.cfg) + 10), "exceeds the limit"),  # (topk-sized: no weights in)
         ]
         for frame, _ in frames:

@@ -48,7 +48,7 @@ def test_checkpoint_paths_outside_the_run_dir_are_refused(broker, tmp_path):
     broker.peers.append(stranger)
     rel = os.path.relpath(secret, broker.ckpts / "step-000009")
     stranger.send("checkpoint", step=9, path=str(broker.ckpts / "step-000009" / rel), written_at=time.time())
-    assert "only the trainer" in errors(stranger)[-1].reason
+    assert "no session" in errors(stranger)[-1].reason
     t = trainer_peer(broker)
     bad = [(str(secret), "is not RUN_DIR/checkpoints/step-000009"),
            (str(broker.ckpts / ".." / ".." / "secretdir"), "is not RUN_DIR/checkpoints"),
@@ -167,8 +167,8 @@ def test_peer_strings_are_escaped_bounded_and_logged_once(broker, caplog):
     caplog.set_level(logging.INFO, logger="ance.broker")
     big = Peer(broker.addr, b"flood")
     broker.peers.append(big)
-    big.send_raw(__import__("msgpack").packb({"v": 1, "type": "hello", "role": "inferencer", "name": "x", "pid": 1,
-                                              "device": "d" * 100_000, "data_fingerprint": "fp-test"}))
+    big.send_raw(__import__("msgpack").packb({"v": 2, "type": "hello", "role": "inferencer", "name": "x", "pid": 1,
+                                              "device": "d" * 100_000, "data_fingerprint": "fp-test", "nonce": "0"}))
     assert "more than the limit" in errors(big)[0].reason
     forger = Peer(broker.addr, b"evil\nINFO forged line")
     broker.peers.append(forger)
@@ -180,7 +180,7 @@ def test_peer_strings_are_escaped_bounded_and_logged_once(broker, caplog):
     text = caplog.text
     assert "\nINFO forged line" not in text and "\nINFO broker stopping" not in text
     assert "'evil\\nINFO forged line'" in text
-    assert text.count("never said hello") == 1 and text.count("'stop' refused") == 1  # rate-limited
+    assert text.count("no authenticated session") == 1 and text.count("'stop' refused") == 1  # rate-limited
     assert all(len(r.getMessage()) < 2000 for r in caplog.records)
 
 

@@ -72,7 +72,8 @@ CONFIG_CASES = [
     (["negatives.source=async", "negatives.max_gap=5", "train.checkpoint_every=10"],
      "negatives.max_gap=5 is smaller than train.checkpoint_every=10"),
     (["negatives.wait_timeout_s=.inf"], "negatives.wait_timeout_s: must be a finite number > 0"),
-    (["seed=-1"], "seed: must be >= 0"),
+    (["seed=-1"], "seed: must be in [0, 2**63)"),
+    (["seed=99999999999999999999999"], "seed: must be in [0, 2**63)"),  # hostile 2026-12-03: a traceback
     (["launch.restart_backoff_s=[]"], "launch.restart_backoff_s: give at least one delay"),
     (["data.max_docs=0"], "data.max_docs: must be > 0"),
 ]

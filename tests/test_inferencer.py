@@ -22,9 +22,18 @@ pytestmark = [needs_scifact, pytest.mark.slow]
 
 
 class FakeBroker:
-    def __init__(self, address: str):
+    """A ROUTER that does the broker's side of the handshake (ance.wire.auth) with the run's secret; ``send``
+    to a name goes to the route of that name's hello, tagged with the session."""
+
+    def __init__(self, address: str, run_dir):
         import zmq
 
+        from ance.wire.auth import ensure_secret
+
+        self.secret = ensure_secret(run_dir)
+        self.routes: dict[bytes, bytes] = {}
+        self.hellos: dict[bytes, tuple] = {}
+        self.tags: dict[bytes, tuple[str, str]] = {}
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -37,11 +46,33 @@ class FakeBroker:
         ms = int(timeout * 1000)
         while self.sock.poll(ms, zmq.POLLIN):
             peer, frame = self.sock.recv_multipart()
-            self.got.append((peer, unpack_message(frame, MAX_FRAME), time.time()))
+            msg = unpack_message(frame, MAX_FRAME)
+            self._auth(peer, msg)
+            self.got.append((peer, msg, time.time()))
             ms = 0
 
-    def send(self, peer: bytes, type_: str, **fields) -> None:
-        self.sock.send_multipart([peer, pack_message(type_, **fields)])
+    def _auth(self, route: bytes, msg) -> None:
+        from ance.wire.auth import broker_proof, client_proof, new_nonce, same, session_tags
+
+        if msg.type == "hello":
+            bnonce = new_nonce()
+            self.hellos[route] = (msg, bnonce)
+            self.sock.send_multipart([route, pack_message(
+                "challenge", nonce=bnonce, proof=broker_proof(self.secret, msg.nonce, bnonce, msg.name))])
+        elif msg.type == "auth" and route in self.hellos:
+            hello, bnonce = self.hellos[route]
+            assert same(client_proof(self.secret, hello.nonce, bnonce, hello.name, hello.role), msg.proof)
+            name = hello.name.encode()
+            self.routes[name] = route
+            self.tags[name] = session_tags(self.secret, hello.nonce, bnonce, hello.name)
+
+    def send(self, peer: bytes, type_: str, authenticated: bool = True, **fields) -> None:
+        if authenticated:
+            self.wait(lambda ms: peer in self.tags, 20, f"{peer!r} authenticated")
+            self.sock.send_multipart([self.routes[peer], pack_message(type_, session=self.tags[peer][1], **fields)])
+        else:  # an error to every connection (a restarted broker that knows no one)
+            for route in {r for r, _, _ in self.got}:
+                self.sock.send_multipart([route, pack_message(type_, **fields)])
 
     def wait(self, pred, timeout: float, what: str, logs=()):
         def check():
@@ -70,7 +101,7 @@ def setup(tmp_path_factory):
     cfg = load_config(cfg_path)
     data = dataset_from_config(cfg)
     ckpt = make_checkpoint(tmp / "run", 1)
-    broker = FakeBroker(cfg.broker.address)
+    broker = FakeBroker(cfg.broker.address, tmp / "run")
     log = tmp / "inferencer.log"
     proc = spawn("infer", str(cfg_path), "--device", "cpu", "--name", "t", log=log)
     yield cfg, data, ckpt, broker, proc, log, tmp
@@ -186,14 +217,14 @@ def test_weights_shipped_in_the_job(setup):
 
 
 def test_rehello_after_broker_restart_then_stop(setup):
-    cfg, data, ckpt, broker, proc, log, _ = setup
+    cfg, data, ckpt, broker, proc, log, tmp = setup
     broker.close()  # the broker "dies" and a new one binds the same address
-    new = FakeBroker(cfg.broker.address)
+    new = FakeBroker(cfg.broker.address, tmp / "run")
     try:
         new.wait(lambda ms: [m for m in ms if m.type == "heartbeat"], 20, "heartbeat at the new broker", [log])
         assert not new.of("hello")
-        new.send(b"inferencer-t", "error", reason="unknown peer 'inferencer-t': send hello first",
-                 of_type="heartbeat")
+        new.send(b"inferencer-t", "error", authenticated=False, reason="unknown peer 'inferencer-t': send hello "
+                 "first", of_type="heartbeat")
         hello = new.wait(lambda ms: [m for m in ms if m.type == "hello"], 10, "re-hello", [log])[0]
         assert hello.state == "idle"
         new.send(b"inferencer-t", "stop", reason="test over")

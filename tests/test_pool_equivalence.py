@@ -30,6 +30,7 @@ def refresh_with(tmp, n_workers: int):
     procs = [spawn("broker", str(cfg_path), log=logs[0])]
     procs += [spawn("infer", str(cfg_path), "--device", "cpu", "--name", str(i), log=logs[1 + i])
               for i in range(n_workers)]
+    Peer.RUN_DIRS[cfg.broker.address] = tmp / "run"
     trainer = Peer(cfg.broker.address, b"trainer")
     try:
         wait_until(lambda: logs[0].exists() and logs[0].read_text().count(" ready for shards") >= n_workers, 180,

@@ -16,7 +16,9 @@ ARR_F = pack_array(np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3))
 
 EXAMPLES = {
     "hello": dict(role="inferencer", name="inferencer-0", pid=123, device="cpu", data_fingerprint="ab12",
-                  state="busy", job_id=7),
+                  nonce="00" * 16, state="busy", job_id=7),
+    "challenge": dict(nonce="11" * 16, proof="ab" * 32),
+    "auth": dict(nonce="11" * 16, proof="cd" * 32),
     "welcome": dict(broker_id="host-1-2", latest_version=-1, heartbeat_s=1.0),
     "heartbeat": dict(state="idle", step=3, job_id=9),
     "checkpoint": dict(step=200, path="runs/x/checkpoints/step-000200", written_at=1.7e9),
@@ -58,7 +60,7 @@ def test_arrays_round_trip_exactly():
 
 def test_optional_fields_may_be_left_out_or_none():
     msg = unpack_message(pack_message("hello", role="trainer", name="trainer", pid=1, device="", data_fingerprint="x",
-                        have_version=None), MAX)
+                        nonce="ab", have_version=None), MAX)
     assert "have_version" not in msg
     assert unpack_message(pack_message("heartbeat", state="busy"), MAX).state == "busy"
 
@@ -113,31 +115,31 @@ def test_not_a_map_and_non_string_keys():
 
 def test_version_checks():
     _bad(_raw({"type": "stop", "reason": "x"}), "no protocol version")
-    _bad(_raw({"v": 2, "type": "stop", "reason": "x"}), "protocol version 2 is not supported")
+    _bad(_raw({"v": 1, "type": "stop", "reason": "x"}), "protocol version 1 is not supported")
     _bad(_raw({"v": True, "type": "stop", "reason": "x"}), "not supported")
 
 
 def test_type_checks():
-    _bad(_raw({"v": 1, "reason": "x"}), "no string 'type'")
-    _bad(_raw({"v": 1, "type": "rm -rf", "reason": "x"}), "unknown message type 'rm -rf'")
+    _bad(_raw({"v": 2, "reason": "x"}), "no string 'type'")
+    _bad(_raw({"v": 2, "type": "rm -rf", "reason": "x"}), "unknown message type 'rm -rf'")
 
 
 def test_missing_and_wrongly_typed_fields():
-    _bad(_raw({"v": 1, "type": "checkpoint", "step": 1, "path": "p"}), "lacks field.*written_at")
-    _bad(_raw({"v": 1, "type": "checkpoint", "step": "1", "path": "p", "written_at": 1.0}),
+    _bad(_raw({"v": 2, "type": "checkpoint", "step": 1, "path": "p"}), "lacks field.*written_at")
+    _bad(_raw({"v": 2, "type": "checkpoint", "step": "1", "path": "p", "written_at": 1.0}),
          "'step': expected int, got str")
-    _bad(_raw({"v": 1, "type": "job", **{**EXAMPLES["job"], "eval": 1}}), "'eval': expected bool")
-    _bad(_raw({"v": 1, "type": "shard_done", **{**EXAMPLES["shard_done"], "stats": [1]}}), "expected map")
-    _bad(_raw({"v": 1, "type": "job", **{**EXAMPLES["job"], "weights": {"a": "text"}}}), "expected bytes_map")
-    _bad(_raw({"v": 1, "type": "topk", **{**EXAMPLES["topk"], "split": "test"}}), "not one of train, eval")
+    _bad(_raw({"v": 2, "type": "job", **{**EXAMPLES["job"], "eval": 1}}), "'eval': expected bool")
+    _bad(_raw({"v": 2, "type": "shard_done", **{**EXAMPLES["shard_done"], "stats": [1]}}), "expected map")
+    _bad(_raw({"v": 2, "type": "job", **{**EXAMPLES["job"], "weights": {"a": "text"}}}), "expected bytes_map")
+    _bad(_raw({"v": 2, "type": "topk", **{**EXAMPLES["topk"], "split": "test"}}), "not one of train, eval")
     try:
-        unpack_message(_raw({"v": 1, "type": "status", "step": 1, "gap": 0}), MAX)
+        unpack_message(_raw({"v": 2, "type": "status", "step": 1, "gap": 0}), MAX)
     except ProtocolError as exc:
         assert exc.of_type == "status"
 
 
 def test_extra_fields_are_tolerated_on_decode():
-    msg = unpack_message(_raw({"v": 1, "type": "stop", "reason": "x", "from_the_future": 1}), MAX)
+    msg = unpack_message(_raw({"v": 2, "type": "stop", "reason": "x", "from_the_future": 1}), MAX)
     assert msg.reason == "x"
 
 
@@ -151,7 +153,7 @@ def test_extra_fields_are_tolerated_on_decode():
     ([1, 2], "expected an array map"),
 ])
 def test_malformed_arrays(array, match):
-    _bad(_raw({"v": 1, "type": "topk", **{**EXAMPLES["topk"], "ids": array}}), match)
+    _bad(_raw({"v": 2, "type": "topk", **{**EXAMPLES["topk"], "ids": array}}), match)
     with pytest.raises(ProtocolError, match=match):
         unpack_array(array)
 

@@ -94,7 +94,8 @@ def test_restore_removes_partials_and_reloads_the_newest_complete_version(tmp_pa
     assert latest.version == 3 and latest.n_shards == 2 and latest.stats == {"replayed": True}
     assert latest.chunks == {0, 1, 2}
     np.testing.assert_array_equal(latest.neg, NEG)
-    assert sorted(p.name for p in (tmp_path / "negatives").iterdir()) == ["step-000001.tsv", "step-000003.tsv"]
+    assert sorted(p.name for p in (tmp_path / "negatives").iterdir()) == [
+        "step-000001.tsv", "step-000001.tsv.sum", "step-000003.tsv", "step-000003.tsv.sum"]  # with their seals
 
 
 def test_restore_with_nothing_on_disk(tmp_path):
@@ -135,3 +136,27 @@ def test_overlapping_versions_keep_latest_until_finished(tmp_path):
     # the version in progress fills its own table; latest stays what the trainer was sent
     np.testing.assert_array_equal(store.latest.neg, NEG)
     assert store.current.chunks == {1} and (store.current.neg == -1).all()
+
+
+def test_a_version_cut_short_or_edited_is_refused_on_reload(tmp_path, caplog):
+    """Hostile 2026-12-03: a negatives file cut to 10 of 40 rows was reloaded as complete and served."""
+    first = make_store(tmp_path)
+    build(first, 1, neg=np.full_like(NEG, 1))
+    first.finish()
+    build(first, 3)
+    first.finish()
+    first.close()
+    path = negatives_path(tmp_path, 3)
+    whole = path.read_text()
+    path.write_text("".join(whole.splitlines(keepends=True)[:-2]))  # cut short
+    caplog.set_level("ERROR")
+    latest = make_store(tmp_path).restore()
+    assert latest.version == 1 and "cut short" in caplog.text and path.exists()  # refused, left in place
+    lines = whole.splitlines(keepends=True)
+    a, b = lines[1].split("\t", 1)
+    lines[1] = a + "\t" + ",".join(reversed(b.strip().split(","))) + "\n"  # same rows, other order
+    path.write_text("".join(lines))
+    caplog.clear()
+    assert make_store(tmp_path).restore().version == 1 and "checksum differs" in caplog.text
+    path.write_text(whole)
+    assert make_store(tmp_path).restore().version == 3

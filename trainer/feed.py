@@ -11,6 +11,7 @@ refresh has ended.
 from __future__ import annotations
 
 import json
+import os
 import logging
 from typing import Any, Sequence
 
@@ -71,6 +72,8 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
     not resolve and its header says it was mined from other data, the error
     says so and how to mine a matching file.
     """
+    if not os.path.isfile(path):  # a folder, a FIFO (open() blocked for ever), /dev/zero (read without end)
+        raise DataError(path, None, "not a regular file; give the negatives file `ance mine` wrote")
     theirs = _header_fingerprint(path)
     if fingerprint is not None and theirs is not None and theirs != fingerprint:
         raise DataError(path, 1, f"mined from other data (fingerprint {theirs}, this run's {fingerprint}). "

@@ -18,7 +18,7 @@ import zmq
 from ance.wire.brokerlink import BrokerLink, is_unknown_peer
 from ance.run.config import Config
 from ance.run.errors import AnceError
-from ance.wire.protocol import pack_message, unpack_array
+from ance.wire.protocol import unpack_array
 
 from .feed import NegativesTable
 
@@ -54,11 +54,13 @@ class TrainerLink(BrokerLink):
         self._hello()
 
     def _hello(self) -> None:
-        self._put(self.hello_frame(have_version=self.latest_complete))
+        frame = self.hello_frame(have_version=self.latest_complete)
+        if frame is not None:
+            self._put(frame)
         self.last_heard = time.time()
 
     def _send(self, type_: str, **fields: Any) -> None:
-        self._put(pack_message(type_, **fields))
+        self._put(self.pack(type_, **fields))
 
     def _put(self, frame: bytes) -> None:
         """Send without ever blocking the training loop. A DEALER blocks when it has no pipe to the
@@ -107,6 +109,12 @@ class TrainerLink(BrokerLink):
             return
         self.last_heard = time.time()
         kind = msg["type"]
+        if kind == "challenge":
+            reply = self.answer(msg)
+            if reply is not None:
+                self._put(reply)
+                self._resend_announcements()
+            return
         if kind == "negatives":
             version = int(msg["version"])
             q_idx = unpack_array(msg["q_idx"])
@@ -127,7 +135,7 @@ class TrainerLink(BrokerLink):
                      msg.get("latest_version"))
         elif kind == "error":
             log.error("broker error: %s", msg.get("reason"))
-            if is_unknown_peer(msg) or "hello" in str(msg.get("reason", "")):
+            if is_unknown_peer(msg) or (msg.get("s") is not None and "hello" in str(msg.get("reason", ""))):
                 self._hello_again()  # a restarted broker refuses our announcements until we say hello
         elif kind == "stop":
             raise AnceError(f"the broker asked the trainer to stop: {msg.get('reason')}")
@@ -165,6 +173,11 @@ class TrainerLink(BrokerLink):
         silence = max(2.0, self.cfg.broker.worker_timeout_s)
         while not ready():
             if time.time() - t0 > timeout:
+                if self.refused_brokers:
+                    raise AnceError(
+                        f"waited {timeout:.0f}s for fresh negatives at step {step}: the broker at "
+                        f"{self.cfg.broker.address} could not prove the run's secret ({self.refused_brokers} times): "
+                        "another process holds its port, or it serves another run (RUN_DIR/run.secret)")
                 raise AnceError(
                     f"waited {timeout:.0f}s for fresh negatives at step {step} (negatives.max_gap="
                     f"{self.cfg.negatives.max_gap}); is the broker at {self.cfg.broker.address} running with "
@@ -179,6 +192,8 @@ class TrainerLink(BrokerLink):
         """``hello``, then the checkpoints announced since the newest complete version (the broker only
         takes announcements from the trainer that said hello, so those sent before were refused)."""
         self._hello()
+
+    def _resend_announcements(self) -> None:
         for s, path in sorted(self._announced.items()):
             if s > self.latest_complete:
                 self._send("checkpoint", step=int(s), path=path, written_at=float(self.written_at[s]))

@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from ance.launch.mps import MpsDaemon, find_control, wanted
     from ance.launch.progress import Progress
     from ance.launch.supervisor import Supervisor, plan
+    from ance.run.lock import lock_run_dir, unlock
     from ance.run.telemetry import MetricsWriter
+    from ance.wire.auth import ensure_secret
 
     setup_logging(args.log_level, role="launch")
     cfg = config_from_args(args)
@@ -88,11 +90,15 @@ def run(args: argparse.Namespace) -> int:
         check_given(cfg, load_for_config(cfg))
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
+        if run_dir.is_dir():  # never move aside, or join, a run another launcher is running
+            unlock(lock_run_dir(run_dir))
         if args.from_run_dir:  # a changed fixed key is refused before anything is written
             check_resume(run_dir, cfg.to_dict(), force=args.force, command="ance launch --resume")
         aside = claim_run_dir(run_dir, resume=bool(args.from_run_dir), overwrite=args.overwrite)
         if aside is not None:
             logging.getLogger("ance.launch").warning("--overwrite: the earlier run moved to %s", aside)
+        run_lock = lock_run_dir(run_dir)  # held until this process ends  # noqa: F841
+        ensure_secret(run_dir)  # every role proves it at hello (ance.wire.auth)
     save_config(cfg, run_dir)
     n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
     if cfg.negatives.source != "async":

@@ -68,8 +68,8 @@ def check_ranges(cfg: Any) -> None:
     t, m, n, b = cfg.train, cfg.model, cfg.negatives, cfg.broker
     if not str(cfg.run_dir).strip():
         raise ConfigError("run_dir: empty; give a directory, e.g. run_dir=runs/x")
-    if cfg.seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    if not 0 <= cfg.seed < 2 ** 63:  # torch.manual_seed takes at most 64 bits
+        raise ConfigError(f"seed: must be in [0, 2**63), got {cfg.seed}")
     if not str(cfg.data.path).strip():
         raise ConfigError("data.path: empty; give a dataset folder or a known name")
     for key, value in (("data.max_docs", cfg.data.max_docs), ("data.max_queries", cfg.data.max_queries)):
@@ -77,7 +77,8 @@ def check_ranges(cfg: Any) -> None:
             raise ConfigError(f"{key}: must be > 0, or null for all, got {value}")
     for key, value in (("train.lr", t.lr), ("train.max_grad_norm", t.max_grad_norm),
                        ("model.temperature", m.temperature), ("negatives.wait_timeout_s", n.wait_timeout_s),
-                       ("broker.heartbeat_s", b.heartbeat_s), ("broker.worker_timeout_s", b.worker_timeout_s)):
+                       ("broker.heartbeat_s", b.heartbeat_s), ("broker.worker_timeout_s", b.worker_timeout_s),
+                       ("broker.shard_deadline_s", b.shard_deadline_s)):
         _positive(key, value)
     _non_negative("train.weight_decay", t.weight_decay)
     if not math.isfinite(t.gist_margin):

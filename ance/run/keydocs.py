@@ -99,6 +99,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "broker.max_frame_bytes": (MAY, "largest message (1 MiB..2 GiB); the same on every process"),
     "broker.send_weights": (MAY, "ship checkpoint files in jobs (inferencers without the run directory)"),
     "broker.curve_keys": (MAY, "folder made by `ance keys`; required to bind off loopback"),
+    "broker.shard_deadline_s": (MAY, "a shard without progress this long is reassigned before any shard has "
+                                "finished; after that the bound is 3x the measured rate (at least 3 heartbeats' timeout, "
+                                "30 s); a worker missing twice is excluded"),
     "broker.max_shards": (MAY, "the most inferencers one refresh is split over"),
     # inferencer
     "inferencer.batch_size": (MAY, "passages per encoding batch"),

@@ -21,6 +21,7 @@ the listings read the directory and nothing else.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -73,9 +74,10 @@ def trainer_state_path(checkpoint: str | Path) -> Path:
 
 
 def is_complete_checkpoint(path: str | Path) -> bool:
-    """A ``step-N`` directory whose manifest is written (the last file of an atomic write)."""
+    """A ``step-N`` directory (not a symlink) whose manifest is written (the last file of an atomic write)."""
     path = Path(path)
-    return path.is_dir() and parse_step(path.name) is not None and manifest_path(path).is_file()
+    return (not path.is_symlink() and path.is_dir() and parse_step(path.name) is not None
+            and not manifest_path(path).is_symlink() and manifest_path(path).is_file())
 
 
 ALIASES = ("best", "final")
@@ -147,7 +149,10 @@ class RunDir:
         found = []
         for child in self.checkpoints.iterdir():
             step = parse_step(child.name)
-            if step is not None and is_complete_checkpoint(child):
+            if step is not None and child.is_symlink():  # planted: never followed (broker restart, --resume)
+                logging.getLogger(__name__).warning("%s is a symlink: ignored (a checkpoint is a folder of the "
+                                                    "run directory)", child)
+            elif step is not None and is_complete_checkpoint(child):
                 found.append((step, child))
         return sorted(found)
 

@@ -89,6 +89,7 @@ class BrokerConfig:
     send_weights: bool = False
     curve_keys: str | None = None
     max_shards: int = 64                        # the most inferencers one refresh is split over
+    shard_deadline_s: float = 3600.0            # no progress on a shard this long (before any rate is measured)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import numpy as np
 
 from ance.run.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: authenticated sessions (hello nonce, challenge, auth, the "s" tag; ance.wire.auth)
 
 # Wire dtypes (numpy ``dtype.str``, explicit little-endian) that unpack_array accepts.
 DTYPES = frozenset({"|i1", "|u1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8", "|b1"})
@@ -40,9 +40,11 @@ _OPT_STR = "str|None"
 
 # type -> (required {field: kind}, optional {field: kind})
 SPEC: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "hello": ({"role": STR, "name": STR, "pid": INT, "device": STR, "data_fingerprint": STR},
+    "hello": ({"role": STR, "name": STR, "pid": INT, "device": STR, "data_fingerprint": STR, "nonce": STR},
               {"have_version": INT,          # trainer: newest complete version it holds (-1: none)
                "state": STR, "job_id": INT}),  # inferencer: "busy" (with job_id) when re-joining mid-shard
+    "challenge": ({"nonce": STR, "proof": STR}, {}),  # broker -> client: its proof of the run's secret
+    "auth": ({"nonce": STR, "proof": STR}, {}),       # client -> broker: the challenge's nonce, the client's proof
     "welcome": ({"broker_id": STR, "latest_version": INT, "heartbeat_s": FLOAT}, {}),
     "heartbeat": ({"state": STR}, {"step": INT, "job_id": INT}),
     "checkpoint": ({"step": INT, "path": STR, "written_at": FLOAT}, {}),
@@ -91,8 +93,10 @@ _STR_LIMITS = {
     ("hello", "role"): 32, ("hello", "name"): MAX_NAME, ("hello", "device"): MAX_NAME,
     ("hello", "data_fingerprint"): MAX_NAME, ("hello", "state"): 32, ("heartbeat", "state"): 32,
     ("welcome", "broker_id"): MAX_NAME, ("topk", "split"): 32, ("stop", "token"): MAX_NAME,
-    ("job", "data_fingerprint"): MAX_NAME,
+    ("job", "data_fingerprint"): MAX_NAME, ("hello", "nonce"): 64, ("challenge", "nonce"): 64,
+    ("challenge", "proof"): 64, ("auth", "proof"): 64, ("auth", "nonce"): 64,
 }
+MAX_TAG = 64  # the session tag "s" every frame of a session carries (ance.wire.auth)
 
 
 class Message(dict):
@@ -234,8 +238,9 @@ def validate(type_: str, fields: dict) -> None:
 # --------------------------------------------------------------------------- pack_message / unpack_message
 
 
-def pack_message(type_: str, **fields: Any) -> bytes:
-    """One frame for message ``type_``. Unknown fields are refused here (a typo at the sender)."""
+def pack_message(type_: str, *, session: str | None = None, **fields: Any) -> bytes:
+    """One frame for message ``type_``. Unknown fields are refused here (a typo at the sender).
+    ``session``: the sender's session tag, carried in the envelope field ``s``."""
     if type_ not in SPEC:
         raise ProtocolError(f"cannot encode unknown message type {type_!r}; known types: {', '.join(TYPES)}")
     required, optional = SPEC[type_]
@@ -245,7 +250,9 @@ def pack_message(type_: str, **fields: Any) -> bytes:
                             f"valid: {', '.join(list(required) + list(optional))}")
     fields = {k: _plain(v) for k, v in fields.items() if not (k in optional and v is None)}
     validate(type_, fields)
-    return msgpack.packb({"v": PROTOCOL_VERSION, "type": type_, **fields}, use_bin_type=True)
+    envelope = {"v": PROTOCOL_VERSION, "type": type_} if session is None else \
+        {"v": PROTOCOL_VERSION, "type": type_, "s": session}
+    return msgpack.packb({**envelope, **fields}, use_bin_type=True)
 
 
 def unpack_message(frame: bytes, max_bytes: int) -> Message:
@@ -268,6 +275,9 @@ def unpack_message(frame: bytes, max_bytes: int) -> Message:
     if obj["v"] != PROTOCOL_VERSION or isinstance(obj["v"], bool):
         raise ProtocolError(f"protocol version {_short(obj['v'])} is not supported; this peer speaks "
                             f"v{PROTOCOL_VERSION} (upgrade the older side)")
+    tag = obj.get("s")
+    if tag is not None and (not isinstance(tag, str) or len(tag) > MAX_TAG):
+        raise ProtocolError(f"session tag 's' must be a string of at most {MAX_TAG} characters")
     type_ = obj.get("type")
     if not isinstance(type_, str):
         raise ProtocolError(f"message has no string 'type' field (got {_short(type_)})")

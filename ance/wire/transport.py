@@ -37,33 +37,38 @@ def router_socket(ctx, b: BrokerConfig, max_inbound_bytes: int | None = None):
     check_bind_address(address, b.curve_keys)
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
-    # A vanished peer raises EHOSTUNREACH instead of a silent drop; a restarted peer takes its name over.
+    # A vanished peer raises EHOSTUNREACH instead of a silent drop. Routing ids are the ROUTER's own (clients
+    # set none) and never taken over (no ROUTER_HANDOVER): who a peer is, is its authenticated session's
+    # business (ance.wire.auth, ance.broker.sessions), not its routing id's.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * (max_inbound_bytes or b.max_frame_bytes))
     # At most RCVHWM frames wait per connected peer (a fast sender is held back, not buffered without end):
     # inbound memory <= peers x (RCVHWM + 1) x MAXMSGSIZE; CURVE bounds the peers.
     sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
     # A whole version streamed to a trainer that reads between steps: let it queue (bounded by size).
     sock.setsockopt(zmq.SNDHWM, 1_000_000)
-    if b.curve_keys:
-        secure_server(sock, b.curve_keys)
     try:
+        if b.curve_keys:
+            secure_server(sock, b.curve_keys)  # ConfigError on a missing, empty or garbage key: one line, exit 2
         sock.bind(address)
     except zmq.ZMQError as exc:
         sock.close(0)
         raise AnceError(f"broker cannot bind {address}: {exc} (is another broker running? "
                         "set broker.address / broker.bind)") from None
+    except BaseException:
+        sock.close(0)  # an open socket would block ctx.term() for ever (the broker hung, silent)
+        raise
     return sock, sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
-def dealer_socket(ctx, b: BrokerConfig, identity: bytes, *, immediate: bool = False):
-    """A DEALER named ``identity``, connected to ``broker.address``; it reconnects on its
+def dealer_socket(ctx, b: BrokerConfig, identity: bytes | None = None, *, immediate: bool = False):
+    """A DEALER (``identity``: a routing id for tests; clients leave it to the ROUTER), connected to ``broker.address``; it reconnects on its
     own (200 ms, backing off to 2 s) when the broker restarts. ``immediate``: queue
     nothing while no broker is connected (sends are dropped or refused, not piled up
     for the next broker)."""
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, identity)
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * b.max_frame_bytes)
     sock.setsockopt(zmq.RECONNECT_IVL, 200)
