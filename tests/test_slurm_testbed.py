@@ -1,0 +1,264 @@
+"""A real multi-node run: `sbatch` on a Slurm cluster of network namespaces (scripts/slurm-testbed.sh).
+
+Opt-in (root, Debian's slurm-wlm + munge, ~4 min a run on 2 busy cores): ``ANCE_SLURM_TESTBED=1``.
+The module brings the testbed up once, runs the jobs, and tears it down, checking that no namespace,
+daemon, job process or Slurm state is left. Nodes ance-n1..3 share this machine's file system; their
+network is a bridge in 198.18.0.0/15 with no route off the machine.
+
+* 3 nodes: broker + trainer DDP over ance-n1, ance-n2 (gloo), two inferencers on ance-n3; >= 2 refreshed
+  versions trained on, the gap bounded, the broker's metrics scraped from another node, CURVE checked
+  from another node (with the run's keys: answered; without: never answered).
+* scancel mid-run, then `sbatch ... --resume RUN_DIR`: the trainer continues from its newest checkpoint.
+* faults: the trainer node's link flaps; an inferencer node's link goes down mid-refresh, its shard
+  goes to the other inferencer node after the heartbeat timeout; the run completes, no negatives lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ance.run.config import load_run_config
+from ance.run.telemetry import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TB = ROOT / "scripts" / "slurm-testbed.sh"
+STATE = Path(os.environ.get("ANCE_SLURM_DIR", "/var/lib/ance-slurm-testbed"))
+DATA = (ROOT / "../shared/data/scifact").resolve()
+JOB_TIMEOUT_S = 900
+
+pytestmark = pytest.mark.skipif(os.environ.get("ANCE_SLURM_TESTBED") != "1",
+                                reason="opt-in: ANCE_SLURM_TESTBED=1 (root; brings up a Slurm testbed)")
+
+# small enough for 2 shared cores; max_gap 8 with a checkpoint every 4 steps means steps 9.. need a version
+# >= 1 and steps 17.. one >= 9: at least two refreshed versions are trained on, however refreshes are timed
+RUN = ["train.max_steps=20", "train.checkpoint_every=4", "negatives.max_gap=8", f"data.path={DATA}",
+       "data.max_docs=600", "data.max_queries=96", "telemetry.prometheus_port=9400",
+       "telemetry.prometheus_addr=0.0.0.0"]
+
+
+def tb(*args: str, timeout: float = 300, check: bool = True) -> str:
+    proc = subprocess.run(["bash", str(TB), *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"slurm-testbed.sh {' '.join(args)}: {proc.returncode}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def probe(*args: str) -> dict:
+    out = tb("exec", sys.executable, str(ROOT / "tests" / "slurm_probe.py"), *args, timeout=60)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def netns() -> list[str]:
+    return [ln.split()[0] for ln in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                   text=True).stdout.splitlines() if ln.startswith("ance-")]
+
+
+def procs_mentioning(token: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if token in argv:
+                found.append(f"{entry.name}: {argv[:120]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the testbed needs root")
+    tb("up", timeout=600)
+    runs = tmp_path_factory.mktemp("slurm")
+    yield runs
+    tb("down")
+    # nothing left behind: namespaces, daemons, job processes, Slurm state
+    assert netns() == [], netns()
+    assert not STATE.exists(), f"{STATE} left behind"
+    assert procs_mentioning(str(STATE)) == [], procs_mentioning(str(STATE))
+    assert procs_mentioning(str(runs)) == [], procs_mentioning(str(runs))
+
+
+def submit(runs: Path, *args: str) -> str:
+    out = tb("exec", "sbatch", "--parsable", f"--chdir={ROOT}", f"--output={runs}/slurm-%j.out",
+             f"--export=ALL,ANCE={sys.executable} -m ance.cli,HF_HUB_OFFLINE=1,TOKENIZERS_PARALLELISM=false",
+             str(ROOT / "launch" / "slurm" / "ance.sbatch"), *args)
+    return out.strip().splitlines()[-1].split(";")[0]
+
+
+def job_state(job: str) -> tuple[str, str]:
+    out = tb("exec", "scontrol", "-o", "show", "job", job, check=False)
+    state = re.search(r"JobState=(\S+)", out)
+    code = re.search(r"ExitCode=(\S+)", out)
+    return (state.group(1) if state else "GONE"), (code.group(1) if code else "?")
+
+
+def wait_job(job: str, runs: Path, run_dir: Path, tick=None) -> tuple[str, str]:
+    deadline = time.time() + JOB_TIMEOUT_S
+    seen = 0
+    while True:
+        state, code = job_state(job)
+        if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            return state, code
+        assert time.time() < deadline, f"job {job} still {state} after {JOB_TIMEOUT_S}s\n{tails(runs, run_dir)}"
+        if tick is not None:
+            events = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+            tick(events[seen:], events)
+            seen = len(events)
+        time.sleep(1.0)
+
+
+def tails(runs: Path, run_dir: Path, n: int = 3000) -> str:
+    parts = []
+    for f in sorted(runs.glob("slurm-*.out")) + sorted((run_dir / "logs").glob("*.log")):
+        parts.append(f"--- {f.name}\n{f.read_text(errors='replace')[-n:]}")
+    return "\n".join(parts)
+
+
+def check_run(run_dir: Path, first_step: int = 1) -> dict:
+    """Steps first_step..max_steps each once (the last attempt), gap bounded, consumed versions on disk."""
+    cfg = load_run_config(run_dir)
+    events = read_metrics(run_dir)
+    steps = {e["step"]: e for e in events if e["event"] == "step"}   # a resumed run re-logs steps: keep the last
+    assert sorted(steps) == list(range(first_step, cfg.train.max_steps + 1)), sorted(steps)
+    gaps = [e["gap"] for e in steps.values()]
+    assert max(gaps) <= cfg.negatives.max_gap, f"gap {max(gaps)} > max_gap {cfg.negatives.max_gap}"
+    consumed = sorted({e["negatives_version"] for e in steps.values()} - {0})
+    on_disk = {int(f.stem.split("-")[1]) for f in (run_dir / "negatives").glob("step-*.tsv")}
+    assert not list((run_dir / "negatives").glob("*.partial.tsv")), "a refresh was left half-written"
+    assert set(consumed) <= on_disk, (consumed, on_disk)
+    return {"cfg": cfg, "events": events, "steps": steps, "consumed": consumed, "gap_max": max(gaps)}
+
+
+def test_three_node_run(testbed):
+    runs, run_dir = testbed, testbed / "run3"
+    job = submit(runs, "configs/tiny-async-cpu.yaml", f"run_dir={run_dir}", "launch.slurm.trainer_nodes=2", *RUN)
+    seen: dict = {}
+
+    def tick(new, events):
+        if "curve" not in seen and (run_dir / "keys").is_dir() and any(e["event"] == "step" for e in events):
+            seen["curve"] = probe("curve", "tcp://ance-n1:5555", str(run_dir / "keys"))   # from ance-ctl
+        if "metrics" not in seen and any(e["event"] == "refresh" and e["version"] > 0 for e in events):
+            m = probe("scrape", "http://ance-n1:9400/metrics")
+            if {"ance_async_gap", "ance_negatives_version", "ance_workers_alive"} <= m.keys():
+                seen["metrics"] = m
+
+    state, code = wait_job(job, runs, run_dir, tick)
+    assert (state, code) == ("COMPLETED", "0:0"), f"job {job}: {state} {code}\n{tails(runs, run_dir)}"
+    r = check_run(run_dir)
+    assert len(r["consumed"]) >= 2, f"refreshed versions trained on: {r['consumed']}"
+    # the broker ran off loopback with the run's keys, and only key holders get answers
+    cfg = r["cfg"]
+    assert cfg.broker.bind == "tcp://0.0.0.0:5555" and cfg.broker.curve_keys == f"{run_dir}/keys"
+    assert seen.get("curve") == {"with_keys": "error", "without_keys": None}, seen
+    m = seen.get("metrics")
+    assert m and m["ance_workers_alive"] == 2 and 0 <= m["ance_async_gap"] <= cfg.negatives.max_gap, seen
+    # the placement: DDP over two nodes, both inferencers on the third
+    out = "\n".join(f.read_text() for f in runs.glob(f"slurm-{job}.out"))
+    assert "node ance-n1 (0 of 3) runs broker,trainer" in out and "node ance-n2 (1 of 3) runs trainer" in out
+    assert "node ance-n3 (2 of 3) runs inferencer" in out
+    trainer_log = (run_dir / "logs" / "trainer-0.log").read_text()
+    assert "rank 0 of 2 on cpu (gloo)" in trainer_log and "rank 1 of 2 on cpu (gloo)" in trainer_log
+    workers = {e["worker"] for e in r["events"] if e["event"] == "shard" and e["state"] == "done"}
+    assert workers == {"inferencer-ance-n3-0", "inferencer-ance-n3-1"}, workers
+    print(f"\nslurm 3-node run: job {job} {state}; steps {len(r['steps'])}, versions trained on {r['consumed']}, "
+          f"max gap {r['gap_max']} (bound {cfg.negatives.max_gap}); broker metrics from ance-ctl: "
+          f"{ {k: m[k] for k in sorted(m)} }; CURVE probe {seen['curve']}")
+
+
+def test_scancel_then_resume(testbed):
+    runs, run_dir = testbed, testbed / "resume"
+    job = submit(runs, "configs/tiny-async-cpu.yaml", f"run_dir={run_dir}", "launch.slurm.trainer_nodes=2", *RUN)
+    seen: dict = {}
+
+    def tick(new, events):
+        steps = [e["step"] for e in events if e["event"] == "step"]
+        if "cancel" not in seen and steps and steps[-1] >= 10 and (run_dir / "checkpoints/step-000008").is_dir():
+            tb("exec", "scancel", job)
+            seen["cancel"] = steps[-1]
+
+    state, code = wait_job(job, runs, run_dir, tick)
+    assert state == "CANCELLED" and "cancel" in seen, f"job {job}: {state} {code} {seen}\n{tails(runs, run_dir)}"
+    # scancel leaves no process of the run on any node (SIGTERM to every launcher, which stops its children)
+    deadline = time.time() + 30
+    while procs_mentioning(str(run_dir)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert procs_mentioning(str(run_dir)) == [], procs_mentioning(str(run_dir))
+    ckpts = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*")
+                   if (p / "manifest.json").is_file())
+    newest = ckpts[-1]
+    n_before = len(read_metrics(run_dir))
+
+    job2 = submit(runs, "--resume", str(run_dir))
+    state, code = wait_job(job2, runs, run_dir)
+    assert (state, code) == ("COMPLETED", "0:0"), f"job {job2}: {state} {code}\n{tails(runs, run_dir)}"
+    after = [e["step"] for e in read_metrics(run_dir)[n_before:] if e["event"] == "step"]
+    assert after == list(range(newest + 1, 21)), f"resumed steps {after[:5]}... (newest checkpoint {newest})"
+    r = check_run(run_dir)
+    assert "resum" in (run_dir / "logs" / "trainer-0.log").read_text().lower()
+    print(f"\nslurm scancel/resume: job {job} cancelled at step {seen['cancel']}, newest checkpoint {newest}; "
+          f"job {job2} resumed at step {after[0]}, completed step {after[-1]}; versions trained on "
+          f"{r['consumed']}, max gap {r['gap_max']}")
+
+
+def test_link_faults(testbed):
+    """Trainer node's link flaps; an inferencer node's link goes down mid-refresh."""
+    runs, run_dir = testbed, testbed / "faults"
+    job = submit(runs, "configs/tiny-async-cpu.yaml", f"run_dir={run_dir}", "launch.slurm.trainer_nodes=1",
+                 "launch.slurm.cpu_inferencers=1", *RUN)
+    seen: dict = {"flaps": 0}
+
+    def tick(new, events):
+        steps = [e["step"] for e in events if e["event"] == "step"]
+        if seen["flaps"] == 0 and steps and steps[-1] >= 3:        # the broker + trainer node: 3 x 2 s down
+            for _ in range(3):
+                tb("link", "ance-n1", "down")
+                time.sleep(2.0)
+                tb("link", "ance-n1", "up")
+                time.sleep(1.0)
+            seen["flaps"] = 3
+            seen["flap_step"] = steps[-1]
+        for e in new:
+            if e["event"] != "shard":
+                continue
+            cut = seen.get("cut")
+            if (cut is None and seen["flaps"] and e["state"] == "assigned" and e["version"] > 0
+                    and e["worker"] == "inferencer-ance-n3-0"):
+                tb("link", "ance-n3", "down")
+                seen["cut"] = {"version": e["version"], "shard": e["shard"], "at": time.time()}
+            elif cut is not None and "restored" not in seen and (e["version"], e["shard"]) == (cut["version"], cut["shard"]):
+                seen.setdefault("after_cut", []).append((e["state"], e["worker"]))
+                if e["state"] == "done":
+                    tb("link", "ance-n3", "up")
+                    seen["restored"] = time.time() - cut["at"]
+        if "cut" in seen and "restored" not in seen and time.time() - seen["cut"]["at"] > 90:
+            tb("link", "ance-n3", "up")
+            seen["restored"] = "timeout"
+
+    try:
+        state, code = wait_job(job, runs, run_dir, tick)
+    finally:
+        tb("link", "ance-n1", "up")
+        tb("link", "ance-n3", "up")
+    assert (state, code) == ("COMPLETED", "0:0"), f"job {job}: {state} {code} {seen}\n{tails(runs, run_dir)}"
+    assert seen["flaps"] == 3 and "cut" in seen, seen
+    after = seen.get("after_cut", [])
+    assert any(s.startswith("requeued") for s, _ in after), f"the cut worker's shard was not requeued: {after}"
+    assert after[-1] == ("done", "inferencer-ance-n2-0"), f"the shard was not finished by the other node: {after}"
+    assert seen["restored"] != "timeout"
+    r = check_run(run_dir)
+    assert len(r["consumed"]) >= 2
+    print(f"\nslurm link faults: job {job} {state}; ance-n1 (broker+trainer) link down 3 x 2 s at step "
+          f"{seen['flap_step']}; ance-n3 cut while on v{seen['cut']['version']} shard {seen['cut']['shard']}: "
+          f"{after}, restored after {seen['restored']:.1f}s; steps {len(r['steps'])}, versions trained on "
+          f"{r['consumed']}, max gap {r['gap_max']}")
