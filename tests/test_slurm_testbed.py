@@ -205,7 +205,8 @@ def test_scancel_then_resume(testbed):
     after = [e["step"] for e in read_metrics(run_dir)[n_before:] if e["event"] == "step"]
     assert after == list(range(newest + 1, 21)), f"resumed steps {after[:5]}... (newest checkpoint {newest})"
     r = check_run(run_dir)
-    assert "resum" in (run_dir / "logs" / "trainer-0.log").read_text().lower()
+    assert f"resumed from {run_dir}/checkpoints/step-{newest:06d} at step {newest}" in \
+        (run_dir / "logs" / "trainer-0.log").read_text()
     print(f"\nslurm scancel/resume: job {job} cancelled at step {seen['cancel']}, newest checkpoint {newest}; "
           f"job {job2} resumed at step {after[0]}, completed step {after[-1]}; versions trained on "
           f"{r['consumed']}, max gap {r['gap_max']}")
