@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,18 +77,46 @@ def procs_mentioning(token: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
+def testbed():
     if os.geteuid() != 0:
         pytest.skip("the testbed needs root")
     tb("up", timeout=600)
-    runs = tmp_path_factory.mktemp("slurm")
+    # not pytest's tmp_path: other pytest sessions on the machine prune old basetemps while jobs run
+    runs = Path(tempfile.mkdtemp(prefix="ance-slurm-runs-", dir="/var/tmp"))
     yield runs
     tb("down")
+    shutil.rmtree(runs, ignore_errors=True)
     # nothing left behind: namespaces, daemons, job processes, Slurm state
     assert netns() == [], netns()
     assert not STATE.exists(), f"{STATE} left behind"
     assert procs_mentioning(str(STATE)) == [], procs_mentioning(str(STATE))
     assert procs_mentioning(str(runs)) == [], procs_mentioning(str(runs))
+
+
+def test_nodes_reach_only_each_other(testbed):
+    """198.18.0.0/15 addresses, no default route in any node, no address of the bridge on the host."""
+    for ns in ["ance-ctl", "ance-n1", "ance-n2", "ance-n3"]:
+        routes = subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "route"], capture_output=True,
+                                text=True).stdout.split("\n")
+        routes = [r for r in routes if r.strip()]
+        assert len(routes) == 1 and routes[0].startswith("198.18.0.0/24 dev tb0"), (ns, routes)
+        addrs = subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr"], capture_output=True,
+                               text=True).stdout
+        assert re.findall(r"inet (\S+)", addrs)[1:] and all(
+            a.startswith(("127.", "198.18.")) for a in re.findall(r"inet (\S+)", addrs)), (ns, addrs)
+    host = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "ance-sbr0"], capture_output=True, text=True)
+    assert "inet " not in host.stdout, host.stdout
+    # a node reaches another node, and nothing beyond its /24 (no default route: ENETUNREACH at once; the
+    # probe stays inside 198.18.0.0/15, the only range a test bed may name)
+    ok = subprocess.run(["ip", "netns", "exec", "ance-n3", sys.executable, "-c",
+                         "import socket; s=socket.socket(); s.settimeout(3); print(s.connect_ex(('198.18.0.1', 6817)))"],
+                        capture_output=True, text=True)
+    assert ok.stdout.strip() == "0", ok
+    off = subprocess.run(["ip", "netns", "exec", "ance-n3", sys.executable, "-c",
+                          "import socket; s=socket.socket(); s.settimeout(3)\n"
+                          "try: s.connect(('198.19.255.1', 80)); print('connected')\nexcept OSError as e: print(e.errno)"],
+                         capture_output=True, text=True)
+    assert off.stdout.strip() == "101", off   # ENETUNREACH
 
 
 def submit(runs: Path, *args: str) -> str:

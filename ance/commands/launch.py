@@ -149,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         if slurm is not None:
             slurm.finish(rc)
             rc = slurm.exit_code(rc, sup.stop_reason)
+    if slurm is not None and not slurm.part.first:
+        return rc  # the run's summary comes from the first node
     result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
     print(json.dumps(result))
     before, after = result.get("before"), result.get("after")
