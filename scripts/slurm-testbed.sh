@@ -190,6 +190,7 @@ down() {
   stop_pid "$(pid_in "$DIR/run/munged.pid")" munged
   if [ -f "$DIR/run/iptables-rule" ]; then iptables -D FORWARD -i $BR -o $BR -j ACCEPT 2>/dev/null || true; fi
   ip link del $BR 2>/dev/null || true
+  rmdir /etc/netns 2>/dev/null || true   # only when empty (made by `up`, or nobody else uses it)
   rm -rf "$DIR"
   say "down: no namespace, daemon or Slurm state left"
 }
