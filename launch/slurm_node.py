@@ -90,8 +90,12 @@ class SlurmNode:
             time.sleep(0.5)
 
     def exit_code(self, rc: int, reason: str | None) -> int:
-        """An inferencer-only launcher stopped because the run ended has done its job: 0, not 130."""
+        """An inferencer-only launcher stopped because the run ended has done its job: 0, not 130. Without a
+        shared run dir it learns that only from Slurm (srun --wait's SIGTERM once the first node has ended);
+        a scancel shows as CANCELLED, and a failing node as FAILED, whatever this node returns."""
         if reason and reason.startswith("the run ended"):
+            return 0
+        if self.part.roles == ("inferencer",) and reason and reason.startswith("signal SIGTERM"):
             return 0
         return rc
 

@@ -6,13 +6,16 @@
 #   scripts/slurm-testbed.sh down      cancel jobs, stop every daemon by PID, remove namespaces, bridge, state
 #   scripts/slurm-testbed.sh exec CMD  run a Slurm client command (sbatch, squeue, scancel...) against the testbed
 #   scripts/slurm-testbed.sh link NODE up|down   cut or restore a node's cable (fault injection)
+#   scripts/slurm-testbed.sh local NODE CMD...    run CMD in NODE's mount namespace (sees its local disk)
 #
 # Network: a bridge (ance-sbr0) with NO address on the host; namespaces ance-ctl (slurmctld, 198.18.0.1)
 # and ance-n1..N (198.18.0.11...) each on a veth pair, addresses from 198.18.0.0/15 (the range set aside
 # for network test beds) and no default route: the nodes reach each other and nothing else.
 # Each node also gets its own hostname (UTS namespace) and /etc/hosts (/etc/netns/<ns>/hosts, which
 # `ip netns exec` mounts over /etc/hosts), so node names resolve to testbed addresses only.
-# Files: the nodes share this machine's file system (shared run dirs); state under $ANCE_SLURM_DIR.
+# Files: the nodes share this machine's file system (shared run dirs), except $ANCE_SLURM_LOCAL
+# (/var/tmp/ance-slurm-local), a tmpfs of each node's own (runs without a shared file system);
+# state under $ANCE_SLURM_DIR.
 # Slurm and munge are private to the testbed: own munge key and socket, own slurm.conf (SLURM_CONF),
 # no system service started (policy-rc.d during apt-get install).
 set -euo pipefail
@@ -21,6 +24,9 @@ DIR=${ANCE_SLURM_DIR:-/var/lib/ance-slurm-testbed}
 N=${ANCE_SLURM_NODES:-3}
 NET=198.18.0
 BR=ance-sbr0
+# every node's own disk (a tmpfs in its mount namespace, seen by its slurmd and jobs only): runs without a
+# shared file system put run_dir here
+LOCAL=${ANCE_SLURM_LOCAL:-/var/tmp/ance-slurm-local}
 NODES=(); for i in $(seq 1 "$N"); do NODES+=("ance-n$i"); done
 export SLURM_CONF=$DIR/slurm.conf
 
@@ -36,6 +42,7 @@ in_node() {
   nsenter --net="/run/netns/$ns" unshare --mount --uts sh -c \
     'ns=$1; shift; mount --bind /etc/netns/$ns/hosts /etc/hosts &&
      { [ ! -e /etc/resolv.conf ] || mount --bind /etc/netns/$ns/resolv.conf /etc/resolv.conf; } &&
+     if [ -n "${ANCE_NODE_LOCAL:-}" ]; then mkdir -p "$ANCE_NODE_LOCAL" && mount -t tmpfs -o size=2g,mode=755 tmpfs "$ANCE_NODE_LOCAL"; fi &&
      hostname "$ns" && exec "$@"' sh "$ns" "$@"
 }
 
@@ -153,7 +160,7 @@ start_daemons() {
   for n in "${NODES[@]}"; do
     if ! alive "$(pid_in "$DIR/run/slurmd-$n.pid")"; then
       mkdir -p "$DIR/spool/$n"
-      in_node "$n" slurmd -f "$SLURM_CONF" -N "$n"
+      ANCE_NODE_LOCAL=$LOCAL in_node "$n" slurmd -f "$SLURM_CONF" -N "$n"
       wait_pid "$DIR/run/slurmd-$n.pid" "slurmd $n"
     fi
   done
@@ -190,7 +197,7 @@ down() {
   stop_pid "$(pid_in "$DIR/run/munged.pid")" munged
   if [ -f "$DIR/run/iptables-rule" ]; then iptables -D FORWARD -i $BR -o $BR -j ACCEPT 2>/dev/null || true; fi
   ip link del $BR 2>/dev/null || true
-  rmdir /etc/netns 2>/dev/null || true   # only when empty (made by `up`, or nobody else uses it)
+  rmdir /etc/netns "$LOCAL" 2>/dev/null || true   # only when empty (made by `up`, or nobody else uses it)
   rm -rf "$DIR"
   say "down: no namespace, daemon or Slurm state left"
 }
@@ -207,6 +214,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   exec) shift; in_node ance-ctl "$@" ;;
+  local) n=$2; shift 2; nsenter -t "$(pid_in "$DIR/run/slurmd-$n.pid")" -m "$@" ;;
   link) ip link set "$(veth_of "$2")" "$3"; say "$2: link $3" ;;
   *) echo "usage: $0 up|down|status|exec CMD...|link NODE up|down" >&2; exit 2 ;;
 esac

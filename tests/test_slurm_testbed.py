@@ -33,6 +33,7 @@ from ance.run.telemetry import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 TB = ROOT / "scripts" / "slurm-testbed.sh"
 STATE = Path(os.environ.get("ANCE_SLURM_DIR", "/var/lib/ance-slurm-testbed"))
+LOCAL = os.environ.get("ANCE_SLURM_LOCAL", "/var/tmp/ance-slurm-local")   # each node's own tmpfs
 DATA = (ROOT / "../shared/data/scifact").resolve()
 JOB_TIMEOUT_S = 900
 
@@ -119,9 +120,9 @@ def test_nodes_reach_only_each_other(testbed):
     assert off.stdout.strip() == "101", off   # ENETUNREACH
 
 
-def submit(runs: Path, *args: str) -> str:
+def submit(runs: Path, *args: str, env: str = "") -> str:
     out = tb("exec", "sbatch", "--parsable", f"--chdir={ROOT}", f"--output={runs}/slurm-%j.out",
-             f"--export=ALL,ANCE={sys.executable} -m ance.cli,HF_HUB_OFFLINE=1,TOKENIZERS_PARALLELISM=false",
+             f"--export=ALL,ANCE={sys.executable} -m ance.cli,HF_HUB_OFFLINE=1,TOKENIZERS_PARALLELISM=false{env}",
              str(ROOT / "launch" / "slurm" / "ance.sbatch"), *args)
     return out.strip().splitlines()[-1].split(";")[0]
 
@@ -309,3 +310,29 @@ def test_link_faults(testbed):
           f"{seen['flap_step']}; ance-n3 cut at checkpoint {cut['step']} (attempt {seen['attempts']}), its shard "
           f"{cut['target']}: {after}, link restored after {seen['restored']:.1f}s; steps {len(r['steps'])}, versions trained on "
           f"{r['consumed']}, max gap {r['gap_max']}")
+
+
+def test_no_shared_file_system(testbed):
+    """run_dir on each node's own disk: weights through the broker, keys copied beforehand, srun --wait ends
+    the inferencer nodes."""
+    runs = testbed
+    keys = runs / "keys"     # made once, "copied to every node": here on the file system they all see
+    subprocess.run([sys.executable, "-m", "ance.cli", "keys", str(keys)], check=True, capture_output=True)
+    run_dir = f"{LOCAL}/nofs"
+    job = submit(runs, "configs/tiny-async-cpu.yaml", f"run_dir={run_dir}", "launch.slurm.shared_fs=false",
+                 "launch.slurm.trainer_nodes=1", "launch.slurm.cpu_inferencers=1", f"broker.curve_keys={keys}", *RUN,
+                 env=",ANCE_SRUN_WAIT=20")
+    state, code = wait_job(job, runs, Path("/nonexistent"))
+    assert (state, code) == ("COMPLETED", "0:0"), f"job {job}: {state} {code}\n{tails(runs, Path('/nonexistent'))}"
+    assert not Path(run_dir).exists()          # not on this machine's shared file system
+    head = runs / "nofs-head"
+    tb("local", "ance-n1", "cp", "-a", run_dir, str(head))
+    r = check_run(head)
+    assert len(r["consumed"]) >= 2 and r["cfg"].broker.send_weights
+    listing = {n: set(tb("local", n, "ls", run_dir).split()) for n in ("ance-n2", "ance-n3")}
+    for n, names in listing.items():    # the inferencer nodes never saw a checkpoint directory
+        assert "config.yaml" in names and "checkpoints" not in names, (n, names)
+    workers = {e["worker"] for e in r["events"] if e["event"] == "shard" and e["state"] == "done"}
+    assert workers == {"inferencer-ance-n2-0", "inferencer-ance-n3-0"}, workers
+    print(f"\nslurm without a shared file system: job {job} {state} {code}; steps {len(r['steps'])}, versions "
+          f"trained on {r['consumed']}, max gap {r['gap_max']}; inferencer nodes' run dirs: {listing}")
