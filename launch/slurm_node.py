@@ -8,7 +8,8 @@ writes ``job-<id>.done``: launchers that run only inferencers stop (exit 0) when
 other trainer nodes' launchers wait for it before they exit, so the first node is the first task to end
 (``srun --wait`` counts from there).
 Without a shared file system every node writes its own copy of the config, keys come from
-``broker.curve_keys``, and inferencer-only nodes are ended by ``srun --wait`` (launch/slurm/ance.sbatch).
+``broker.curve_keys``, and the first node ends the inferencer-only nodes with ``scancel --signal=TERM
+<job>.<step>`` (``srun --wait`` in launch/slurm/ance.sbatch is the fallback).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -81,6 +83,8 @@ class SlurmNode:
 
     def finish(self, rc: int) -> None:
         if not self.shared_fs:
+            if self.part.first and self.part.inferencer_nodes:
+                self._end_step()
             return
         if self.part.first:
             _write_atomic(self.done_file(), json.dumps({"code": rc, "at": time.time()}))
@@ -88,6 +92,21 @@ class SlurmNode:
         deadline = time.time() + self.wait_s
         while not self.done_file().is_file() and time.time() < deadline:
             time.sleep(0.5)
+
+    def _end_step(self) -> None:
+        """No shared run dir to say the run is over: SIGTERM the step's tasks through Slurm (the inferencer
+        nodes' launchers then stop their workers and exit 0; this launcher is done and ignores it)."""
+        target = f"{self.env.job_id}.{self.env.step_id}" if self.env.step_id else self.env.job_id
+        try:
+            done = subprocess.run(["scancel", "--signal=TERM", target], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("could not signal the inferencer nodes (scancel: %s); srun --wait will end them", exc)
+            return
+        if done.returncode != 0:
+            log.warning("scancel --signal=TERM %s: %s; srun --wait will end the inferencer nodes", target,
+                        done.stderr.strip())
+        else:
+            log.info("run over: SIGTERM to the inferencer nodes (scancel --signal=TERM %s)", target)
 
     def exit_code(self, rc: int, reason: str | None) -> int:
         """An inferencer-only launcher stopped because the run ended has done its job: 0, not 130. Without a

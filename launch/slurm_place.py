@@ -108,6 +108,7 @@ class SlurmEnv:
     gpus: list[int]                 # this node's GPU indices, as CUDA_VISIBLE_DEVICES will name them
     cpus: int | None
     in_step: bool                   # inside an srun step (not the batch script itself)
+    step_id: str | None = None
 
 
 def in_allocation(environ: Mapping[str, str]) -> bool:
@@ -171,7 +172,7 @@ def read_env(environ: Mapping[str, str]) -> SlurmEnv:
         gpus = list(range(n))
     return SlurmEnv(job_id=environ["SLURM_JOB_ID"], nodes=nodes, node_id=node_id, proc_id=proc_id,
                     ntasks=ntasks, gpus=gpus, cpus=_int(environ, "SLURM_CPUS_ON_NODE", None),
-                    in_step="SLURM_STEP_ID" in environ)
+                    in_step="SLURM_STEP_ID" in environ, step_id=environ.get("SLURM_STEP_ID"))
 
 
 @dataclass

@@ -313,15 +313,15 @@ def test_link_faults(testbed):
 
 
 def test_no_shared_file_system(testbed):
-    """run_dir on each node's own disk: weights through the broker, keys copied beforehand, srun --wait ends
-    the inferencer nodes."""
+    """run_dir on each node's own disk: weights through the broker, keys copied beforehand; the first node
+    ends the inferencer nodes through Slurm (scancel --signal=TERM JOB.STEP) and the job completes 0:0."""
     runs = testbed
     keys = runs / "keys"     # made once, "copied to every node": here on the file system they all see
     subprocess.run([sys.executable, "-m", "ance.cli", "keys", str(keys)], check=True, capture_output=True)
     run_dir = f"{LOCAL}/nofs"
     job = submit(runs, "configs/tiny-async-cpu.yaml", f"run_dir={run_dir}", "launch.slurm.shared_fs=false",
                  "launch.slurm.trainer_nodes=1", "launch.slurm.cpu_inferencers=1", f"broker.curve_keys={keys}", *RUN,
-                 env=",ANCE_SRUN_WAIT=20")
+                 env=",ANCE_SRUN_WAIT=300")     # so the run's own end, not srun --wait's SIGKILL, ends them
     state, code = wait_job(job, runs, Path("/nonexistent"))
     assert (state, code) == ("COMPLETED", "0:0"), f"job {job}: {state} {code}\n{tails(runs, Path('/nonexistent'))}"
     assert not Path(run_dir).exists()          # not on this machine's shared file system
