@@ -40,7 +40,7 @@ from ance.run.rundir import RunDir, manifest_path
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
 from ance.wire.transport import router_socket
 
-from ance.wire.auth import ensure_secret
+from ance.wire.auth import SECRET_ENV, ensure_secret, read_secret
 
 from .guard import (RateLimit, confine_checkpoint, max_inbound_bytes, peer_label, peer_name, safe_text,
                     token_matches, write_token)
@@ -131,7 +131,8 @@ class Broker(Admission):
             raise
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._token = write_token(self.run_dir)  # `stop` must carry it (RUN_DIR/broker.token)
-        self.sessions.secret = ensure_secret(self.run_dir)  # every peer proves it at hello (ance.wire.auth)
+        given = os.environ.get(SECRET_ENV)  # a run spread over hosts without a shared file system
+        self.sessions.secret = read_secret(given) if given else ensure_secret(self.run_dir)  # proved at hello
         log.info("broker %s listening on %s (%d docs, %d train queries, %s)", self.broker_id, endpoint,
                  self.n_docs, self.n_train, f"eval split {self.cfg.data.eval_split} with {len(self.eval.ids)} "
                  "queries" if self.eval else "no eval split")

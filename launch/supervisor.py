@@ -56,11 +56,13 @@ def cpu_threads(n_procs: int) -> str:
 def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpus: list[int],
          n_cpu_inferencers: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
          extra_train_overrides: list[str] | None = None, roles: tuple[str, ...] = ("broker", "trainer", "inferencer"),
-         worker_prefix: str = "") -> list[ProcSpec]:
+         worker_prefix: str = "", cpu_trainer_procs: int = 1) -> list[ProcSpec]:
     """The processes of a run, as argv lists (pure; tested on its own).
 
     ``worker_prefix`` goes in front of the inferencers' names (``inferencer-<prefix><i>``,
     ``--name <prefix><i>``), so pools launched on several hosts stay distinct at the broker.
+    Without GPUs and with ``nnodes > 1`` the trainer is torchrun over the nodes too, with
+    ``cpu_trainer_procs`` CPU ranks (gloo) on this node (:mod:`ance.launch.slurm_place`).
     """
     rd = str(run_dir)
     specs: list[ProcSpec] = []
@@ -74,14 +76,16 @@ def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpu
         if trainer_gpus:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, trainer_gpus))}
             if len(trainer_gpus) > 1 or nnodes > 1:
-                rdzv = (["--standalone"] if nnodes == 1 else
-                        ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
-                         "--rdzv-endpoint", rdzv_endpoint or "127.0.0.1:29400"])
+                rdzv = ["--standalone"] if nnodes == 1 else _rdzv(nnodes, node_rank, rdzv_endpoint)
                 argv = [sys.executable, "-m", "torch.distributed.run", *rdzv,
                         "--nproc-per-node", str(len(trainer_gpus)), "-m", "ance.cli", *train_args, "train.device=auto"]
             else:
                 argv = ance_cmd(*train_args, "train.device=cuda:0")
             specs.append(ProcSpec("trainer-0", argv, env, restart=False))
+        elif nnodes > 1:
+            argv = [sys.executable, "-m", "torch.distributed.run", *_rdzv(nnodes, node_rank, rdzv_endpoint),
+                    "--nproc-per-node", str(cpu_trainer_procs), "-m", "ance.cli", *train_args, "train.device=cpu"]
+            specs.append(ProcSpec("trainer-0", argv, {"CUDA_VISIBLE_DEVICES": "", **cpu_env}, restart=False))
         else:
             specs.append(ProcSpec("trainer-0", ance_cmd(*train_args, "train.device=cpu"),
                                   {"CUDA_VISIBLE_DEVICES": "", **cpu_env}, restart=False))
@@ -102,6 +106,11 @@ def plan(run_dir: Path, *, resume: bool, trainer_gpus: list[int], inferencer_gpu
                                                "--name", f"{worker_prefix}{i}"),
                                       {"CUDA_VISIBLE_DEVICES": "", **cpu_env}))
     return specs
+
+
+def _rdzv(nnodes: int, node_rank: int, endpoint: str | None) -> list[str]:
+    return ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", endpoint or "127.0.0.1:29400"]
 
 
 def _terminate_with_parent() -> None:

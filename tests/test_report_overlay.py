@@ -18,15 +18,18 @@ def fake_run(root, source: str, final: float, resume_at: int | None = None, step
     (root / "config.yaml").write_text(yaml.safe_dump({
         "data": {"path": "../shared/data/squad", "eval_split": "dev"}, "train": {"checkpoint_every": 10},
         "negatives": {"source": source, "max_gap": 20, **({"static_file": "x.tsv"} if source == "static" else {})}}))
-    lines, version = [], 0
-    for step in range(0, steps + 1, 10):
-        lines.append({"event": "eval", "step": step, "eval_ndcg@10": 0.75 + (final - 0.75) * step / steps})
+    def ev(step):
+        return {"event": "eval", "step": step, "eval_ndcg@10": 0.75 + (final - 0.75) * step / steps}
+
+    lines, version = [ev(0)], 0  # in time order, as a run writes them (readers drop steps re-run after a resume)
     for step in range(1, steps + 1):
         if source == "async" and step % 15 == 0:
             version = step - 5
         lines.append({"event": "step", "step": step, "loss": 1.5 * math.exp(-step / 30) + 0.05 * math.sin(step),
                       "lr": 1e-4 * min(1, step / 6), "gap": step - version if source == "async" else 0,
                       "negatives_version": version if source == "async" else None})
+        if step % 10 == 0:
+            lines.append(ev(step))
         if resume_at is not None and step == resume_at + 3:  # killed at resume_at + 3, resumed from resume_at
             lines.append({"event": "resume", "step": resume_at})
             lines += [{"event": "step", "step": s, "loss": 0.9, "lr": 1e-4, "gap": 0} for s in (resume_at + 1,)]

@@ -29,12 +29,16 @@ def run(args: argparse.Namespace) -> int:
         load_client_keys(out)
         print(f"{out} already holds CURVE keys; kept them")
         return 0
+    from ance.wire.auth import ensure_secret, secret_path
+
     paths = generate_keys(out, force=args.force)
-    for path in paths.values():
+    ensure_secret(out)  # the run secret peers prove at hello, for hosts that share no RUN_DIR
+    for path in [*paths.values(), secret_path(out)]:
         print(path)
     print(f"\nCopy {args.dir} to every host of the run (keep it private: it holds secret keys) and set\n"
           f"  broker.curve_keys={args.dir}\n"
           "on the broker, trainer and inferencers (e.g. as a dotted override). The broker may then bind\n"
           "off loopback, e.g. broker.bind=tcp://0.0.0.0:5555; it accepts only clients holding "
-          "client.key_secret.")
+          "client.key_secret.\nHosts without the run directory (no shared file system) prove the run's secret with\n"
+          f"  ance infer --secret-file {args.dir}/run.secret   (or ANCE_SECRET_FILE; `ance launch --slurm` sets it)")
     return 0

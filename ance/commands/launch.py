@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "nvidia-cuda-mps-control is there), off (default)")
     parser.add_argument("--force", action="store_true",
                         help="resume even though a fixed config key changed (see `ance config keys`)")
+    parser.add_argument("--slurm", dest="slurm", action="store_const", const="on", default="auto",
+                        help="run this node's part of the run inside a Slurm allocation (one launcher per node via "
+                             "srun; placement from launch.slurm.*; see launch/slurm/ance.sbatch); default: on "
+                             "inside an srun step of a multi-node allocation")
+    parser.add_argument("--no-slurm", dest="slurm", action="store_const", const="off",
+                        help="ignore the Slurm environment (one plain launch on this node)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument("--log-level", default="INFO", help="the launcher's own logging level")
 
@@ -66,13 +72,20 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.launch.mps import MpsDaemon, find_control, wanted
     from ance.launch.progress import Progress
+    from ance.launch.slurm_place import wants_slurm
     from ance.launch.supervisor import Supervisor, plan
     from ance.run.lock import lock_run_dir, unlock
     from ance.run.telemetry import MetricsWriter
-    from ance.wire.auth import ensure_secret
+    from ance.wire.auth import SECRET_ENV, ensure_secret
 
     setup_logging(args.log_level, role="launch")
     cfg = config_from_args(args)
+    slurm = None
+    if wants_slurm(args.slurm, os.environ):
+        from ance.launch.slurm_node import apply  # this node's part of a multi-node run
+        slurm = apply(args, cfg, os.environ)
+        cfg = config_from_args(args)
+        args.no_progress = args.no_progress or not slurm.part.first
     roles = tuple(r.strip() for r in args.only.split(",") if r.strip())
     unknown = set(roles) - {"broker", "trainer", "inferencer"}
     if unknown:
@@ -89,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
         check_given(cfg, load_for_config(cfg))
     # Node 0's launcher starts the run; other nodes, and inferencer-only launchers, join a run that exists.
+    if slurm is not None and slurm.waits_for_head:
+        slurm.wait_for_head()  # the first node claims the run dir and writes the config and keys
     if args.node_rank == 0 and ("trainer" in roles or "broker" in roles):
         if run_dir.is_dir():  # never move aside, or join, a run another launcher is running
             unlock(lock_run_dir(run_dir))
@@ -98,15 +113,20 @@ def run(args: argparse.Namespace) -> int:
         if aside is not None:
             logging.getLogger("ance.launch").warning("--overwrite: the earlier run moved to %s", aside)
         run_lock = lock_run_dir(run_dir)  # held until this process ends  # noqa: F841
-        ensure_secret(run_dir)  # every role proves it at hello (ance.wire.auth)
-    save_config(cfg, run_dir)
+        if not os.environ.get(SECRET_ENV):  # else every role reads that file (Slurm without a shared file system)
+            ensure_secret(run_dir)  # every role proves it at hello (ance.wire.auth)
+    if slurm is None or not slurm.waits_for_head:
+        save_config(cfg, run_dir)
+    if slurm is not None and slurm.part.first:
+        slurm.set_up_head()
     n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
     if cfg.negatives.source != "async":
         roles = tuple(r for r in roles if r == "trainer")  # nothing to refresh
     specs = plan(run_dir, resume=bool(args.from_run_dir), trainer_gpus=args.trainer_gpus,
                  inferencer_gpus=args.inferencer_gpus, n_cpu_inferencers=n_cpu, nnodes=args.nnodes,
                  node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, roles=roles,
-                 worker_prefix=worker_prefix(args.worker_prefix, roles))
+                 worker_prefix=worker_prefix(args.worker_prefix, roles),
+                 cpu_trainer_procs=slurm.part.cpu_trainer_procs if slurm else 1)
     log = logging.getLogger("ance.launch")
     mps = MpsDaemon(run_dir, control) if use_mps else None
     # Process starts, exits and restarts go to the metrics log too, so `ance monitor` and tests see them.
@@ -133,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
             for spec in specs:
                 spec.env.update(env)
             metrics.log("mps", state="started", pipe_dir=str(mps.pipe_dir))
-        rc = sup.run(tick=progress.tick if progress else None)
+        ticks = [t for t in (progress.tick if progress else None,
+                             (lambda: slurm.tick(sup)) if slurm else None) if t is not None]
+        rc = sup.run(tick=(lambda: [t() for t in ticks]) if ticks else None)
     finally:
         if mps is not None:
             mps.stop()
@@ -142,6 +164,11 @@ def run(args: argparse.Namespace) -> int:
         if "trainer" in roles and args.node_rank == 0:
             metrics.log("run_end", code=rc, reason=sup.stop_reason or "interrupted")
         metrics.close()
+        if slurm is not None:
+            slurm.finish(rc)
+            rc = slurm.exit_code(rc, sup.stop_reason)
+    if slurm is not None and not slurm.part.first:
+        return rc  # the run's summary comes from the first node
     result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
     print(json.dumps(result))
     before, after = result.get("before"), result.get("after")

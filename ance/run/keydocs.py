@@ -127,7 +127,19 @@ KEYS: dict[str, tuple[str, str]] = {
     "launch.inferencers": (MAY, "CPU inferencer workers when no --inferencer-gpus"),
     "launch.restart_backoff_s": (MAY, "delay before restart n (the last one repeats)"),
     "launch.max_restarts": (MAY, "restarts per process over the whole run"),
-}
+
+    "launch.slurm.trainer_nodes": (MAY, "`ance launch --slurm`: the first N nodes of the allocation run the trainer "
+                                   "group (torchrun, c10d rendezvous on the first); the broker runs on the first"),
+    "launch.slurm.inferencer_nodes": (MAY, "--slurm: the next M nodes run the inferencer pool (one per GPU); null: "
+                                      "the rest; 0: the pool on the first node"),
+    "launch.slurm.cpu_inferencers": (MAY, "--slurm: inferencers per inferencer node without GPUs"),
+    "launch.slurm.cpu_trainer_procs": (MAY, "--slurm: trainer ranks per trainer node without GPUs (gloo)"),
+    "launch.slurm.broker_port": (MAY, "--slurm: the broker's port on the first node (bound 0.0.0.0, always with "
+                                 "CURVE keys)"),
+    "launch.slurm.rdzv_port": (MAY, "--slurm: torchrun's c10d rendezvous port on the first trainer node"),
+    "launch.slurm.shared_fs": (MAY, "--slurm: whether the nodes share RUN_DIR; false: weights through the broker "
+                               "(broker.send_weights), keys and the run secret from broker.curve_keys (`ance keys`)"),
+    "launch.slurm.wait_s": (MAY, "--slurm: how long the other nodes wait for the first node's set-up"),}
 
 # Keys that once existed: a config that still sets one gets this advice instead of "unknown key".
 REMOVED: dict[str, str] = {

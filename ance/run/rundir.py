@@ -134,6 +134,8 @@ class RunDir:
     checkpoints = _child("checkpoints", "checkpoint directories step-NNNNNN")
     negatives_dir = _child("negatives", "negatives versions step-NNNNNN.tsv")
     broker_token = _child(BROKER_TOKEN, "the broker's secret for `stop` (broker/guard.py)")
+    keys = _child("keys", "CURVE keys made for the run by `ance launch --slurm` (ance.launch.slurm_node)")
+    slurm = _child("slurm", "job-<id>.ready / job-<id>.done: the first Slurm node's set-up and end")
 
     def log(self, process: str) -> Path:
         """``logs/<process>.log``, e.g. ``logs/inferencer-0.log``."""

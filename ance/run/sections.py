@@ -111,10 +111,25 @@ class TelemetryConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How `ance launch --slurm` splits an allocation's nodes (ance.launch.slurm_place)."""
+
+    trainer_nodes: int = 1                 # the first N nodes: trainer group (torchrun); broker on the first
+    inferencer_nodes: int | None = None    # the next M nodes: inferencer pool; null = all the others
+    cpu_inferencers: int = 2               # inferencers per inferencer node without GPUs
+    cpu_trainer_procs: int = 1             # trainer ranks per trainer node without GPUs (gloo)
+    broker_port: int = 5555                # the broker listens on the first trainer node, off loopback, CURVE
+    rdzv_port: int = 29400                 # torchrun c10d rendezvous on the first trainer node
+    shared_fs: bool = True                 # false: weights through the broker, keys in broker.curve_keys
+    wait_s: float = 300.0                  # how long other nodes wait for the first trainer node's set-up
+
+
+@dataclass
 class LaunchConfig:
     inferencers: int = 2
     restart_backoff_s: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
     max_restarts: int = 10
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 @dataclass
@@ -162,6 +177,8 @@ _POSITIVE = (
     "train.log_every", "negatives.n_per_query", "negatives.depth", "negatives.keep",
     "broker.chunk_queries", "broker.max_frame_bytes", "broker.max_shards", "inferencer.batch_size",
     "model.query_max_length", "model.passage_max_length", "model.maxp_windows", "eval.depth",
+    "launch.slurm.trainer_nodes", "launch.slurm.cpu_inferencers", "launch.slurm.cpu_trainer_procs",
+    "launch.slurm.broker_port", "launch.slurm.rdzv_port", "launch.slurm.wait_s",
 )
 
 
