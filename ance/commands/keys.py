@@ -27,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
     if args.if_missing and all((out / name).is_file() for name in KEY_FILES):
         load_server_keys(out)  # a ConfigError naming the file if one is unreadable
         load_client_keys(out)
+        from ance.wire.auth import ensure_secret
+
+        ensure_secret(out)  # keys made before the run secret existed get one beside them
         print(f"{out} already holds CURVE keys; kept them")
         return 0
     from ance.wire.auth import ensure_secret, secret_path
