@@ -201,7 +201,7 @@ def test_gpu_services_get_distinct_gpus():
 def test_keys_if_missing(tmp_path, capsys):
     keys = tmp_path / "keys"
     assert main(["keys", str(keys), "--if-missing"]) == 0  # none there: made
-    assert sorted(p.name for p in keys.iterdir()) == sorted(KEY_FILES)
+    assert sorted(p.name for p in keys.iterdir()) == sorted([*KEY_FILES, "run.secret"])  # + the run secret
     first = load_server_keys(keys)
     stamps = {p.name: p.stat().st_mtime_ns for p in keys.iterdir()}
     capsys.readouterr()
