@@ -106,5 +106,5 @@ def _setup_with_eval(args: argparse.Namespace):
     data = load_dataset(args.data, splits=(args.split, args.eval_split), format=args.format,
                         max_docs=args.max_docs, max_queries=args.max_queries, seed=args.subset_seed)
     device = resolve_device(args.device, "--device")
-    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize)
+    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize, prompts=args)
     return device, model, data
