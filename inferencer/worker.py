@@ -327,6 +327,7 @@ class Worker:
 
         if self._lora_model is not None and lora.same_adapter_shape(self._lora_model, path):
             lora.swap_adapter(self._lora_model, path)
+            log.info("LoRA adapter of %s swapped into the loaded base", path.name)
             return self._lora_model.eval()
         model = BiEncoder.from_config(self.cfg.model, path).to(self.device).eval()
         self._lora_model = model if lora.is_lora(model) else None

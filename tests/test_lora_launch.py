@@ -47,6 +47,8 @@ def test_launch_tiny_decoder_with_lora(tmp_path):
     for ckpt in ckpts:
         names = {p.name for p in ckpt.iterdir()}
         assert "adapter_model.safetensors" in names and "model.safetensors" not in names, names
+    logs = "".join(p.read_text(errors="replace") for p in (run_dir / "logs").glob("inferencer-*"))
+    assert "swapped into the loaded base" in logs, "inferencers swap adapters, no full reload"
     from ance.model.biencoder import BiEncoder
 
     last = BiEncoder.load(str(ckpts[-1]))
