@@ -36,7 +36,8 @@ import torch
 from ance.run.config import Config
 from ance.data.dataset import load_for_config
 from ance.run.device import describe_device, resolve_device, resolve_precision
-from ance.model.encode import corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, query_tokens
+from ance.model.encode import (corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, prefixed_hash,
+                               query_tokens)
 from ance.run.errors import AnceError, CheckpointError, ProtocolError
 from ance.wire.protocol import pack_array
 from ance.run.rundir import RunDir, manifest_path
@@ -113,6 +114,7 @@ class Worker:
         self.metrics = self._prometheus()
         self.jobs_done = 0
         self._cache = None
+        self._lora_model = None  # a LoRA run's model: the base stays, each version swaps its adapter in
         self._queries: dict[tuple[str, str], Any] = {}  # (split, key) -> ance.model.tokcache.FlatTokens
         self._stop = threading.Event()
         self._stop_reason: str | None = None
@@ -221,7 +223,7 @@ class Worker:
         m = self.cfg.model
         with self._checkpoint(job) as path:
             model = self._load_model(path)
-        cache = self._token_cache(model.tokenizer)
+        cache = self._token_cache(model.tokenizer, model.prompt("passage"))
         load_s = time.perf_counter() - t_job
 
         t = time.perf_counter()
@@ -265,7 +267,7 @@ class Worker:
         """Search ``texts`` in chunks, sending ``topk`` each; add the seconds of each part to ``times``."""
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
-        tokens = self._query_tokens(split, texts, model.tokenizer)
+        tokens = self._query_tokens(split, texts, model.tokenizer, model.prompt("query"))
         n = len(tokens)
         n_chunks = (n + job.chunk_queries - 1) // job.chunk_queries
         for c in range(n_chunks):
@@ -320,30 +322,41 @@ class Worker:
                               "share the run directory with the inferencers or set broker.send_weights=true")
 
     def _load_model(self, path: Path):
-        from ance.model.biencoder import BiEncoder  # transformers: see warm_up
+        """The model of checkpoint ``path``. A LoRA checkpoint whose adapter has the loaded one's shape
+        only swaps the adapter's weights into the model kept from the last job (no reload of the base)."""
+        from ance.model import lora  # transformers: see warm_up
+        from ance.model.biencoder import BiEncoder
 
-        return BiEncoder.from_config(self.cfg.model, path).to(self.device).eval()
+        if self._lora_model is not None and lora.same_adapter_shape(self._lora_model, path):
+            lora.swap_adapter(self._lora_model, path)
+            log.info("LoRA adapter of %s swapped into the loaded base", path.name)
+            return self._lora_model.eval()
+        model = BiEncoder.from_config(self.cfg.model, path).to(self.device).eval()
+        self._lora_model = model if lora.is_lora(model) else None
+        return model
 
-    def _token_cache(self, tokenizer):
+    def _token_cache(self, tokenizer, prefix: str = ""):
         """The run's corpus token cache (the trainer's own, :func:`ance.model.encode.corpus_tokens`), built once
-        (by whichever process comes first) and kept while the tokenizer stays the same."""
+        (by whichever process comes first) and kept while the tokenizer and passage prompt stay the same."""
         m = self.cfg.model
         max_tokens = corpus_max_tokens(tokenizer, m.passage_max_length, m.long_doc, m.maxp_windows)
-        if self._cache is None or self._cache.key != cache_key(tokenizer, max_tokens, self.data.corpus.source_hash):
+        key = cache_key(tokenizer, max_tokens, prefixed_hash(self.data.corpus.source_hash, prefix))
+        if self._cache is None or self._cache.key != key:
             t = time.perf_counter()
             self._cache = corpus_tokens(self.data.corpus, tokenizer, max_length=m.passage_max_length,
                                         long_doc=m.long_doc, n_windows=m.maxp_windows,
-                                        cache_root=RunDir(self.run_dir).cache, progress=False)
+                                        cache_root=RunDir(self.run_dir).cache, progress=False, prefix=prefix)
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
 
-    def _query_tokens(self, split: str, texts, tokenizer) -> FlatTokens:
-        """The split's query token ids, tokenized once per tokenizer (queries never change in a run),
-        held flat so each refresh builds its query batches without a Python loop."""
+    def _query_tokens(self, split: str, texts, tokenizer, prefix: str = "") -> FlatTokens:
+        """The split's query token ids (the query prompt before each), tokenized once per tokenizer and
+        prompt (queries never change in a run), held flat so each refresh builds its query batches
+        without a Python loop."""
         max_length = int(self.cfg.model.query_max_length)
-        key = (split, cache_key(tokenizer, max_length, f"queries:{split}:{len(texts)}"))
+        key = (split, prefix, cache_key(tokenizer, max_length, f"queries:{split}:{len(texts)}"))
         if key not in self._queries:
-            self._queries[key] = FlatTokens.from_lists(query_tokens(texts, tokenizer, max_length))
+            self._queries[key] = FlatTokens.from_lists(query_tokens(texts, tokenizer, max_length, prefix=prefix))
         return self._queries[key]
 
     def warm_up(self) -> None:
@@ -360,19 +373,24 @@ class Worker:
             # ance.model.biencoder and ance.search.index after torch took 13-18 s on the shared 2-core dev box (load 10),
             # which at the top would delay the worker's joining the pool; here it overlaps the
             # trainer's start-up and stays out of the first refresh (tests/test_bench_refresh.py).
-            from transformers import AutoTokenizer
-
             import ance.search.index  # noqa: F401
             from ance.model.biencoder import resolve_model
 
-            base = resolve_model(self.cfg.model.name_or_path)
-            tokenizer = AutoTokenizer.from_pretrained(base)
-            self._token_cache(tokenizer)
-            self._query_tokens("train", self.train.texts, tokenizer)
+            # one load of the base model: the model classes' imports, the device's context and kernels,
+            # and its tokenizer and prompts as every checkpoint of the run has them
+            model = self._load_model(Path(resolve_model(self.cfg.model.name_or_path)))
+            tokenizer, query_prompt = model.tokenizer, model.prompt("query")
+            self._token_cache(tokenizer, model.prompt("passage"))
+            lora_cfg = self.cfg.train.lora
+            if lora_cfg.r > 0:  # the base, kept: each LoRA checkpoint only swaps its adapter in
+                from ance.model import lora
+
+                lora.apply(model, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.target_modules)
+                self._lora_model = model.to(self.device).eval()
+            del model
+            self._query_tokens("train", self.train.texts, tokenizer, query_prompt)
             if self.eval is not None:
-                self._query_tokens("eval", self.eval.texts, tokenizer)
-            # one load of the base model: the model classes' imports, the device's context and kernels
-            self._load_model(Path(base))
+                self._query_tokens("eval", self.eval.texts, tokenizer, query_prompt)
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
         except Exception as exc:  # noqa: BLE001 - the first job will retry and report properly

@@ -22,6 +22,7 @@ from ance.run.device import autocast_dtype, describe_device, device_type, resolv
 from ance.model.encode import corpus_tokens, query_tokens
 from ance.run.errors import AnceError, CheckpointError, ConfigError
 from ance.learn.losses import BidirectionalInfoNCE, InfoNCE
+from ance.model import tuning
 from ance.model.biencoder import BiEncoder, resolve_model
 from ance.run.rundir import RunDir
 from ance.run.resume import flatten
@@ -98,7 +99,9 @@ class TrainerSetup:
 
     def _load_model(self, checkpoint: Path | None) -> None:
         """The model of ``cfg.model``, from ``checkpoint`` when resuming; DDP-wrapped under torchrun."""
-        self.model = BiEncoder.from_config(self.cfg.model, checkpoint).to(self.device)
+        self.model = BiEncoder.from_config(self.cfg.model, checkpoint)
+        tuning.for_training(self.model, self.cfg.train)  # LoRA adapters, gradient checkpointing
+        self.model.to(self.device)
         self.model.train()
         check_model_lengths(self.cfg, getattr(self.model.query_encoder.config, "max_position_embeddings", None),
                             str(checkpoint or self.cfg.model.name_or_path))
@@ -114,8 +117,10 @@ class TrainerSetup:
         m = self.cfg.model
         self.passages = corpus_tokens(self.data.corpus, self.tokenizer, max_length=m.passage_max_length,
                                       long_doc=m.long_doc, n_windows=m.maxp_windows,
-                                      cache_root=RunDir(self.run_dir).cache, progress=self.is_main)
-        self.query_tokens = query_tokens(self.split.texts, self.tokenizer, m.query_max_length)
+                                      cache_root=RunDir(self.run_dir).cache, progress=self.is_main,
+                                      prefix=self.model.prompt("passage"))
+        self.query_tokens = query_tokens(self.split.texts, self.tokenizer, m.query_max_length,
+                                         prefix=self.model.prompt("query"))
 
     def _build_optimization(self) -> None:
         t = self.cfg.train

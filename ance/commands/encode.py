@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = shard_range(len(corpus), *shard) if shard else (0, len(corpus))
     cache = corpus_tokens(corpus, model.tokenizer, max_length=args.max_length, long_doc=args.long_doc,
                           n_windows=args.windows, cache_root=args.cache_dir or default_cache_dir(),
-                          progress=not args.quiet)
+                          progress=not args.quiet, prefix=model.prompt("passage"))
     t1 = time.perf_counter()
     emb, owner = encode_corpus(model, cache, lo=lo, hi=hi, max_length=args.max_length, long_doc=args.long_doc,
                                n_windows=args.windows, batch_size=args.batch_size, device=device,
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     out = shard_dir(args.out, shard)
     meta = {"model": str(args.model), "pooling": model.pooling, "normalize": model.normalize,
-            "similarity": model.similarity, "max_length": args.max_length, "long_doc": args.long_doc,
+            "similarity": model.similarity, "passage_prompt": model.prompt("passage"), "max_length": args.max_length, "long_doc": args.long_doc,
             "n_windows": args.windows if args.long_doc == "maxp" else 1,
             "shard": list(shard) if shard else [0, 1], "lo": lo, "hi": hi, "n_docs": len(corpus),
             "corpus_hash": corpus.source_hash, "data": str(args.data), "precision": args.precision,

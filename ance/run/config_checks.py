@@ -63,9 +63,36 @@ def check_device(key: str, value: str) -> None:
         raise ConfigError(f"{key}={value!r}: expected auto, cpu, cuda or cuda:N")
 
 
+def check_lora(lora: Any) -> None:
+    """train.lora: a rank >= 0 (0 = off), alpha > 0, dropout in [0, 1)."""
+    if isinstance(lora.r, bool) or lora.r < 0:
+        raise ConfigError(f"train.lora.r: must be >= 0 (0: no LoRA), got {lora.r}")
+    _positive("train.lora.alpha", lora.alpha)
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"train.lora.dropout: must be in [0, 1), got {lora.dropout}")
+    if any(not str(name).strip() for name in lora.target_modules):
+        raise ConfigError("train.lora.target_modules: an empty module name; give names such as [q_proj, v_proj]")
+
+
+def check_prompts(m: Any) -> None:
+    """model.query_template ends with {text} and excludes query_prefix; {task} needs model.task
+    (the model's rendering: ance.model.prompts)."""
+    if m.query_template is None:
+        return
+    if m.query_prefix is not None:
+        raise ConfigError("model.query_template and model.query_prefix both set: give one of them")
+    if m.query_template.count("{text}") != 1 or not m.query_template.endswith("{text}"):
+        raise ConfigError(f"model.query_template: {m.query_template!r} must end with {{text}} (once), e.g. "
+                          "'Instruct: {task}\\nQuery: {text}'")
+    if "{task}" in m.query_template and not m.task:
+        raise ConfigError("model.query_template uses {task}: set model.task")
+
+
 def check_ranges(cfg: Any) -> None:
     """Raise :class:`ConfigError` at the first field out of range or relation broken."""
     t, m, n, b = cfg.train, cfg.model, cfg.negatives, cfg.broker
+    check_lora(t.lora)
+    check_prompts(m)
     if not str(cfg.run_dir).strip():
         raise ConfigError("run_dir: empty; give a directory, e.g. run_dir=runs/x")
     if not 0 <= cfg.seed < 2 ** 63:  # torch.manual_seed takes at most 64 bits

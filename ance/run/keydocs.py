@@ -48,7 +48,14 @@ KEYS: dict[str, tuple[str, str]] = {
     "model.passage_max_length": (FIXED, "passage tokens; a passage is title + ' ' + text (4..8192)"),
     "model.long_doc": (FIXED, "firstp: first passage_max_length tokens; maxp: max over windows"),
     "model.maxp_windows": (FIXED, "windows per document with long_doc=maxp"),
-    # train
+
+    "model.query_prefix": (FIXED, "text put before every query (e5: 'query: '); null: the model's sentence-transformers "
+                           "prompt 'query'; written back to every checkpoint's config_sentence_transformers.json"),
+    "model.passage_prefix": (FIXED, "text put before every passage (e5: 'passage: '); null: the model's prompt "
+                             "'passage' or 'document'; its tokens count against passage_max_length"),
+    "model.query_template": (FIXED, "instead of query_prefix, a template ending in {text}, e.g. "
+                             "'Instruct: {task}\\nQuery: {text}' (decoder embedders)"),
+    "model.task": (FIXED, "the {task} of model.query_template"),    # train
     "train.max_steps": (MAY, "optimizer steps of the run; the lr schedule ends here (null with train.epochs)"),
     "train.epochs": (MAY, "alternative to max_steps: passes over the training queries (pairs with "
                           "sample_by=pair), rounded up to whole steps; null: use max_steps"),
@@ -61,7 +68,15 @@ KEYS: dict[str, tuple[str, str]] = {
     "train.weight_decay": (MAY, "AdamW weight decay (not on biases and norms; >= 0)"),
     "train.warmup_ratio": (MAY, "fraction of max_steps spent warming up the lr (0 <= r < 1)"),
     "train.max_grad_norm": (MAY, "gradient clipping norm (> 0)"),
-    "train.sample_by": (FIXED, "query: each query once a pass, one positive at random; pair: each "
+
+    "train.lora.r": (FIXED, "LoRA adapter rank (peft); 0: no LoRA, full fine-tuning; checkpoints then hold the "
+                     "adapter only, and inferencers swap adapters into a base loaded once"),
+    "train.lora.alpha": (FIXED, "LoRA scaling (alpha / r)"),
+    "train.lora.dropout": (FIXED, "dropout on the LoRA branch"),
+    "train.lora.target_modules": (FIXED, "module names the adapters wrap, e.g. [q_proj, v_proj]; empty: peft's "
+                                  "default for the model type; an unknown name is refused, listing the linear layers"),
+    "train.gradient_checkpointing": (MAY, "recompute activations in backward (less memory, about a third more "
+                                     "compute), full fine-tuning and LoRA alike, composed with GradCache's RNG replay"),    "train.sample_by": (FIXED, "query: each query once a pass, one positive at random; pair: each "
                                "(query, positive) pair once a pass (sentence-transformers' way)"),
     "train.loss": (FIXED, "contrastive loss"),
     "train.gist_guide": (FIXED, "a frozen guide model (path or name) masking likely false negatives; null: none"),

@@ -34,6 +34,18 @@ class ModelConfig:
     passage_max_length: int = 256
     long_doc: str = "firstp"
     maxp_windows: int = 4
+    query_prefix: str | None = None     # before every query; None: the model's sentence-transformers prompt
+    passage_prefix: str | None = None   # before every passage; None: the model's prompt ("passage"/"document")
+    query_template: str | None = None   # instead of query_prefix: "Instruct: {task}\nQuery: {text}"
+    task: str | None = None             # the {task} of query_template
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0                          # adapter rank; 0: no LoRA (full fine-tuning)
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=list)  # empty: peft's default for the model type
 
 
 @dataclass
@@ -57,6 +69,8 @@ class TrainConfig:
     log_every: int = 1
     device: str = "auto"
     progress_every_s: float = 30.0   # `ance train` terminal progress; 0: none
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -161,7 +175,7 @@ class Config:
 
 _CHOICES = {
     "data.format": ("auto", "beir", "msmarco", "tevatron", "pairs", "hf"),
-    "model.pooling": ("cls", "mean"), "model.similarity": ("cosine", "dot"),
+    "model.pooling": ("cls", "mean", "last"), "model.similarity": ("cosine", "dot"),
     "model.long_doc": ("firstp", "maxp"),
     "train.loss": ("infonce", "bidirectional"), "train.sample_by": ("query", "pair"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),

@@ -19,6 +19,7 @@ from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import default_cache_dir
 from ance.run.rundir import resolve_alias
 from ance.search.index import make_index
+from ance.model import prompts as prompting
 from ance.model.biencoder import BiEncoder, resolve_model
 from ance.search.topk import maxp_collapse, merge_topk
 
@@ -26,12 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def load_encoder(name_or_path: str, *, device: str = "cpu", pooling: str | None = None,
-                 normalize: bool | None = None):
+                 normalize: bool | None = None, prompts=None):
     """``resolve_model`` + ``BiEncoder.load``, on ``device``, in eval mode; a run's checkpoint alias
-    (``RUN_DIR/checkpoints/best`` or ``final``, :func:`ance.run.rundir.resolve_alias`) is followed."""
+    (``RUN_DIR/checkpoints/best`` or ``final``, :func:`ance.run.rundir.resolve_alias`) is followed.
+    ``prompts`` (an object with ``query_prefix``, ``passage_prefix``, ``query_template``, ``task``, None =
+    the model's) override the model's prompts."""
 
     name_or_path = str(resolve_alias(name_or_path))
     model = BiEncoder.load(resolve_model(name_or_path), pooling=pooling, normalize=normalize)
+    if prompts is not None:
+        model.prompts = prompting.resolve(prompts, model.prompts)
     return model.to(device).eval()
 
 
@@ -109,7 +114,8 @@ def retrieve(model, dataset, split: str, *, k: int = 1000, max_length: int = 256
 
     queries = dataset.split(split)
     cache = corpus_tokens(dataset.corpus, model.tokenizer, max_length=max_length, long_doc=long_doc,
-                          n_windows=n_windows, cache_root=cache_root or default_cache_dir(), progress=progress)
+                          n_windows=n_windows, cache_root=cache_root or default_cache_dir(), progress=progress,
+                          prefix=model.prompt("passage"))
     emb, owner = encode_corpus(model, cache, max_length=max_length, long_doc=long_doc, n_windows=n_windows,
                                batch_size=batch_size, device=device, precision=precision, progress=progress)
     index = make_index(backend, model.dim, device)
