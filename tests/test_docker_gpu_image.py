@@ -1,7 +1,8 @@
 """The GPU image ance:0.1.0, built for real on this CPU-only machine (``docker/build-local.sh --gpu``).
 
 The build (several GB of CUDA wheels from PyPI) and the smoke tests run only when asked:
-``ANCE_CI_GPU_IMAGE=1`` (docs/deploy.md gives the times); otherwise they skip saying so. The fast
+``ANCE_CI_GPU_IMAGE=1`` (docs/deploy.md gives the times), or ``ANCE_CI_GPU_IMAGE=prebuilt`` to test
+the image a running daemon already has; otherwise they skip saying so. The fast
 tests (the script's usage and the settings it would build with) always run.
 
 What the smoke tests check, without a GPU: torch is a CUDA build (``torch.version.cuda``) and all
@@ -27,7 +28,8 @@ from test_docker_smoke import BUILD, CPU, DOCKER, GPU, check_run, run_stack, sh
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_IMAGE = "ance:0.1.0"  # the name docker/docker-compose.yml runs
-ASKED = os.environ.get("ANCE_CI_GPU_IMAGE") == "1"
+# 1: build (cached layers are reused), then test; prebuilt: test the ance:0.1.0 a running daemon already has
+ASKED = os.environ.get("ANCE_CI_GPU_IMAGE", "")
 
 
 def dry_run(*args: str) -> dict[str, str]:
@@ -66,8 +68,13 @@ def gpu_image(tmp_path_factory):
     Its PID file is ``$ANCE_DOCKERD_PIDFILE.gpu`` (scripts/test.sh stops that one too), apart from the CPU
     image's fixture's, which may have started the daemon first (then this one's file stays empty).
     """
-    if not ASKED:
+    if ASKED not in ("1", "prebuilt"):
         pytest.skip("the GPU image is built only when asked: ANCE_CI_GPU_IMAGE=1 (docs/deploy.md: ~10-25 min)")
+    if ASKED == "prebuilt":
+        if sh([DOCKER, "image", "inspect", GPU_IMAGE], timeout=60).returncode != 0:
+            pytest.fail(f"ANCE_CI_GPU_IMAGE=prebuilt, but no {GPU_IMAGE} (or no daemon): bash docker/build-local.sh --gpu")
+        yield GPU_IMAGE
+        return
     base = os.environ.get("ANCE_DOCKERD_PIDFILE")
     pidfile = f"{base}.gpu" if base else str(tmp_path_factory.mktemp("dockerd") / "dockerd.pid")
     env = {**os.environ, "ANCE_IMAGE": GPU_IMAGE}
