@@ -69,10 +69,12 @@ def gpu_image(tmp_path_factory):
     image's fixture's, which may have started the daemon first (then this one's file stays empty).
     """
     if ASKED not in ("1", "prebuilt"):
-        pytest.skip("the GPU image is built only when asked: ANCE_CI_GPU_IMAGE=1 (build ~26 min + smoke ~5 min on a loaded CI machine, docs/deploy.md)")
+        pytest.skip("the GPU image is built only when asked: ANCE_CI_GPU_IMAGE=1 "
+                    "(build ~26 min + smoke ~5 min on a loaded CI machine, docs/deploy.md)")
     if ASKED == "prebuilt":
         if sh([DOCKER, "image", "inspect", GPU_IMAGE], timeout=60).returncode != 0:
-            pytest.fail(f"ANCE_CI_GPU_IMAGE=prebuilt, but no {GPU_IMAGE} (or no daemon): bash docker/build-local.sh --gpu")
+            pytest.fail(f"ANCE_CI_GPU_IMAGE=prebuilt, but no {GPU_IMAGE} (or no daemon): "
+                        "bash docker/build-local.sh --gpu")
         yield GPU_IMAGE
         return
     base = os.environ.get("ANCE_DOCKERD_PIDFILE")
