@@ -1,28 +1,45 @@
 #!/usr/bin/env bash
-# Build the CPU image ance:0.1.0-cpu where no container registry is reachable (only Debian and PyPI):
-#   bash docker/build-local.sh                          build; a dockerd this script started is stopped at the end
-#   bash docker/build-local.sh --keep-dockerd FILE      build and leave a dockerd it started running, its PID in FILE
-#                                                       (FILE is empty when a dockerd was already running)
+# Build the ance image where no container registry is reachable (only Debian and PyPI):
+#   bash docker/build-local.sh                          the CPU image ance:0.1.0-cpu; a dockerd this script started is
+#                                                       stopped at the end
+#   bash docker/build-local.sh --gpu                    the GPU image ance:0.1.0 (the name docker/docker-compose.yml
+#                                                       runs): torch's CUDA 12 wheels and faiss-gpu from PyPI, slim
+#   bash docker/build-local.sh [--gpu] --keep-dockerd FILE   build and leave a dockerd it started running, its PID in
+#                                                       FILE (FILE is empty when a dockerd was already running)
 #   bash docker/build-local.sh --stop-dockerd FILE      stop the dockerd whose PID FILE holds (nothing if empty)
+#   bash docker/build-local.sh [--gpu] --dry-run        print what it would build (image, base, torch, faiss, slim)
 # What it does, each step only when needed:
 #   1. Docker Engine, docker-compose, mmdebstrap from Debian's packages (apt-get, as root);
 #   2. starts `dockerd` (defaults: overlay2, bridge) when none answers, remembering its PID;
 #   3. a local base image ance-base:bookworm: `mmdebstrap --variant=minbase bookworm | docker import`;
 #   4. the host's CA certificates (/usr/local/share/ca-certificates/*.crt: an HTTPS proxy's) into
-#      docker/certs/, the torch wheel the host's pip finds offline (a CPU build) into docker/wheels/;
-#   5. docker build with the Debian base, python3.11, that torch, faiss-cpu; prints time and size.
-# Settings (environment): ANCE_IMAGE (ance:0.1.0-cpu), ANCE_BASE (ance-base:bookworm),
-# TORCH_SPEC (torch==2.13.0), FAISS_SPEC (faiss-cpu), DOCKER (/usr/bin/docker: Debian's CLI; a
-# /usr/local/bin/docker without buildx may shadow it on PATH), DOCKERD_LOG (/tmp/ance-dockerd.log),
-# BUILD_LOG (/tmp/ance-build.log).
+#      docker/certs/; for the CPU image the torch wheel the host's pip finds offline (a CPU build) into docker/wheels/;
+#   5. docker build with the Debian base, python3.11, that torch, faiss-cpu (CPU) or torch's CUDA 12 build from
+#      PyPI and faiss-gpu (GPU: the CUDA runtime comes as nvidia-* wheels, the driver from the host through the
+#      NVIDIA Container Toolkit; C headers and static libraries dropped); prints time and size.
+# Settings (environment): ANCE_IMAGE (ance:0.1.0-cpu; --gpu: ance:0.1.0), ANCE_BASE (ance-base:bookworm),
+# TORCH_SPEC (torch==2.13.0; --gpu: torch==2.10.0, PyPI's newest torch built for CUDA 12, the CUDA major of
+# faiss-gpu 1.15.1), FAISS_SPEC (faiss-cpu; --gpu: faiss-gpu==1.15.1), ANCE_SLIM (--gpu: 1; 0 keeps headers
+# and static libraries), DOCKER (/usr/bin/docker: Debian's CLI; a /usr/local/bin/docker without buildx may
+# shadow it on PATH), DOCKERD_LOG (/tmp/ance-dockerd.log), BUILD_LOG (/tmp/ance-build.log).
 # Exit status: 0 built; 1 the build failed; 2 usage; 3 Docker cannot run here (the reason on stderr).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE=${ANCE_IMAGE:-ance:0.1.0-cpu}
+GPU=""
+[ "${1:-}" = --gpu ] && { GPU=1; shift; }
+if [ -n "$GPU" ]; then
+  IMAGE=${ANCE_IMAGE:-ance:0.1.0}
+  TORCH_SPEC=${TORCH_SPEC:-torch==2.10.0}
+  FAISS_SPEC=${FAISS_SPEC:-faiss-gpu==1.15.1}
+  SLIM=${ANCE_SLIM:-1}; [ "$SLIM" = 0 ] && SLIM=""
+else
+  IMAGE=${ANCE_IMAGE:-ance:0.1.0-cpu}
+  TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+  FAISS_SPEC=${FAISS_SPEC:-faiss-cpu}
+  SLIM=""
+fi
 BASE=${ANCE_BASE:-ance-base:bookworm}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-FAISS_SPEC=${FAISS_SPEC:-faiss-cpu}
 DOCKER=${DOCKER:-/usr/bin/docker}
 DOCKERD_LOG=${DOCKERD_LOG:-/tmp/ance-dockerd.log}
 BUILD_LOG=${BUILD_LOG:-/tmp/ance-build.log}
@@ -44,12 +61,14 @@ stop_dockerd() {  # PID: TERM, then KILL after 30 s; only a process that is dock
 KEEP=""
 case "${1:-}" in
   "") ;;
+  --dry-run) [ $# -eq 1 ] || { say "usage: $0 [--gpu] --dry-run"; exit 2; }
+    echo "image=$IMAGE base=$BASE torch=$TORCH_SPEC faiss=$FAISS_SPEC slim=${SLIM:-0}"; exit 0 ;;
   --keep-dockerd) [ $# -eq 2 ] || { say "usage: $0 --keep-dockerd PIDFILE"; exit 2; }; KEEP=$2; : >"$KEEP" ;;
   --stop-dockerd)
-    [ $# -eq 2 ] || { say "usage: $0 --stop-dockerd PIDFILE"; exit 2; }
+    [ -z "$GPU" ] && [ $# -eq 2 ] || { say "usage: $0 --stop-dockerd PIDFILE"; exit 2; }
     [ -f "$2" ] && stop_dockerd "$(cat "$2")"
     rm -f "$2"; exit 0 ;;
-  *) say "usage: $0 [--keep-dockerd PIDFILE | --stop-dockerd PIDFILE]"; exit 2 ;;
+  *) say "usage: $0 [--gpu] [--keep-dockerd PIDFILE | --dry-run] | $0 --stop-dockerd PIDFILE"; exit 2 ;;
 esac
 
 # 1. packages
@@ -97,23 +116,24 @@ certs=(/usr/local/share/ca-certificates/*.crt)
 rm -f docker/certs/*.crt
 [ ${#certs[@]} -gt 0 ] && cp "${certs[@]}" docker/certs/
 wheels=(docker/wheels/torch-*.whl)
-if [ ${#wheels[@]} -eq 0 ]; then
+if [ -z "$GPU" ] && [ ${#wheels[@]} -eq 0 ]; then
   python3 -m pip download -q --no-deps --no-index --only-binary=:all: --python-version "$PY_VERSION" \
       -d docker/wheels "$TORCH_SPEC" 2>/dev/null \
     || say "no local wheel for $TORCH_SPEC (python $PY_VERSION): the build takes torch from PyPI"
 fi
 wheels=(docker/wheels/torch-*.whl)
-if [ ${#wheels[@]} -gt 0 ]; then  # pin the wheel's own version (2.13.0+cpu), or pip may prefer PyPI's CUDA build
+if [ -z "$GPU" ] && [ ${#wheels[@]} -gt 0 ]; then  # pin the wheel's own version (2.13.0+cpu), or pip may prefer PyPI's CUDA build
   version=${wheels[0]##*/torch-}
   TORCH_SPEC="torch==${version%%-*}"
 fi
 
 # 5. the image
-say "building $IMAGE (base $BASE, $TORCH_SPEC, $FAISS_SPEC)"
+say "building $IMAGE (base $BASE, $TORCH_SPEC, $FAISS_SPEC${SLIM:+, slim})"
 t0=$SECONDS
 DOCKER_BUILDKIT=0 "$DOCKER" build -f docker/Dockerfile -t "$IMAGE" \
   --build-arg BASE="$BASE" --build-arg PYTHON="python$PY_VERSION" \
-  --build-arg TORCH_SPEC="$TORCH_SPEC" --build-arg TORCH_INDEX= --build-arg FAISS_SPEC="$FAISS_SPEC" . \
+  --build-arg TORCH_SPEC="$TORCH_SPEC" --build-arg TORCH_INDEX= --build-arg FAISS_SPEC="$FAISS_SPEC" \
+  --build-arg SLIM="$SLIM" . \
   >"$BUILD_LOG" 2>&1 || { tail -30 "$BUILD_LOG" >&2; say "docker build failed (log $BUILD_LOG)"; exit 1; }
 size=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE")
 say "built $IMAGE in $((SECONDS - t0)) s, $((size / 1000000)) MB"

@@ -23,8 +23,11 @@ if [ -z "${PROMTOOL:-}" ] && ! command -v promtool >/dev/null; then
 fi
 # The compose smoke test (tests/test_docker_smoke.py) builds the image with docker/build-local.sh, which
 # may start a dockerd; its PID goes here, and it is stopped when this script ends, even if pytest is killed.
+# The GPU image (tests/test_docker_gpu_image.py) is built only with ANCE_CI_GPU_IMAGE=1; its fixture's
+# dockerd PID goes to the same name + .gpu.
 export ANCE_DOCKERD_PIDFILE=${ANCE_DOCKERD_PIDFILE:-$(mktemp /tmp/ance-dockerd.XXXXXX)}
-trap 'bash docker/build-local.sh --stop-dockerd "$ANCE_DOCKERD_PIDFILE"' EXIT
+trap 'bash docker/build-local.sh --stop-dockerd "$ANCE_DOCKERD_PIDFILE.gpu"
+      bash docker/build-local.sh --stop-dockerd "$ANCE_DOCKERD_PIDFILE"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

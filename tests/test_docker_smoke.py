@@ -117,8 +117,10 @@ def project_leftovers(project: str) -> list[str]:
     return left
 
 
-def run_stack(tmp_path: Path, project: str, files: list[Path]) -> tuple[list[dict], dict[str, float]]:
-    """Up, scrape while the trainer runs, wait for it, down -v. Returns (metrics.jsonl events, scraped maxima)."""
+def run_stack(tmp_path: Path, project: str, files: list[Path],
+              image: str = IMAGE) -> tuple[list[dict], dict[str, float]]:
+    """Up (on ``image``), scrape while the trainer runs, wait for it, down -v. Returns (metrics.jsonl events,
+    scraped maxima)."""
     client = compose_client()
     assert client is not None, "docker/build-local.sh installs docker-compose; none answers"
     if not (DATA / "scifact" / "corpus.jsonl").is_file():
@@ -126,7 +128,7 @@ def run_stack(tmp_path: Path, project: str, files: list[Path]) -> tuple[list[dic
     runs = tmp_path / "runs"
     runs.mkdir()
     runs.chmod(0o777)  # the containers run as UID 1000
-    env = {**os.environ, "ANCE_DATA": str(DATA), "ANCE_RUNS": str(runs), "ANCE_RUN": RUN, "ANCE_IMAGE": IMAGE}
+    env = {**os.environ, "ANCE_DATA": str(DATA), "ANCE_RUNS": str(runs), "ANCE_RUN": RUN, "ANCE_IMAGE": image}
     compose = [*client, "-p", project, *(a for f in files for a in ("-f", str(f)))]
     ports = [prometheus_port_for(9400, "broker"), prometheus_port_for(9400, "trainer")] + \
         [prometheus_port_for(9400, "inferencer", i) for i in (0, 1)]
