@@ -137,14 +137,14 @@ class FakeTrainer:
         self.fingerprint = fingerprint
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, b"trainer")
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(cfg.broker.address)
+        self.tags: tuple[str, str] | None = None  # the session's (ours, the broker's), after the handshake
 
     def send(self, type_: str, **fields: Any) -> None:
         from ance.wire.protocol import pack_message
 
-        self.sock.send(pack_message(type_, **fields))
+        self.sock.send(pack_message(type_, session=self.tags[0] if self.tags else None, **fields))
 
     def recv(self, timeout_s: float):
         """One decoded message and its arrival time, or None."""
@@ -156,17 +156,32 @@ class FakeTrainer:
         return unpack_message(frame, self.cfg.broker.max_frame_bytes), time.time()
 
     def hello(self, timeout_s: float, logs: list[Path]) -> None:
+        from ance.wire.auth import (broker_proof, client_proof, client_secret_path, new_nonce, read_secret, same,
+                                    session_tags)
+
         end = time.time() + timeout_s
         while time.time() < end:
+            path = client_secret_path(self.cfg.run_dir)  # the broker writes RUN_DIR/run.secret as it starts
+            if not path.is_file():
+                time.sleep(0.2)
+                continue
+            secret, nonce = read_secret(path), new_nonce()
             self.send("hello", role="trainer", name="trainer", pid=os.getpid(), device="",
-                      data_fingerprint=self.fingerprint, have_version=-1)
+                      data_fingerprint=self.fingerprint, have_version=-1, nonce=nonce)
             got = self.recv(1.0)
             while got is not None:
-                if got[0].type == "welcome":
+                msg = got[0]
+                if msg.type == "challenge":  # the broker proves the run's secret, then we do (ance.wire.auth)
+                    if not same(broker_proof(secret, nonce, msg.nonce, "trainer"), msg.proof):
+                        raise SystemExit(f"the broker could not prove the run's secret\n{tails(logs)}")
+                    self.send("auth", nonce=msg.nonce, proof=client_proof(secret, nonce, msg.nonce, "trainer",
+                                                                          "trainer"))
+                    self.tags = session_tags(secret, nonce, msg.nonce, "trainer")  # later frames carry ours
+                elif msg.type == "welcome":
                     return
-                if got[0].type in ("error", "stop"):
-                    raise SystemExit(f"broker refused the trainer: {got[0].get('reason')}\n{tails(logs)}")
-                got = self.recv(0.0)
+                elif msg.type in ("error", "stop"):
+                    raise SystemExit(f"broker refused the trainer: {msg.get('reason')}\n{tails(logs)}")
+                got = self.recv(0.5)
         raise SystemExit(f"no welcome from the broker in {timeout_s:.0f}s\n{tails(logs)}")
 
     def refresh(self, step: int, run_dir: Path, model_dir: Path, timeout_s: float, logs: list[Path]) -> dict:

@@ -39,6 +39,22 @@ def enable_gradient_checkpointing(model) -> None:
         if not getattr(base, "supports_gradient_checkpointing", False):
             raise ConfigError(f"train.gradient_checkpointing: {type(base).__name__} does not support it; "
                               "set train.gradient_checkpointing=false")
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
+                                                                          "context_fn": _same_kernels})
         if hasattr(base.config, "use_cache"):
             base.config.use_cache = False
+
+
+def _same_kernels():
+    """Checkpoint contexts (first forward, recomputation): the recomputation in the backward pass runs
+    outside the forward's ``attention_kernels`` block, and on a GPU torch would then pick another
+    attention kernel (cuDNN's) whose saved tensors differ from the first forward's; found on an H200
+    (benchmarks/bench_decoder.py: "Recomputed values ... have different metadata"). So it runs
+    under the same kernel choice."""
+    import contextlib
+
+    import torch
+
+    from ance.model.biencoder import attention_kernels  # here: biencoder imports this module
+
+    return contextlib.nullcontext(), attention_kernels("cuda" if torch.cuda.is_available() else "cpu")
