@@ -29,6 +29,7 @@ from ance.run.rundir import RunDir
 from ance.run.telemetry import read_metrics
 
 from .monitor import read_run_config
+from .overlay import smooth
 from .stages import is_number
 
 FIGSIZE = (8.0, 4.5)
@@ -153,16 +154,6 @@ def plot_refresh_latency(events: list[dict], path: str | Path) -> Path:
                         missing="no refresh events with latencies")
 
 
-def _smooth(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def plot_loss(events: list[dict], path: str | Path) -> Path:
     """Training loss (top); gradient norm, all parameters and last layer on two axes (bottom)."""
     path, title = Path(path), "Training loss and gradient norm"
@@ -178,7 +169,7 @@ def plot_loss(events: list[dict], path: str | Path) -> Path:
         top.plot(xl, loss, color="tab:blue", alpha=0.35 if len(loss) > 50 else 1.0, label="loss")
         if len(loss) > 50:
             window = max(5, len(loss) // 50)
-            top.plot(xl, _smooth(loss, window), color="tab:blue", label=f"mean of {window} steps")
+            top.plot(xl, smooth(loss, window), color="tab:blue", label=f"mean of {window} steps")
         top.legend(loc="upper right")
     else:
         top.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=top.transAxes, color="0.4")

@@ -63,17 +63,24 @@ class _Unique:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def json_object(path: Path, lineno: int, line: str, shape: str = "one JSON object") -> dict:
+    """Line ``lineno`` of a JSON-lines file as an object, or :class:`DataError` naming file and line;
+    ``shape`` says what a line should hold."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line must be {shape}") \
+            from None
+    if not isinstance(rec, dict):
+        raise DataError(path, lineno, f"expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
 def _json_lines(path: Path, hasher: Any, what: str) -> Iterator[tuple[int, str, str, str]]:
     """``(line, id, title, text)`` of a BEIR JSON-lines file."""
     seen = _Unique(what, path)
     for lineno, line in _lines(path, hasher):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line must be "
-                                          'one object like {"_id": "1", "title": "...", "text": "..."}') from None
-        if not isinstance(rec, dict):
-            raise DataError(path, lineno, f"expected a JSON object, got {type(rec).__name__}")
+        rec = json_object(path, lineno, line, 'one object like {"_id": "1", "title": "...", "text": "..."}')
         fields = []
         for key in ("_id", "title", "text"):
             if key not in rec:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from ance.data.readers import json_object
 from ance.run.errors import ConfigError, DataError
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -52,14 +52,7 @@ def json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                 line = line.lstrip("\ufeff")
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line must "
-                                              "be one JSON object") from None
-            if not isinstance(rec, dict):
-                raise DataError(path, lineno, f"expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec
+            yield lineno, json_object(path, lineno, line)
 
 
 def first_json_row(path: Path) -> dict | None:

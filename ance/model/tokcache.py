@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ance.model.decoder import special_frame
 from ance.run.errors import ConfigError, DataError
 from ance.run.fsio import fsync_dir
 
@@ -231,12 +232,7 @@ def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
             return full[:at], full[at + 1:]
     # transformers >= 5 fast tokenizers have no build_inputs_with_special_tokens: find the content
     # of a probe text inside its encoding with special tokens.
-    content = list(tokenizer("a", add_special_tokens=False)["input_ids"])
-    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    for at in range(len(full) - len(content) + 1):
-        if full[at:at + len(content)] == content:
-            return full[:at], full[at + len(content):]
-    raise ConfigError(f"cannot tell where {type(tokenizer).__name__} puts its special tokens")
+    return special_frame(tokenizer)
 
 
 def gather_padded(flat: np.ndarray, offsets: np.ndarray, indices: Iterable[int],
