@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_training_without_a_bad_checkpoint(capsys, tmp_pat
 
 
 def test_check_finite_names_the_step_and_the_value():
-    with pytest.raises(TrainingError, match=r"step 7: loss is nan.*train.lr \(now 0.1\)"):
+    with pytest.raises(TrainingError, match=r"step 7: loss is nan.*ance train --resume RUN_DIR train\.lr=1\.0e-02"):
         check_finite(7, math.nan, 1.0, 0.1, scaled=False)
     with pytest.raises(TrainingError, match="step 3: gradient norm is inf"):
         check_finite(3, 1.0, math.inf, 0.1, scaled=False)

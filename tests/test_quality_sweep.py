@@ -30,7 +30,7 @@ def test_sweep_runs_settings_side_by_side(tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "GPUS": "", "MODEL": resolve_model("tiny-bert"), "DATA": str(SCIFACT), "ROOT": str(root),
            "JOBS": "3", "SWEEP": sweep}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "quality_sweep.sh")], cwd=ROOT, env=env,
+    proc = subprocess.run(["bash", str(ROOT / "studies" / "quality_sweep.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((root / "sweep.json").read_text())

@@ -359,11 +359,13 @@ def test_replayed_refresh_is_not_logged_twice():
     cfg = load_config(CONFIG, [])
     metrics = _Recorder()
     client = TrainerLink(cfg, NegativesTable(3, 2), metrics, ["a", "b", "c"], "f" * 16)
-    client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": False}))
-    client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": True}))  # broker restarted
+    client._tags = ("c" * 32, "b" * 32)  # an authenticated session: the broker's frames carry its tag
+    client._handle(pack_message("version_done", session="b" * 32, version=5, n_shards=2, stats={"replayed": False}))
+    client._handle(pack_message("version_done", session="b" * 32, version=5, n_shards=2,
+                                stats={"replayed": True}))  # broker restarted
     assert [(e, f["version"]) for e, f in metrics.events] == [("refresh", 5)]
     # a replay of a version this trainer never completed is still its first report (marked replayed)
-    client._handle(pack_message("version_done", version=7, n_shards=1, stats={"replayed": True}))
+    client._handle(pack_message("version_done", session="b" * 32, version=7, n_shards=1, stats={"replayed": True}))
     assert [(e, f["version"], f.get("replayed")) for e, f in metrics.events][-1] == ("refresh", 7, True)
     assert client.latest_complete == 7
     client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": True}))  # stale replay
