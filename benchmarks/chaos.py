@@ -277,6 +277,15 @@ def has_checkpoint(run_dir: Path) -> bool:
     return bool(RunDir(run_dir).complete_checkpoints())
 
 
+def _signal(pid: int, sig: int) -> bool:
+    """Send ``sig``; False when the process ended between listing and signalling (not a fault done)."""
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def inject(kind: str, run_dir: Path, proc: subprocess.Popen, rnd: random.Random) -> str | None:
     """Do fault ``kind``; return what was done (None when its target is not running now)."""
     pids = role_pids(run_dir)
@@ -289,18 +298,17 @@ def inject(kind: str, run_dir: Path, proc: subprocess.Popen, rnd: random.Random)
         name = rnd.choice(names)
         if kind == "pause":
             secs = rnd.uniform(1.0, 6.0)
-            os.kill(pids[name], signal.SIGSTOP)
+            if not _signal(pids[name], signal.SIGSTOP):
+                return None
             time.sleep(secs)
-            os.kill(pids[name], signal.SIGCONT)
+            _signal(pids[name], signal.SIGCONT)  # it may have been killed while stopped (its parent ended)
             return f"paused {name} {secs:.1f}s"
-        os.kill(pids[name], signal.SIGKILL)
-        return f"killed {name}"
+        return f"killed {name}" if _signal(pids[name], signal.SIGKILL) else None
     if kind == "kill_trainer":
         trainers = [n for n in pids if n.startswith("trainer")]
         if not trainers:
             return None
-        os.kill(pids[trainers[0]], signal.SIGKILL)
-        return "killed the trainer"
+        return "killed the trainer" if _signal(pids[trainers[0]], signal.SIGKILL) else None
     proc.kill()  # restart: the launcher itself
     return "killed the launcher"
 
