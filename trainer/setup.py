@@ -165,7 +165,7 @@ class TrainerSetup:
                 fill_given(self.static_table, self.split.negatives, self.cfg.data.path)
             else:
                 fill_static(self.static_table, neg.static_file, self.split.ids, self.data.corpus.ids,
-                            fingerprint=self.data.fingerprint)
+                            fingerprint=self.data.fingerprint, min_coverage=neg.static_min_coverage)
 
     def _build_gradcache(self):
         """The GradCache step of ``train.chunk_size`` (None: the plain step); with
@@ -196,7 +196,7 @@ class TrainerSetup:
             fill_given(self.table, self.split.negatives, self.cfg.data.path)
         elif source == "static":
             fill_static(self.table, neg.static_file, self.split.ids, self.data.corpus.ids,
-                        fingerprint=self.data.fingerprint)
+                        fingerprint=self.data.fingerprint, min_coverage=neg.static_min_coverage)
         elif source == "bm25":
             fill_bm25(self.table, self.data.corpus.passages(), self.split.texts, self.split.positives,
                       depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,

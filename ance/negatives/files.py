@@ -108,11 +108,24 @@ def read_negatives(
     :class:`DataError` (``file:line: reason``) for a missing or garbled header,
     a line without a tab, an unknown query or doc id, or a query listed twice.
     """
+    header, q_idx, neg, _ = read_negatives_lines(path, query_index, doc_index, keep)
+    return header, q_idx, neg
+
+
+def read_negatives_lines(
+    path: str | Path,
+    query_index: Mapping[str, int],
+    doc_index: Mapping[str, int],
+    keep: int | None = None,
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_negatives`, and each row's line number in the file (int64 [m]), so a caller can
+    name the line of a row it does not accept (e.g. a query listed with no document)."""
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1):
         raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
     path = Path(path)
     q_list: list[int] = []
     rows: list[list[int]] = []
+    line_list: list[int] = []
     seen: dict[int, int] = {}
     header: dict | None = None
     with open(path, encoding="utf-8", newline="") as fh:
@@ -141,6 +154,7 @@ def read_negatives(
                 docs.append(d)
             q_list.append(q)
             rows.append(docs)
+            line_list.append(lineno)
     if header is None:
         raise DataError(path, 1, f"empty file: expected the header `{MAGIC.strip()} {{...}}`")
     width = keep if keep is not None else max((len(r) for r in rows), default=0)
@@ -148,7 +162,7 @@ def read_negatives(
     for i, docs in enumerate(rows):
         docs = docs[:width]
         neg[i, : len(docs)] = docs
-    return header, np.asarray(q_list, dtype=np.int32), neg
+    return header, np.asarray(q_list, dtype=np.int32), neg, np.asarray(line_list, dtype=np.int64)
 
 
 def _parse_header(path: Path, lineno: int, line: str) -> dict:

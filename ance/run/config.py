@@ -208,6 +208,9 @@ def _validate_negative_options(neg: NegativesConfig, own_negatives: bool = False
         raise ConfigError(f"negatives.rank_decay: must be > 0 (ranks), got {neg.rank_decay}")
     if neg.score_temperature <= 0:
         raise ConfigError(f"negatives.score_temperature: must be > 0, got {neg.score_temperature}")
+    if not 0.0 <= neg.static_min_coverage <= 1.0:
+        raise ConfigError(f"negatives.static_min_coverage: must be a fraction in [0, 1], got "
+                          f"{neg.static_min_coverage}")
     if not 0.0 <= neg.mix_static <= 1.0:
         raise ConfigError(f"negatives.mix_static: must be a fraction in [0, 1], got {neg.mix_static}")
     if neg.mix_static > 0 and (neg.source != "async" or not (neg.static_file or own_negatives)):

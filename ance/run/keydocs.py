@@ -92,6 +92,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "negatives.source": (FIXED, "where hard negatives come from"),
     "negatives.warmup": (FIXED, "async only: negatives before the first refreshed version"),
     "negatives.static_file": (FIXED, "negatives file (`ance mine`) for source or warmup static"),
+    "negatives.static_min_coverage": (MAY, "refuse a static_file that lists negatives for less than this "
+                                           "fraction of the training queries (the others would get random "
+                                           "negatives; any gap is a warning); 0: accept any (0..1)"),
     "negatives.n_per_query": (FIXED, "hard negatives per query in a training example (<= keep)"),
     "negatives.depth": (FIXED, "top-k retrieved per training query at a refresh"),
     "negatives.rank_window": (FIXED, "ranks [lo, hi) eligible as negatives (0 <= lo < hi <= depth)"),

@@ -78,6 +78,7 @@ class NegativesConfig:
     source: str = "async"
     warmup: str = "inbatch"
     static_file: str | None = None
+    static_min_coverage: float = 0.5   # refuse a static_file with negatives for fewer of the training queries
     n_per_query: int = 1
     depth: int = 200
     rank_window: tuple[int, int] = (0, 200)
