@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.launch.mps import MpsDaemon, find_control, wanted
-    from ance.launch.progress import Progress
+    from ance.launch.progress import Progress, eval_line
     from ance.launch.slurm_place import wants_slurm
     from ance.launch.supervisor import Supervisor, plan
     from ance.run.lock import lock_run_dir, unlock
@@ -171,10 +171,9 @@ def run(args: argparse.Namespace) -> int:
         return rc  # the run's summary comes from the first node
     result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
     print(json.dumps(result))
-    before, after = result.get("before"), result.get("after")
-    if before and after:
-        print(f"{cfg.data.eval_split} nDCG@10: {before['ndcg@10']:.4f} at step {before['step']} -> "
-              f"{after['ndcg@10']:.4f} at step {after['step']}", file=sys.stderr)
+    line = eval_line(cfg.data.eval_split, result)
+    if line:
+        print(line, file=sys.stderr)
     if result.get("best"):
         b = result["best"]
         print(f"best checkpoint ({b.get('metric')} {b.get('value', float('nan')):.4f}): {b['checkpoint']}",
