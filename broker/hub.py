@@ -36,7 +36,7 @@ from ance.run.config import Config
 from ance.data.dataset import load_for_config
 from ance.run.errors import ProtocolError
 from ance.wire.protocol import MAX_STR, pack_message, unpack_array, unpack_message
-from ance.run.rundir import RunDir, manifest_path
+from ance.run.rundir import RunDir
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
 from ance.wire.transport import router_socket
 
@@ -117,8 +117,7 @@ class Broker(Admission):
         ckpts = RunDir(self.run_dir).complete_checkpoints()
         if ckpts and ckpts[-1][0] > self.state.latest_version:
             step, path = ckpts[-1]
-            written = manifest_path(path).stat().st_mtime
-            log.info("%s", self.state.on_checkpoint(step, str(path), written))
+            log.info("%s", self.state.on_checkpoint(step, str(path), time.time()))
 
     def bind(self) -> str:
         """Create and bind the ROUTER; return the bound endpoint."""
@@ -300,7 +299,8 @@ class Broker(Admission):
             return
         # A checkpoint is named by its step in our own RUN_DIR/checkpoints, never read from where a peer says.
         path = confine_checkpoint(self.run_dir, msg.path, msg.step)  # RefreshError: refused and logged
-        outcome = self.state.on_checkpoint(msg.step, str(path), msg.written_at)
+        # queued at our receive time: msg.written_at is the trainer's clock, which may be skewed from ours
+        outcome = self.state.on_checkpoint(msg.step, str(path), time.time())
         log.info("checkpoint %d announced by %s: %s", msg.step, peer_label(peer), outcome)
 
     def _on_status(self, peer: bytes, msg) -> None:
