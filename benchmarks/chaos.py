@@ -163,9 +163,12 @@ class Checker:
                     continue
                 if not (child / "manifest.json").is_file():
                     # the writer renames .tmp-* to step-N only after the manifest: never half-visible
-                    self.fail(f"checkpoint {child.name} visible without its manifest")
+                    # (unless pruned meanwhile: pruning renames step-N away before deleting it)
+                    if child.exists():
+                        self.fail(f"checkpoint {child.name} visible without its manifest")
                 elif not any(child.glob("*.safetensors")) and not any(child.glob("*/*.safetensors")):
-                    self.fail(f"checkpoint {child.name} has a manifest but no weights")
+                    if child.exists():
+                        self.fail(f"checkpoint {child.name} has a manifest but no weights")
             steps = RunDir(self.run_dir).complete_checkpoints()
             newest = steps[-1][0] if steps else -1
             if newest < self.newest_ckpt:
