@@ -13,7 +13,9 @@ ACTIONS = ("issue", "list", "revoke")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("words", nargs="+", metavar="[ACTION] DIR",
+    parser.usage = ("%(prog)s DIR [--force | --if-missing]\n       %(prog)s issue DIR --name NAME [--out OUT] [--force]"
+                    "\n       %(prog)s list DIR\n       %(prog)s revoke DIR --name NAME")
+    parser.add_argument("words", nargs="+", metavar="DIR",
                         help="DIR: make the broker and shared client keys there (created, mode 0700); "
                              "`issue DIR --name NAME --out OUT`: a key pair for one peer, listed in DIR/clients; "
                              "`list DIR`: issued and revoked names; `revoke DIR --name NAME`")
@@ -72,6 +74,8 @@ def _per_worker(action: str, keys_dir: Path, args: argparse.Namespace) -> int:
     from ance.run.errors import ConfigError
     from ance.wire import clientkeys
 
+    if args.if_missing:
+        raise ConfigError(f"ance keys {action}: --if-missing goes with `ance keys DIR` only")
     if action == "list":
         found = clientkeys.listing(keys_dir)
         for kind in ("issued", "revoked"):
@@ -81,7 +85,7 @@ def _per_worker(action: str, keys_dir: Path, args: argparse.Namespace) -> int:
     if not args.name:
         raise ConfigError(f"ance keys {action}: --name NAME is required (the peer's name, e.g. inferencer-3)")
     if action == "revoke":
-        if args.force or args.if_missing or args.out:
+        if args.force or args.out:
             raise ConfigError("ance keys revoke: takes only DIR and --name")
         moved = clientkeys.revoke(keys_dir, args.name)
         print(f"revoked {args.name}: its public key moved to {moved}; a broker with "
