@@ -208,3 +208,31 @@ def test_shared_key_mode_still_admits_any_name(tmp_path):
     finally:
         stop()
 
+
+
+def test_real_clients_pick_their_own_pair_by_name(keyed, tmp_path):
+    """The real InferencerLink and TrainerLink with ``broker.curve_keys`` = their issued folder: each connects
+    with the pair of its own name and is welcomed."""
+    from dataclasses import replace
+
+    from ance.inferencer.link import InferencerLink
+    from ance.trainer.feed import NegativesTable
+    from ance.trainer.link import TrainerLink
+
+    from test_broker import N_TRAIN, Recorder
+
+    def cfg_with(folder):
+        return replace(keyed.cfg, broker=replace(keyed.cfg.broker, curve_keys=str(folder), client_keys=None))
+
+    worker = InferencerLink(cfg_with(tmp_path / "h3"), "3", "cpu", "fp-test")
+    trainer = TrainerLink(cfg_with(tmp_path / "ht"), NegativesTable(N_TRAIN, 3), Recorder(),
+                          [f"q{i}" for i in range(N_TRAIN)], "fp-test")
+    try:
+        worker.start()
+        trainer.connect()
+        wait_until(worker.welcomed.is_set, 60, "inferencer-3 welcomed")
+        trainer.wait_for(lambda: trainer.broker_id == keyed.b.broker_id, timeout=60)
+        assert "inferencer-3" in keyed.b.state.workers and keyed.b.sessions.get("trainer").key is not None
+    finally:
+        worker.close()
+        trainer.close()
