@@ -103,6 +103,7 @@ class BrokerConfig:
     max_frame_bytes: int = 256 * 1024 * 1024
     send_weights: bool = False
     curve_keys: str | None = None
+    client_keys: str | None = None              # per-worker keys: the allow-list folder (`ance keys issue`)
     max_shards: int = 64                        # the most inferencers one refresh is split over
     shard_deadline_s: float = 3600.0            # no progress on a shard this long (before any rate is measured)
 
