@@ -10,7 +10,7 @@ the tests skip, naming what to install.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -46,6 +46,14 @@ def offline_env(tmp: Path) -> dict[str, str]:
 def offline(tmp_path, monkeypatch):
     for key, value in offline_env(tmp_path).items():
         monkeypatch.setenv(key, value)
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def _log(run_dir, sinks) -> None:
@@ -129,7 +137,7 @@ def trained(tmp_path_factory) -> dict:
     """`ance train` for 3 steps with the installed trackers: its run dir, MLflow URI and metrics log."""
     if not (SCIFACT / "corpus.jsonl").is_file():
         pytest.skip(f"no SciFact at {SCIFACT}")
-    has = {name: importlib.util.find_spec(name) is not None for name in ("mlflow", "wandb")}
+    has = {name: _importable(name) for name in ("mlflow", "wandb")}
     if not any(has.values()):
         pytest.skip(f"{NO_MLFLOW}; {NO_WANDB}")
     work = tmp_path_factory.mktemp("trackers")
