@@ -201,8 +201,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not is_complete_checkpoint(path):
         raise CheckpointError(f"{path}: not a complete checkpoint (no {MANIFEST}); "
                               "it was interrupted while being written — use an older one")
-    with open(manifest_path(path), encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(manifest_path(path), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
+        raise CheckpointError(f"{manifest_path(path)}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "resume from an older checkpoint (move this one aside)") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path(path)}: not a JSON object; resume from an older checkpoint "
+                              "(move this one aside)")
+    return manifest
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
