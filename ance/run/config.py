@@ -43,6 +43,10 @@ def _show(value: Any) -> str:
     return _SHOW.repr(value)
 
 
+def _cut(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else f"{text[:n - 3]}..."
+
+
 def load_yaml(text: str, where: str) -> Any:
     """``yaml.safe_load(text)``, refused (:class:`ConfigError` naming ``where``) when its aliases expand to
     more than :data:`MAX_YAML_NODES` nodes, refer to themselves, or nest too deeply. PyYAML builds an
@@ -169,18 +173,18 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=3e-5")
+            raise ConfigError(f"override {_show(item)}: expected key=value, e.g. train.lr=3e-5")
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise ConfigError(f"override {item!r}: empty key")
+            raise ConfigError(f"override {_show(item)}: empty key")
         if key in _TEXT_KEYS:  # prompts: the text as typed ("query: " is not YAML's {query: null}), \n a newline
             _set_dotted(tree, key, None if raw == "null" else raw.replace("\\n", "\n"))
             continue
         try:
             value = load_yaml(raw, f"override {key}") if raw != "" else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+            raise ConfigError(f"override {_show(item)}: value is not valid YAML ({exc})") from exc
         _set_dotted(tree, key, value)
     return tree
 
@@ -311,7 +315,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     except ConfigError as exc:  # the file alone was fine: an override is wrong, name it
         key = str(exc).split(":", 1)[0].split("[", 1)[0]
         item = override_for(key, overrides)
-        raise ConfigError(f"override {item}: {exc}" if item else str(exc)) from None
+        raise ConfigError(f"override {_cut(item)}: {exc}" if item else str(exc)) from None
     return validate(cfg)
 
 
