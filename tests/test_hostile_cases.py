@@ -106,6 +106,12 @@ def test_one_document_corpus_with_hard_negatives(capsys, tmp_path):
     assert_user_error(rc, err, "negatives.n_per_query=1, but query 'q0' has only 0 document(s)", "data.max_docs")
 
 
+def test_a_batch_larger_than_the_queries(capsys, tmp_path):
+    """A ValueError with a good message, but a traceback (the report's one old traceback)."""
+    rc, err = run_cli(capsys, ["train", CONFIG, *small(tmp_path), "train.batch_size=1000"])
+    assert_user_error(rc, err, "train.batch_size=1000 exceeds the 6 training queries")
+
+
 # ---------------------------------------------------------------- resume from a damaged checkpoint
 
 @pytest.fixture(scope="module")

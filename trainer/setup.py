@@ -141,10 +141,13 @@ class TrainerSetup:
     def _build_sampling(self) -> None:
         """Seeded query order, positive and negative draws, and the table of negatives in use."""
         cfg = self.cfg
-        if cfg.train.sample_by == "pair":
-            self.sampler = PairSampler(self.split.positives, cfg.train.batch_size, cfg.seed)
-        else:
-            self.sampler = QuerySampler(len(self.split), cfg.train.batch_size, cfg.seed)
+        try:
+            if cfg.train.sample_by == "pair":
+                self.sampler = PairSampler(self.split.positives, cfg.train.batch_size, cfg.seed)
+            else:
+                self.sampler = QuerySampler(len(self.split), cfg.train.batch_size, cfg.seed)
+        except ValueError as exc:  # a batch larger than the queries (pairs) there are
+            raise ConfigError(f"train.{exc}") from None
         self.pos_rng = np.random.default_rng([cfg.seed, 1])
         self.neg_rng = np.random.default_rng([cfg.seed, 2])
         self.table = NegativesTable(len(self.split), cfg.negatives.keep)
