@@ -35,7 +35,7 @@ import zmq
 
 from ance.run.config import Config
 from ance.data.dataset import load_for_config
-from ance.run.errors import ProtocolError
+from ance.run.errors import DiskFullError, ProtocolError
 from ance.wire.protocol import MAX_STR, pack_message, unpack_array, unpack_message
 from ance.run.rundir import RunDir
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
@@ -283,8 +283,8 @@ class Broker(Admission):
             handler(peer, msg)
         except (RefreshError, ProtocolError) as exc:
             self._refuse(peer, msg.type, str(exc), raw)
-        except OSError:
-            raise  # the run directory is unwritable: stop; a restarted broker resumes from disk
+        except (OSError, DiskFullError):
+            raise  # the run directory is unwritable or full: stop; a restarted broker resumes from disk
         except Exception as exc:  # a message we cannot handle must not take the broker down
             log.exception("peer %s: handling a %r message failed", peer_label(peer), msg.type)
             self._error(peer, f"broker could not handle it: {type(exc).__name__}: {exc}", msg.type, raw)

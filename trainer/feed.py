@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ance.data.bm25 import bm25_rank
-from ance.run.errors import ConfigError, DataError
-from ance.negatives.files import MAGIC, read_negatives_lines
+from ance.run.errors import CheckpointError, ConfigError, DataError
+from ance.negatives.files import MAGIC, MAX_LINE_CHARS, read_negatives_lines
 from ance.negatives.select import select_negatives
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,19 @@ class NegativesTable:
             raise ValueError("the checkpoint's negatives table was made for another query set")
         self.neg = np.array(state["neg"], dtype=np.int32)
         self.version = np.array(state["version"], dtype=np.int64)
+
+
+def check_table(table: NegativesTable, n_docs: int, query_ids: Sequence[str], where: Any) -> None:
+    """A table restored from a checkpoint names documents of this corpus only (-1: none), else
+    :class:`CheckpointError` naming ``where`` and the first bad row (its query): an id past the corpus
+    failed deep in the first step's tokenization."""
+    bad = (table.neg < -1) | (table.neg >= n_docs)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        doc = int(table.neg[row][bad[row]][0])
+        raise CheckpointError(f"{where}: negatives table row {row} (query {query_ids[row]!r}) names document "
+                              f"{doc}, but the corpus has {n_docs}; the checkpoint is damaged or of other data: "
+                              "resume from an older checkpoint (move this one aside)")
 
 
 _MINE_HINT = ("Mine with the run's data settings: ance mine --data DATA.path --split DATA.train_split --eval-split "
@@ -157,7 +170,7 @@ def _header_fingerprint(path: str) -> str | None:
     """The ``data_fingerprint`` a negatives file's header records, or None."""
     try:
         with open(path, encoding="utf-8") as fh:
-            line = fh.readline().rstrip("\r\n")
+            line = fh.readline(MAX_LINE_CHARS).rstrip("\r\n")
         header = json.loads(line[len(MAGIC):]) if line.startswith(MAGIC) else {}
     except (OSError, ValueError):
         return None

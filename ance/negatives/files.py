@@ -24,6 +24,26 @@ from ance.run.errors import DataError
 from ance.run.fsio import atomic_write_lines
 
 MAGIC = "# ance-negatives v1 "
+#: the longest line read (characters): a query and its negatives take kilobytes; a file of one endless line (a
+#: device, a binary) is refused at this bound instead of being read into memory whole
+MAX_LINE_CHARS = 1 << 24
+
+
+def read_lines(fh: IO[str], path: str | Path) -> Iterable[tuple[int, str]]:
+    """``(lineno, line)`` of an open text file, each line at most :data:`MAX_LINE_CHARS` long, else
+    :class:`DataError` naming the file and line."""
+    lineno = 0
+    while True:
+        raw = fh.readline(MAX_LINE_CHARS + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE_CHARS:
+            raise DataError(path, lineno, f"a line longer than {MAX_LINE_CHARS} characters: not a negatives file "
+                                          "(give the file `ance mine` wrote)")
+        yield lineno, raw
+
+
 def header_line(header: Mapping) -> str:
     """The first line of a negatives file, newline included (for writers that append)."""
     if not isinstance(header, Mapping):
@@ -129,7 +149,7 @@ def read_negatives_lines(
     seen: dict[int, int] = {}
     header: dict | None = None
     with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in read_lines(fh, path):
             line = raw.rstrip("\r\n")
             if header is None:
                 header = _parse_header(path, lineno, line)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ance.run.errors import ConfigError, DataError
+from ance.run.fsio import disk_full_error
 from ance.run.rundir import METRICS, RunDir
 
 log = logging.getLogger("ance.run.telemetry")
@@ -142,9 +143,10 @@ class MetricsWriter:
 
     def _write(self, data: bytes) -> None:
         # One write of the whole line: O_APPEND makes it land after every other process's lines.
-        written = os.write(self._fd, data)
-        while written < len(data):  # only on a full disk or a signal; the rest still goes out in order
-            written += os.write(self._fd, data[written:])
+        with disk_full_error(self.path, "the metrics log"):  # one line, exit 2, and the lines before kept
+            written = os.write(self._fd, data)
+            while written < len(data):  # only on a full disk or a signal; the rest still goes out in order
+                written += os.write(self._fd, data[written:])
 
     def log(self, event: str, **fields: Any) -> dict:
         """Append ``{"event": event, **fields, "time": now}`` as one line; return the record written."""
