@@ -91,6 +91,27 @@ def test_mlflow_file_store(tmp_path):
         (3, 0.5)]
 
 
+def test_a_tracker_that_goes_down_mid_run_is_dropped_and_metrics_go_on(tmp_path, caplog):
+    """The MLflow store vanishes after the first record (a server gone): one warning, the sink dropped,
+    every record still in metrics.jsonl, no exception into the trainer."""
+    pytest.importorskip("mlflow", reason=NO_MLFLOW)
+    import shutil
+
+    store = tmp_path / "mlruns"
+    sinks = trackers_for(TelemetryConfig(tensorboard=False, mlflow=f"file:{store}"), tmp_path / "run", {})
+    with caplog.at_level("WARNING", logger="ance.run.telemetry"):
+        with MetricsWriter(tmp_path / "run", "trainer", tensorboard=False, sinks=sinks) as w:
+            w.log("step", **STEPS[0])
+            shutil.rmtree(store)
+            store.write_text("not a folder")  # nothing can be written there any more
+            for rec in STEPS[1:]:
+                w.log("step", **rec)
+            assert w.sinks == []
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["event"] == "step"] == [1, 2, 3]
+    warnings = [r.getMessage() for r in caplog.records if "MlflowSink failed" in r.getMessage()]
+    assert len(warnings) == 1 and "metrics.jsonl" in warnings[0], caplog.text
+
+
 def test_mlflow_uri_it_cannot_use_is_one_line(tmp_path):
     pytest.importorskip("mlflow", reason=NO_MLFLOW)
     with pytest.raises(ConfigError) as err:
