@@ -8,7 +8,15 @@ Runs ``ance launch`` (tiny-bert, a SciFact subset, CPU, two inferencers) again a
 * ``kill_inferencer`` / ``kill_broker``: SIGKILL (the launcher restarts the role);
 * ``pause``: SIGSTOP a broker or inferencer for 1-6 s, then SIGCONT;
 * ``kill_trainer``: SIGKILL the trainer (the launcher ends; ``launch --resume`` continues);
-* ``restart``: SIGKILL the launcher itself, then ``launch --resume``.
+* ``restart``: SIGKILL the launcher itself, then ``launch --resume``;
+* ``disk_full`` (root, mount permitted): each run's directory lives on its own small tmpfs; a ballast file
+  fills it to the last byte for 2-6 s, then is removed (whatever fails to write meanwhile must fail cleanly);
+* ``link_cut`` (root, ``unshare --net`` and iptables): each launch runs in a private network namespace
+  (loopback only); iptables there drops every packet to the broker's port for 2-8 s, then lets them through.
+
+The last two need root (``chaos_faults.probe``); where they cannot run they are skipped and the JSON line
+says why (``skipped``). A link cut drops the broker's port for every role at once: cutting one role's link
+alone would need a namespace per role (the Slurm test bed's), which ``ance launch`` does not make.
 
 Invariants, checked at every fault and at the end of each run (each breach is a *violation*):
 
@@ -20,7 +28,7 @@ Invariants, checked at every fault and at the end of each run (each breach is a 
 * the gap bound: every logged step has ``gap <= negatives.max_gap``;
 * the run finishes: every step up to ``train.max_steps`` logged, a final refresh, ``launch`` exit 0.
 
-Prints one JSON line: runs, faults injected by kind, violations (each a short text), seconds; exit 1 when
+Prints one JSON line: runs, faults injected by kind, faults skipped (and why), violations (each a short text), seconds; exit 1 when
 there is a violation. ``tests/test_chaos.py`` runs it (``ANCE_CHAOS_MINUTES``, default 3).
 """
 
@@ -31,6 +39,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,14 +50,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+import chaos_faults
+
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"
-FAULTS = ("kill_inferencer", "kill_broker", "pause", "kill_trainer", "restart")
-WEIGHTS = (3, 2, 3, 1, 1)
+FAULTS = ("kill_inferencer", "kill_broker", "pause", "kill_trainer", "restart", "disk_full", "link_cut")
+WEIGHTS = (3, 2, 3, 1, 1, 1, 1)
+NETNS = False  # set by main when link_cut can run: every launch then gets its own network namespace
 RUN_LIMIT_S = 600.0
 
 
-def write_config(run_dir: Path, steps: int, port: int) -> Path:
+def write_config(run_dir: Path, steps: int, port: int, where: Path | None = None) -> Path:
     cfg = {
         "run_dir": str(run_dir), "seed": 11,
         "data": {"path": str(SCIFACT), "train_split": "train", "eval_split": "dev", "max_docs": 200,
@@ -64,7 +76,7 @@ def write_config(run_dir: Path, steps: int, port: int) -> Path:
         "telemetry": {"tensorboard": False, "prometheus_port": None},
         "launch": {"inferencers": 2, "restart_backoff_s": [0.2, 0.5, 1.0], "max_restarts": 1000},
     }
-    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path = (where or run_dir.parent) / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -81,7 +93,8 @@ def launch(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "ance.cli", "launch", *args, "--no-progress"], stdout=fh,
+        prefix = chaos_faults.NETNS_PREFIX if NETNS else []
+        return subprocess.Popen([*prefix, sys.executable, "-m", "ance.cli", "launch", *args, "--no-progress"], stdout=fh,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(REPO))
 
 
@@ -289,8 +302,14 @@ def _signal(pid: int, sig: int) -> bool:
         return False
 
 
-def inject(kind: str, run_dir: Path, proc: subprocess.Popen, rnd: random.Random) -> str | None:
+def inject(kind: str, run_dir: Path, proc: subprocess.Popen, rnd: random.Random, port: int = 0) -> str | None:
     """Do fault ``kind``; return what was done (None when its target is not running now)."""
+    if kind == "disk_full":
+        secs = rnd.uniform(2.0, 6.0)
+        return f"disk full {secs:.1f}s ({chaos_faults.fill_disk(run_dir.parent, secs)} bytes of ballast)"
+    if kind == "link_cut":
+        secs = rnd.uniform(2.0, 8.0)
+        return f"cut the broker's port {secs:.1f}s" if chaos_faults.cut_link(proc.pid, port, secs) else None
     pids = role_pids(run_dir)
     if kind in ("kill_inferencer", "kill_broker", "pause"):
         names = [n for n in pids if n.startswith("inferencer")] if kind == "kill_inferencer" else \
@@ -317,10 +336,26 @@ def inject(kind: str, run_dir: Path, proc: subprocess.Popen, rnd: random.Random)
 
 
 def soak_run(i: int, out: Path, steps: int, rnd: random.Random, deadline: float, faults: collections.Counter,
-             recompute: bool) -> list[str]:
-    run_dir = out / f"run-{i}"
-    cfg_path = write_config(run_dir, steps, free_port())
-    log = out / f"run-{i}.log"
+             recompute: bool, skipped: dict[str, str]) -> list[str]:
+    if "disk_full" in skipped:
+        return _soak_run(out / f"run-{i}", out, steps, rnd, deadline, faults, recompute, skipped)
+    disk = out / f"disk-{i}"  # the run's own tmpfs (the run dir inside it, so --overwrite can move it aside)
+    chaos_faults.mount_disk(disk)
+    try:
+        return _soak_run(disk / f"run-{i}", out, steps, rnd, deadline, faults, recompute, skipped)
+    finally:
+        for child in disk.iterdir():  # the run (and runs moved aside) kept for a look: a run is a few MB
+            if child.is_dir() and not child.is_symlink():
+                shutil.copytree(child, out / child.name, symlinks=True, dirs_exist_ok=True)
+        chaos_faults.unmount_disk(disk)
+        disk.rmdir()
+
+
+def _soak_run(run_dir: Path, out: Path, steps: int, rnd: random.Random, deadline: float,
+              faults: collections.Counter, recompute: bool, skipped: dict[str, str]) -> list[str]:
+    port = free_port()
+    cfg_path = write_config(run_dir, steps, port, out)  # beside the runs, not on the run's (filled) disk
+    log = out / f"{run_dir.name}.log"
     check = Checker(run_dir)
     proc = launch([str(cfg_path)], log)
     started = time.time()
@@ -344,10 +379,13 @@ def soak_run(i: int, out: Path, steps: int, rnd: random.Random, deadline: float,
             continue
         if time.time() > deadline or time.time() - started > RUN_LIMIT_S:
             continue  # no more faults: let the run finish (the limit below ends a stuck one)
-        kind = rnd.choices(FAULTS, WEIGHTS)[0]
+        kinds = [(k, w) for k, w in zip(FAULTS, WEIGHTS) if k not in skipped]  # skipped: not here (or not asked)
+        if not kinds:
+            continue
+        kind = rnd.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         if kind in ("kill_trainer", "restart") and not has_checkpoint(run_dir):
             kind = "pause"  # a run resumes from a checkpoint: end the trainer only once there is one
-        if inject(kind, run_dir, proc, rnd) is not None:
+        if inject(kind, run_dir, proc, rnd, port) is not None:
             faults[kind] += 1
     if proc.poll() is None:
         proc.kill()
@@ -363,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=24, help="train.max_steps of each run")
     p.add_argument("--out", default=None, help="folder for the runs (default: a temp folder, removed when clean)")
     p.add_argument("--no-recompute", action="store_true", help="skip recomputing versions at the end of a run")
+    p.add_argument("--faults", default=",".join(FAULTS),
+                   help=f"comma-separated kinds to inject (default all: {','.join(FAULTS)})")
     args = p.parse_args(argv)
+    unknown = set(args.faults.split(",")) - set(FAULTS)
+    if unknown:
+        p.error(f"--faults: unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(FAULTS)}")
     rnd = random.Random(args.seed)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ance-chaos-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -371,11 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t0 + args.minutes * 60
     faults: collections.Counter = collections.Counter()
     violations: list[str] = []
+    global NETNS
+    skipped = chaos_faults.probe(out)
+    skipped.update({k: "not in --faults" for k in FAULTS if k not in args.faults.split(",")})
+    NETNS = "link_cut" not in skipped
+    for kind, why in skipped.items():
+        print(f"chaos: {kind} skipped: {why}", file=sys.stderr)
     runs = 0
     while runs == 0 or time.time() < deadline:
-        violations += soak_run(runs, out, args.steps, rnd, deadline, faults, not args.no_recompute)
+        violations += soak_run(runs, out, args.steps, rnd, deadline, faults, not args.no_recompute, skipped)
         runs += 1
-    print(json.dumps({"runs": runs, "faults": dict(faults), "violations": violations,
+    print(json.dumps({"runs": runs, "faults": dict(faults), "skipped": skipped, "violations": violations,
                       "seconds": round(time.time() - t0, 1), "seed": args.seed, "out": str(out)}))
     return 1 if violations else 0
 

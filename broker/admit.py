@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 
+from ance.run.errors import ConfigError
+from ance.wire.clientkeys import load_allow_list
 from ance.wire.protocol import MAX_NAME
 
 from .guard import RateLimit, peer_label, peer_name, safe_text
@@ -51,9 +53,43 @@ class Admission:
                      peer_label(peer), of_type, REFUSAL_LOG_S)
         return False
 
-    def _on_hello(self, route: bytes, msg) -> None:
-        """The challenge: the broker proves the run's secret, and asks the peer to (``_on_auth``)."""
-        self._send_route(route, "challenge", **self.sessions.challenge(route, msg, time.time()))
+    def _on_hello(self, route: bytes, msg, key: str | None = None) -> None:
+        """The challenge: the broker proves the run's secret, and asks the peer to (``_on_auth``). With
+        per-worker keys, first: the connection's CURVE ``key`` must be the one issued for the hello's name."""
+        if self.cfg.broker.client_keys and not self._key_fits(route, msg, key):
+            return
+        self._send_route(route, "challenge", **self.sessions.challenge(route, msg, time.time(), key=key))
+
+    def _allow_list(self) -> dict[str, str]:
+        try:
+            return load_allow_list(self.cfg.broker.client_keys)
+        except ConfigError as exc:
+            log.error("%s; refusing every peer until it is fixed", exc)
+            return {}
+
+    def _key_fits(self, route: bytes, msg, key: str | None) -> bool:
+        """True when ``key`` is listed in ``broker.client_keys`` under the name ``msg`` says hello as."""
+        owner = self._allow_list().get(key or "")
+        if owner == msg.name:
+            return True
+        why = (f"its CURVE key was issued to {owner!r}" if owner else
+               f"its CURVE key is no longer in {self.cfg.broker.client_keys} (revoked)")
+        self._refuse(route, "hello", f"hello as {safe_text(msg.name)!r} from a connection whose key does not "
+                     f"belong to that name: {why}", raw=True)
+        return False
+
+    def _sweep_keys(self, now: float) -> None:
+        """Per-worker keys: every few seconds, drop the live sessions whose key was revoked (or re-issued)."""
+        if not self.cfg.broker.client_keys or now < self._next_sweep:
+            return
+        self._next_sweep = now + max(2.0, self.cfg.broker.heartbeat_s)
+        allowed = self._allow_list()
+        for s in list(self.sessions.by_name.values()):
+            if s.key is not None and allowed.get(s.key) != s.name:
+                log.error("%s %s (pid %d): its CURVE key left %s (revoked): session dropped, its hellos refused",
+                          s.role, safe_text(s.name), s.pid, self.cfg.broker.client_keys)
+                self._error(s.name.encode(), "refused: this peer's CURVE key was revoked", None)
+                self._peer_gone(s.name.encode())
 
     def _on_auth(self, route: bytes, msg) -> None:
         try:

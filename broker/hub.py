@@ -21,6 +21,7 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -34,9 +35,9 @@ import zmq
 
 from ance.run.config import Config
 from ance.data.dataset import load_for_config
-from ance.run.errors import ProtocolError
+from ance.run.errors import DiskFullError, ProtocolError
 from ance.wire.protocol import MAX_STR, pack_message, unpack_array, unpack_message
-from ance.run.rundir import RunDir, manifest_path
+from ance.run.rundir import RunDir
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
 from ance.wire.transport import router_socket
 
@@ -96,6 +97,7 @@ class Broker(Admission):
         self._told_unknown = RateLimit(cfg.broker.heartbeat_s)  # "send hello first", per peer
         self._log_refusal = RateLimit(REFUSAL_LOG_S)               # one log line per peer and kind
         self._stop_reason: str | None = None
+        self._next_sweep = 0.0  # per-worker keys: when to look for revoked keys next (Admission._sweep_keys)
         self._token: str | None = None
         self.sessions = Sessions(b"")  # keyed with the run's secret at bind()
         self.ctx = None
@@ -117,8 +119,7 @@ class Broker(Admission):
         ckpts = RunDir(self.run_dir).complete_checkpoints()
         if ckpts and ckpts[-1][0] > self.state.latest_version:
             step, path = ckpts[-1]
-            written = manifest_path(path).stat().st_mtime
-            log.info("%s", self.state.on_checkpoint(step, str(path), written))
+            log.info("%s", self.state.on_checkpoint(step, str(path), time.time()))
 
     def bind(self) -> str:
         """Create and bind the ROUTER; return the bound endpoint."""
@@ -160,15 +161,17 @@ class Broker(Admission):
                     raise
                 if self.sock in events:
                     for _ in range(1000):  # drain what is there, but let timers run now and then
-                        try:
-                            parts = self.sock.recv_multipart(zmq.NOBLOCK)
+                        try:  # per-worker keys: frames, for the CURVE key ZAP bound to the connection
+                            parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=not self.cfg.broker.client_keys)
                         except zmq.Again:
                             break
-                        self._dispatch(parts)
+                        key = None if isinstance(parts[-1], bytes) else parts[-1].get("User-Id")
+                        self._dispatch([bytes(p) for p in parts], key)
                 for name in self.state.expire(time.time()):
                     log.warning("worker %s lost (silent for more than %gs)", name, self.cfg.broker.worker_timeout_s)
                 for line in self.deadlines.check(self.state, time.time()):  # busy for ever, no progress
                     log.error("%s", line)
+                self._sweep_keys(time.time())
                 self._schedule()
             log.info("broker stopping: %s", self._stop_reason)
             return 0
@@ -246,7 +249,8 @@ class Broker(Admission):
             self._emit()
 
     # ------------------------------------------------------------ receive
-    def _dispatch(self, parts: list[bytes]) -> None:
+    def _dispatch(self, parts: list[bytes], key: str | None = None) -> None:
+        """One message; ``key``: the CURVE public key of its connection (per-worker keys)."""
         if len(parts) != 2:
             peer = parts[0] if parts else b"?"
             log.error("peer %s: rejected a message of %d frames (one frame per message)", peer_label(peer),
@@ -267,6 +271,8 @@ class Broker(Admission):
             self._error(peer, f"a broker does not accept {msg.type!r} messages", msg.type, raw=True)
             return
         raw = msg.type in ("hello", "auth", "stop")  # the only messages taken outside a session
+        if msg.type == "hello":
+            handler = functools.partial(handler, key=key)
         if not raw:
             sess = self.sessions.of(peer, msg)
             if sess is None:
@@ -277,8 +283,8 @@ class Broker(Admission):
             handler(peer, msg)
         except (RefreshError, ProtocolError) as exc:
             self._refuse(peer, msg.type, str(exc), raw)
-        except OSError:
-            raise  # the run directory is unwritable: stop; a restarted broker resumes from disk
+        except (OSError, DiskFullError):
+            raise  # the run directory is unwritable or full: stop; a restarted broker resumes from disk
         except Exception as exc:  # a message we cannot handle must not take the broker down
             log.exception("peer %s: handling a %r message failed", peer_label(peer), msg.type)
             self._error(peer, f"broker could not handle it: {type(exc).__name__}: {exc}", msg.type, raw)
@@ -300,7 +306,8 @@ class Broker(Admission):
             return
         # A checkpoint is named by its step in our own RUN_DIR/checkpoints, never read from where a peer says.
         path = confine_checkpoint(self.run_dir, msg.path, msg.step)  # RefreshError: refused and logged
-        outcome = self.state.on_checkpoint(msg.step, str(path), msg.written_at)
+        # queued at our receive time: msg.written_at is the trainer's clock, which may be skewed from ours
+        outcome = self.state.on_checkpoint(msg.step, str(path), time.time())
         log.info("checkpoint %d announced by %s: %s", msg.step, peer_label(peer), outcome)
 
     def _on_status(self, peer: bytes, msg) -> None:

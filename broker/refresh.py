@@ -40,7 +40,7 @@ class RefreshError(ValueError):
 class Checkpoint:
     step: int
     path: str
-    written_at: float
+    received_at: float  # when the broker learned of it, on its own clock (a peer's clock is not ours)
 
 
 @dataclass
@@ -189,8 +189,8 @@ class RefreshState:
         return len(self.job.done) if self.job else 0
 
     # ---------------------------------------------------------- checkpoints
-    def on_checkpoint(self, step: int, path: str, written_at: float) -> str:
-        """Queue checkpoint ``step``; return what happened (for the log)."""
+    def on_checkpoint(self, step: int, path: str, now: float) -> str:
+        """Queue checkpoint ``step``, announced at ``now`` (the broker's clock); return what happened (for the log)."""
         newest = max(self.latest_version, self.job.version if self.job else -1)
         if step <= newest:
             return f"ignored checkpoint {step}: not newer than version {newest} (complete or running)"
@@ -198,9 +198,9 @@ class RefreshState:
             if step <= self.pending.step:
                 return f"ignored checkpoint {step}: checkpoint {self.pending.step} is already waiting"
             skipped = self.pending.step
-            self.pending = Checkpoint(int(step), path, float(written_at))
+            self.pending = Checkpoint(int(step), path, float(now))
             return f"checkpoint {step} replaces waiting checkpoint {skipped} (skipped as stale)"
-        self.pending = Checkpoint(int(step), path, float(written_at))
+        self.pending = Checkpoint(int(step), path, float(now))
         return f"checkpoint {step} queued" + (f" behind running version {self.job.version}" if self.job else "")
 
     # --------------------------------------------------------------- workers

@@ -33,6 +33,7 @@ class Session:
     pid: int
     client_tag: str
     broker_tag: str
+    key: str | None = None  # its connection's CURVE public key (z85), per-worker keys only
     hello: Any = field(repr=False, default=None)  # the hello it opened with (acted on once authenticated)
 
 
@@ -41,18 +42,20 @@ class Sessions:
         self.secret = secret
         self.max_pending = max_pending
         self.ttl_s = ttl_s
-        self._pending: dict[tuple[bytes, str], tuple[Any, float]] = {}  # (route, broker nonce) -> (hello, when)
+        # (route, broker nonce) -> (hello, when, the connection's CURVE key or None)
+        self._pending: dict[tuple[bytes, str], tuple[Any, float, str | None]] = {}
         self.by_route: dict[bytes, Session] = {}
         self.by_name: dict[str, Session] = {}
 
-    def challenge(self, route: bytes, hello: Any, now: float) -> dict[str, str]:
-        """The ``challenge`` fields answering ``hello`` on ``route`` (the hello is kept for :meth:`authenticate`)."""
+    def challenge(self, route: bytes, hello: Any, now: float, key: str | None = None) -> dict[str, str]:
+        """The ``challenge`` fields answering ``hello`` on ``route`` (the hello, and the connection's CURVE key,
+        are kept for :meth:`authenticate`)."""
         if len(self._pending) >= self.max_pending:
             self._pending = {k: p for k, p in self._pending.items() if now - p[1] < self.ttl_s}
             while len(self._pending) >= self.max_pending:  # still full: forget the oldest
                 self._pending.pop(next(iter(self._pending)))
         bnonce = new_nonce()
-        self._pending[(route, bnonce)] = (hello, now)
+        self._pending[(route, bnonce)] = (hello, now, key)
         return {"nonce": bnonce, "proof": broker_proof(self.secret, hello["nonce"], bnonce, hello["name"])}
 
     def authenticate(self, route: bytes, bnonce: str, proof: Any, now: float) -> tuple[Session, Session | None]:
@@ -62,7 +65,7 @@ class Sessions:
         if pending is None or now - pending[1] > self.ttl_s:
             raise AuthRefused("auth for no challenge of this connection (or more than "
                               f"{self.ttl_s:.0f}s after it): send hello again")
-        hello, _ = pending
+        hello, _, key = pending
         name, role = hello["name"], hello["role"]
         if not same(client_proof(self.secret, hello["nonce"], bnonce, name, role), proof):
             raise AuthRefused(f"wrong proof for {name!r}: this peer does not hold the run's secret "
@@ -74,7 +77,7 @@ class Sessions:
         other = self.by_route.pop(route, None)  # the same connection under another name before
         if other is not None:
             self.by_name.pop(other.name, None)
-        s = Session(name, role, route, int(hello["pid"]), ctag, btag, hello)
+        s = Session(name, role, route, int(hello["pid"]), ctag, btag, key, hello)
         self.by_route[route] = s
         self.by_name[name] = s
         return s, old if old is not None and old.route != route else other

@@ -16,7 +16,8 @@ arrive and asks it for the stats once, when the refresh completes.
 * ``encode_docs_per_s``: ``n_docs / encode_s`` as above, the pool's effective
   corpus-encoding rate (not the sum of per-worker rates, which ignores
   stragglers).
-* ``queue_s``: checkpoint written (trainer's clock) to job started (ours);
+* ``queue_s``: checkpoint announced to job started, both on the broker's clock (the trainer's
+  ``written_at`` is another host's clock: a skewed one gave -3600 s);
   ``merge_s``, ``select_s``, ``persist_s``, ``send_s``: broker time spent
   merging the shards' top-k, selecting negatives, appending them to the
   partial file (fsync) and sending them to the trainer, summed over the chunks;
@@ -129,7 +130,7 @@ class RefreshTally:
             stats[key] = max(vals) if vals else None
         enc = stats.get("encode_s")
         stats["encode_docs_per_s"] = n_docs / enc if enc else None
-        stats["queue_s"] = job.started_at - job.ckpt.written_at
+        stats["queue_s"] = job.started_at - job.ckpt.received_at
         stats.update(self.times)
         stats["refresh_s"] = (time.time() if now is None else now) - job.started_at
         stats["overlap"] = self.overlap_sum / self.overlap_queries if self.overlap_queries else None

@@ -14,6 +14,7 @@ format is :mod:`ance.negatives.files`', the file names :mod:`ance.run.rundir`'.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from typing import IO, Any, Sequence
 import numpy as np
 
 from ance.run.errors import AnceError
-from ance.run.fsio import fsync_dir
+from ance.run.fsio import disk_full_error, fsync_dir
 from ance.negatives.files import append_negatives, header_line, read_negatives
 from ance.run.rundir import RunDir
 from .refresh import chunk_range, n_chunks
@@ -129,16 +130,18 @@ class NegativesVersions:
             self.drop()
         cur = Version(version, self.n_train, self.keep)
         cur.n_shards = n_shards
-        fh = open(self.paths.negatives(version, partial=True), "w", encoding="utf-8", newline="\n")
+        path = self.paths.negatives(version, partial=True)
+        fh = open(path, "w", encoding="utf-8", newline="\n")
         self._partial = fh
         self.current = cur
-        fh.write(header_line({
-            "version": version, "checkpoint": checkpoint, "keep": self.keep, "depth": depth,
-            "rank_window": list(rank_window), "sampling": sampling, "seed": seed, "n_shards": n_shards,
-            "n_docs": len(self.doc_ids), "n_queries": self.n_train, "data_fingerprint": self.fingerprint,
-            "model": model}))
-        fh.flush()
-        os.fsync(fh.fileno())
+        with disk_full_error(path, f"negatives version {version}"):
+            fh.write(header_line({
+                "version": version, "checkpoint": checkpoint, "keep": self.keep, "depth": depth,
+                "rank_window": list(rank_window), "sampling": sampling, "seed": seed, "n_shards": n_shards,
+                "n_docs": len(self.doc_ids), "n_queries": self.n_train, "data_fingerprint": self.fingerprint,
+                "model": model}))
+            fh.flush()
+            os.fsync(fh.fileno())
         return cur
 
     def append(self, chunk: int, q_lo: int, q_hi: int, neg: np.ndarray) -> None:
@@ -147,14 +150,17 @@ class NegativesVersions:
         cur = self._in_progress("append")
         cur.neg[q_lo:q_hi] = neg
         cur.chunks.add(chunk)
-        append_negatives(self._partial, self.query_ids, np.arange(q_lo, q_hi, dtype=np.int32), neg, self.doc_ids)
+        with disk_full_error(self._partial.name, f"negatives version {cur.version}"):
+            append_negatives(self._partial, self.query_ids, np.arange(q_lo, q_hi, dtype=np.int32), neg,
+                             self.doc_ids)
 
     def finish(self) -> Path:
         """Make the version in progress complete (fsync, rename, fsync the dir) and ``latest``; return its file."""
         cur = self._in_progress("finish")
-        self._close_partial()
         final = self.paths.negatives(cur.version)
-        write_seal(self.paths.negatives(cur.version, partial=True), final, self.n_train)  # rows + checksum first
+        with disk_full_error(final, f"negatives version {cur.version}"):
+            self._close_partial()
+            write_seal(self.paths.negatives(cur.version, partial=True), final, self.n_train)  # rows + checksum
         os.replace(self.paths.negatives(cur.version, partial=True), final)
         fsync_dir(final.parent)
         self.current, self.latest = None, cur
@@ -164,7 +170,8 @@ class NegativesVersions:
         """Forget the version in progress and remove its partial file (an abandoned refresh)."""
         if self._partial is not None:
             path = Path(self._partial.name)
-            self._partial.close()
+            with contextlib.suppress(OSError):  # its buffer cannot go out (a full disk): the file goes anyway
+                self._partial.close()
             self._partial = None
             path.unlink(missing_ok=True)
         self.current = None
@@ -172,7 +179,10 @@ class NegativesVersions:
     def close(self) -> None:
         """Flush and close the partial file, left on disk (a restarted broker removes it)."""
         if self._partial is not None:
-            self._close_partial()
+            try:
+                self._close_partial()
+            except OSError:  # a full disk: the partial file is incomplete either way, and removed on restart
+                self._partial = None
 
     def _close_partial(self) -> None:
         self._partial.flush()

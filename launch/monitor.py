@@ -216,6 +216,10 @@ def watch(run_dir: str | Path, *, interval: float = 0.5, once: bool = False, con
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
+    rd = RunDir(run_dir)
+    if not (rd.config.is_file() or rd.metrics.is_file()):  # a typo'd or unrelated folder would show "no step yet"
+        raise ConfigError(f"{run_dir} is not an ance run directory (no {rd.config.name} or {rd.metrics.name}); "
+                          "give the run_dir of `ance launch` or `ance train` (started: wait for it to write them)")
     console = console or Console()
     config = read_run_config(run_dir)
     tail = MetricsTail(run_dir)

@@ -126,8 +126,25 @@ def summary(refreshes: list[dict[str, Any]], state: dict[str, Any], max_gap_seen
     if scored:
         (s0, first), (s1, last) = scored[0], scored[-1]
         out["before"] = {"step": s0, "ndcg@10": first["eval_ndcg@10"], "recall@100": first.get("eval_recall@100")}
-        out["after"] = {"step": s1, "ndcg@10": last["eval_ndcg@10"], "recall@100": last.get("eval_recall@100")}
+        if len(scored) > 1:  # one evaluation is a before, not an after (a run stopped before its next one)
+            out["after"] = {"step": s1, "ndcg@10": last["eval_ndcg@10"], "recall@100": last.get("eval_recall@100")}
     return out
+
+
+def eval_line(split: str | None, result: dict[str, Any]) -> str | None:
+    """The closing line on the eval split, from :func:`summary`'s result: before -> after, and the last
+    logged step when training went on past the last evaluation (an interrupted run), so an old figure is
+    never shown as the result of the steps after it."""
+    before, after, steps = result.get("before"), result.get("after"), result.get("steps")
+    if not before:
+        return None
+    text = f"{split} nDCG@10: {before['ndcg@10']:.4f} at step {before['step']}"
+    if after:
+        text += f" -> {after['ndcg@10']:.4f} at step {after['step']}"
+    last = (after or before)["step"]
+    if isinstance(steps, int) and isinstance(last, int) and steps > last:
+        text += f"; training stopped at step {steps}, not evaluated after step {last}"
+    return text
 
 
 def aliases(run_dir: Path) -> dict[str, Any]:

@@ -128,7 +128,8 @@ class Peer:
 
     RUN_DIRS: dict[str, Path] = {}  # broker address -> its run dir (registered by the fixtures)
 
-    def __init__(self, address: str, identity: bytes | None, keys: Path | None = None, secret: bytes | None = None):
+    def __init__(self, address: str, identity: bytes | None, keys: Path | None = None, secret: bytes | None = None,
+                 key_name: str | None = None):
         import zmq
 
         self.address = address
@@ -146,7 +147,7 @@ class Peer:
         if keys is not None:
             from ance.wire.keys import secure_client
 
-            secure_client(self.sock, keys)
+            secure_client(self.sock, keys, key_name)  # key_name: its own pair (per-worker keys), if issued
         self.sock.connect(address)
         self.received: list = []
 

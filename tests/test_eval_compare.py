@@ -101,8 +101,9 @@ def test_cli_compare_json(tmp_path, capsys):
                "--qrels", str(tmp_path / "qrels.tsv"), "--bootstrap", "500"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out) == ["ndcg@10", "mrr@10", "recall@100", "recall@1000", "n_missing"]
+    assert list(out) == ["ndcg@10", "mrr@10", "recall@100", "recall@1000", "n_missing", "n_shared"]
     assert out["ndcg@10"]["diff"] == 0.125 and out["ndcg@10"]["n"] == 4
+    assert out["n_shared"] == 4
     assert out["recall@100"]["p_t"] == 1.0  # every relevant doc retrieved by both
     rc = main(["eval", "--run", str(tmp_path / "a.trec"), "--qrels", str(tmp_path / "qrels.tsv")])
     assert rc == 0 and json.loads(capsys.readouterr().out)["ndcg@10"] == round((3 + 1 / math.log2(3)) / 4, 6)

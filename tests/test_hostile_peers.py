@@ -154,7 +154,9 @@ class Squatter:
         self.sock.bind(address)
         self.hellos = 0
 
-    def serve(self, seconds: float) -> None:
+    def serve(self, seconds: float, nudge: bool = False) -> None:
+        """``nudge``: answer every other frame with "unknown peer", as a restarted broker does, so that
+        clients of an earlier broker say hello to us."""
         end = time.time() + seconds
         while time.time() < end:
             if not self.sock.poll(50):
@@ -162,6 +164,9 @@ class Squatter:
             route, frame = self.sock.recv_multipart()
             msg = unpack_message(frame, 1 << 20)
             if msg.type != "hello":
+                if nudge:
+                    self.sock.send_multipart([route, pack_message("error", reason="unknown peer: send hello first",
+                                                                  of_type=msg.type)])
                 continue
             self.hellos += 1
             for tag in (None, "f" * 32):
@@ -219,6 +224,68 @@ def test_squat_broker(tmp_path, caplog):
         worker.close()
         trainer.close()
         rogue.close()
+
+
+def test_squat_after_broker_restart(tmp_path, caplog):
+    """Issue 28, "the launcher holds the port across broker restarts or checks the new broker the same way":
+    clients check every broker the same way. A trainer and an inferencer welcomed by the real broker; the broker
+    goes down (a launcher restart window) and a squatter binds its port and nudges them to say hello: they refuse
+    it (it cannot prove the run's secret) and use nothing it sends (no negatives, job, stop or welcome); the
+    restarted broker proves the secret and both carry on with it."""
+    from ance.broker.hub import Broker
+    from ance.inferencer.link import InferencerLink
+    from ance.trainer.feed import NegativesTable
+    from ance.trainer.link import TrainerLink
+
+    caplog.set_level(logging.INFO)
+    env, stop = start_broker(tmp_path)
+    table = NegativesTable(N_TRAIN, 3)
+    before = table.state_dict()
+    trainer = TrainerLink(env.cfg, table, Recorder(), [f"q{i}" for i in range(N_TRAIN)], "fp-test")
+    worker = InferencerLink(env.cfg, "0", "cpu", "fp-test")
+    rogue = restarted = None
+    try:
+        trainer.connect()
+        worker.start()
+        trainer.wait_for(lambda: trainer.broker_id is not None, timeout=30)
+        wait_until(worker.welcomed.is_set, 30, "inferencer welcomed")
+        first = env.b.broker_id
+        assert trainer.broker_id == worker.broker_id == first
+        stop()  # the broker is down: its port is free
+
+        rogue = Squatter(env.addr)
+        server = threading.Thread(target=rogue.serve, args=(6.0, True), daemon=True)
+        server.start()
+        trainer.status(1, None, 0)  # a frame to the port: the squatter answers "unknown peer", we say hello
+        trainer.wait_for(lambda: trainer.refused_brokers > 0, timeout=30)
+        wait_until(lambda: worker.refused_brokers > 0, 30, "the inferencer refusing the squatter")
+        server.join(15)
+        rogue.close()
+        rogue = None
+        assert worker.inbox.empty()  # no forged job, no forged stop
+        assert trainer.latest_complete == -1 and not trainer.first_chunk_at and trainer.broker_id == first
+        after = table.state_dict()
+        assert (after["version"] == before["version"]).all() and (after["neg"] == before["neg"]).all()
+        assert "could not prove the run's secret: refused" in caplog.text
+        assert "frame not from our authenticated broker session" in caplog.text
+
+        # the launcher restarts the broker on the same port: it proves the secret, the clients take it
+        b2 = Broker(env.cfg, dataset=synthetic_dataset(), metrics=Recorder())
+        b2.bind()
+        restarted = threading.Thread(target=b2.run, daemon=True)
+        restarted.start()
+        trainer.wait_for(lambda: trainer.broker_id == b2.broker_id, timeout=60)
+        wait_until(lambda: worker.welcomed.is_set() and worker.broker_id == b2.broker_id, 60, "welcomed again")
+        job = worker.inbox.get(timeout=60)  # the restarted broker queued the run's checkpoint: a real job
+        assert job.type == "job" and job.ckpt_path.endswith("checkpoints/step-000001") and str(tmp_path) in job.ckpt_path
+    finally:
+        worker.close()
+        trainer.close()
+        if rogue is not None:
+            rogue.close()
+        if restarted is not None:
+            b2.stop("test over")
+            restarted.join(10)
 
 
 def test_deadline(tmp_path, caplog):

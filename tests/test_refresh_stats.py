@@ -14,7 +14,7 @@ from ance.broker.stats import CHUNK_TIMERS, STAGES, RefreshTally, eval_depth
 
 
 def job(eval_: bool = False) -> Job:
-    j = Job(job_id=7, ckpt=Checkpoint(step=30, path="ckpt", written_at=100.0), n_shards=2,
+    j = Job(job_id=7, ckpt=Checkpoint(step=30, path="ckpt", received_at=100.0), n_shards=2,
             ranges=[(0, 5), (5, 10)], eval=eval_, started_at=100.5, reassigned=1)
     j.done = {0: {"load_s": 0.1, "encode_s": 2.0, "search_s": 0.5, "shard_s": 3.0},
               1: {"load_s": 0.3, "encode_s": 1.0, "search_s": float("nan"), "shard_s": 2.0}}

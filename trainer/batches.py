@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ance.run.errors import ConfigError
+
 
 class QuerySampler:
     """Epochs of shuffled query indices, cut into global batches of ``batch_size``.
@@ -104,6 +106,20 @@ def sample_positives(q_idx: np.ndarray, positives: Sequence[np.ndarray], rng: np
         pos = positives[q]
         out[row] = pos[rng.integers(len(pos))] if len(pos) > 1 else pos[0]
     return out
+
+
+def check_negatives_fit(positives: Sequence[np.ndarray], n_docs: int, n: int, query_ids: Sequence[str]) -> None:
+    """Before training: every query has ``n`` documents that are not its positives to draw negatives
+    from (a one-document corpus has none), else :class:`ConfigError` naming the query."""
+    if n <= 0:
+        return
+    for q, pos in enumerate(positives):
+        free = n_docs - len(np.unique(pos))
+        if free < n:
+            raise ConfigError(f"negatives.n_per_query={n}, but query {query_ids[q]!r} has only {free} document(s) "
+                              f"in the {n_docs}-document corpus that are not its positives; use a larger corpus "
+                              "(data.max_docs) or fewer negatives (negatives.n_per_query, or negatives.source="
+                              "inbatch)")
 
 
 def sample_negatives(

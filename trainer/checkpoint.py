@@ -16,6 +16,7 @@ one disk) the fsyncs are most of a checkpoint's write time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ance.run.errors import CheckpointError
-from ance.run.fsio import fsync_dir, honour_umask
+from ance.run.errors import CheckpointError, DiskFullError
+from ance.run.fsio import disk_full_error, fsync_dir, honour_umask
 from ance.run.rundir import MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step
 
 from .state_io import load_state, save_state
@@ -68,7 +69,12 @@ class Staged:
     write_s: float | None = None   # stage + commit, once committed
 
     def commit(self) -> Path:
-        """fsync every file, write the manifest, rename into place; returns the final path."""
+        """fsync every file, write the manifest, rename into place; returns the final path. A full disk
+        removes the temp dir and raises :class:`DiskFullError`; the earlier checkpoints stay as they were."""
+        with _unless_full(self.tmp, self.final):
+            return self._commit()
+
+    def _commit(self) -> Path:
         _fsync_tree(self.tmp)
         info = {"step": self.step, "time": time.time(), **self.manifest}
         with open(manifest_path(self.tmp), "w", encoding="utf-8") as fh:
@@ -89,6 +95,18 @@ class Staged:
         return self.final
 
 
+@contextlib.contextmanager
+def _unless_full(tmp: Path, final: Path):
+    """A full disk while writing checkpoint ``final``: its temp dir goes (the space it took is given back,
+    and it would be swept on start anyway), and :class:`DiskFullError` names the checkpoint."""
+    try:
+        with disk_full_error(final, f"checkpoint {final.name}"):
+            yield
+    except DiskFullError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def stage_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -105,9 +123,10 @@ def stage_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     started = time.time()
-    if trainer_state is not None:
-        save_state(trainer_state, tmp)
-    save_model(tmp)
+    with _unless_full(tmp, final):
+        if trainer_state is not None:
+            save_state(trainer_state, tmp)
+        save_model(tmp)
     honour_umask(tmp)  # safetensors writes 0600: a checkpoint is for colleagues to load too (0644 under 022)
     return Staged(int(step), tmp, final, dict(manifest or {}), started, time.time() - started)
 
@@ -201,8 +220,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not is_complete_checkpoint(path):
         raise CheckpointError(f"{path}: not a complete checkpoint (no {MANIFEST}); "
                               "it was interrupted while being written — use an older one")
-    with open(manifest_path(path), encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(manifest_path(path), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
+        raise CheckpointError(f"{manifest_path(path)}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "resume from an older checkpoint (move this one aside)") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path(path)}: not a JSON object; resume from an older checkpoint "
+                              "(move this one aside)")
+    return manifest
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

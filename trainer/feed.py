@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ance.data.bm25 import bm25_rank
-from ance.run.errors import ConfigError, DataError
-from ance.negatives.files import MAGIC, read_negatives
+from ance.run.errors import CheckpointError, ConfigError, DataError
+from ance.negatives.files import MAGIC, MAX_LINE_CHARS, read_negatives_lines
 from ance.negatives.select import select_negatives
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,32 @@ class NegativesTable:
         self.version = np.array(state["version"], dtype=np.int64)
 
 
+def check_table(table: NegativesTable, n_docs: int, query_ids: Sequence[str], where: Any) -> None:
+    """A table restored from a checkpoint names documents of this corpus only (-1: none), else
+    :class:`CheckpointError` naming ``where`` and the first bad row (its query): an id past the corpus
+    failed deep in the first step's tokenization."""
+    bad = (table.neg < -1) | (table.neg >= n_docs)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        doc = int(table.neg[row][bad[row]][0])
+        raise CheckpointError(f"{where}: negatives table row {row} (query {query_ids[row]!r}) names document "
+                              f"{doc}, but the corpus has {n_docs}; the checkpoint is damaged or of other data: "
+                              "resume from an older checkpoint (move this one aside)")
+
+
 _MINE_HINT = ("Mine with the run's data settings: ance mine --data DATA.path --split DATA.train_split --eval-split "
               "DATA.eval_split --max-docs DATA.max_docs --max-queries DATA.max_queries --subset-seed "
               "DATA.subset_seed ...")
 
 
 def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_ids: Sequence[str],
-                fingerprint: str | None = None) -> int:
+                fingerprint: str | None = None, min_coverage: float = 0.0) -> int:
     """Load a negatives file (``ance mine`` output) as version 0; return queries covered.
 
-    ``fingerprint`` (the run's ``Dataset.fingerprint``): when the file's ids do
+    A query is covered when its row lists at least one document (``qid<TAB>`` alone is not);
+    an uncovered query gets random negatives, so any gap is a warning (:func:`coverage_gap`), and
+    a file covering less than ``min_coverage`` (``negatives.static_min_coverage``) of the queries is
+    refused. ``fingerprint`` (the run's ``Dataset.fingerprint``): when the file's ids do
     not resolve and its header says it was mined from other data, the error
     says so and how to mine a matching file.
     """
@@ -79,8 +95,8 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
         raise DataError(path, 1, f"mined from other data (fingerprint {theirs}, this run's {fingerprint}). "
                                  f"{_MINE_HINT}")
     try:
-        header, q_idx, neg = read_negatives(path, {q: i for i, q in enumerate(query_ids)},
-                                            {d: i for i, d in enumerate(doc_ids)}, keep=table.keep)
+        header, q_idx, neg, lines = read_negatives_lines(path, {q: i for i, q in enumerate(query_ids)},
+                                                         {d: i for i, d in enumerate(doc_ids)}, keep=table.keep)
     except DataError as exc:
         theirs = _header_fingerprint(path)
         if fingerprint is None or theirs is None or theirs == fingerprint:
@@ -90,9 +106,35 @@ def fill_static(table: NegativesTable, path: str, query_ids: Sequence[str], doc_
     if len(q_idx) == 0:
         raise DataError(path, None, "no query of this run's training split is in the file; mine one for this data "
                                     "with `ance mine`")
-    table.update(q_idx, neg, 0)
-    log.info("static negatives: %d of %d queries from %s", len(q_idx), len(query_ids), path)
-    return len(q_idx)
+    listed = (neg >= 0).any(axis=1)
+    empty = [(int(n), query_ids[q]) for n, q in zip(lines[~listed], q_idx[~listed])]
+    covered = int(listed.sum())
+    gap = coverage_gap(path, covered, len(query_ids), empty)
+    if not covered:
+        raise DataError(path, None, f"{gap}: no query has a negative; mine one for this data with `ance mine`")
+    if gap and covered < min_coverage * len(query_ids):
+        raise DataError(path, None, f"{gap}; that is below negatives.static_min_coverage={min_coverage:g}: mine "
+                                    "it for this run's training split (`ance mine`), or set "
+                                    "negatives.static_min_coverage=0 to train anyway")
+    if gap:
+        log.warning("static negatives: %s: %s", path, gap)
+    table.update(q_idx[listed], neg[listed], 0)
+    log.info("static negatives: %d of %d queries from %s", covered, len(query_ids), path)
+    return covered
+
+
+def coverage_gap(path: str, covered: int, n_queries: int, empty: Sequence[tuple[int, str]]) -> str | None:
+    """What a static file leaves uncovered, in words (None when it covers every query): the count, the
+    share, and the rows that list a query with no document (``path:line``, the first three)."""
+    if covered >= n_queries:
+        return None
+    text = (f"has negatives for {covered} of {n_queries} training queries ({covered / n_queries:.0%}); "
+            f"the other {n_queries - covered} get random negatives")
+    if empty:
+        shown = ", ".join(f"{path}:{line} ({qid!r})" for line, qid in empty[:3])
+        text += (f"; {len(empty)} listed with no document, counted as not covered: {shown}"
+                 + (f" and {len(empty) - 3} more" if len(empty) > 3 else ""))
+    return text
 
 
 def check_given(cfg: Any, dataset: Any) -> None:
@@ -128,7 +170,7 @@ def _header_fingerprint(path: str) -> str | None:
     """The ``data_fingerprint`` a negatives file's header records, or None."""
     try:
         with open(path, encoding="utf-8") as fh:
-            line = fh.readline().rstrip("\r\n")
+            line = fh.readline(MAX_LINE_CHARS).rstrip("\r\n")
         header = json.loads(line[len(MAGIC):]) if line.startswith(MAGIC) else {}
     except (OSError, ValueError):
         return None

@@ -24,14 +24,14 @@ from ance.run.errors import AnceError, CheckpointError, ConfigError
 from ance.learn.losses import BidirectionalInfoNCE, InfoNCE
 from ance.model import tuning
 from ance.model.biencoder import BiEncoder, resolve_model
-from ance.run.rundir import RunDir
+from ance.run.rundir import TRAINER_STATE, RunDir
 from ance.run.resume import flatten
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
 from ance.run.trackers import trackers_for
 
-from .batches import PairSampler, QuerySampler
+from .batches import PairSampler, QuerySampler, check_negatives_fit
 from .checkpoint import (latest_checkpoint, load_trainer_state, sweep_incomplete)
-from .feed import NegativesTable, fill_bm25, fill_given, fill_static
+from .feed import NegativesTable, check_table, fill_bm25, fill_given, fill_static
 from .optim import (build_optimizer, build_scheduler, fresh_spec, last_layer_params)
 from .resume import restore_schedule, total_steps
 
@@ -90,6 +90,9 @@ class TrainerSetup:
             self.data = load_for_config(self.cfg)
         self.split = self.data.split(self.cfg.data.train_split)
         self.n_docs = len(self.data.corpus)
+        neg = self.cfg.negatives
+        if neg.source != "inbatch":  # each step draws this many hard negatives a query: before the model loads
+            check_negatives_fit(self.split.positives, self.n_docs, neg.n_per_query, self.split.ids)
 
     def _resume_point(self) -> tuple[int, Path]:
         start = latest_checkpoint(self.run_dir)
@@ -138,10 +141,13 @@ class TrainerSetup:
     def _build_sampling(self) -> None:
         """Seeded query order, positive and negative draws, and the table of negatives in use."""
         cfg = self.cfg
-        if cfg.train.sample_by == "pair":
-            self.sampler = PairSampler(self.split.positives, cfg.train.batch_size, cfg.seed)
-        else:
-            self.sampler = QuerySampler(len(self.split), cfg.train.batch_size, cfg.seed)
+        try:
+            if cfg.train.sample_by == "pair":
+                self.sampler = PairSampler(self.split.positives, cfg.train.batch_size, cfg.seed)
+            else:
+                self.sampler = QuerySampler(len(self.split), cfg.train.batch_size, cfg.seed)
+        except ValueError as exc:  # a batch larger than the queries (pairs) there are
+            raise ConfigError(f"train.{exc}") from None
         self.pos_rng = np.random.default_rng([cfg.seed, 1])
         self.neg_rng = np.random.default_rng([cfg.seed, 2])
         self.table = NegativesTable(len(self.split), cfg.negatives.keep)
@@ -165,7 +171,7 @@ class TrainerSetup:
                 fill_given(self.static_table, self.split.negatives, self.cfg.data.path)
             else:
                 fill_static(self.static_table, neg.static_file, self.split.ids, self.data.corpus.ids,
-                            fingerprint=self.data.fingerprint)
+                            fingerprint=self.data.fingerprint, min_coverage=neg.static_min_coverage)
 
     def _build_gradcache(self):
         """The GradCache step of ``train.chunk_size`` (None: the plain step); with
@@ -196,15 +202,35 @@ class TrainerSetup:
             fill_given(self.table, self.split.negatives, self.cfg.data.path)
         elif source == "static":
             fill_static(self.table, neg.static_file, self.split.ids, self.data.corpus.ids,
-                        fingerprint=self.data.fingerprint)
+                        fingerprint=self.data.fingerprint, min_coverage=neg.static_min_coverage)
         elif source == "bm25":
             fill_bm25(self.table, self.data.corpus.passages(), self.split.texts, self.split.positives,
                       depth=neg.depth, rank_window=neg.rank_window, sampling=neg.sampling, seed=self.cfg.seed,
                       rank_decay=neg.rank_decay)
 
     def _restore(self, path: Path) -> None:
+        """The trainer state of checkpoint ``path``; a damaged one (a field missing or of the wrong kind, a
+        negatives table of other data) is a :class:`CheckpointError` naming the file, and nothing is written."""
         state = load_trainer_state(path)
-        self.step = int(state["step"])
+        where = path / TRAINER_STATE
+        try:
+            self._apply_state(state, path)
+        except CheckpointError:
+            raise
+        except KeyError as exc:
+            raise CheckpointError(f"{where}: damaged, no {exc} field; resume from an older checkpoint "
+                                  "(move this one aside)") from None
+        except (TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{where}: damaged ({type(exc).__name__}: {first}); resume from an older "
+                                  "checkpoint (move this one aside)") from None
+
+    def _apply_state(self, state: dict[str, Any], path: Path) -> None:
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"{path / TRAINER_STATE}: damaged, step {str(step)[:40]!r} is not a step "
+                                  "number; resume from an older checkpoint (move this one aside)")
+        self.step = step
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -216,6 +242,7 @@ class TrainerSetup:
         self.pos_rng.bit_generator.state = state["pos_rng"]
         self.neg_rng.bit_generator.state = state["neg_rng"]
         self.table.load_state_dict(state["table"])
+        check_table(self.table, self.n_docs, self.split.ids, path / TRAINER_STATE)
         self.wait_total = float(state.get("wait_total", 0.0))
         set_rng_state(state["rng"])
         restore_schedule(self, state, path)  # what changed takes effect, and is logged

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Means are over the qrels' queries with a relevant document; a query missing from the "
                      "run counts 0 unless --missing skip, and is reported on stderr. Nothing but the result "
                      "goes to stdout. With --compare the object is {measure: {n, a, b, diff, ci (95%% bootstrap "
-                     "of diff), t, p_t, wilcoxon, p_wilcoxon, wins, ties, losses}, n_missing: [A, B]}.")
+                     "of diff), t, p_t, wilcoxon, p_wilcoxon, wins, ties, losses}, n_missing: [A, B], n_shared "
+                     "(judged queries both rank)}; a partial overlap is reported on stderr, none is an error.")
 
 
 def _round(value):
@@ -105,7 +106,7 @@ def parse_run_spec(spec: str, datasets: list[str]) -> tuple[str, str, str]:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (ir-measures, scipy), so `ance --help` stays fast
-    from ance.eval.compare import compare_runs
+    from ance.eval.compare import compare_runs, query_overlap
     from ance.eval.metrics import MEASURES, evaluate_per_query, missing_queries
     from ance.eval.trec import read_qrels, read_trec_run
 
@@ -120,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
 
     def read_run(path: str, dataset: str):
         run_, qrels = read_trec_run(path), qrels_of[dataset]
-        if run_ and not set(run_) & set(qrels):
+        if not run_:  # zeros with exit 0 would read as a result
+            raise DataError(path, None, "holds no ranking (no `qid Q0 did rank score tag` line): nothing to "
+                                        "evaluate; did the retrieve that wrote it fail or get cut short?")
+        if not set(run_) & set(qrels):
             raise DataError(path, None, f"none of its {len(run_)} query ids (e.g. {next(iter(run_))!r}) is in "
                                         f"{qrels_paths[dataset]} (e.g. {next(iter(qrels))!r}); were they made for "
                                         "the same dataset and split?")
@@ -140,9 +144,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
             (dataset,) = qrels_of
             read = [[read_run(p, dataset) for p in side.split(",") if p] for side in args.compare]
-            result = compare_runs([r for r, _ in read[0]], [r for r, _ in read[1]], qrels_of[dataset], measures,
+            runs_a, runs_b = [r for r, _ in read[0]], [r for r, _ in read[1]]
+            overlap = query_overlap(runs_a, runs_b, qrels_of[dataset])
+            _warn_overlap(args, overlap)
+            result = compare_runs(runs_a, runs_b, qrels_of[dataset], measures,
                                   n_boot=args.bootstrap, seed=args.seed, missing=args.missing)
             result["n_missing"] = [max((m for _, m in side), default=0) for side in read]
+            result["n_shared"] = overlap["shared"]
         elif len(args.run) == 1 and len(qrels_of) == 1 and args.table is None:
             dataset, _, path = parse_run_spec(args.run[0], list(qrels_of))
             run_, n_missing = read_run(path, dataset)
@@ -155,6 +163,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     print(json.dumps(_round(result)))
     return 0
+
+
+def _warn_overlap(args, overlap: dict[str, int]) -> None:
+    """--compare: say so when the runs rank different judged queries (none shared: compare_runs refuses)."""
+    shared, a, b = overlap["shared"], overlap["a"], overlap["b"]
+    if not shared or (shared == a and shared == b):
+        return
+    effect = (f"the {shared} shared are compared, the others left out (--missing skip)" if args.missing == "skip"
+              else "a query one side lacks counts 0 for it, so the test mixes ranking quality with coverage; "
+                   f"--missing skip compares the {shared} shared only")
+    print(f"ance eval --compare: the runs share {shared} of {overlap['judged']} judged queries ({args.compare[0]} "
+          f"ranks {a}, {args.compare[1]} ranks {b}); {effect}", file=sys.stderr)
 
 
 def _table(args, qrels_of, measures, read_run) -> int:

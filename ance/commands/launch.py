@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs (torch, faiss, zmq...), so `ance --help` stays fast
     from ance.launch.mps import MpsDaemon, find_control, wanted
-    from ance.launch.progress import Progress
+    from ance.launch.progress import Progress, eval_line
     from ance.launch.slurm_place import wants_slurm
     from ance.launch.supervisor import Supervisor, plan
     from ance.run.lock import lock_run_dir, unlock
@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(roles) - {"broker", "trainer", "inferencer"}
     if unknown:
         raise ConfigError(f"--only: unknown role(s) {', '.join(sorted(unknown))}; use broker, trainer, inferencer")
+    n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
+    if slurm is None:  # under Slurm the placement gives each node its part of the pool
+        check_pool(cfg, roles, n_cpu, args.inferencer_gpus, flag=args.inferencers is not None)
     control = find_control()
     existing = os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
     use_mps = wanted(args.mps, args.trainer_gpus, args.inferencer_gpus, control, existing)
@@ -119,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
         save_config(cfg, run_dir)
     if slurm is not None and slurm.part.first:
         slurm.set_up_head()
-    n_cpu = args.inferencers if args.inferencers is not None else cfg.launch.inferencers
     if cfg.negatives.source != "async":
         roles = tuple(r for r in roles if r == "trainer")  # nothing to refresh
     specs = plan(run_dir, resume=bool(args.from_run_dir), trainer_gpus=args.trainer_gpus,
@@ -171,15 +173,25 @@ def run(args: argparse.Namespace) -> int:
         return rc  # the run's summary comes from the first node
     result = (progress or Progress(run_dir, cfg.train.max_steps, cfg.negatives.max_gap, out=sys.stderr)).finish()
     print(json.dumps(result))
-    before, after = result.get("before"), result.get("after")
-    if before and after:
-        print(f"{cfg.data.eval_split} nDCG@10: {before['ndcg@10']:.4f} at step {before['step']} -> "
-              f"{after['ndcg@10']:.4f} at step {after['step']}", file=sys.stderr)
+    line = eval_line(cfg.data.eval_split, result)
+    if line:
+        print(line, file=sys.stderr)
     if result.get("best"):
         b = result["best"]
         print(f"best checkpoint ({b.get('metric')} {b.get('value', float('nan')):.4f}): {b['checkpoint']}",
               file=sys.stderr)
     return rc
+
+
+def check_pool(cfg, roles: tuple[str, ...], n_cpu: int, inferencer_gpus: list[int], flag: bool = False) -> None:
+    """An async run that starts its inferencers here needs at least one: with none, nothing refreshes the
+    negatives and the trainer waited ``negatives.wait_timeout_s`` before it gave up."""
+    if cfg.negatives.source != "async" or "inferencer" not in roles or inferencer_gpus or n_cpu > 0:
+        return
+    given = f"--inferencers {n_cpu}" if flag else f"launch.inferencers={n_cpu}"
+    raise ConfigError(f"{given} with negatives.source=async: no inferencer would refresh the negatives; start at "
+                      "least one (launch.inferencers=N or --inferencer-gpus), run them elsewhere with --only "
+                      "broker,trainer, or train without refreshes (negatives.source=static or inbatch)")
 
 
 def worker_prefix(given: str | None, roles: tuple[str, ...]) -> str:

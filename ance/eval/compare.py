@@ -67,9 +67,7 @@ def compare_runs(
 
     Either side may be a list of runs, e.g. the seeds of one recipe: each query's value is then the
     mean over that side's runs before pairing (seeds pooled per query; the test stays over queries)."""
-    sides = [[r] if isinstance(r, Mapping) else list(r) for r in (run_a, run_b)]
-    if not all(sides):
-        raise ValueError("a side of the comparison has no run")
+    sides = [_side(r) for r in (run_a, run_b)]
     qids = judged_queries(qrels)
     shared = [q for q in qids if all(r.get(q) for side in sides for r in side)]
     if not shared:
@@ -77,6 +75,23 @@ def compare_runs(
     keep = np.array([i for i, q in enumerate(qids) if q in set(shared)]) if missing == "skip" else None
     va, vb = (_seed_mean(side, qrels, measures, keep) for side in sides)
     return {name: paired_comparison(va[name], vb[name], n_boot=n_boot, seed=seed, level=level) for name in va}
+
+
+def query_overlap(run_a, run_b, qrels: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """How many judged queries each side ranks (every run of a side, as :func:`compare_runs` pairs them)
+    and how many both do: ``{judged, a, b, shared}``. ``shared`` below ``a`` or ``b`` means the
+    comparison mixes ranking quality with coverage (``missing="zero"``) or drops queries (``"skip"``)."""
+    sides = [_side(r) for r in (run_a, run_b)]
+    qids = judged_queries(qrels)
+    ranked = [{q for q in qids if all(r.get(q) for r in side)} for side in sides]
+    return {"judged": len(qids), "a": len(ranked[0]), "b": len(ranked[1]), "shared": len(ranked[0] & ranked[1])}
+
+
+def _side(runs) -> list:
+    side = [runs] if isinstance(runs, Mapping) else list(runs)
+    if not side:
+        raise ValueError("a side of the comparison has no run")
+    return side
 
 
 def _seed_mean(runs, qrels, measures, keep=None) -> dict[str, np.ndarray]:

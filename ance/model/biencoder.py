@@ -31,11 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
 from ance.model import decoder, gguf, lora, prompts as prompting, stformat
 from ance.model.pooling import pool, position_ids
+from ance.model.vocab import check_vocabulary
 from ance.run.errors import ConfigError
 from ance.run.fsio import default_cache_dir
 
@@ -352,8 +354,10 @@ class BiEncoder(nn.Module):
                 query = None
                 if two_towers:
                     query = AutoModel.from_pretrained(str(path / QUERY_DIR), dtype=dtype).to(dtype)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"model {name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from exc
+        except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or garbled file
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"model {name_or_path!r} could not be loaded: {first}") from exc
+        check_vocabulary(tokenizer, source)
         if decoder.is_causal(passage):
             decoder.prepare_tokenizer(tokenizer, source)
         if not shared_towers and query is None:

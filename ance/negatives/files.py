@@ -24,6 +24,26 @@ from ance.run.errors import DataError
 from ance.run.fsio import atomic_write_lines
 
 MAGIC = "# ance-negatives v1 "
+#: the longest line read (characters): a query and its negatives take kilobytes; a file of one endless line (a
+#: device, a binary) is refused at this bound instead of being read into memory whole
+MAX_LINE_CHARS = 1 << 24
+
+
+def read_lines(fh: IO[str], path: str | Path) -> Iterable[tuple[int, str]]:
+    """``(lineno, line)`` of an open text file, each line at most :data:`MAX_LINE_CHARS` long, else
+    :class:`DataError` naming the file and line."""
+    lineno = 0
+    while True:
+        raw = fh.readline(MAX_LINE_CHARS + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE_CHARS:
+            raise DataError(path, lineno, f"a line longer than {MAX_LINE_CHARS} characters: not a negatives file "
+                                          "(give the file `ance mine` wrote)")
+        yield lineno, raw
+
+
 def header_line(header: Mapping) -> str:
     """The first line of a negatives file, newline included (for writers that append)."""
     if not isinstance(header, Mapping):
@@ -108,15 +128,28 @@ def read_negatives(
     :class:`DataError` (``file:line: reason``) for a missing or garbled header,
     a line without a tab, an unknown query or doc id, or a query listed twice.
     """
+    header, q_idx, neg, _ = read_negatives_lines(path, query_index, doc_index, keep)
+    return header, q_idx, neg
+
+
+def read_negatives_lines(
+    path: str | Path,
+    query_index: Mapping[str, int],
+    doc_index: Mapping[str, int],
+    keep: int | None = None,
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_negatives`, and each row's line number in the file (int64 [m]), so a caller can
+    name the line of a row it does not accept (e.g. a query listed with no document)."""
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1):
         raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
     path = Path(path)
     q_list: list[int] = []
     rows: list[list[int]] = []
+    line_list: list[int] = []
     seen: dict[int, int] = {}
     header: dict | None = None
     with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in read_lines(fh, path):
             line = raw.rstrip("\r\n")
             if header is None:
                 header = _parse_header(path, lineno, line)
@@ -141,6 +174,7 @@ def read_negatives(
                 docs.append(d)
             q_list.append(q)
             rows.append(docs)
+            line_list.append(lineno)
     if header is None:
         raise DataError(path, 1, f"empty file: expected the header `{MAGIC.strip()} {{...}}`")
     width = keep if keep is not None else max((len(r) for r in rows), default=0)
@@ -148,7 +182,7 @@ def read_negatives(
     for i, docs in enumerate(rows):
         docs = docs[:width]
         neg[i, : len(docs)] = docs
-    return header, np.asarray(q_list, dtype=np.int32), neg
+    return header, np.asarray(q_list, dtype=np.int32), neg, np.asarray(line_list, dtype=np.int64)
 
 
 def _parse_header(path: Path, lineno: int, line: str) -> dict:

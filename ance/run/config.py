@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import reprlib
 
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -29,6 +30,61 @@ from ance.run.sections import (  # noqa: F401  (the sections are part of the con
 )
 
 
+#: the most YAML nodes a config may hold once its aliases are expanded: a config has a few hundred; a
+#: "billion laughs" alias bomb (9 aliases of 9 aliases ...) has 9**9 and took 50 s, then all memory
+MAX_YAML_NODES = 100_000
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxlevel = 60, 60, 6, 6, 3
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut short: an error names a value, it never prints a huge one."""
+    return _SHOW.repr(value)
+
+
+def _cut(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else f"{text[:n - 3]}..."
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``, refused (:class:`ConfigError` naming ``where``) when its aliases expand to
+    more than :data:`MAX_YAML_NODES` nodes, refer to themselves, or nest too deeply. PyYAML builds an
+    alias once and shares it, so the load is cheap; it is walking or printing the value that explodes."""
+    try:
+        value = yaml.safe_load(text)
+        _count_nodes(value, {}, set())
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    except _TooBig as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return value
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _count_nodes(value: Any, seen: dict[int, int], open_: set[int]) -> int:
+    """Nodes of ``value`` with every alias expanded, counted once per shared object (so in linear time)."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    key = id(value)
+    if key in seen:
+        return seen[key]
+    if key in open_:
+        raise _TooBig("a YAML alias refers to itself (a recursive value); write the value out")
+    open_.add(key)
+    children = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+    total = 1 + sum(_count_nodes(c, seen, open_) for c in children)
+    open_.discard(key)
+    if total > MAX_YAML_NODES:
+        raise _TooBig(f"YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); write the "
+                      "config out without nested aliases")
+    seen[key] = total
+    return total
+
+
 def _convert(value: Any, typ: Any, where: str) -> Any:
     """Coerce a YAML value to a dataclass field's type, or raise ConfigError."""
     origin = get_origin(typ)
@@ -40,25 +96,25 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
         return _convert(value, inner[0], where)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:  # a mapping checked by its section's own rules (data.columns: ance.run.data_checks)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
         return dict(value)
     if origin is tuple:  # fixed length: [lo, hi] in YAML, a tuple once loaded
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {_show(value)}")
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
         return value
     if typ is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
@@ -67,18 +123,18 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
         return float(value)
     if typ is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {typ!r}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_show(values)}")
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
@@ -117,18 +173,18 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=3e-5")
+            raise ConfigError(f"override {_show(item)}: expected key=value, e.g. train.lr=3e-5")
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise ConfigError(f"override {item!r}: empty key")
+            raise ConfigError(f"override {_show(item)}: empty key")
         if key in _TEXT_KEYS:  # prompts: the text as typed ("query: " is not YAML's {query: null}), \n a newline
             _set_dotted(tree, key, None if raw == "null" else raw.replace("\\n", "\n"))
             continue
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw, f"override {key}") if raw != "" else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+            raise ConfigError(f"override {_show(item)}: value is not valid YAML ({exc})") from exc
         _set_dotted(tree, key, value)
     return tree
 
@@ -160,7 +216,7 @@ def validate(cfg: Config) -> Config:
     flat = _flatten(cfg.to_dict())
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
-            raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}: {_show(flat[key])} is not one of {', '.join(choices)}")
     for key in _POSITIVE:
         if flat[key] <= 0:
             raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
@@ -208,6 +264,9 @@ def _validate_negative_options(neg: NegativesConfig, own_negatives: bool = False
         raise ConfigError(f"negatives.rank_decay: must be > 0 (ranks), got {neg.rank_decay}")
     if neg.score_temperature <= 0:
         raise ConfigError(f"negatives.score_temperature: must be > 0, got {neg.score_temperature}")
+    if not 0.0 <= neg.static_min_coverage <= 1.0:
+        raise ConfigError(f"negatives.static_min_coverage: must be a fraction in [0, 1], got "
+                          f"{neg.static_min_coverage}")
     if not 0.0 <= neg.mix_static <= 1.0:
         raise ConfigError(f"negatives.mix_static: must be a fraction in [0, 1], got {neg.mix_static}")
     if neg.mix_static > 0 and (neg.source != "async" or not (neg.static_file or own_negatives)):
@@ -238,7 +297,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             where = "" if p.is_absolute() else f" (a relative path, resolved against {os.getcwd()})"
             raise ConfigError(f"{p}: config file not found{where}")
         try:
-            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            tree = load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
@@ -259,7 +318,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     except ConfigError as exc:  # the file alone was fine: an override is wrong, name it
         key = str(exc).split(":", 1)[0].split("[", 1)[0]
         item = override_for(key, overrides)
-        raise ConfigError(f"override {item}: {exc}" if item else str(exc)) from None
+        raise ConfigError(f"override {_cut(item)}: {exc}" if item else str(exc)) from None
     return validate(cfg)
 
 

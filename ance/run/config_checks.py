@@ -124,6 +124,9 @@ def check_ranges(cfg: Any) -> None:
         raise ConfigError(f"broker.worker_timeout_s={b.worker_timeout_s} must be at least twice broker.heartbeat_s="
                           f"{b.heartbeat_s}, or live workers are dropped between heartbeats")
     check_address("broker.address", b.address)
+    if b.client_keys and not b.curve_keys:
+        raise ConfigError("broker.client_keys needs broker.curve_keys (the broker's keys folder): per-worker keys "
+                          "are CURVE keys; set broker.curve_keys=DIR and broker.client_keys=DIR/clients")
     check_address("broker.bind", b.bind)
     if not MIN_FRAME_BYTES <= b.max_frame_bytes <= MAX_FRAME_BYTES:
         raise ConfigError(f"broker.max_frame_bytes={b.max_frame_bytes}: must be in {MIN_FRAME_BYTES}.."

@@ -42,3 +42,12 @@ class CheckpointError(AnceError):
 
 class TrainingError(AnceError):
     """Training cannot go on (a non-finite loss or gradient): the step and value are named."""
+
+
+class DiskFullError(AnceError):
+    """A write found no space left (ENOSPC, or a disk quota): the file and what was being written are named."""
+
+    def __init__(self, path: str | Path, what: str):
+        self.path = str(path)
+        super().__init__(f"{path}: disk full while writing {what}; free space on its file system "
+                         "(what was written before is intact), then resume")

@@ -7,17 +7,42 @@ fsync it, ``os.replace`` it over the target, fsync the directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from ance.run.errors import ConfigError
+from ance.run.errors import ConfigError, DiskFullError
+
+#: "no space left" and "quota exceeded": the errno, and the text Rust writers (safetensors) wrap it in
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = tuple(f"os error {n}" for n in _FULL_ERRNOS) + (os.strerror(errno.ENOSPC),)
 
 
 def default_cache_dir() -> Path:
     """``$ANCE_CACHE_DIR``, else ``~/.cache/ance``: built models, token caches, downloaded datasets."""
     return Path(os.environ.get("ANCE_CACHE_DIR") or Path.home() / ".cache" / "ance").expanduser()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An ``OSError`` ENOSPC or EDQUOT, or a library's error wrapping one (safetensors: "os error 28")."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    return any(text in str(exc) for text in _FULL_TEXTS)
+
+
+@contextmanager
+def disk_full_error(path: str | Path, what: str) -> Iterator[None]:
+    """Inside: a full disk raises :class:`DiskFullError` naming ``path`` and ``what`` (one line, exit 2)
+    instead of a traceback; every other error goes through as it was."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(path, what) from None
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -92,6 +92,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "negatives.source": (FIXED, "where hard negatives come from"),
     "negatives.warmup": (FIXED, "async only: negatives before the first refreshed version"),
     "negatives.static_file": (FIXED, "negatives file (`ance mine`) for source or warmup static"),
+    "negatives.static_min_coverage": (MAY, "refuse a static_file that lists negatives for less than this "
+                                           "fraction of the training queries (the others would get random "
+                                           "negatives; any gap is a warning); 0: accept any (0..1)"),
     "negatives.n_per_query": (FIXED, "hard negatives per query in a training example (<= keep)"),
     "negatives.depth": (FIXED, "top-k retrieved per training query at a refresh"),
     "negatives.rank_window": (FIXED, "ranks [lo, hi) eligible as negatives (0 <= lo < hi <= depth)"),
@@ -114,6 +117,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "broker.max_frame_bytes": (MAY, "largest message (1 MiB..2 GiB); the same on every process"),
     "broker.send_weights": (MAY, "ship checkpoint files in jobs (inferencers without the run directory)"),
     "broker.curve_keys": (MAY, "folder made by `ance keys`; required to bind off loopback"),
+    "broker.client_keys": (MAY, "per-worker keys (broker only): the allow-list folder DIR/clients of "
+                           "`ance keys issue DIR --name NAME`; the broker then admits only those keys, each under "
+                           "its own name (null: every DIR/*.key, one shared client key)"),
     "broker.shard_deadline_s": (MAY, "a shard without progress this long is reassigned before any shard has "
                                 "finished; after that the bound is 3x the measured rate (at least 3 heartbeats' timeout, "
                                 "30 s); a worker missing twice is excluded"),

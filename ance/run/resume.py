@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ance.run.config import load_yaml
 from ance.run.errors import ConfigError
 from ance.run.keydocs import KEYS, MAY
 from ance.run.rundir import RunDir
@@ -69,7 +70,7 @@ def check_resume(run_dir: str | Path, new: dict[str, Any], *, force: bool = Fals
     if not path.is_file():
         return []
     try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        old = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: unreadable ({exc}); the run's config in effect is needed to resume") from None
     changes = config_changes(old, new)

@@ -210,6 +210,24 @@ def previous_run(run_dir: str | Path, names: Iterable[str] = RUN_LEFTOVERS) -> l
     return found
 
 
+def _move_aside(run: Path) -> Path:
+    """Rename ``run`` to ``RUN_DIR.old-<time>-<pid>``, or ``...-<pid>-<n>`` when that name is taken (by a
+    folder or a file: it is never replaced, so nothing is lost); return the new name."""
+    stem = f"{run.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for n in range(1000):
+        aside = run.with_name(stem if n == 0 else f"{stem}-{n}")
+        if os.path.lexists(aside):
+            continue
+        try:
+            os.rename(run, aside)  # an empty folder made in between would be replaced: it held nothing
+        except OSError as exc:
+            raise ConfigError(f"run_dir={run}: --overwrite could not move it to {aside} ({exc.strerror}); "
+                              "move it aside by hand or pick a new run_dir=PATH") from None
+        return aside
+    raise ConfigError(f"run_dir={run}: --overwrite found {stem} and 999 more such names taken; clear them out or "
+                      "pick a new run_dir=PATH")
+
+
 def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False,
                   names: Iterable[str] = RUN_LEFTOVERS) -> Path | None:
     """Make ``run_dir`` ready for a run, or raise :class:`ConfigError` saying what to do.
@@ -229,8 +247,7 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False,
             raise ConfigError(f"run_dir={run}: holds an earlier run ({', '.join(found)}); continue it with "
                               f"--resume {run}, pick a new run_dir=PATH, or pass --overwrite to move it aside")
         if found:
-            aside = run.with_name(f"{run.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-            os.replace(run, aside)
+            aside = _move_aside(run)
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -78,6 +78,7 @@ class NegativesConfig:
     source: str = "async"
     warmup: str = "inbatch"
     static_file: str | None = None
+    static_min_coverage: float = 0.5   # refuse a static_file with negatives for fewer of the training queries
     n_per_query: int = 1
     depth: int = 200
     rank_window: tuple[int, int] = (0, 200)
@@ -102,6 +103,7 @@ class BrokerConfig:
     max_frame_bytes: int = 256 * 1024 * 1024
     send_weights: bool = False
     curve_keys: str | None = None
+    client_keys: str | None = None              # per-worker keys: the allow-list folder (`ance keys issue`)
     max_shards: int = 64                        # the most inferencers one refresh is split over
     shard_deadline_s: float = 3600.0            # no progress on a shard this long (before any rate is measured)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ance.run.errors import ConfigError, DataError
+from ance.run.fsio import disk_full_error
 from ance.run.rundir import METRICS, RunDir
 
 log = logging.getLogger("ance.run.telemetry")
@@ -142,9 +143,10 @@ class MetricsWriter:
 
     def _write(self, data: bytes) -> None:
         # One write of the whole line: O_APPEND makes it land after every other process's lines.
-        written = os.write(self._fd, data)
-        while written < len(data):  # only on a full disk or a signal; the rest still goes out in order
-            written += os.write(self._fd, data[written:])
+        with disk_full_error(self.path, "the metrics log"):  # one line, exit 2, and the lines before kept
+            written = os.write(self._fd, data)
+            while written < len(data):  # only on a full disk or a signal; the rest still goes out in order
+                written += os.write(self._fd, data[written:])
 
     def log(self, event: str, **fields: Any) -> dict:
         """Append ``{"event": event, **fields, "time": now}`` as one line; return the record written."""
@@ -157,8 +159,14 @@ class MetricsWriter:
             self._write(data)
             if self.tensorboard:
                 self._to_tensorboard(record)
-            for sink in self.sinks:
-                sink.log(record)
+            for sink in list(self.sinks):
+                try:
+                    sink.log(record)
+                except Exception as exc:  # a tracker going down must not stop training: metrics.jsonl is the record
+                    self.sinks.remove(sink)
+                    log.warning("%s failed (%s: %s); no more records go to it, %s keeps them all",
+                                type(sink).__name__, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc)
+                                else "", self.path)
             if self._registry is not None:
                 for key, name in EVENT_GAUGES.get(event, ()):
                     value = _number(record.get(key))
@@ -269,7 +277,10 @@ class MetricsWriter:
             httpd, self._httpd = self._httpd, None
             sinks, self.sinks = self.sinks, []
         for sink in sinks:
-            sink.close()
+            try:
+                sink.close()
+            except Exception as exc:
+                log.warning("%s could not close (%s: %s)", type(sink).__name__, type(exc).__name__, exc)
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()

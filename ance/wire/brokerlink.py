@@ -54,7 +54,8 @@ class BrokerLink:
 
     def open_socket(self, ctx: zmq.Context, **options: Any) -> zmq.Socket:
         """The DEALER to ``broker.address`` (:func:`ance.wire.transport.dealer_socket`'s policy)."""
-        return dealer_socket(ctx, self.cfg.broker, None, **options)  # no identity: the ROUTER names the route
+        # no identity: the ROUTER names the route; our name picks our own CURVE key pair when one was issued
+        return dealer_socket(ctx, self.cfg.broker, None, name=self.name, **options)
 
     def _log_once(self, key: str, level: int, text: str, *args: Any) -> None:
         now = time.time()

@@ -14,6 +14,8 @@ as the broker).
 The broker's socket then encrypts everything and a ZAP handler (:class:`CurveZap`)
 accepts only clients whose public key is one of ``DIR/*.key``; a peer without the keys,
 or with another keypair, never completes the handshake and gets no answer.
+Per-worker keys instead (``broker.client_keys``, :mod:`ance.wire.clientkeys`):
+the handler admits only the keys of that allow-list, re-read at every handshake.
 
 :func:`check_bind_address` refuses to listen off loopback without keys: the
 wire protocol carries checkpoint paths (and, with ``broker.send_weights``,
@@ -35,6 +37,7 @@ import zmq.auth
 from zmq.utils import z85
 
 from ance.run.errors import ConfigError
+from ance.wire.clientkeys import client_key_file, load_allow_list
 
 log = logging.getLogger("ance.wire.keys")
 
@@ -80,7 +83,8 @@ def _load(path: Path, want_secret: bool) -> tuple[bytes, bytes | None]:
     if not path.is_file():
         raise ConfigError(f"missing CURVE key file {path}; run `ance keys {path.parent}` "
                           "on the broker host (other hosts need only broker.key, client.key and client.key_secret "
-                          "copied from there) and set broker.curve_keys to that directory")
+                          "copied from there) and set broker.curve_keys to that directory (per-worker keys: copy "
+                          "the folder of `ance keys issue DIR --name NAME --out OUT`)")
     try:
         public, secret = zmq.auth.load_certificate(path)
     except ValueError as exc:
@@ -96,10 +100,11 @@ def load_server_keys(keys_dir: str | Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
-def load_client_keys(keys_dir: str | Path) -> tuple[bytes, bytes, bytes]:
-    """``(client_public, client_secret, server_public)`` for a peer connecting to the broker."""
+def load_client_keys(keys_dir: str | Path, name: str | None = None) -> tuple[bytes, bytes, bytes]:
+    """``(client_public, client_secret, server_public)`` for a peer connecting to the broker: the pair issued
+    for ``name`` (``keys_dir/NAME.key_secret``, per-worker keys) when there is one, else the shared pair."""
     keys_dir = Path(keys_dir)
-    public, secret = _load(keys_dir / f"{CLIENT}.key_secret", want_secret=True)
+    public, secret = _load(client_key_file(keys_dir, name), want_secret=True)
     server_public, _ = _load(keys_dir / f"{SERVER}.key", want_secret=False)
     return public, secret, server_public
 
@@ -117,9 +122,10 @@ class CurveZap:
     on stop and is stopped again from ``__del__`` in whichever thread collects it.
     """
 
-    def __init__(self, ctx, keys_dir: Path):
+    def __init__(self, ctx, keys_dir: Path, allow_dir: Path | None = None):
         self.ctx = ctx
         self.keys_dir = keys_dir
+        self.allow_dir = allow_dir  # per-worker keys: admit only this allow-list (re-read at every handshake)
         self.allowed: frozenset[bytes] = frozenset()
         self._refused: set[tuple[bytes, bytes]] = set()
         self._stop = threading.Event()
@@ -128,8 +134,11 @@ class CurveZap:
         self.thread = threading.Thread(target=self._run, name="ance-zap", daemon=True)
 
     def reload(self) -> None:
-        """Re-read the allowed public keys: every ``keys_dir/*.key``."""
-        self.allowed = frozenset(z85.decode(k) for k in zmq.auth.load_certificates(str(self.keys_dir)))
+        """Re-read the allowed public keys: every ``keys_dir/*.key``, or the allow-list of ``allow_dir``."""
+        if self.allow_dir is not None:
+            self.allowed = frozenset(z85.decode(k) for k in load_allow_list(self.allow_dir))
+        else:
+            self.allowed = frozenset(z85.decode(k) for k in zmq.auth.load_certificates(str(self.keys_dir)))
 
     def start(self) -> None:
         self.reload()
@@ -171,14 +180,20 @@ class CurveZap:
             log.warning("CURVE: malformed ZAP request (%d frames) refused", len(request))
             return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed request", b"", b""]
         _, request_id, _domain, address, _identity, mechanism, *credentials = request
+        if self.allow_dir is not None:
+            try:
+                self.reload()  # a revoked key is refused from its next handshake on
+            except ConfigError as exc:
+                log.error("CURVE: %s; refusing every client until it is fixed", exc)
+                self.allowed = frozenset()
         if mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in self.allowed:
             return [b"1.0", request_id, b"200", b"OK", z85.encode(credentials[0]), b""]
         key = credentials[0] if mechanism == b"CURVE" and credentials else mechanism
         if (address, key) not in self._refused:  # once per client, not once per reconnect
             self._refused.add((address, key))
-            log.warning("CURVE: refused a %s client from %s: its public key is not in %s/*.key",
+            log.warning("CURVE: refused a %s client from %s: its public key is not in %s",
                         mechanism.decode(errors="replace"), address.decode(errors="replace") or "?",
-                        self.keys_dir)
+                        f"the allow-list {self.allow_dir}" if self.allow_dir is not None else f"{self.keys_dir}/*.key")
         return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
 
 
@@ -189,24 +204,29 @@ _auth_lock = threading.Lock()
 _authenticators: dict[int, list] = {}  # id(context) -> [CurveZap, open secured sockets]; CurveZap holds the context
 
 
-def secure_server(socket, keys_dir: str | Path) -> None:
-    """Make ``socket`` a CURVE server that accepts only the public keys in ``keys_dir``.
+def secure_server(socket, keys_dir: str | Path, client_keys: str | Path | None = None) -> None:
+    """Make ``socket`` a CURVE server that accepts only the public keys in ``keys_dir`` (or, per-worker keys,
+    only those of the allow-list folder ``client_keys``).
 
     Call before ``bind``. Starts (or shares) the context's :class:`CurveZap`;
     ``socket.close()`` stops it again once no other secured socket of that
     context is open.
     """
     keys_dir = Path(keys_dir).resolve()
+    allow_dir = Path(client_keys).resolve() if client_keys else None
     public, secret = load_server_keys(keys_dir)
+    if allow_dir is not None:
+        load_allow_list(allow_dir)  # a ConfigError (one line) for a missing folder, before the socket serves
     ctx = socket.context
     with _auth_lock:
         entry = _authenticators.get(id(ctx))
         if entry is None:
-            zap = CurveZap(ctx, keys_dir)
+            zap = CurveZap(ctx, keys_dir, allow_dir)
             zap.start()
-            log.info("CURVE: accepting only clients whose public key is in %s/*.key", keys_dir)
+            log.info("CURVE: accepting only clients whose public key is in %s",
+                     f"the allow-list {allow_dir} (per-worker keys)" if allow_dir else f"{keys_dir}/*.key")
             entry = _authenticators[id(ctx)] = [zap, 0]
-        elif entry[0].keys_dir != keys_dir:
+        elif entry[0].keys_dir != keys_dir or entry[0].allow_dir != allow_dir:
             raise ConfigError(f"this ZeroMQ context already authenticates with the keys of {entry[0].keys_dir}; "
                               f"cannot also use {keys_dir} (use one keys directory, or another context)")
         else:
@@ -245,9 +265,10 @@ def _release(ctx) -> None:
     entry[0].stop()
 
 
-def secure_client(socket, keys_dir: str | Path) -> None:
-    """Make ``socket`` a CURVE client of the broker whose keys are in ``keys_dir``. Call before ``connect``."""
-    public, secret, server_public = load_client_keys(keys_dir)
+def secure_client(socket, keys_dir: str | Path, name: str | None = None) -> None:
+    """Make ``socket`` a CURVE client of the broker whose keys are in ``keys_dir`` (with ``name``'s own key
+    pair when one was issued: :func:`ance.wire.clientkeys.client_key_file`). Call before ``connect``."""
+    public, secret, server_public = load_client_keys(keys_dir, name)
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_serverkey = server_public

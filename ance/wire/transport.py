@@ -11,7 +11,8 @@ One policy for all of them:
 * ``RCVHWM`` on the broker's ROUTER: frames queued per peer are bounded, so
   the broker's inbound memory is too (peers x frames x ``MAXMSGSIZE``).
 * CURVE encryption and authentication when ``broker.curve_keys`` is set
-  (:mod:`ance.wire.keys`).
+  (:mod:`ance.wire.keys`; per-worker keys with ``broker.client_keys``,
+  :mod:`ance.wire.clientkeys`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def router_socket(ctx, b: BrokerConfig, max_inbound_bytes: int | None = None):
     sock.setsockopt(zmq.SNDHWM, 1_000_000)
     try:
         if b.curve_keys:
-            secure_server(sock, b.curve_keys)  # ConfigError on a missing, empty or garbage key: one line, exit 2
+            secure_server(sock, b.curve_keys, b.client_keys)  # ConfigError on a missing, empty or garbage key: one line, exit 2
         sock.bind(address)
     except zmq.ZMQError as exc:
         sock.close(0)
@@ -61,11 +62,13 @@ def router_socket(ctx, b: BrokerConfig, max_inbound_bytes: int | None = None):
     return sock, sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
-def dealer_socket(ctx, b: BrokerConfig, identity: bytes | None = None, *, immediate: bool = False):
+def dealer_socket(ctx, b: BrokerConfig, identity: bytes | None = None, *, immediate: bool = False,
+                  name: str | None = None):
     """A DEALER (``identity``: a routing id for tests; clients leave it to the ROUTER), connected to ``broker.address``; it reconnects on its
     own (200 ms, backing off to 2 s) when the broker restarts. ``immediate``: queue
     nothing while no broker is connected (sends are dropped or refused, not piled up
-    for the next broker)."""
+    for the next broker). ``name``: the peer's name, whose own CURVE key pair is used when one was issued
+    (per-worker keys, :mod:`ance.wire.clientkeys`)."""
     sock = ctx.socket(zmq.DEALER)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
@@ -77,7 +80,7 @@ def dealer_socket(ctx, b: BrokerConfig, identity: bytes | None = None, *, immedi
         sock.setsockopt(zmq.IMMEDIATE, 1)
     try:
         if b.curve_keys:
-            secure_client(sock, b.curve_keys)
+            secure_client(sock, b.curve_keys, name)
         sock.connect(b.address)
     except BaseException:
         sock.close(0)
