@@ -31,7 +31,7 @@ trap 'bash docker/build-local.sh --stop-dockerd "$ANCE_DOCKERD_PIDFILE.gpu"
 trap 'exit 130' INT
 trap 'exit 143' TERM
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python -m pytest -p no:cacheprovider "$@"
+python -m pytest -p no:cacheprovider --durations=25 "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   echo "warning: pytest collected no tests (exit 5); nothing failed" >&2
