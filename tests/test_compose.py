@@ -161,7 +161,7 @@ def test_services_agree_with_each_other():
     same = {(a.config, c.run_dir, c.data.path, c.broker.address, c.broker.curve_keys) for a, c in cfgs.values()}
     assert len(same) == 1, same
     keys_cmd = parse(services["keys"])
-    assert keys_cmd.if_missing and keys_cmd.dir == next(iter(same))[4]
+    assert keys_cmd.if_missing and keys_cmd.words == [next(iter(same))[4]]
     # the broker's address names the broker service
     host = re.match(r"tcp://([^:]+):", next(iter(same))[3]).group(1)
     assert host in compose["services"]
