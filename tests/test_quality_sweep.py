@@ -16,7 +16,7 @@ from helpers_refresh import SCIFACT, needs_scifact
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("train.max_steps=4 train.batch_size=8 train.checkpoint_every=2 negatives.max_gap=4 launch.inferencers=1 "
-        "model.passage_max_length=32 broker.worker_timeout_s=60")
+        "model.passage_max_length=32 broker.worker_timeout_s=60 data.max_docs=800 data.max_queries=80")
 
 
 @needs_scifact
@@ -29,7 +29,7 @@ def test_sweep_runs_settings_side_by_side(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "GPUS": "", "MODEL": resolve_model("tiny-bert"), "DATA": str(SCIFACT), "ROOT": str(root),
-           "JOBS": "3", "SWEEP": sweep}
+           "JOBS": "3", "SWEEP": sweep, "MINE_ARGS": "--max-docs 800 --max-queries 80"}
     proc = subprocess.run(["bash", str(ROOT / "studies" / "quality_sweep.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
