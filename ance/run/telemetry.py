@@ -164,9 +164,9 @@ class MetricsWriter:
                     sink.log(record)
                 except Exception as exc:  # a tracker going down must not stop training: metrics.jsonl is the record
                     self.sinks.remove(sink)
+                    first = (str(exc).splitlines() or [""])[0][:200]
                     log.warning("%s failed (%s: %s); no more records go to it, %s keeps them all",
-                                type(sink).__name__, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc)
-                                else "", self.path)
+                                type(sink).__name__, type(exc).__name__, first, self.path)
             if self._registry is not None:
                 for key, name in EVENT_GAUGES.get(event, ()):
                     value = _number(record.get(key))
