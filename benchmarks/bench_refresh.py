@@ -71,7 +71,7 @@ def log(msg: str) -> None:
 def ensure_importable(work: Path) -> dict[str, str]:
     """The environment for the child processes. Without an installed ``ance`` (a bare GPU machine), a
     shim package of symlinks maps ``ance.inferencer``/``trainer``/``launch`` onto this checkout."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # tokenizers use every core
     try:
         import ance.inferencer.worker  # noqa: F401
         return env

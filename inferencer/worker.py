@@ -38,6 +38,7 @@ from ance.data.dataset import load_for_config
 from ance.run.device import describe_device, resolve_device, resolve_precision
 from ance.model.encode import (corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, prefixed_hash,
                                query_tokens)
+from ance.model.inference import copy_weights, for_inference, same_architecture
 from ance.run.errors import AnceError, CheckpointError, ProtocolError
 from ance.wire.protocol import pack_array
 from ance.run.rundir import RunDir, manifest_path
@@ -115,6 +116,7 @@ class Worker:
         self.jobs_done = 0
         self._cache = None
         self._lora_model = None  # a LoRA run's model: the base stays, each version swaps its adapter in
+        self._compiled = None  # with inferencer.compile: the compiled model; each version's weights copied in
         self._queries: dict[tuple[str, str], Any] = {}  # (split, key) -> ance.model.tokcache.FlatTokens
         self._stop = threading.Event()
         self._stop_reason: str | None = None
@@ -331,8 +333,15 @@ class Worker:
             lora.swap_adapter(self._lora_model, path)
             log.info("LoRA adapter of %s swapped into the loaded base", path.name)
             return self._lora_model.eval()
-        model = BiEncoder.from_config(self.cfg.model, path).to(self.device).eval()
+        fresh = BiEncoder.from_config(self.cfg.model, path)
+        compiled = self._compiled
+        if compiled is not None and not lora.is_lora(fresh) and same_architecture(compiled, fresh):
+            copy_weights(compiled, fresh)  # the compiled towers stay: no recompiling per checkpoint
+            return compiled.eval()
+        model = for_inference(fresh, self.device, self.precision, self.cfg.inferencer.compile)
         self._lora_model = model if lora.is_lora(model) else None
+        if self.cfg.inferencer.compile != "off" and self._lora_model is None:
+            self._compiled = model
         return model
 
     def _token_cache(self, tokenizer, prefix: str = ""):
@@ -386,7 +395,7 @@ class Worker:
                 from ance.model import lora
 
                 lora.apply(model, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.target_modules)
-                self._lora_model = model.to(self.device).eval()
+                self._lora_model = for_inference(model, self.device, self.precision, self.cfg.inferencer.compile)
             del model
             self._query_tokens("train", self.train.texts, tokenizer, query_prompt)
             if self.eval is not None:

@@ -255,3 +255,27 @@ def test_padded_batches_equal_build_inputs_of_the_lists(tok, tmp_path, side):
                     assert torch.equal(got[key], want[key]), (key, idx, max_length)
     finally:
         tok.padding_side = old_side
+
+
+def _rss_of_mapping(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc only")
+def test_release_drops_the_pages_read_and_keeps_the_ids(tok, tmp_path):
+    texts = [" ".join(["retrieval"] * 500) + f" {i}" for i in range(600)]
+    cache = TokenCache.open(texts, tok, 500, tmp_path, "long", progress=False)
+    ids = cache.path / "ids.int32"
+    before = [cache[i].copy() for i in range(0, 600, 7)]
+    cache.padded(np.arange(600), 500)  # reads every page
+    assert _rss_of_mapping(ids) > 600  # 600 x 500 ids = 1.2 MB resident
+    cache.release()
+    assert _rss_of_mapping(ids) < 100
+    assert all(np.array_equal(a, cache[i]) for a, i in zip(before, range(0, 600, 7)))

@@ -14,7 +14,11 @@ _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 _LAYER = re.compile(r"\blayers?\.(\d+)\.")
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and norms. ``fused`` (None: when every parameter is on a
+    GPU) takes torch's one-kernel AdamW: a small model's step is bound by host time, and the
+    multi-tensor version launches a few kernels per tensor group (the same updates to rounding,
+    tests/test_optim.py)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -22,7 +26,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
         (no_decay if any(k in name for k in _NO_DECAY) else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    params = decay + no_decay
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
 
 
 def linear_schedule(step: int, total: int, warmup: int) -> float:

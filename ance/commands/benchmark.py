@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--baseline {args.baseline}: not one of the models ({', '.join(models)})")
     max_length = args.max_length or 256
     device = resolve_device(args.device, "--device")
-    encoders = {name: load_encoder(path, device=device) for name, path in models.items()}
+    encoders = {name: load_encoder(path, device=device, precision=args.precision) for name, path in models.items()}
     per_query: dict[str, dict] = {}
     for dname, folder in datasets.items():
         split = next((s for s in args.split if has_split(folder, args.format, s)), None)

@@ -110,5 +110,6 @@ def _setup_with_eval(args: argparse.Namespace):
                         max_docs=args.max_docs, max_queries=args.max_queries, seed=args.subset_seed,
                         corpus=args.corpus, columns=args.columns)
     device = resolve_device(args.device, "--device")
-    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize, prompts=args)
+    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize, prompts=args,
+                         precision=args.precision)
     return device, model, data

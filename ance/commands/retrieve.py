@@ -149,7 +149,8 @@ def setup(args: argparse.Namespace, split: str | None):
     data = load_data(args.data, split, format=args.format, max_docs=args.max_docs, max_queries=args.max_queries,
                      seed=args.subset_seed, train_split=None if args.train_split == "none" else args.train_split,
                      splits=splits, corpus=args.corpus, columns=args.columns)
-    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize, prompts=args)
+    model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize, prompts=args,
+                         precision=args.precision)
     return device, model, data
 
 

@@ -273,15 +273,19 @@ class BiEncoder(nn.Module):
         return int(self.tower("passage").config.hidden_size)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
-                kind: str = "passage") -> Tensor:
-        """Pooled (and, with ``normalize``, L2-normalised) float32 representations ``[n, d]``."""
+                kind: str = "passage", dense: bool = False) -> Tensor:
+        """Pooled (and, with ``normalize``, L2-normalised) float32 representations ``[n, d]``.
+
+        ``dense``: the caller knows every row is full length (no padding), so the tower gets no
+        mask and SDPA may take its flash kernel; the representations are the same.
+        """
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         if self.causal or getattr(self.tokenizer, "padding_side", "right") == "left":
             # positions counted over the tokens, so left padding changes nothing
             extra["position_ids"] = position_ids(attention_mask)
         tower = self.tower(kind)
         prepare = input_ids.is_cuda if self.prepared_masks is None else self.prepared_masks
-        mask = sdpa_mask(tower, attention_mask) if prepare else attention_mask
+        mask = None if dense else sdpa_mask(tower, attention_mask) if prepare else attention_mask
         with attention_kernels(input_ids.device.type):
             out = tower(input_ids=input_ids, attention_mask=mask, return_dict=True, **extra)
         reps = pool(out.last_hidden_state.float(), attention_mask, self.pooling)

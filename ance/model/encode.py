@@ -18,6 +18,7 @@ An embeddings dir (``ance encode``, read by ``ance search``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from ance.run.device import autocast
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import fsync_dir
 from ance.model import prompts as prompting
+from ance.model.inference import for_inference, half_weights  # noqa: F401 (for_inference: re-exported)
 from ance.model.tokcache import FlatTokens, TokenCache, build_padded_inputs, windows
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,11 @@ LONG_DOC = ("firstp", "maxp")
 EMB_FILE, OWNER_FILE, IDS_FILE, META_FILE = "emb.f16", "owner.int64", "ids.txt", "meta.json"
 # Documents windowed at a time in MaxP, so the windows of a huge corpus are never all in memory.
 _MAXP_BLOCK = 16384
+#: a batch without padding goes to the towers without a mask (False: always with one, as before;
+#: benchmarks/bench_encode_paths.py compares the two)
+DROP_FULL_MASKS = True
+# Token ids read from a memory-mapped cache between two releases of its pages (TokenCache.release).
+_RELEASE_EVERY = 32 << 20
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -235,8 +242,10 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
     :func:`ance.model.tokcache.build_padded_inputs` adds the special tokens and cuts
     to ``max_length``, vectorised, on a thread one batch ahead of the model
     (:func:`_prefetched`). Runs under ``torch.inference_mode`` and autocast
-    (:func:`ance.run.device.autocast`); the model is moved to ``device`` and put in eval
-    mode for the call (its training mode is restored after).
+    (:func:`ance.run.device.autocast`), or in the model's own dtype when :func:`ance.model.inference.for_inference`
+    cast it to bf16 / fp16; a batch without padding goes to the towers without a mask (flash
+    attention). The model is moved to ``device`` and put in eval mode for the call (its
+    training mode is restored after).
     """
     indices = np.asarray(indices, dtype=np.int64).ravel()
     table, indices = _token_table(token_lists_fn_or_cache, indices)
@@ -247,21 +256,31 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
     device = str(device)
     cuda = device.startswith("cuda")
     amp = autocast(device, precision)  # checks precision before any work
+    if half_weights(model):  # cast by ance.model.inference.for_inference: autocast would redo LayerNorm etc. in fp32
+        amp = contextlib.nullcontext()
 
-    def make(pos: np.ndarray) -> dict[str, torch.Tensor]:
-        inputs = build_padded_inputs(*table.padded(indices[pos], room), tokenizer, max_length)
-        return {k: v.pin_memory() for k, v in inputs.items()} if cuda else inputs
+    release, read = getattr(table, "release", None), [0]
+
+    def make(pos: np.ndarray) -> tuple[dict[str, torch.Tensor], bool]:
+        content, cut = table.padded(indices[pos], room)
+        read[0] += content.size
+        if release is not None and read[0] >= _RELEASE_EVERY:  # a memory-mapped cache: drop what was read
+            release()
+            read[0] = 0
+        inputs = build_padded_inputs(content, cut, tokenizer, max_length)
+        dense = DROP_FULL_MASKS and bool(len(cut)) and int(cut.min()) == int(cut.max())  # no padding: no mask
+        return ({k: v.pin_memory() for k, v in inputs.items()} if cuda else inputs), dense
 
     was_training = model.training
     model.to(device).eval()
     results = _Results(len(indices), model.dim, int(batch_size), device, on_device)
     try:
         with torch.inference_mode(), amp:
-            for pos, inputs in tqdm(_prefetched(make, batches), total=len(batches), desc=desc, unit="batch",
-                                    disable=not progress):
+            for pos, (inputs, dense) in tqdm(_prefetched(make, batches), total=len(batches), desc=desc,
+                                             unit="batch", disable=not progress):
                 if cuda:
                     inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-                reps = model(**inputs, kind=kind)
+                reps = model(**inputs, kind=kind, dense=dense)
                 results.put(reps, pos)
             results.flush()
     finally:

@@ -130,6 +130,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "inferencer.device": (MAY, "auto: cuda:0 when available; cpu | cuda | cuda:N"),
     "inferencer.precision": (MAY, "encoding precision"),
     "inferencer.warm_up": (MAY, "tokenize the corpus and load the base model before the first job"),
+    "inferencer.compile": (MAY, "torch.compile the towers on a GPU (on: default mode; max-autotune: tuned "
+                                "kernels, minutes of compiling); compiled once, each checkpoint's weights "
+                                "copied in; off on the CPU"),
     # telemetry
     "eval.every": (MAY, "steps between the trainer's evaluations of data.eval_split (trainer/evaluator.py); null: "
                    "at step 0 and the last step for inbatch/static, none for async (its refreshes evaluate); 0: never"),

@@ -115,6 +115,7 @@ class InferencerConfig:
     device: str = "auto"
     precision: str = "auto"
     warm_up: bool = True          # tokenize the corpus and initialise the device before the first job
+    compile: str = "off"          # torch.compile the towers on a GPU: off | on | max-autotune
 
 
 @dataclass
@@ -186,6 +187,7 @@ _CHOICES = {
     "negatives.sampling": ("uniform", "top", "rank", "score"),
     "inferencer.backend": ("auto", "faiss", "torch"),
     "inferencer.precision": ("auto", "bf16", "fp16", "fp32"),
+    "inferencer.compile": ("off", "on", "max-autotune"),
 }
 
 _POSITIVE = (

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ance.data.dataset import detect_format, load_dataset
-from ance.model.encode import corpus_tokens, encode_corpus, encode_texts, read_embeddings
+from ance.model.encode import corpus_tokens, encode_corpus, encode_texts, for_inference, read_embeddings
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import default_cache_dir
 from ance.run.rundir import resolve_alias
@@ -27,16 +27,19 @@ log = logging.getLogger(__name__)
 
 
 def load_encoder(name_or_path: str, *, device: str = "cpu", pooling: str | None = None,
-                 normalize: bool | None = None, prompts=None):
+                 normalize: bool | None = None, prompts=None, precision: str | None = None):
     """``resolve_model`` + ``BiEncoder.load``, on ``device``, in eval mode; a run's checkpoint alias
     (``RUN_DIR/checkpoints/best`` or ``final``, :func:`ance.run.rundir.resolve_alias`) is followed.
     ``prompts`` (an object with ``query_prefix``, ``passage_prefix``, ``query_template``, ``task``, None =
-    the model's) override the model's prompts."""
+    the model's) override the model's prompts. With ``precision``, the weights are cast for
+    inference (:func:`ance.model.encode.for_inference`: bf16 on a GPU for ``auto``)."""
 
     name_or_path = str(resolve_alias(name_or_path))
     model = BiEncoder.load(resolve_model(name_or_path), pooling=pooling, normalize=normalize)
     if prompts is not None:
         model.prompts = prompting.resolve(prompts, model.prompts)
+    if precision is not None:
+        return for_inference(model, device, precision)
     return model.to(device).eval()
 
 
