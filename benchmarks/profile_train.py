@@ -29,7 +29,8 @@ VARIANTS = {  # name: (chunk by tokens, prepared 4-D masks)
 }
 
 
-def phases(model_path, texts, batch, chunk, steps, device, max_length, table_rows, variant="tokens"):
+def phases(model_path, texts, batch, chunk, steps, device, max_length, table_rows, variant="tokens",
+           warmup=5, profiled=5):
     by_tokens, prepared = VARIANTS[variant]
     model, build, run = ance_step(model_path, texts, batch, chunk, device, max_length, "bf16",
                                   by_tokens=by_tokens, prepared=prepared)
@@ -57,9 +58,9 @@ def phases(model_path, texts, batch, chunk, steps, device, max_length, table_row
             for key, a, b in zip(timings, marks, marks[1:]):
                 timings[key].append(b - a)
 
-    for s in range(5):
+    for s in range(warmup):
         one(s, False)
-    for s in range(5, 5 + steps):
+    for s in range(warmup, warmup + steps):
         one(s, True)
     out = {k: round(1000 * float(np.median(v)), 2) for k, v in timings.items()}
     out["total_ms"] = round(sum(out.values()), 2)
@@ -70,19 +71,19 @@ def phases(model_path, texts, batch, chunk, steps, device, max_length, table_row
     sync(device)
     t0 = time.perf_counter()
     with profile(activities=acts) as prof:
-        for s in range(100, 105):
+        for s in range(100, 100 + profiled):
             one(s, False)
-    wall = (time.perf_counter() - t0) / 5
+    wall = (time.perf_counter() - t0) / profiled
     ev = prof.key_averages()
     if device.startswith("cuda"):
-        gpu = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA") / 5 / 1e6
+        gpu = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA") / profiled / 1e6
         out["profiled_wall_ms"] = round(1000 * wall, 2)
         out["gpu_kernel_ms"] = round(1000 * gpu, 2)
         out["gpu_busy_fraction"] = round(gpu / wall, 3)
         print(ev.table(sort_by="self_cuda_time_total", row_limit=table_rows, max_name_column_width=48),
               file=sys.stderr)
     print(ev.table(sort_by="self_cpu_time_total", row_limit=table_rows, max_name_column_width=48), file=sys.stderr)
-    n_kernels = sum(e.count for e in ev if e.key == "cudaLaunchKernel") / 5
+    n_kernels = sum(e.count for e in ev if e.key == "cudaLaunchKernel") / profiled
     out["kernel_launches_per_step"] = n_kernels
     return out
 
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--variants", default="tokens", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--rows", type=int, default=15, help="rows of each operator table")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones")
+    ap.add_argument("--profile-steps", type=int, default=5, help="steps under torch.profiler (its tables)")
     args = ap.parse_args(argv)
     model = args.model or default_model()
     texts = load_texts(args.data, args.batch * 120)
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
         for variant in args.variants.split(","):
             key = f"{variant}-{chunk}"
             results[key] = phases(model, texts, args.batch, chunk, args.steps, args.device, args.max_length,
-                                  args.rows, variant)
+                                  args.rows, variant, args.warmup, args.profile_steps)
             print(json.dumps({"variant": key, **results[key]}), file=sys.stderr)
     emit(results, args.out)
     return 0

@@ -7,7 +7,8 @@
 # Env: MODEL, DATA, OUT (default runs/quality), SEEDS, METHODS (zeroshot inbatch static async),
 # BACKEND (auto|faiss|torch), GPUS (trainer and inferencer GPU, default 0), WINDOW (ranks the hard
 # negatives come from, static and async alike; default "0 30"), EXTRA (more overrides),
-# STATIC (the static negatives file; mined into OUT when missing), CFG (default configs/scifact-minilm-gpu.yaml).
+# STATIC (the static negatives file; mined into OUT when missing), CFG (default configs/scifact-minilm-gpu.yaml),
+# EVAL_ARGS (more `ance retrieve` options for the evaluation, e.g. "--max-docs 800 --max-length 32" in the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-all-MiniLM-L6-v2}
@@ -26,7 +27,7 @@ common="model.name_or_path=$MODEL data.path=$DATA inferencer.backend=$BACKEND ne
 
 evaluate() {  # evaluate MODEL_DIR NAME
   ance retrieve --model "$1" --data "$DATA" --split dev --out "$OUT/$2.dev.trec" --max-length 256 \
-      --query-max-length 64 --backend "$BACKEND" --quiet
+      --query-max-length 64 --backend "$BACKEND" --quiet ${EVAL_ARGS:-}
   ance eval --run "$OUT/$2.dev.trec" --qrels "$DATA/qrels/dev.tsv" | tee "$OUT/$2.dev.json"
 }
 last_ckpt() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }

@@ -24,6 +24,18 @@ static_file() {  # static_file LO HI: the zero-shot model's negatives from ranks
   [ -s "$f" ] || bash studies/mine_static.sh $1 $2 "$f" >&2
   echo "$f"
 }
+# every window's static file first, JOBS at a time, so no job waits behind another window's mining
+declare -A mining=()
+while IFS='|' read -r name methods seeds extra window; do
+  [ -z "${name// }" ] && continue
+  read -r LO HI <<< "${window:-"0 30"}"
+  [[ " $methods " == *" static "* || "$extra" == *@STATIC@* ]] || continue
+  [ -n "${mining[$LO-$HI]:-}" ] && continue
+  mining[$LO-$HI]=1
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  static_file $LO $HI >/dev/null &
+done <<< "$SWEEP"
+wait
 port=5600
 while IFS='|' read -r name methods seeds extra window; do
   [ -z "${name// }" ] && continue

@@ -41,7 +41,7 @@ def test_bench_train_compares_with_sentence_transformers(tmp_path):
 @needs_scifact
 def test_profile_train_times_each_phase_of_each_variant(tmp_path):
     got = run("profile_train.py", tmp_path, "--chunks", "2", "--steps", "2", "--rows", "3",
-              "--variants", "rows-hfmask,tokens")
+              "--variants", "rows-hfmask,tokens", "--warmup", "1", "--profile-steps", "1")
     assert set(got) == {"rows-hfmask-2", "tokens-2"}
     for row in got.values():
         assert all(row[k] > 0 for k in ("build", "step", "clip", "adamw"))

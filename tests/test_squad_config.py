@@ -1,5 +1,5 @@
 """The SQuAD configs: both load, and the CPU one trains (two steps, eight static negatives a
-query through GradCache) on its subset with all-MiniLM-L6-v2."""
+query through GradCache, four queries a step) on its subset with all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_both_configs_load():
 def test_cpu_config_trains_with_eight_static_negatives(tmp_path):
     from ance.data.dataset import load_for_config
 
-    over = [f"data.path={SQUAD}", f"run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.chunk_size=4",
+    over = [f"data.path={SQUAD}", f"run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.batch_size=4", "train.chunk_size=4",
             "train.device=cpu", "model.passage_max_length=64", "negatives.source=static",
             f"negatives.static_file={tmp_path / 'static.tsv'}", "negatives.n_per_query=8", "eval.every=0"]  # no eval: the 2,000-doc encodes took most of 150 s
     cfg = load_config(CPU, over)
