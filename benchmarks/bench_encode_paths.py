@@ -11,7 +11,9 @@ Variants, each through ``ance.model.encode.encode_token_lists`` (the inferencer'
 Shapes: random-initialised BERTs (``benchmarks/synthetic.py``: minilm, bert-base) on synthetic token
 ids of exactly ``--length`` tokens, and real text (``--text DIR``, a BEIR folder: its passages, cut at
 ``--text-length``). TFLOP/s counts the matrix work of the tokens actually run (padding included):
-``n × layers × (8 d² + 4 d f + 4 n d)`` multiply-adds × 2 per sequence of ``n`` tokens.
+``n × layers × (8 d² + 4 d f + 4 n d)`` FLOPs per sequence of ``n`` tokens (a multiply-add counted
+as two; 2.9 GFLOP for MiniLM at 128 tokens). Before 2026-12-03 17:20 the script counted twice that:
+benchmarks/results/encode-paths-h200.json's ``tflops`` fields are twice the true rate.
 
 ``--cold DIR`` also times SciFact-style cold encoding: the token cache built from the texts (the fast
 tokenizer's batch API over all cores) plus the first encode, as docs/s.
@@ -47,7 +49,7 @@ def sync() -> None:
 def flops(lengths: np.ndarray, cfg) -> float:
     d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     n = lengths.astype(np.float64)
-    return float(np.sum(2 * n * layers * (8 * d * d + 4 * d * f + 4 * n * d)))
+    return float(np.sum(n * layers * (8 * d * d + 4 * d * f + 4 * n * d)))
 
 
 def padded_lengths(lengths: np.ndarray, batch: int, n_special: int) -> np.ndarray:

@@ -64,3 +64,14 @@ def test_save_roundtrip_and_hash(tmp_path):
     assert config_hash(load_config(None, ["train.max_steps=6"])) != config_hash(cfg)
     # run_dir does not change the hash
     assert config_hash(load_config(None, ["train.max_steps=5", "run_dir=elsewhere"])) == config_hash(cfg)
+
+
+def test_on_off_choices_read_as_yaml_writes_them(tmp_path):
+    """YAML 1.1 reads a bare on / off as true / false: a key whose choices are on / off takes them back."""
+    assert load_config(write(tmp_path, "inferencer:\n  compile: off\n")).inferencer.compile == "off"
+    assert load_config(None, ["inferencer.compile=on"]).inferencer.compile == "on"
+    assert load_config(None, ["inferencer.compile=max-autotune"]).inferencer.compile == "max-autotune"
+    with pytest.raises(ConfigError, match="inferencer.compile"):
+        load_config(None, ["inferencer.compile=fast"])
+    with pytest.raises(ConfigError, match="data.format: expected a string"):  # other keys stay strict
+        load_config(None, ["data.format=off"])

@@ -126,6 +126,8 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {_show(value)}")
         return float(value)
     if typ is str:
+        if isinstance(value, bool) and {"on", "off"} <= set(_CHOICES.get(where, ())):
+            return "on" if value else "off"  # YAML 1.1 reads a bare on / off as true / false
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {_show(value)}")
         return str(value)
