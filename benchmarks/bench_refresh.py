@@ -155,12 +155,16 @@ class FakeTrainer:
         frame = self.sock.recv()
         return unpack_message(frame, self.cfg.broker.max_frame_bytes), time.time()
 
-    def hello(self, timeout_s: float, logs: list[Path]) -> None:
+    def hello(self, timeout_s: float, logs: list[Path], procs: list[subprocess.Popen] = ()) -> None:
+        """Join the broker; stop at once, with the logs' tails, if one of ``procs`` has exited meanwhile."""
         from ance.wire.auth import (broker_proof, client_proof, client_secret_path, new_nonce, read_secret, same,
                                     session_tags)
 
         end = time.time() + timeout_s
         while time.time() < end:
+            dead = [" ".join(p.args[3:4] + p.args[-1:]) for p in procs if p.poll() is not None]
+            if dead:  # a broker that died at start-up never writes the secret: do not wait out the timeout
+                raise SystemExit(f"exited before the trainer could join: {', '.join(dead)}\n{tails(logs)}")
             path = client_secret_path(self.cfg.run_dir)  # the broker writes RUN_DIR/run.secret as it starts
             if not path.is_file():
                 time.sleep(0.2)
@@ -447,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             device = f"cuda:{i % n_gpus}" if args.device == "cuda" else args.device
             procs.append(spawn(["infer", str(cfg_path), "--device", device, "--name", str(i)], logs[1 + i], wenv))
         trainer = FakeTrainer(cfg, data.fingerprint)
-        trainer.hello(args.start_timeout, logs)
+        trainer.hello(args.start_timeout, logs, procs)
         end = time.time() + args.start_timeout
         while len(ready_workers(run_dir)) < args.workers:
             dead = [" ".join(p.args[3:4] + p.args[-1:]) for p in procs if p.poll() is not None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -69,3 +70,18 @@ def test_beir_folder(tmp_path):
                             "--depth", "30", "--keep", "5")
     assert result["mode"] == "data" and result["n_docs"] == 300 and result["goal_s"] is None  # a CPU subset
     check(result, out, tmp_path, workers=1, n_chunks=3)
+
+
+def test_a_broker_that_dies_at_start_ends_the_benchmark_at_once(tmp_path):
+    """A broker that cannot start (here: an address of no local interface) never writes the run's secret;
+    the benchmark says so with the broker's log instead of waiting out --start-timeout."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    t = time.time()
+    proc = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--worker-threads", "1",
+                           "--work-dir", str(tmp_path), "--synthetic-docs", "200", "--doc-tokens", "16",
+                           "--synthetic-queries", "20", "--model-config", "tiny", "--start-timeout", "600",
+                           "--set", "broker.address=tcp://203.0.113.1:5555"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "exited before the trainer could join: broker" in proc.stdout + proc.stderr
+    assert time.time() - t < 240  # not the 600 s start timeout
