@@ -130,3 +130,13 @@ def test_a_compiling_inferencer_keeps_its_model_and_takes_each_checkpoints_weigh
     got = encode_token_lists(second, tokens, np.arange(16), second.tokenizer, 32, kind="passage", batch_size=8,
                              device="cpu", progress=False)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_the_trainers_evaluation_encodes_as_the_inferencers_do():
+    """On a GPU the in-loop evaluation takes a bf16 copy (what `ance retrieve` and the inferencers hold);
+    on the CPU, and in fp32, the model itself."""
+    from trainer.evaluator import inference_copy
+
+    m = BiEncoder.load(resolve_model("tiny-bert"))
+    assert inference_copy(m, "cpu", "auto") is m and inference_copy(m, "cpu", "bf16") is m
+    assert inference_copy(m, "cuda:0", "fp32") is m

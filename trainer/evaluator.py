@@ -22,6 +22,7 @@ pruned), ``checkpoints/final.json`` the last one (:func:`write_alias`; read back
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -53,6 +54,18 @@ def read_alias(run_dir: str | Path, alias: str) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def inference_copy(model, device: str, precision: str):
+    """What the evaluation encodes with: on a GPU with half precision, a copy held in it
+    (:func:`ance.model.inference.for_inference`), as the inferencers and ``ance retrieve`` encode, so the
+    printed figures are the ones ``ance retrieve`` + ``ance eval`` reproduce; elsewhere the model itself."""
+    from ance.model.inference import for_inference
+    from ance.run.device import autocast_dtype
+
+    if not str(device).startswith("cuda") or autocast_dtype(str(device), precision) is None:
+        return model
+    return for_inference(copy.deepcopy(model), device, precision)
 
 
 class Evaluator:
@@ -87,13 +100,15 @@ class Evaluator:
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
+        encoder = inference_copy(model, self.device, t.precision)
         try:
-            qids, ids, scores = retrieve(model, self.data, self.split.name, k=self.depth,
+            qids, ids, scores = retrieve(encoder, self.data, self.split.name, k=self.depth,
                                          max_length=m.passage_max_length, query_max_length=m.query_max_length,
                                          device=self.device, cache_root=RunDir(self.run_dir).cache,
                                          batch_size=self.cfg.inferencer.batch_size, long_doc=m.long_doc,
                                          n_windows=m.maxp_windows, precision=t.precision, progress=False)
         finally:
+            del encoder
             model.train(was_training)
         values = evaluate_ranked(qids, ids, scores, self.data.corpus.ids, self.split.qrels, self.measures)
         record = {"step": int(step), "checkpoint": str(checkpoint) if checkpoint else None,
