@@ -75,7 +75,7 @@ def random_bert(shape: str, tokenizer_dir: str):
 def variant_model(base, name: str, compile_mode: str):
     import copy
 
-    from ance.model.encode import for_inference
+    from ance.model.inference import for_inference
 
     model = copy.deepcopy(base)
     if name == "previous":
@@ -192,7 +192,8 @@ def bench_text(args) -> dict:
 def bench_cold(args) -> dict:
     """Cold: tokenize into a fresh token cache, then the first encode (the real model when given)."""
     from ance.model.biencoder import BiEncoder
-    from ance.model.encode import corpus_max_tokens, encode_corpus, for_inference
+    from ance.model.encode import corpus_max_tokens, encode_corpus
+    from ance.model.inference import for_inference
     from ance.model.tokcache import TokenCache
     from ance.search.retrieve import load_data
 

@@ -99,6 +99,11 @@ def spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Po
                                 env=env, cwd=str(REPO), start_new_session=True)
 
 
+def exited(procs: list[subprocess.Popen]) -> list[str]:
+    """``"infer CONFIG"``-style names of the child processes that have ended."""
+    return [" ".join(p.args[3:4] + p.args[-1:]) for p in procs if p.poll() is not None]
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -162,7 +167,7 @@ class FakeTrainer:
 
         end = time.time() + timeout_s
         while time.time() < end:
-            dead = [" ".join(p.args[3:4] + p.args[-1:]) for p in procs if p.poll() is not None]
+            dead = exited(procs)
             if dead:  # a broker that died at start-up never writes the secret: do not wait out the timeout
                 raise SystemExit(f"exited before the trainer could join: {', '.join(dead)}\n{tails(logs)}")
             path = client_secret_path(self.cfg.run_dir)  # the broker writes RUN_DIR/run.secret as it starts
@@ -454,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.hello(args.start_timeout, logs, procs)
         end = time.time() + args.start_timeout
         while len(ready_workers(run_dir)) < args.workers:
-            dead = [" ".join(p.args[3:4] + p.args[-1:]) for p in procs if p.poll() is not None]
+            dead = exited(procs)
             if dead or time.time() > end:
                 raise SystemExit(f"processes not ready ({'exited: ' + ', '.join(dead) if dead else 'timeout'})"
                                  f"\n{tails(logs)}")

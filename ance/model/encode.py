@@ -36,7 +36,7 @@ from ance.run.device import autocast
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import fsync_dir
 from ance.model import prompts as prompting
-from ance.model.inference import for_inference, half_weights  # noqa: F401 (for_inference: re-exported)
+from ance.model.inference import half_weights
 from ance.model.tokcache import FlatTokens, TokenCache, build_padded_inputs, windows
 
 log = logging.getLogger(__name__)

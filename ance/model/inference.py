@@ -9,15 +9,11 @@ stream run in fp32: about twice the memory traffic of a model held in bf16. An i
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
 from ance.run.device import autocast_dtype
 from ance.run.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 COMPILE_MODES = {"off": None, "on": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
@@ -38,11 +34,9 @@ def for_inference(model, device: str, precision: str = "auto", compile: str = "o
     autocast's by bf16 rounding (tests/test_encode_fast.py)."""
     if compile not in COMPILE_MODES:
         raise ConfigError(f"inferencer.compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-    model = model.to(device).eval()
     cuda = str(device).startswith("cuda")
-    dtype = autocast_dtype(str(device), precision)
-    if dtype is not None and cuda:
-        model.to(dtype)
+    dtype = autocast_dtype(str(device), precision) if cuda else None
+    model = model.to(device=device, dtype=dtype).eval()  # dtype None: moved only
     if cuda and COMPILE_MODES[compile]:
         for tower in model.towers():
             tower.compile(mode=COMPILE_MODES[compile])  # in place: names and state_dict keys unchanged

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from ance.data.dataset import detect_format, load_dataset
-from ance.model.encode import corpus_tokens, encode_corpus, encode_texts, for_inference, read_embeddings
+from ance.model.encode import corpus_tokens, encode_corpus, encode_texts, read_embeddings
+from ance.model.inference import for_inference
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import default_cache_dir
 from ance.run.rundir import resolve_alias
@@ -32,7 +33,7 @@ def load_encoder(name_or_path: str, *, device: str = "cpu", pooling: str | None 
     (``RUN_DIR/checkpoints/best`` or ``final``, :func:`ance.run.rundir.resolve_alias`) is followed.
     ``prompts`` (an object with ``query_prefix``, ``passage_prefix``, ``query_template``, ``task``, None =
     the model's) override the model's prompts. With ``precision``, the weights are cast for
-    inference (:func:`ance.model.encode.for_inference`: bf16 on a GPU for ``auto``)."""
+    inference (:func:`ance.model.inference.for_inference`: bf16 on a GPU for ``auto``)."""
 
     name_or_path = str(resolve_alias(name_or_path))
     model = BiEncoder.load(resolve_model(name_or_path), pooling=pooling, normalize=normalize)
