@@ -14,7 +14,7 @@ case "$what" in
   start)
     mkdir -p "$dir/out"
     rm -rf "$dir/src" && mkdir -p "$dir/src"   # a copy: a tree re-sent by the next call cannot move under it
-    tar --exclude=./.git --exclude=./.venv --exclude=./runs -cf - . | tar -C "$dir/src" -xf -
+    tar --exclude=./.git --exclude=./.venv --exclude=./runs --exclude=./.big -cf - . | tar -C "$dir/src" -xf -
     (cd "$dir/src" && setsid bash -c '"$@"; echo $? > "'"$dir"'/rc"' _ "$@" > "$dir/log" 2>&1 < /dev/null &)
     echo "started in $dir (log $dir/log)";;
   follow)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -46,6 +47,12 @@ def main(argv=None) -> int:
     ap.add_argument("--mini-batch", type=int, default=32, help="CachedMNRL mini_batch_size")
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="this many steps instead of --epochs passes (the data is reshuffled each pass)")
+    ap.add_argument("--probe-steps", type=int, default=0,
+                    help="time this many steps after 10 warm-up steps, print {steps_per_s} and stop (no model saved)")
+    ap.add_argument("--query-max-length", type=int, default=64, help="for the evaluation (ance retrieve)")
+    ap.add_argument("--eval-args", default=os.environ.get("EVAL_ARGS", ""), help="more `ance retrieve` options, e.g. '--max-docs 800' (CPU smoke runs)")
     ap.add_argument("--warmup-ratio", type=float, default=0.1)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--max-pairs", type=int, default=None, help="first N training pairs (quick checks)")
@@ -82,16 +89,26 @@ def main(argv=None) -> int:
     loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps_per_epoch = len(rows) // args.batch
-    total = steps_per_epoch * args.epochs
+    total = args.max_steps or steps_per_epoch * args.epochs
+    if args.probe_steps:
+        total = 10 + args.probe_steps
     warm = int(total * args.warmup_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     amp = torch.bfloat16 if args.precision == "bf16" else None
     model.train()
     t0 = time.time()
-    for epoch in range(args.epochs):
+    step, epoch = 0, 0
+    while step < total:
         order = np.random.default_rng([args.seed, epoch]).permutation(len(rows))
+        epoch += 1
         for b in range(steps_per_epoch):
+            if step == total:
+                break
+            if args.probe_steps and step == 10:
+                torch.cuda.synchronize() if args.device.startswith("cuda") else None
+                t_probe = time.time()
+            step += 1
             idx = order[b * args.batch:(b + 1) * args.batch]
             columns = [[rows[i][1] for i in idx], [ds.corpus.passage(rows[i][2]) for i in idx]]
             if negs is not None:
@@ -105,14 +122,22 @@ def main(argv=None) -> int:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+    if args.probe_steps:
+        torch.cuda.synchronize() if args.device.startswith("cuda") else None
+        rate = args.probe_steps / (time.time() - t_probe)
+        print(json.dumps({"steps_per_s": round(rate, 3), "batch": args.batch, "probe_steps": args.probe_steps}))
+        return 0
+    train_s = time.time() - t0
     out = Path(args.out)
     model.save(str(out / "model"))
     run = out / "dev.trec"
     subprocess.run([sys.executable, "-m", "ance.cli", "retrieve", "--model", str(out / "model"), "--data", args.data,
-                    "--split", "dev", "--out", str(run), "--max-length", str(args.max_length), "--quiet"], check=True)
+                    "--split", "dev", "--out", str(run), "--max-length", str(args.max_length),
+                    "--query-max-length", str(args.query_max_length), "--quiet", *args.eval_args.split()], check=True)
     res = subprocess.run([sys.executable, "-m", "ance.cli", "eval", "--run", str(run), "--qrels",
                           str(Path(args.data) / "qrels" / "dev.tsv")], check=True, capture_output=True, text=True)
-    result = {"negatives": args.negatives, "seed": args.seed, "steps": total, "train_s": round(time.time() - t0, 1),
+    result = {"negatives": args.negatives, "seed": args.seed, "steps": total, "train_s": round(train_s, 1),
+              "batch": args.batch, "lr": args.lr, "precision": args.precision,
               "pairs": len(rows), **json.loads(res.stdout)}
     (out / "result.json").write_text(json.dumps(result))
     print(json.dumps(result))

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Issue 29: ance against sentence-transformers on SQuAD at EQUAL GPU TIME, on one GPU.
+#  1. held-apart split: studies/holdout_split.py (2,000 training questions, fixed; never dev);
+#     static negatives (MODEL's ranks [0, 30)) mined on it and on the full data;
+#  2. probes, each recipe ALONE on the GPU: PROBE steps/s (ance: `ance train` static; ST:
+#     st_reference.py --probe-steps) -> step budgets for T seconds of GPU time each
+#     (studies/equal_time.py budget; async ance is charged ASYNC_SHARE of it for its refreshes);
+#  3. sweep on the held-apart split, seed 13, all recipes side by side (their budgets are steps);
+#  4. each system's best recipe on dev, seeds 13 and 14: ST, ance async and ance static (same steps
+#     as async), ance with eval.every for the learning curves; paired comparisons, seeds pooled.
+#   . scripts/device_env.sh; tar -C /tmp/data -xzf .devdata/squad.tgz
+#   DATA=/tmp/data/squad MODEL=$ANCE_DEVICE_MODEL ROOT=/tmp/eq OUT=$OUT bash studies/equal_time.sh
+# Env: T (GPU seconds per run, 90), ASYNC_SHARE (0.1), PROBE (40), HOLD_N (2000), SEEDS ("13 14"),
+# ST_RECIPES / ANCE_RECIPES (lines NAME|args: st_reference.py options / ance overrides), EVAL_EVERY (100),
+# EXTRA_ALL (ance overrides for every run), ST_EXTRA, EVAL_ARGS, MINE_ARGS (CPU smoke: subsets),
+# JOB_TIMEOUT (900), BACKEND (torch), GPU (0; empty on CPU). OUT/budgets.json appears once the probes are done.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export MODEL DATA BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-900}
+export CFG=${CFG:-configs/squad-minilm-gpu.yaml} GPUS=${GPU-0}
+ROOT=${ROOT:-runs/equal-time}; OUT=${OUT:-$ROOT/out}; T=${T:-90}; PROBE=${PROBE:-40}
+SEEDS=${SEEDS:-"13 14"}; EVAL_EVERY=${EVAL_EVERY:-100}
+ST_RECIPES=${ST_RECIPES:-"st64|--batch 64 --mini-batch 64 --lr 1e-4
+st256|--batch 256 --mini-batch 64 --lr 2e-4"}
+ANCE_RECIPES=${ANCE_RECIPES:-"a64|
+a256|train.batch_size=256 train.lr=2e-4"}
+mkdir -p "$ROOT/sweep" "$ROOT/final" "$ROOT/probe" "$OUT"
+log() { echo "=== $(date +%T) $*"; }
+common="model.name_or_path=$MODEL telemetry.tensorboard=false ${EXTRA_ALL:-}"
+
+# 1. the held-apart split and the static negatives of both
+HOLD="$ROOT/hold-data"
+python studies/holdout_split.py "$DATA" "$HOLD" --n "${HOLD_N:-2000}" | tee "$OUT/holdout.txt"
+DATA="$HOLD" bash studies/mine_static.sh 0 30 "$ROOT/sweep/static-0-30.tsv" 2>&1 | tail -1 &
+bash studies/mine_static.sh 0 30 "$ROOT/final/static-0-30.tsv" 2>&1 | tail -1
+wait
+log "mined"
+
+# 2. probes, one at a time
+echo "{" > "$ROOT/rates.json"; sep=""
+while IFS='|' read -r name args; do
+  [ -z "${name// }" ] && continue
+  timeout "$JOB_TIMEOUT" python studies/st_reference.py --model "$MODEL" --data "$DATA" --negatives static \
+      --static-file "$ROOT/final/static-0-30.tsv" --precision bf16 --probe-steps "$PROBE" --out "$ROOT/probe/$name" \
+      $args ${ST_EXTRA:-} > "$ROOT/probe/$name.log" 2>&1
+  rate=$(tail -1 "$ROOT/probe/$name.log" | python -c "import json,sys; print(json.loads(sys.stdin.read())['steps_per_s'])") || rate=0
+  echo "$sep\"$name\": {\"system\": \"st\", \"rate\": $rate, \"args\": \"$args\"}" >> "$ROOT/rates.json"; sep=","
+  log "probe $name: $rate steps/s"
+done <<< "$ST_RECIPES"
+while IFS='|' read -r name args; do
+  [ -z "${name// }" ] && continue
+  timeout "$JOB_TIMEOUT" ance train $CFG $common data.path=$DATA run_dir="$ROOT/probe/$name" negatives.source=static \
+      negatives.static_file="$ROOT/final/static-0-30.tsv" train.max_steps=$((PROBE + 20)) train.checkpoint_every=100000 \
+      eval.every=null ${GPUS:+train.device=cuda:$GPUS} $args > "$ROOT/probe/$name.log" 2>&1
+  rate=$(python studies/equal_time.py rate-ance "$ROOT/probe/$name") || rate=0
+  echo "$sep\"$name\": {\"system\": \"ance\", \"rate\": $rate, \"args\": \"$args\"}" >> "$ROOT/rates.json"; sep=","
+  log "probe $name: $rate steps/s"
+done <<< "$ANCE_RECIPES"
+echo "}" >> "$ROOT/rates.json"
+python studies/equal_time.py budget "$ROOT/rates.json" "$T" --async-share "${ASYNC_SHARE:-0.1}" > "$OUT/budgets.json" \
+    || { cat "$ROOT/rates.json"; exit 1; }
+cat "$OUT/budgets.json"
+
+steps_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['steps'])"; }
+args_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['args'])"; }
+port=5700
+run_st() {  # run_st NAME SEED DATA STATIC DIR
+  local steps; steps=$(steps_of "$1")
+  timeout "$JOB_TIMEOUT" python studies/st_reference.py --model "$MODEL" --data "$3" --negatives static \
+      --static-file "$4" --precision bf16 --max-steps "$steps" --seed "$2" --out "$5/st-$2" $(args_of "$1") \
+      ${ST_EXTRA:-} > "$5/st-$2.log" 2>&1
+  cp "$5/st-$2/dev.trec" "$5/st-$2.dev.trec" 2>/dev/null
+  tail -1 "$5/st-$2.log" | python -c "import json,sys; d=json.loads(sys.stdin.read()); print(json.dumps(d))" \
+      > "$5/st-$2.dev.json" 2>/dev/null || rm -f "$5/st-$2.dev.json"
+}
+run_ance() {  # run_ance NAME METHOD SEED DATA STATIC DIR [more overrides] (call: port=$((port + 1)); run_ance ... &)
+  local steps; steps=$(steps_of "$1")
+  WINDOW="0 30" STATIC="$5" OUT="$6" METHODS=$2 SEEDS=$3 DATA="$4" \
+    EXTRA="$common $(args_of "$1") train.max_steps=$steps broker.address=tcp://127.0.0.1:$port ${7:-}" \
+    timeout "$JOB_TIMEOUT" bash studies/quality.sh > "$6/$2-$3.log" 2>&1
+}
+
+# 3. the sweep on the held-apart split, every recipe side by side
+while IFS='|' read -r name args; do
+  [ -z "${name// }" ] && continue
+  mkdir -p "$ROOT/sweep/$name"; run_st "$name" 13 "$HOLD" "$ROOT/sweep/static-0-30.tsv" "$ROOT/sweep/$name" &
+done <<< "$ST_RECIPES"
+while IFS='|' read -r name args; do
+  [ -z "${name// }" ] && continue
+  mkdir -p "$ROOT/sweep/$name"; port=$((port + 1)); run_ance "$name" async 13 "$HOLD" "$ROOT/sweep/static-0-30.tsv" "$ROOT/sweep/$name" &
+done <<< "$ANCE_RECIPES"
+wait
+python studies/equal_time.py pick "$ROOT/sweep" "$OUT/budgets.json" | tee "$OUT/pick.json"
+best() { python -c "import json; print(json.load(open('$OUT/pick.json'))['best'].get('$1', ''))"; }
+BST=$(best st) BANCE=$(best ance)
+log "sweep done: sentence-transformers $BST, ance $BANCE"
+[ -n "$BST" ] && [ -n "$BANCE" ] || { echo "the sweep gave no pick"; exit 1; }
+
+# 4. the chosen recipes on dev, two seeds each (static gets async's steps: the same recipe)
+F="$ROOT/final"; S="$F/static-0-30.tsv"
+for s in $SEEDS; do
+  run_st "$BST" "$s" "$DATA" "$S" "$F" &
+  port=$((port + 1)); run_ance "$BANCE" async "$s" "$DATA" "$S" "$F" "eval.every=$EVAL_EVERY" &
+  port=$((port + 1)); run_ance "$BANCE" static "$s" "$DATA" "$S" "$F" "eval.every=$EVAL_EVERY" &
+done
+wait
+log "final runs done"
+cmp=()
+a="" st="" stat=""
+for s in $SEEDS; do
+  a="$a${a:+,}async-$s" st="$st${st:+,}st-$s" stat="$stat${stat:+,}static-$s"
+  cmp+=("async$s-st$s:async-$s:st-$s" "async$s-static$s:async-$s:static-$s")
+done
+cmp+=("ance-st-pooled:$a:$st" "ance-static-pooled:$a:$stat" "static-st-pooled:$stat:$st")
+ROOT="$F" DATA="$DATA" bash studies/compare_runs.sh "${cmp[@]}" > "$OUT/compare.jsonl"
+python studies/equal_time.py table "$F" "$OUT/budgets.json" "$OUT/pick.json" --compare "$OUT/compare.jsonl" \
+    | tee "$OUT/table.md"
+cp "$ROOT/rates.json" "$OUT/"
+(cd "$ROOT" && for f in final/*.dev.trec sweep/*/*.dev.trec; do awk '$4 <= 20' "$f" > "$f.top"; done
+ tar -czf "$OUT/trec-top20.tgz" final/*.dev.trec.top sweep/*/*.dev.trec.top && rm -f final/*.top sweep/*/*.top)
+(cd "$ROOT" && tar -czf "$OUT/runs.tgz" --exclude=checkpoints --exclude=cache --exclude='*.trec' \
+    --exclude='static-*.tsv' --exclude=negatives --exclude=hold-data --exclude=model --exclude='*.safetensors' .)
+log "equal-time study done"
