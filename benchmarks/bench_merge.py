@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     p.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--sampling", choices=SAMPLING, default="uniform")
     p.add_argument("--denoise-margin", type=float, default=None)
+    p.add_argument("--denoise-ratio", type=float, default=None,
+                   help="NV-Retriever's ratio rule; the reference's is a per-row loop, so its 'before' time is no "
+                        "baseline (time the old path without this flag)")
     p.add_argument("--no-baseline", action="store_true", help="skip the lexsort merge and the reference selection")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
                 if not np.array_equal(b_i, m_i):
                     raise SystemExit(f"{n} shards, queries [{q0}, {q1}): the two merges disagree")
             kw = dict(rank_window=(0, args.depth), keep=args.keep, sampling=args.sampling, scores=m_s,
-                      denoise_margin=args.denoise_margin)
+                      denoise_margin=args.denoise_margin, denoise_ratio=args.denoise_ratio)
             t2 = time.perf_counter()
             neg = select_negatives(m_i, positives[q0:q1], rng=np.random.default_rng([0, q0]), **kw)
             t3 = time.perf_counter()
@@ -95,7 +98,8 @@ def main(argv=None) -> int:
         rows.append({"shards": n, **{k: round(v, 3) for k, v in timings.items()}})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"bench": "merge", "queries": args.queries, "depth": args.depth, "sampling": args.sampling,
-                      "denoise_margin": args.denoise_margin, "chunk_queries": args.chunk_queries,
+                      "denoise_margin": args.denoise_margin, "denoise_ratio": args.denoise_ratio,
+                      "chunk_queries": args.chunk_queries,
                       "cpus": os.cpu_count(), "rows": rows}))
     print("\n| shards | merge s (key sort) | merge s (lexsort, before) | select s | select s (before) | select speed-up |"
           "\n|---:|---:|---:|---:|---:|---:|")

@@ -283,7 +283,8 @@ def recompute_version(cfg, data, ckpt: Path, version: int, n_shards: int) -> np.
         out[q_lo:q_hi] = select_negatives(ids, train.positives[q_lo:q_hi], rank_window=neg_cfg.rank_window,
                                           keep=neg_cfg.keep, sampling=neg_cfg.sampling, rng=rng, scores=scores,
                                           rank_decay=neg_cfg.rank_decay, score_temperature=neg_cfg.score_temperature,
-                                          denoise_margin=neg_cfg.denoise_margin)
+                                          denoise_margin=neg_cfg.denoise_margin,
+                                          denoise_ratio=neg_cfg.denoise_ratio)
     return out
 
 

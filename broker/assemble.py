@@ -78,7 +78,7 @@ class VersionAssembler:
         neg = select_negatives(r.ids, self.train.positives[r.q_lo:r.q_hi], rank_window=neg_cfg.rank_window,
                                keep=self.keep, sampling=neg_cfg.sampling, rng=rng, scores=r.scores,
                                rank_decay=neg_cfg.rank_decay, score_temperature=neg_cfg.score_temperature,
-                               denoise_margin=neg_cfg.denoise_margin)
+                               denoise_margin=neg_cfg.denoise_margin, denoise_ratio=neg_cfg.denoise_ratio)
         if self.versions.latest is not None:
             prev = self.versions.latest.neg[r.q_lo:r.q_hi]
             has = (prev >= 0).any(axis=1)

@@ -3,7 +3,7 @@
 tests/negatives_reference.py keeps the old selection verbatim (two full stable argsorts). Every
 case here runs both on the same inputs and generators: the outputs must be equal bit for bit and
 the generators must end in the same state. Cases are drawn at random over shapes, windows, keep,
-every sampling mode with and without denoise_margin, and the edges: all -1 rows, keep beyond the
+every sampling mode with and without denoise_margin and denoise_ratio (each, and both), and the edges: all -1 rows, keep beyond the
 window, windows past the depth, rows whose every candidate is a positive, repeated docs, many
 positives a row, scores with ties, +-inf, NaN and -0.0, more rows than one block, wide windows.
 """
@@ -68,10 +68,13 @@ def test_same_arrays_as_the_reference_over_random_cases(part):
     for _ in range(60):
         ranked, positives, scores, lo, hi, keep = random_case(master)
         for sampling in SAMPLING:
-            for margin in (None, float(master.choice([0.0, 0.3, -0.2]))):
+            margin = float(master.choice([0.0, 0.3, -0.2]))
+            ratio = float(master.choice([0.95, 0.5, 1.0, 1.3, 1e-3]))
+            for denoise in ({}, {"denoise_margin": margin}, {"denoise_ratio": ratio},
+                            {"denoise_margin": margin, "denoise_ratio": ratio}):
                 kw = dict(rank_window=(lo, hi), keep=keep, sampling=sampling, scores=scores,
                           rank_decay=float(master.choice([0.5, 10.0, 1e-300])),
-                          score_temperature=float(master.choice([0.05, 1.0, 1e-300])), denoise_margin=margin)
+                          score_temperature=float(master.choice([0.05, 1.0, 1e-300])), **denoise)
                 with np.errstate(all="ignore"):
                     assert_same(ranked, positives, int(master.integers(1 << 31)), **kw)
 
@@ -84,11 +87,11 @@ def test_same_arrays_at_the_brokers_shape(sampling):
     positives = [np.array([ranked[q, q % 200] if q % 3 == 0 else -5 - q]) for q in range(1100)]
     ranked[5, 10] = ranked[5, 3]  # one repeated doc
     scores = -np.sort(-rng.standard_normal((1100, 200), dtype=np.float32), axis=1)
-    for margin in (None, 0.1):
+    for margin, ratio in ((None, None), (0.1, None), (None, 0.95), (0.1, 0.95)):
         assert_same(ranked, positives, 11, rank_window=(0, 200), keep=20, sampling=sampling, scores=scores,
-                    denoise_margin=margin)
+                    denoise_margin=margin, denoise_ratio=ratio)
         assert_same(ranked, positives, 12, rank_window=(3, 150), keep=200, sampling=sampling, scores=scores,
-                    denoise_margin=margin)
+                    denoise_margin=margin, denoise_ratio=ratio)
 
 
 @pytest.mark.parametrize("width", [2**COL_BITS, 2**COL_BITS + 1, 2**14 + 3])

@@ -1,10 +1,11 @@
-"""The negatives options of the SQuAD study: rank / score sampling, denoising, static mixing."""
+"""The negatives options of the SQuAD study: rank / score sampling, denoising (margin and ratio), static mixing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from ance.cli import main as ance_main
 from ance.run.config import load_config
 from ance.run.errors import ConfigError
 from ance.negatives.select import select_negatives
@@ -70,6 +71,52 @@ def test_denoising_drops_what_scores_above_the_positive_minus_the_margin():
     assert select_negatives(ranked, pos, denoise_margin=0.0, **{**kw, "rank_window": (0, 2)}).tolist()[0] == [-1] * 5
 
 
+def test_denoise_ratio_drops_what_scores_above_the_ratio_times_the_positive():
+    # NV-Retriever's TopK-PercPos, ratio 0.95. Query 0: P 0.80, then d5 0.79, d6 0.76, d7 0.70, d8 0.50.
+    # The bar is 0.95 x 0.80 = 0.76 (exactly 0.76 in float64, as the literal): strictly above is dropped,
+    # so d5 (0.79 > 0.76) goes and d6 (0.76, not above) stays, d7 and d8 too.
+    # Query 1: the same list, its positive (doc 2) not ranked: nothing to compare with, all kept.
+    ranked = np.array([[1, 5, 6, 7, 8], [3, 5, 6, 7, 8]])
+    scores = np.array([[0.80, 0.79, 0.76, 0.70, 0.50]] * 2, dtype=np.float64)
+    assert 0.95 * 0.80 == 0.76
+    pos = [np.array([1]), np.array([2])]
+    kw = dict(rank_window=(0, 5), keep=5, sampling="top", rng=None, scores=scores)
+    assert select_negatives(ranked, pos, **kw).tolist() == [[5, 6, 7, 8, -1], [3, 5, 6, 7, 8]]
+    assert select_negatives(ranked, pos, denoise_ratio=0.95, **kw).tolist() == [[6, 7, 8, -1, -1],
+                                                                                   [3, 5, 6, 7, 8]]
+    # ratio 0.9: bar 0.72, so d5 0.79 and d6 0.76 go; ratio 1: only what scores above the positive (none)
+    assert select_negatives(ranked, pos, denoise_ratio=0.9, **kw).tolist()[0] == [7, 8, -1, -1, -1]
+    assert select_negatives(ranked, pos, denoise_ratio=1.0, **kw).tolist()[0] == [5, 6, 7, 8, -1]
+    # with denoise_margin: dropped when either rule drops it. margin 0 drops nothing here (bar 0.80),
+    # so the ratio decides; margin 0.05 (bar 0.75) drops d6 too; margin 0.2 (bar 0.60) drops d7 as well
+    both = {**kw, "denoise_ratio": 0.95}
+    assert select_negatives(ranked, pos, denoise_margin=0.0, **both).tolist()[0] == [6, 7, 8, -1, -1]
+    assert select_negatives(ranked, pos, denoise_margin=0.05, **both).tolist()[0] == [7, 8, -1, -1, -1]
+    assert select_negatives(ranked, pos, denoise_margin=0.2, **both).tolist()[0] == [8, -1, -1, -1, -1]
+    # the positive outside the rank window still sets the bar
+    assert select_negatives(ranked, pos, denoise_ratio=0.95, **{**kw, "rank_window": (1, 3)}).tolist()[0] == [
+        6, -1, -1, -1, -1]
+
+
+def test_denoise_ratio_with_a_negative_positive_score_is_taken_as_written():
+    # P scores -0.20: the bar 0.95 x -0.20 = -0.19 lies ABOVE the positive, so d5 -0.10 and d6 -0.15 go,
+    # d7 -0.195 stays although it scores above the positive (below the bar), and d8 -0.30 stays
+    ranked = np.array([[5, 6, 7, 1, 8]])
+    scores = np.array([[-0.10, -0.15, -0.195, -0.20, -0.30]])
+    got = select_negatives(ranked, [np.array([1])], rank_window=(0, 5), keep=5, sampling="top", rng=None,
+                           scores=scores, denoise_ratio=0.95)
+    assert got.tolist() == [[7, 8, -1, -1, -1]]
+
+
+def test_denoise_ratio_needs_scores_and_a_positive_ratio():
+    ranked, pos = ranked_rows(2, 5), [np.array([0])] * 2
+    with pytest.raises(ValueError, match="denoise_ratio need scores shaped like ranked"):
+        select_negatives(ranked, pos, keep=2, sampling="top", rng=None, denoise_ratio=0.95)
+    for bad in (0, -0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="denoise_ratio must be a finite number > 0"):
+            select_negatives(ranked, pos, keep=2, sampling="top", rng=None, scores=np.zeros((2, 5)), denoise_ratio=bad)
+
+
 def test_mixing_takes_the_static_share():
     nq, n = 400, 8
     fresh = np.tile(np.arange(10, 40, dtype=np.int32), (nq, 1))
@@ -111,7 +158,23 @@ def test_config_validation(override, message):
 def test_defaults_leave_selection_unchanged():
     cfg = load_config(None, [])
     n = cfg.negatives
-    assert (n.sampling, n.denoise_margin, n.mix_static) == ("uniform", None, 0.0)
+    assert (n.sampling, n.denoise_margin, n.denoise_ratio, n.mix_static) == ("uniform", None, None, 0.0)
     ok = load_config(None, ["negatives.source=async", "negatives.static_file=x.tsv", "negatives.mix_static=0.5",
-                            "negatives.sampling=score", "negatives.denoise_margin=0.05"])
-    assert ok.negatives.denoise_margin == 0.05
+                            "negatives.sampling=score", "negatives.denoise_margin=0.05",
+                            "negatives.denoise_ratio=0.95"])
+    assert (ok.negatives.denoise_margin, ok.negatives.denoise_ratio) == (0.05, 0.95)
+    assert load_config(None, ["negatives.denoise_ratio=1"]).negatives.denoise_ratio == 1.0
+
+
+@pytest.mark.parametrize("value, says", [
+    ("0", "negatives.denoise_ratio: must be a finite number > 0"),
+    ("-0.5", "negatives.denoise_ratio: must be a finite number > 0"),
+    (".inf", "negatives.denoise_ratio: must be a finite number > 0"),
+    ("high", "negatives.denoise_ratio: expected a number"),
+])
+def test_denoise_ratio_out_of_range_is_a_one_line_config_error(value, says, capsys):
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, [f"negatives.denoise_ratio={value}"])
+    assert ance_main(["config", "show", f"negatives.denoise_ratio={value}"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -164,3 +164,22 @@ def test_mine_never_returns_a_positive(work, capsys):
         assert len(set(row[row >= 0].tolist())) == int((row >= 0).sum())
     assert "ance mine:" in capsys.readouterr().err
     assert run_command("mine", *common(work, "train"), *ENCODING, "--rank-window", 30, 10, "--out", out) == 2
+
+
+def test_mine_denoise_ratio_is_checked_first_and_written_in_the_header(work, capsys):
+    from ance.data.dataset import load_dataset
+    from ance.negatives.files import read_negatives
+
+    out = work / "neg-ratio.tsv"
+    for bad in (0, -0.5):  # refused before the corpus is encoded
+        assert run_command("mine", *common(work, "train"), *ENCODING, "--denoise-ratio", bad, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert "--denoise-ratio must be a finite number > 0" in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    assert run_command("mine", *common(work, "train"), *ENCODING, "--cache-dir", work / "cache", "--depth", 50,
+                       "--rank-window", 0, 30, "--n", 5, "--denoise-ratio", 0.95, "--denoise-margin", 0.05,
+                       "--out", out) == 0
+    data = load_dataset(SCIFACT, splits=("train",), max_docs=300, max_queries=30)
+    qindex = {q: i for i, q in enumerate(data.split("train").ids)}
+    header, _, _ = read_negatives(out, qindex, data.corpus.index_of)
+    assert (header["denoise_ratio"], header["denoise_margin"]) == (0.95, 0.05)

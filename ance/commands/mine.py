@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--denoise-margin", type=float, default=None,
                    help="drop candidates the model scores above its score of the query's positive minus this "
                         "margin (likely unlabelled positives)")
+    g.add_argument("--denoise-ratio", type=float, default=None,
+                   help="drop candidates the model scores above this times its score of the query's positive "
+                        "(NV-Retriever's TopK-PercPos, e.g. 0.95; > 0); queries whose positive is not in the top "
+                        "--depth keep all; with --denoise-margin, either rule drops")
     g.add_argument("--seed", type=int, default=0, help="seed of the uniform draw")
     parser.add_argument("--out", required=True,
                         help="negatives file (`# ance-negatives v1 {...}` header, then qid<TAB>did,did,...); "
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         rank_window = parse_rank_window(args.rank_window)
     except ValueError as exc:
         raise ConfigError(f"--rank-window {args.rank_window[0]} {args.rank_window[1]}: {exc}") from None
+    if args.denoise_ratio is not None and not 0 < args.denoise_ratio < float("inf"):  # before the corpus is encoded
+        raise ConfigError(f"--denoise-ratio must be a finite number > 0 (e.g. 0.95), got {args.denoise_ratio}")
     t0 = time.perf_counter()
     if args.eval_split and args.eval_split != args.split and not args.run_dir:
         device, model, data = _setup_with_eval(args)
@@ -79,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
         neg = select_negatives(ids, split.positives, rank_window=rank_window, keep=args.n,
                                sampling=args.sampling, rng=np.random.default_rng(args.seed), scores=scores,
                                rank_decay=args.rank_decay, score_temperature=args.score_temperature,
-                               denoise_margin=args.denoise_margin)
+                               denoise_margin=args.denoise_margin, denoise_ratio=args.denoise_ratio)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     header = {"version": 0, "source": "ance mine", "model": str(args.model), "split": args.split,
               "depth": args.k, "rank_window": list(rank_window), "keep": args.n, "sampling": args.sampling,
-              "denoise_margin": args.denoise_margin, "seed": args.seed, "data_fingerprint": data.fingerprint}
+              "denoise_margin": args.denoise_margin, "denoise_ratio": args.denoise_ratio, "seed": args.seed,
+              "data_fingerprint": data.fingerprint}
     write_negatives(args.out, qids, neg, data.corpus.ids, header)
     found = int((neg >= 0).sum())
     print(f"ance mine: {len(qids)} {args.split} queries, {found} negatives ({found / max(len(qids), 1):.2f} a "

@@ -29,6 +29,7 @@ class Rule(NamedTuple):
     rank_decay: float
     score_temperature: float
     denoise_margin: float | None
+    denoise_ratio: float | None
 
 
 # Set operations use sort + searchsorted rather than np.unique / np.isin,
@@ -61,11 +62,11 @@ def select_block(rule: Rule, ranked: np.ndarray, positives: Sequence, draws: np.
     out = np.full((window.shape[0], rule.keep), -1, np.int32)
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64)
-    if rule.denoise_margin is not None:
+    if rule.denoise_margin is not None or rule.denoise_ratio is not None:
         full = np.asarray(ranked, dtype=np.int64)
         is_pos = (full >= 0) & _is_positive(full, positives)
         cand = (window >= 0) & ~is_pos[:, lo:hi]
-        cand &= ~_likely_positive(scores, is_pos, (lo, hi), rule.denoise_margin)
+        cand &= ~_likely_positive(scores, is_pos, (lo, hi), rule.denoise_margin, rule.denoise_ratio)
     else:
         cand = (window >= 0) & ~_is_positive(window, positives)
     repeat = _repeats(window)  # a doc listed twice in a row: keep its first (best ranked) occurrence
@@ -118,11 +119,19 @@ def _is_positive(ids: np.ndarray, positives: Sequence) -> np.ndarray:
     return hit
 
 
-def _likely_positive(scores: np.ndarray, is_pos: np.ndarray, window: tuple[int, int], margin: float) -> np.ndarray:
-    """bool ``[rows, hi - lo]``: window entries scored above the row's best positive score minus ``margin``."""
+def _likely_positive(scores: np.ndarray, is_pos: np.ndarray, window: tuple[int, int], margin: float | None,
+                     ratio: float | None = None) -> np.ndarray:
+    """bool ``[rows, hi - lo]``: window entries scored above the row's best positive score ``s_pos`` minus
+    ``margin``, or above ``ratio * s_pos`` (either rule, those given); False in rows with no finite ``s_pos``."""
     lo, hi = window
     s_pos = np.where(is_pos, scores, -np.inf).max(axis=1, initial=-np.inf)
-    return (scores[:, lo:hi] > (s_pos - margin)[:, None]) & np.isfinite(s_pos)[:, None]
+    win = scores[:, lo:hi]
+    drop = np.zeros(win.shape, dtype=bool)
+    if margin is not None:
+        drop |= win > (s_pos - margin)[:, None]
+    if ratio is not None:
+        drop |= win > (ratio * s_pos)[:, None]
+    return drop & np.isfinite(s_pos)[:, None]
 
 
 def _repeats(window: np.ndarray) -> np.ndarray | None:

@@ -7,8 +7,9 @@ rank (``exp(-rank / rank_decay)``) or by the ranking model's score
 (``exp(score / score_temperature)``). With ``denoise_margin`` the candidates
 the ranking model scores above its score of the query's positive minus the
 margin are dropped first (likely unlabelled positives, RocketQA's denoising
-with the retriever itself as the guide). The files the lists are kept in:
-:mod:`ance.negatives.files`.
+with the retriever itself as the guide); with ``denoise_ratio`` those scored
+above the ratio times that score (NV-Retriever's TopK-PercPos). The files the
+lists are kept in: :mod:`ance.negatives.files`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def select_negatives(
     rank_decay: float = 10.0,
     score_temperature: float = 0.05,
     denoise_margin: float | None = None,
+    denoise_ratio: float | None = None,
 ) -> np.ndarray:
     """Choose hard negatives for each query from its ranked list.
 
@@ -55,7 +57,10 @@ def select_negatives(
     and for ``denoise_margin``: a candidate scored above ``s_pos - margin`` is
     dropped, where ``s_pos`` is the best score of a positive in the row (rows
     with no positive listed keep every candidate: nothing to compare with).
-    A doc listed twice in a row counts once.
+    ``denoise_ratio`` (> 0, needs ``scores`` too) drops a candidate scored
+    above ``ratio * s_pos``, the same ``s_pos``, taken as written: with a
+    negative ``s_pos`` the threshold lies above it. Given both, a candidate
+    either rule drops is dropped. A doc listed twice in a row counts once.
 
     Returns int32 ``[nq, keep]``, each row in rank order, ``-1`` padded.
     """
@@ -76,10 +81,13 @@ def select_negatives(
         raise ValueError(f"rank_decay must be > 0, got {rank_decay!r}")
     if sampling == "score" and not score_temperature > 0:
         raise ValueError(f"score_temperature must be > 0, got {score_temperature!r}")
-    if sampling == "score" or denoise_margin is not None:
+    if denoise_ratio is not None and (isinstance(denoise_ratio, bool) or not isinstance(
+            denoise_ratio, (int, float, np.integer, np.floating)) or not 0 < denoise_ratio < np.inf):
+        raise ValueError(f"denoise_ratio must be a finite number > 0 (e.g. 0.95), got {denoise_ratio!r}")
+    if sampling == "score" or denoise_margin is not None or denoise_ratio is not None:
         if scores is None or np.shape(scores) != ranked.shape:
-            raise ValueError(f"sampling='score' and denoise_margin need scores shaped like ranked {ranked.shape}, "
-                             f"got {None if scores is None else np.shape(scores)}")
+            raise ValueError(f"sampling='score', denoise_margin and denoise_ratio need scores shaped like ranked "
+                             f"{ranked.shape}, got {None if scores is None else np.shape(scores)}")
         scores = np.asarray(scores)  # each block's rows are made float64
     else:
         scores = None
@@ -92,7 +100,7 @@ def select_negatives(
     # block of rows is selected on its own (every step is per row), its arrays small enough to stay in cache
     draws = (rng.random(window.shape) if sampling == "uniform"
              else rng.gumbel(size=window.shape) if sampling in ("rank", "score") else None)
-    rule = Rule((lo, hi), keep, sampling, rank_decay, score_temperature, denoise_margin)
+    rule = Rule((lo, hi), keep, sampling, rank_decay, score_temperature, denoise_margin, denoise_ratio)
     positives = list(positives)
     for a in range(0, nq, BLOCK_ROWS):
         b = a + BLOCK_ROWS

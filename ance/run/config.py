@@ -266,6 +266,9 @@ def _validate_negative_options(neg: NegativesConfig, own_negatives: bool = False
         raise ConfigError(f"negatives.rank_decay: must be > 0 (ranks), got {neg.rank_decay}")
     if neg.score_temperature <= 0:
         raise ConfigError(f"negatives.score_temperature: must be > 0, got {neg.score_temperature}")
+    if neg.denoise_ratio is not None and not 0 < neg.denoise_ratio < float("inf"):
+        raise ConfigError(f"negatives.denoise_ratio: must be a finite number > 0 (e.g. 0.95: drop candidates "
+                          f"scored above 0.95 x the positive's score), or null for none; got {neg.denoise_ratio}")
     if not 0.0 <= neg.static_min_coverage <= 1.0:
         raise ConfigError(f"negatives.static_min_coverage: must be a fraction in [0, 1], got "
                           f"{neg.static_min_coverage}")

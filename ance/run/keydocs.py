@@ -104,6 +104,12 @@ KEYS: dict[str, tuple[str, str]] = {
     "negatives.score_temperature": (FIXED, "sampling=score: weights exp(score / score_temperature) (> 0)"),
     "negatives.denoise_margin": (FIXED, "drop candidates scored above the positive's score minus this; "
                                         "null: keep all"),
+    "negatives.denoise_ratio": (FIXED, "drop candidates scored above this times the positive's score "
+                                       "(NV-Retriever's TopK-PercPos, e.g. 0.95; > 0). The positive's score is "
+                                       "its best in the query's ranked list (top `depth`): a query whose "
+                                       "positive is not ranked keeps all. Taken as written when that score is "
+                                       "negative (the bar is then above it). With denoise_margin: either rule "
+                                       "drops; null: keep all"),
     "negatives.mix_static": (FIXED, "async: this fraction of a step's negatives from static_file (0..1)"),
     "negatives.max_gap": (MAY, "never train on negatives older than this many steps (async; >= checkpoint_every)"),
     "negatives.final_refresh": (MAY, "wait for the refresh (and eval) of the last checkpoint before exit"),

@@ -87,6 +87,7 @@ class NegativesConfig:
     rank_decay: float = 10.0           # sampling=rank: weights exp(-rank / rank_decay)
     score_temperature: float = 0.05    # sampling=score: weights exp(score / score_temperature)
     denoise_margin: float | None = None  # drop candidates scored above the positive's score minus this
+    denoise_ratio: float | None = None   # drop candidates scored above this times the positive's score
     mix_static: float = 0.0            # async: this fraction of a step's negatives from static_file
     max_gap: int = 100
     final_refresh: bool = True
