@@ -23,6 +23,7 @@ SEEDS=${SEEDS:-"13 14"}; EVAL_EVERY=${EVAL_EVERY:-100}
 ST_RECIPES=${ST_RECIPES:-"st64|--batch 64 --mini-batch 64 --lr 1e-4
 st256|--batch 256 --mini-batch 64 --lr 2e-4"}
 ANCE_RECIPES=${ANCE_RECIPES:-"a64|
+a64r95|negatives.denoise_ratio=0.95
 a256|train.batch_size=256 train.lr=2e-4"}
 mkdir -p "$ROOT/sweep" "$ROOT/final" "$ROOT/probe" "$OUT"
 log() { echo "=== $(date +%T) $*"; }
