@@ -13,7 +13,7 @@
 # Env: T (GPU seconds per run, 90), ASYNC_SHARE (0.1), PROBE (40), HOLD_N (2000), SEEDS ("13 14"),
 # ST_RECIPES / ANCE_RECIPES (lines NAME|args: st_reference.py options / ance overrides), EVAL_EVERY (100),
 # EXTRA_ALL (ance overrides for every run), ST_EXTRA, EVAL_ARGS, MINE_ARGS (CPU smoke: subsets),
-# JOB_TIMEOUT (900), BACKEND (torch), GPU (0; empty on CPU). OUT/budgets.json appears once the probes are done.
+# REUSE_BUDGETS, JOB_TIMEOUT (900), BACKEND (torch), GPU (0; empty on CPU). OUT/budgets.json appears once the probes are done.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MODEL DATA BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-900}
@@ -32,12 +32,13 @@ common="model.name_or_path=$MODEL telemetry.tensorboard=false ${EXTRA_ALL:-}"
 # 1. the held-apart split and the static negatives of both
 HOLD="$ROOT/hold-data"
 python studies/holdout_split.py "$DATA" "$HOLD" --n "${HOLD_N:-2000}" | tee "$OUT/holdout.txt"
-DATA="$HOLD" bash studies/mine_static.sh 0 30 "$ROOT/sweep/static-0-30.tsv" 2>&1 | tail -1 &
-bash studies/mine_static.sh 0 30 "$ROOT/final/static-0-30.tsv" 2>&1 | tail -1
+[ -s "$ROOT/sweep/static-0-30.tsv" ] || DATA="$HOLD" bash studies/mine_static.sh 0 30 "$ROOT/sweep/static-0-30.tsv" 2>&1 | tail -1 &
+[ -s "$ROOT/final/static-0-30.tsv" ] || bash studies/mine_static.sh 0 30 "$ROOT/final/static-0-30.tsv" 2>&1 | tail -1
 wait
 log "mined"
 
-# 2. probes, one at a time
+# 2. probes, one at a time (REUSE_BUDGETS=1 and OUT/budgets.json there: skipped, e.g. on a restart)
+if [ -n "${REUSE_BUDGETS:-}" ] && [ -s "$OUT/budgets.json" ]; then log "budgets of $OUT/budgets.json"; else
 echo "{" > "$ROOT/rates.json"; sep=""
 while IFS='|' read -r name args; do
   [ -z "${name// }" ] && continue
@@ -60,6 +61,7 @@ done <<< "$ANCE_RECIPES"
 echo "}" >> "$ROOT/rates.json"
 python studies/equal_time.py budget "$ROOT/rates.json" "$T" --async-share "${ASYNC_SHARE:-0.1}" > "$OUT/budgets.json" \
     || { cat "$ROOT/rates.json"; exit 1; }
+fi
 cat "$OUT/budgets.json"
 
 steps_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['steps'])"; }
@@ -75,9 +77,9 @@ run_st() {  # run_st NAME SEED DATA STATIC DIR
       > "$5/st-$2.dev.json" 2>/dev/null || rm -f "$5/st-$2.dev.json"
 }
 run_ance() {  # run_ance NAME METHOD SEED DATA STATIC DIR [more overrides] (call: port=$((port + 1)); run_ance ... &)
-  local steps; steps=$(steps_of "$1")
+  local steps args; steps=$(steps_of "$1"); args=$(args_of "$1")  # read before OUT is set for quality.sh
   WINDOW="0 30" STATIC="$5" OUT="$6" METHODS=$2 SEEDS=$3 DATA="$4" \
-    EXTRA="$common $(args_of "$1") train.max_steps=$steps broker.address=tcp://127.0.0.1:$port ${7:-}" \
+    EXTRA="$common $args train.max_steps=$steps broker.address=tcp://127.0.0.1:$port ${7:-}" \
     timeout "$JOB_TIMEOUT" bash studies/quality.sh > "$6/$2-$3.log" 2>&1
 }
 
