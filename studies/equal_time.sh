@@ -67,7 +67,8 @@ cat "$OUT/budgets.json"
 steps_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['steps'])"; }
 args_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['args'])"; }
 port=5700
-run_st() {  # run_st NAME SEED DATA STATIC DIR
+run_st() {  # run_st NAME SEED DATA STATIC DIR (a result already there is kept: restarts)
+  [ -s "$5/st-$2.dev.json" ] && return 0
   local steps; steps=$(steps_of "$1")
   timeout "$JOB_TIMEOUT" python studies/st_reference.py --model "$MODEL" --data "$3" --negatives static \
       --static-file "$4" --precision bf16 --max-steps "$steps" --seed "$2" --out "$5/st-$2" $(args_of "$1") \
