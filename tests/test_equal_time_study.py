@@ -1,0 +1,89 @@
+"""The arithmetic behind docs/results.md's equal-time study (studies/equal_time.py) and its held-apart
+split (studies/holdout_split.py): budgets from probed rates, the sweep's pick, a fixed split of the
+training questions that never touches dev."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "studies"))
+
+import equal_time  # noqa: E402
+import holdout_split  # noqa: E402
+
+
+def test_budget_is_rate_times_time_less_the_charged_share():
+    assert equal_time.budget(10.54, 90) == 948
+    assert equal_time.budget(10.54, 90, 0.1) == 853  # floor(853.74)
+    assert equal_time.budget(4.939, 90) == 444
+    assert equal_time.budget(0.001, 90) == 1  # at least one step
+    for bad in ((0, 90, 0), (1, 0, 0), (1, 90, 1.0), (1, 90, -0.1)):
+        with pytest.raises(ValueError):
+            equal_time.budget(*bad)
+
+
+def test_rate_is_the_inverse_of_the_mean_step_time():
+    assert equal_time.rate_of_steps([0.1, 0.1, 0.2, 0.2]) == pytest.approx(1 / 0.15)
+    with pytest.raises(ValueError):
+        equal_time.rate_of_steps([])
+
+
+def test_pick_is_the_best_of_each_system_ties_to_the_first_name():
+    scores = {"st64": 0.7959, "st256": 0.7902, "a64": 0.8012, "a64r95": 0.7951, "b": 0.8012}
+    systems = {"st64": "st", "st256": "st", "a64": "ance", "a64r95": "ance", "b": "ance"}
+    assert equal_time.pick(scores, systems) == {"ance": "a64", "st": "st64"}
+
+
+def test_budget_command_writes_steps_for_every_recipe(tmp_path):
+    rates = {"st64": {"system": "st", "rate": 4.939, "args": "--batch 64"},
+             "a64": {"system": "ance", "rate": 10.54, "args": ""}}
+    (tmp_path / "rates.json").write_text(json.dumps(rates))
+    out = subprocess.run([sys.executable, str(REPO / "studies" / "equal_time.py"), "budget", str(tmp_path / "rates.json"),
+                          "90"], capture_output=True, text=True, check=True).stdout
+    got = json.loads(out)
+    assert (got["st64"]["steps"], got["a64"]["steps"]) == (444, 853)
+    assert got["a64"]["charged_share"] == 0.1 and got["st64"]["charged_share"] == 0.0
+
+
+def test_split_ids_is_fixed_and_seeded():
+    qids = [f"q{i:03d}" for i in range(50)]
+    a = holdout_split.split_ids(list(reversed(qids)), 10, 0)
+    assert a == holdout_split.split_ids(qids, 10, 0) and len(a) == 10  # order of the input does not matter
+    assert a != holdout_split.split_ids(qids, 10, 1)
+    for n in (0, 50):
+        with pytest.raises(ValueError):
+            holdout_split.split_ids(qids, n, 0)
+
+
+def _write(path: Path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        csv.writer(f, delimiter="\t", lineterminator="\n").writerows(rows)
+
+
+def test_holdout_folder_moves_n_training_questions_to_dev_and_drops_the_real_dev(tmp_path):
+    data = tmp_path / "data"
+    train = [("query-id", "corpus-id", "score")] + [(f"q{i}", f"d{i % 7}", "1") for i in range(30)] + [("q3", "d5", "1")]
+    _write(data / "qrels" / "train.tsv", train)
+    _write(data / "qrels" / "dev.tsv", [("query-id", "corpus-id", "score"), ("dev1", "d1", "1")])
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (data / name).write_text("{}\n")
+    out = tmp_path / "hold"
+    assert holdout_split.main([str(data), str(out), "--n", "5"]) == 0
+    read = lambda split: list(csv.reader(open(out / "qrels" / f"{split}.tsv"), delimiter="\t"))  # noqa: E731
+    held, rest = read("dev"), read("train")
+    assert held[0] == rest[0] == ["query-id", "corpus-id", "score"]
+    held_q, rest_q = {r[0] for r in held[1:]}, {r[0] for r in rest[1:]}
+    assert len(held_q) == 5 and not held_q & rest_q and held_q | rest_q == {f"q{i}" for i in range(30)}
+    assert len(held) - 1 + len(rest) - 1 == 31  # every judgement kept once (q3 has two)
+    assert "dev1" not in held_q and (out / "corpus.jsonl").resolve() == (data / "corpus.jsonl").resolve()
+    assert holdout_split.main([str(data), str(out), "--n", "5"]) == 0  # again: the same folder
+    assert {r[0] for r in read("dev")[1:]} == held_q
+    assert holdout_split.main([str(data), str(tmp_path / "x"), "--n", "30"]) == 2
