@@ -105,6 +105,30 @@ def fit(values: list[float], pad: float = 0.08, floor: float | None = None, ceil
     return (max(lo, floor) if floor is not None else lo), (min(hi, ceil) if ceil is not None else hi)
 
 
+def spread(values: list[float], gap: float) -> list[float]:
+    """Positions for labels of ``values``: each as close to its value as can be while every two are at
+    least ``gap`` apart, in the values' order (a cluster is centred on its values' mean)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    groups: list[list[int]] = []  # runs of labels packed gap apart, each centred on its members' mean
+    for i in order:
+        groups.append([i])
+        while len(groups) > 1:
+            a, b = groups[-2], groups[-1]
+            if _centre(values, a) + (len(a) - 1) * gap / 2 + gap <= _centre(values, b) - (len(b) - 1) * gap / 2:
+                break
+            groups[-2:] = [a + b]
+    out = [0.0] * len(values)
+    for g in groups:
+        start = _centre(values, g) - (len(g) - 1) * gap / 2
+        for k, i in enumerate(g):
+            out[i] = start + k * gap
+    return out
+
+
+def _centre(values: list[float], group: list[int]) -> float:
+    return sum(values[i] for i in group) / len(group)
+
+
 def _figure(rows: int, height: float, ratios=None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -152,19 +176,25 @@ def _title(runs: list[Run], what: str) -> str:
 
 def plot_learning(runs: list[Run], path: Path, formats, metric: str = "ndcg@10") -> list[Path]:
     fig, (ax,) = _figure(1, 4.6)
-    key, ys_all = f"eval_{metric}", []
+    key, ys_all, ends = f"eval_{metric}", [], []
     for i, r in enumerate(runs):
         xs, ys = r.series(key, "evals")
         if not xs:
             continue
         c = COLORS[i % len(COLORS)]
         ax.plot(xs, ys, "o-", color=c, ms=4, label=f"{r.label} ({r.source})")
-        ax.annotate(f"{ys[-1]:.3f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(5, -3), color=c,
-                    fontsize="small")
+        ends.append((xs[-1], ys[-1], c))
         ys_all += ys
     if ys_all:
-        ax.set_ylim(*fit(ys_all, floor=0.0, ceil=1.0))
+        lo, hi = fit(ys_all, floor=0.0, ceil=1.0)
+        ax.set_ylim(lo, hi)
         ax.margins(x=0.08)
+        # the last values, labelled beside their points, never on top of each other (~ one text line apart)
+        from matplotlib.transforms import offset_copy
+
+        beside = offset_copy(ax.transData, fig=fig, x=5, y=0, units="points")
+        for (x, y, c), at in zip(ends, spread([e[1] for e in ends], 0.05 * (hi - lo))):
+            ax.text(x, at, f"{y:.3f}", transform=beside, color=c, fontsize="small", va="center", ha="left")
     else:
         ax.text(0.5, 0.5, f"no {metric} evaluations logged\n(set eval.every or data.eval_split)", ha="center",
                 va="center", transform=ax.transAxes, color="0.4")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ance.cli import main
-from ance.launch.overlay import Run, fit, smooth
+from ance.launch.overlay import Run, fit, smooth, spread
 
 
 def fake_run(root, source: str, final: float, resume_at: int | None = None, steps: int = 60):
@@ -41,6 +41,19 @@ def test_pure_helpers():
     assert smooth([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
     lo, hi = fit([0.752, 0.809], floor=0, ceil=1)
     assert 0.74 < lo < 0.752 and 0.809 < hi < 0.82  # fitted to the data, not 0..1
+
+
+def test_spread_keeps_labels_apart_in_order_and_near_their_values():
+    assert spread([0.5], 0.1) == [0.5]
+    assert spread([0.1, 0.9], 0.1) == [0.1, 0.9]  # far apart: left where they are
+    values = [0.8041, 0.8006, 0.8021, 0.8048, 0.3]
+    at = spread(values, 0.002)
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    assert [at[i] for i in order] == sorted(at)  # the labels keep the values' order
+    assert all(b - a >= 0.002 - 1e-12 for a, b in zip(sorted(at), sorted(at)[1:]))
+    assert at[4] == 0.3  # a lone value is not moved
+    cluster = [at[i] for i in range(4)]
+    assert math.isclose(sum(cluster) / 4, sum(values[:4]) / 4)  # a packed cluster centred on its values
 
 
 def test_run_reads_curves_arrivals_and_resumes(tmp_path):
