@@ -1,11 +1,11 @@
 """The whole asynchronous loop as real processes: `ance launch`, and the three roles started by hand.
 
 Every test runs ``configs/tiny-async-cpu.yaml`` (tiny-bert, ~1k SciFact docs,
-two CPU inferencers) on free ports, with ``train.max_steps=28``: with
-``max_gap=8`` and ``checkpoint_every=4``, steps 9, 17 and 25 each need a
-version newer than the one before (>= 1, >= 9, >= 17) while the newest
-checkpoint is 8, 16 and 24, so at least three refreshed versions are consumed
-however the refreshes are timed.
+two CPU inferencers) on free ports, with ``train.max_steps=16``,
+``checkpoint_every=4`` and ``max_gap=6`` (the rule of tests/test_quickstart.py:
+``C <= G < 2C``): steps 7, 11 and 15 each need a version newer than 0, 4 and 8
+while the newest checkpoint is 4, 8 and 12, so versions 4, 8 and 12 are each
+trained on however the refreshes are timed.
 
 * launch: Prometheus gauges served by trainer and broker while it runs; an
   inferencer SIGKILLed in the middle of its shard is restarted, its shard
@@ -49,9 +49,8 @@ pytestmark = [needs_scifact, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny-async-cpu.yaml"
-STEPS = 28
-# max_gap = 2 * checkpoint_every: the docstring's three versions in 28 steps (the config's 16 and 8 need 56)
-SCHEDULE = (f"train.max_steps={STEPS}", "train.checkpoint_every=4", "negatives.max_gap=8")
+STEPS = 16
+SCHEDULE = (f"train.max_steps={STEPS}", "train.checkpoint_every=4", "negatives.max_gap=6")  # the docstring's
 RUN_TIMEOUT_S = 240.0
 
 STEP_FIELDS = ("step", "loss", "grad_norm", "negatives_version", "gap", "wait_s")
@@ -382,7 +381,7 @@ def test_launch_survives_broker_kill(tmp_path, cleanup):
         events.extend(tail.read())
         versions = [e["version"] for e in events if e["event"] == "refresh"]
         step = max([e["step"] for e in events if e["event"] == "step"], default=0)
-        return versions and max(versions) > 0 and step < STEPS - 8
+        return versions and max(versions) > 0 and step < STEPS - 4  # step 11 waits for version 8
 
     wait_for(ready, 200, "a refreshed version past warm-up, with steps left", logs)
     persisted = max(int(f.stem.split("-")[1]) for f in (run_dir / "negatives").glob("step-*[0-9].tsv"))
