@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -87,5 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `ance` command (console script and ``python -m ance.cli``): ``main``, then exit.
+
+    ``gc.freeze()`` first: the interpreter's last collection at exit otherwise walks every object
+    torch and transformers made (measured: a tiny-bert `ance train` exits in 0.9 s, 0.2 s frozen; 3-5 s
+    on 2 busy cores, where ``ance launch`` waits for its trainer to exit before stopping the pool).
+    Nothing is left to that collection: roles close their sockets, files and writers themselves, and
+    atexit handlers (logging's flush) run before it. Not in ``main``, which tests call in-process.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -23,9 +23,10 @@ MAX_FRAME = 16 << 20  # a tiny-bert checkpoint (~9 MB) fits in one job frame
 needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(),
                                    reason=f"SciFact not found at {SCIFACT} (shared test data)")
 
-# Runs one ance subcommand module without going through ance.cli (which imports every command).
-_RUNNER = ("import argparse, sys; from ance.commands import {mod} as m; p = argparse.ArgumentParser(); "
-           "m.add_arguments(p); sys.exit(m.run(p.parse_args(sys.argv[1:])))")
+# Runs one ance subcommand module without going through ance.cli (which imports every command); exits
+# with the GC frozen, as ance.cli.entry does.
+_RUNNER = ("import argparse, gc, sys; from ance.commands import {mod} as m; p = argparse.ArgumentParser(); "
+           "m.add_arguments(p); rc = m.run(p.parse_args(sys.argv[1:])); gc.freeze(); sys.exit(rc)")
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ waiting for fresher negatives first finishes (and announces) the commit in fligh
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 
@@ -32,4 +33,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    gc.freeze()  # as ance.cli.entry: no last collection over torch's objects at exit
+    sys.exit(code)

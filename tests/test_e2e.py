@@ -1,10 +1,11 @@
 """The whole asynchronous loop as real processes: `ance launch`, and the three roles started by hand.
 
 Every test runs ``configs/tiny-async-cpu.yaml`` (tiny-bert, ~1k SciFact docs,
-two CPU inferencers) on free ports, with ``train.max_steps=56``: with
-``max_gap=16`` and ``checkpoint_every=8``, steps 17, 33 and 49 each need a
-version newer than the one before (>= 1, >= 17, >= 33), so at least three
-refreshed versions are consumed however the refreshes are timed.
+two CPU inferencers) on free ports, with ``train.max_steps=16``,
+``checkpoint_every=4`` and ``max_gap=6`` (the rule of tests/test_quickstart.py:
+``C <= G < 2C``): steps 7, 11 and 15 each need a version newer than 0, 4 and 8
+while the newest checkpoint is 4, 8 and 12, so versions 4, 8 and 12 are each
+trained on however the refreshes are timed.
 
 * launch: Prometheus gauges served by trainer and broker while it runs; an
   inferencer SIGKILLed in the middle of its shard is restarted, its shard
@@ -48,7 +49,8 @@ pytestmark = [needs_scifact, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny-async-cpu.yaml"
-STEPS = 56
+STEPS = 16
+SCHEDULE = (f"train.max_steps={STEPS}", "train.checkpoint_every=4", "negatives.max_gap=6")  # the docstring's
 RUN_TIMEOUT_S = 240.0
 
 STEP_FIELDS = ("step", "loss", "grad_norm", "negatives_version", "gap", "wait_s")
@@ -277,8 +279,7 @@ def assert_nothing_left(run_dir: Path, within_s: float = 10.0) -> None:
 def test_launch_end_to_end(tmp_path, cleanup):
     """`ance launch`: Prometheus while running, an inferencer killed mid-shard comes back, invariants, report."""
     base = free_base_port()
-    proc, run_dir, launch_log = start_launch(tmp_path, f"telemetry.prometheus_port={base}",
-                                             f"train.max_steps={STEPS}")
+    proc, run_dir, launch_log = start_launch(tmp_path, f"telemetry.prometheus_port={base}", *SCHEDULE)
     logs = (launch_log, run_dir / "logs")
     tail = MetricsTail(run_dir)
     events: list[dict] = []
@@ -370,7 +371,7 @@ def test_launch_end_to_end(tmp_path, cleanup):
 @pytest.mark.timeout(360)
 def test_launch_survives_broker_kill(tmp_path, cleanup):
     """SIGKILL the broker mid-run: restarted, reloads the newest version, everyone re-joins, the run completes."""
-    proc, run_dir, launch_log = start_launch(tmp_path, f"train.max_steps={STEPS}")
+    proc, run_dir, launch_log = start_launch(tmp_path, *SCHEDULE)
     logs = (launch_log, run_dir / "logs")
     tail = MetricsTail(run_dir)
     events: list[dict] = []
@@ -380,7 +381,7 @@ def test_launch_survives_broker_kill(tmp_path, cleanup):
         events.extend(tail.read())
         versions = [e["version"] for e in events if e["event"] == "refresh"]
         step = max([e["step"] for e in events if e["event"] == "step"], default=0)
-        return versions and max(versions) > 0 and step < STEPS - 16
+        return versions and max(versions) > 0 and step < STEPS - 4  # step 11 waits for version 8
 
     wait_for(ready, 200, "a refreshed version past warm-up, with steps left", logs)
     persisted = max(int(f.stem.split("-")[1]) for f in (run_dir / "negatives").glob("step-*[0-9].tsv"))
@@ -416,8 +417,7 @@ def test_roles_started_by_hand(tmp_path, cleanup):
     """`ance broker`, two `ance infer --device cpu` and `ance train` as separate commands, one config."""
     run_dir = tmp_path / "run"
     logs_dir = tmp_path / "logs"
-    common = [str(CONFIG), f"run_dir={run_dir}", f"broker.address=tcp://127.0.0.1:{free_port()}",
-              f"train.max_steps={STEPS}"]
+    common = [str(CONFIG), f"run_dir={run_dir}", f"broker.address=tcp://127.0.0.1:{free_port()}", *SCHEDULE]
     one_thread = {"OMP_NUM_THREADS": "1"}  # 2 cores, 4 processes: as `ance launch` does
     broker = start(ance("broker", *common), logs_dir / "broker.log", **one_thread)
     workers = [start(ance("infer", *common, "--device", "cpu", "--name", str(i)), logs_dir / f"inferencer-{i}.log",
@@ -448,11 +448,11 @@ def test_launch_ctrl_c_stops_every_child_then_resume(tmp_path, cleanup):
     """
     from ance.trainer.checkpoint import latest_checkpoint
 
-    steps = 24
-    proc, run_dir, launch_log = start_launch(tmp_path, f"train.max_steps={steps}")
+    steps = 12
+    proc, run_dir, launch_log = start_launch(tmp_path, f"train.max_steps={steps}", *SCHEDULE[1:])
     logs = (launch_log, run_dir / "logs")
-    wait_for(lambda: proc.poll() is not None or (latest_checkpoint(run_dir) or (0,))[0] >= 8, 200,
-             "a checkpoint at step 8", logs)
+    wait_for(lambda: proc.poll() is not None or (latest_checkpoint(run_dir) or (0,))[0] >= 4, 200,
+             "a checkpoint at step 4", logs)
     assert proc.poll() is None, f"launch ended before the checkpoint\n{tails(*logs)}"
 
     # Ctrl-C: every child (broker, trainer, both inferencers) gone within 10 s, exit code 130

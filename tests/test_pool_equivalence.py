@@ -20,16 +20,22 @@ from ance.run.rundir import RunDir
 from helpers_refresh import Peer, free_port, make_checkpoint, needs_scifact, spawn, stop, wait_until, write_config
 
 
-def refresh_with(tmp, n_workers: int):
-    """One refresh of checkpoint step 1 with ``n_workers`` inferencers: (negatives file lines, streamed)."""
+def start_pool(tmp, n_workers: int) -> dict:
+    """A broker and ``n_workers`` inferencers on their own config and port, started (not yet ready)."""
     tmp.mkdir()
     cfg_path = write_config(tmp, free_port(), data={"max_docs": 200, "max_queries": 30, "eval_split": None})
     cfg = load_config(cfg_path)
-    data = load_for_config(cfg)
     logs = [tmp / "broker.log"] + [tmp / f"inferencer-{i}.log" for i in range(n_workers)]
     procs = [spawn("broker", str(cfg_path), log=logs[0])]
     procs += [spawn("infer", str(cfg_path), "--device", "cpu", "--name", str(i), log=logs[1 + i])
               for i in range(n_workers)]
+    return {"tmp": tmp, "cfg": cfg, "n": n_workers, "logs": logs, "procs": procs}
+
+
+def refresh_with(pool: dict):
+    """One refresh of checkpoint step 1 by ``pool``: (version_done, negatives file lines, streamed)."""
+    tmp, cfg, n_workers, logs = pool["tmp"], pool["cfg"], pool["n"], pool["logs"]
+    data = load_for_config(cfg)
     Peer.RUN_DIRS[cfg.broker.address] = tmp / "run"
     trainer = Peer(cfg.broker.address, b"trainer")
     try:
@@ -48,15 +54,22 @@ def refresh_with(tmp, n_workers: int):
         return done, body, streamed
     finally:
         trainer.close()
-        for p in procs:
-            stop(p)
 
 
 @needs_scifact
 @pytest.mark.slow
 def test_two_workers_give_the_negatives_one_worker_gives(tmp_path):
-    one, body1, neg1 = refresh_with(tmp_path / "one", 1)
-    two, body2, neg2 = refresh_with(tmp_path / "two", 2)
+    # both pools start at once (their imports overlap), then refresh one after the other
+    pools = [start_pool(tmp_path / "one", 1), start_pool(tmp_path / "two", 2)]
+    try:
+        one, body1, neg1 = refresh_with(pools[0])
+        two, body2, neg2 = refresh_with(pools[1])
+    finally:
+        procs = pools[0]["procs"] + pools[1]["procs"]
+        for p in procs:
+            p.terminate()  # all at once; stop() then waits for each (and kills one that does not exit)
+        for p in procs:
+            stop(p)
     assert (one.n_shards, two.n_shards) == (1, 2)
     assert [r["n_docs"] for r in two.stats["shards"]] == [100, 100]  # per-shard rows, one per worker
     assert {r["worker"] for r in two.stats["shards"]} == {"inferencer-0", "inferencer-1"}

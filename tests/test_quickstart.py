@@ -5,7 +5,7 @@
   = G < 2C``, step ``G + 1 + kC`` needs a version newer than ``kC`` while
   checkpoint ``(k + 2)C`` does not exist yet, so versions C, 2C, 3C are each used.
 * The same config launched on a smaller budget (a smaller subset, shorter
-  passages, 16 steps of 8 with C=4, G=6, so the same rule holds) with the real
+  passages, 8 steps of 8 with C=2, G=3, so the same rule holds) with the real
   all-MiniLM-L6-v2 and two CPU inferencers: at least three refreshed versions
   among the steps besides the warm-up's 0, the gap bounded and falling back when
   a version arrives, the before/after line printed, and `ance monitor` on the
@@ -28,8 +28,8 @@ from test_e2e import ance, check_run, child_env, kill_leftovers, tails
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "scifact-quickstart.yaml"
-SMALL = ["data.max_docs=300", "data.max_queries=100", "model.passage_max_length=32", "model.query_max_length=24",
-         "train.max_steps=16", "train.batch_size=8", "train.checkpoint_every=4", "negatives.max_gap=6",
+SMALL = ["data.max_docs=160", "data.max_queries=50", "model.passage_max_length=32", "model.query_max_length=24",
+         "train.max_steps=8", "train.batch_size=8", "train.checkpoint_every=2", "negatives.max_gap=3",
          "negatives.depth=50", "negatives.wait_timeout_s=240"]
 RUN_TIMEOUT_S = 420
 
@@ -48,7 +48,7 @@ def test_the_config_guarantees_three_refreshed_versions():
     assert guaranteed_versions(t.max_steps, t.checkpoint_every, n.max_gap) == [8, 16, 24]
     small = load_config(CONFIG, SMALL)
     assert guaranteed_versions(small.train.max_steps, small.train.checkpoint_every, small.negatives.max_gap) \
-        == [4, 8, 12]
+        == [2, 4, 6]
     assert guaranteed_versions(30, 30, 60) == []  # the full SciFact CPU config: no such guarantee
 
 
@@ -69,11 +69,11 @@ def test_quickstart_consumes_refreshed_versions(tmp_path):
     assert proc.returncode == 0, f"ance launch exited with {proc.returncode}\n{tails(*logs)}"
 
     run = check_run(run_dir, logs)  # every step logged, gap <= max_gap, >= 3 refreshed versions trained on, ...
-    assert {4, 8, 12} <= set(run["consumed"]), run["consumed"]
+    assert {2, 4, 6} <= set(run["consumed"]), run["consumed"]
     gaps = [e["gap"] for e in run["steps"]]
     assert any(b < a for a, b in zip(gaps, gaps[1:])), gaps  # a new version arrived: the gap fell back
     printed = log.read_text()
-    assert re.search(r"^dev nDCG@10: 0\.\d{4} at step 0 -> 0\.\d{4} at step 16$", printed, re.M), tails(log)
+    assert re.search(r"^dev nDCG@10: 0\.\d{4} at step 0 -> 0\.\d{4} at step 8$", printed, re.M), tails(log)
     end = [e for e in run["events"] if e["event"] == "run_end"]
     assert len(end) == 1 and end[0]["code"] == 0 and run["events"][-1] is end[0], end
 

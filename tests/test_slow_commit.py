@@ -19,7 +19,7 @@ def test_a_wait_for_negatives_announces_the_commit_in_flight(tmp_path):
     # while its commit (1.5 s longer here) is still running; a trainer that waited without
     # announcing it would time out after wait_timeout_s
     common = [str(CONFIG), f"run_dir={run_dir}", f"broker.address=tcp://127.0.0.1:{free_port()}",
-              "train.max_steps=16", "train.checkpoint_every=8", "negatives.max_gap=8",
+              "train.max_steps=8", "train.checkpoint_every=4", "negatives.max_gap=4",
               "negatives.wait_timeout_s=60"]
     one_thread = {"OMP_NUM_THREADS": "1"}
     broker = start(ance("broker", *common), logs / "broker.log", **one_thread)
@@ -35,7 +35,7 @@ def test_a_wait_for_negatives_announces_the_commit_in_flight(tmp_path):
         for p in (broker, worker):
             p.wait(timeout=15)
     events = read_metrics(run_dir)
-    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [0, 8, 16]
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [0, 4, 8]
     steps = {e["step"]: e for e in events if e["event"] == "step"}
-    assert steps[9]["negatives_version"] == 8 and steps[9]["wait_s"] > 0, steps[9]  # it waited for version 8
-    assert max(e["gap"] for e in steps.values()) <= 8
+    assert steps[5]["negatives_version"] == 4 and steps[5]["wait_s"] > 0, steps[5]  # it waited for version 4
+    assert max(e["gap"] for e in steps.values()) <= 4

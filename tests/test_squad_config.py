@@ -32,7 +32,7 @@ def test_cpu_config_trains_with_eight_static_negatives(tmp_path):
     from ance.data.dataset import load_for_config
 
     over = [f"data.path={SQUAD}", f"run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.batch_size=4", "train.chunk_size=4",
-            "train.device=cpu", "model.passage_max_length=64", "negatives.source=static",
+            "train.device=cpu", "model.passage_max_length=32", "negatives.source=static",
             f"negatives.static_file={tmp_path / 'static.tsv'}", "negatives.n_per_query=8", "eval.every=0"]  # no eval: the 2,000-doc encodes took most of 150 s
     cfg = load_config(CPU, over)
     data = load_for_config(cfg)
