@@ -37,7 +37,7 @@ from ance.run.config import Config
 from ance.data.dataset import load_for_config
 from ance.run.errors import DiskFullError, ProtocolError
 from ance.wire.protocol import MAX_STR, pack_message, unpack_array, unpack_message
-from ance.run.rundir import RunDir
+from ance.run.rundir import RunDir, weights_limit
 from ance.run.telemetry import MetricsWriter, prometheus_port_for
 from ance.wire.transport import router_socket
 
@@ -397,7 +397,7 @@ class Broker(Admission):
         fields: dict[str, Any] = {}
         if self.cfg.broker.send_weights:
             try:
-                fields["weights"] = self.output.weights(a.ckpt_path, self.cfg.broker.max_frame_bytes - (1 << 20))
+                fields["weights"] = self.output.weights(a.ckpt_path, weights_limit(self.cfg.broker.max_frame_bytes))
             except (OSError, ValueError) as exc:
                 log.error("%s", self.state.abandon(f"cannot ship checkpoint {a.ckpt_path}: {exc}"))
                 self._drop_partial()

@@ -7,15 +7,26 @@
 # decoder is no retriever); ANCE starts from in-batch negatives and refreshes with its own model.
 #   DATA=/tmp/data/squad DEC=/path/SmolLM2-135M-Instruct.Q4_1.gguf STATIC=static-0-30.tsv ROOT=/tmp/dec \
 #     OUT=$OUT bash studies/squad_decoder.sh
-# Env: STEPS (600), EVAL_EVERY (100), SEEDS ("13 14"), FULL ("train.lora.r=0 train.lr=5e-5"; empty: no full
-# run), EXTRA_ALL (more overrides; CPU smoke: subsets), EVAL_ARGS, JOB_TIMEOUT (1500), BACKEND (torch), GPU (0).
+# Env: STEPS (600), EVAL_EVERY (100), SEEDS ("13 14"), FULL ("train.lora.r=0 train.lr=5e-5 broker.send_weights=false"; empty: no full
+# run; a full checkpoint is too large to ship: its inferencer reads it from the run dir), EXTRA_ALL (more overrides; CPU smoke: subsets), EVAL_ARGS, JOB_TIMEOUT (1500), BACKEND (torch), GPU (0),
+# MINER (when STATIC is not there yet: mine it with this model, studies/mine_static.sh 0 30), MPS (1: every
+# process under one CUDA MPS daemon of this script's own where a GPU and nvidia-cuda-mps-control are there and
+# no daemon is named yet; 0: none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export DATA BACKEND=${BACKEND:-torch} CFG=${CFG:-configs/squad-smollm2-lora-gpu.yaml} GPUS=${GPU-0}
 ROOT=${ROOT:-runs/squad-decoder}; OUT=${OUT:-$ROOT/out}; STEPS=${STEPS:-600}; EVAL_EVERY=${EVAL_EVERY:-100}
-SEEDS=${SEEDS:-"13 14"}; FULL=${FULL-"train.lora.r=0 train.lr=5e-5"}
+SEEDS=${SEEDS:-"13 14"}; FULL=${FULL-"train.lora.r=0 train.lr=5e-5 broker.send_weights=false"}
 mkdir -p "$ROOT/lora" "$ROOT/full" "$OUT"
 log() { echo "=== $(date +%T) $*"; }
+if [ -n "${MINER:-}" ] && [ -n "${STATIC:-}" ] && [ ! -s "$STATIC" ]; then
+  MODEL="$MINER" DATA="$DATA" BACKEND="$BACKEND" bash studies/mine_static.sh 0 30 "$STATIC" && log "static negatives mined by $MINER"
+fi
+if [ "${MPS:-1}" = 1 ] && [ -n "$GPUS" ] && [ -z "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && command -v nvidia-cuda-mps-control > /dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/ance-mps-decoder-$$ CUDA_MPS_LOG_DIRECTORY=$ROOT/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d && log "MPS daemon up"
+  trap 'echo quit | nvidia-cuda-mps-control' EXIT
+fi
 [ -s "${STATIC:-}" ] || { echo "squad_decoder: STATIC=${STATIC:-} is not a negatives file (make one with studies/mine_static.sh)"; exit 2; }
 # convert a GGUF file once into an HF dir (ance's cache), which every run then loads
 DEC=$(python -c "import sys; from ance.model.biencoder import resolve_model; print(resolve_model(sys.argv[1]))" "$DEC" \

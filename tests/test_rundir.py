@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ance.run.rundir import (CONFIG, MANIFEST, METRICS, TRAINER_STATE, RunDir, checkpoint_files, is_complete_checkpoint,
-                         negatives_name, parse_negatives_name, parse_step, step_name)
+                             negatives_name, parse_negatives_name, parse_step, shipped_bytes, step_name,
+                             weights_limit)
 
 
 def test_names_round_trip():
@@ -53,3 +54,34 @@ def test_checkpoint_files(tmp_path):
     assert checkpoint_files(tmp_path, 100) == {"config.json": b"{}", "sub/x.bin": b"12345"}
     with pytest.raises(ValueError, match="max_frame_bytes"):
         checkpoint_files(tmp_path, 4)
+
+
+def test_shipped_bytes_counts_what_checkpoint_files_ships(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "sub" / "x.bin").write_bytes(b"12345")
+    (tmp_path / TRAINER_STATE).write_bytes(b"big state")
+    (tmp_path / "link").symlink_to(tmp_path / "config.json")
+    assert shipped_bytes(tmp_path) == 7 == sum(map(len, checkpoint_files(tmp_path, 100).values()))
+    assert weights_limit(3 << 20) == 2 << 20
+
+
+def test_a_checkpoint_too_large_to_ship_is_a_config_error_before_it_is_announced(tmp_path):
+    from ance.run.config import Config
+    from ance.run.errors import ConfigError
+    from ance.trainer.checkpoint import check_shippable
+
+    ckpt = tmp_path / "step-000008"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"\0" * (3 << 20))
+    (ckpt / TRAINER_STATE).write_bytes(b"\0" * (8 << 20))  # the optimizer state never ships
+    cfg = Config()
+    cfg.broker.send_weights, cfg.broker.max_frame_bytes = True, 5 << 20
+    check_shippable(cfg, ckpt)
+    cfg.broker.max_frame_bytes = 4 << 20  # exactly fits: 4 MiB less the frame's 1 MiB
+    check_shippable(cfg, ckpt)
+    cfg.broker.max_frame_bytes = (4 << 20) - 1
+    with pytest.raises(ConfigError, match=r"step-000008 holds 3 MiB.*broker.send_weights=false"):
+        check_shippable(cfg, ckpt)
+    cfg.broker.send_weights = False  # inferencers read it from the shared file system
+    check_shippable(cfg, ckpt)

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ance.run.errors import CheckpointError, DiskFullError
+from ance.run.config import Config
+from ance.run.errors import CheckpointError, ConfigError, DiskFullError
 from ance.run.fsio import disk_full_error, fsync_dir, honour_umask
-from ance.run.rundir import MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step
+from ance.run.rundir import (MANIFEST, RunDir, is_complete_checkpoint, manifest_path, parse_step, shipped_bytes,
+                             weights_limit)
 
 from .state_io import load_state, save_state
 
@@ -236,3 +238,19 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     read_manifest(path)
     return load_state(path)
+
+
+def check_shippable(cfg: Config, ckpt: Path) -> None:
+    """With ``broker.send_weights`` the broker ships each checkpoint to the inferencers in one frame:
+    one too large for ``broker.max_frame_bytes`` (a full fine-tune of a large model) could never be
+    refreshed from, so say so before announcing it, rather than leave the trainer waiting for negatives
+    that never come. The checkpoint stays written (a resume, or ``ance export``, can use it)."""
+    if not cfg.broker.send_weights:
+        return
+    size, limit = shipped_bytes(ckpt), weights_limit(cfg.broker.max_frame_bytes)
+    if size > limit:
+        raise ConfigError(f"checkpoint {ckpt} holds {size / 2**20:.0f} MiB of weights, more than the "
+                          f"{limit / 2**20:.0f} MiB broker.send_weights ships in one frame "
+                          f"(broker.max_frame_bytes={cfg.broker.max_frame_bytes}): set broker.send_weights=false "
+                          "where the inferencers share the run directory's file system, raise "
+                          "broker.max_frame_bytes, or train with LoRA (train.lora.r > 0: an adapter of a few MB)")

@@ -24,7 +24,7 @@ from ance.learn.losses import gist_mask, positive_mask
 from ance.model.tokcache import build_inputs
 
 from .batches import Batch, PairSampler, sample_negatives, sample_positives
-from .checkpoint import CommitThread, Staged, prune_checkpoints, stage_checkpoint
+from .checkpoint import CommitThread, Staged, check_shippable, prune_checkpoints, stage_checkpoint
 from .evaluator import Evaluator, write_alias
 from .link import TrainerLink
 from .console import console_for
@@ -212,6 +212,7 @@ class Trainer(TrainerSetup):
         self.metrics.log("checkpoint", step=staged.step, path=str(staged.final), write_s=staged.write_s,
                          blocking_s=staged.staged_s if blocking_s is None else blocking_s)
         if self.client is not None:
+            check_shippable(self.cfg, staged.final)
             self.client.announce(staged.step, str(staged.final), written)
         protect = set(int(v) for v in np.unique(self.table.version))
         protect |= self.evaluator.protected() if getattr(self, "evaluator", None) else set()  # the best one

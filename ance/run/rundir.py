@@ -172,6 +172,25 @@ class RunDir:
         return sorted((v, p) for p in self.negatives_dir.iterdir() if (v := parse_negatives_name(p.name)) is not None)
 
 
+def _shipped(root: Path) -> Iterable[Path]:
+    """The files of a checkpoint dir that go to an inferencer: regular files in it, no symlink, and not
+    the trainer state (``trainer_state.*``: optimizer state, large, and of no use to an inferencer)."""
+    for p in sorted(root.rglob("*")):
+        if not p.is_symlink() and p.is_file() and not p.name.startswith("trainer_state."):
+            yield p
+
+
+def shipped_bytes(path: str | Path) -> int:
+    """How many bytes ``checkpoint_files`` would ship of the checkpoint dir ``path``."""
+    return sum(p.stat().st_size for p in _shipped(Path(path)))
+
+
+def weights_limit(max_frame_bytes: int) -> int:
+    """The most checkpoint bytes one frame carries (``broker.max_frame_bytes`` less 1 MiB for the rest
+    of the job message): what the broker passes to ``checkpoint_files``."""
+    return max_frame_bytes - (1 << 20)
+
+
 def checkpoint_files(path: str | Path, max_bytes: int) -> dict[str, bytes]:
     """The files of a checkpoint dir (relative posix path -> bytes), to ship to an inferencer.
 
@@ -183,9 +202,7 @@ def checkpoint_files(path: str | Path, max_bytes: int) -> dict[str, bytes]:
     root = Path(path)
     files: dict[str, bytes] = {}
     total = 0
-    for p in sorted(root.rglob("*")):
-        if p.is_symlink() or not p.is_file() or p.name.startswith("trainer_state."):
-            continue
+    for p in _shipped(root):
         total += p.stat().st_size
         if total > max_bytes:
             raise ValueError(f"checkpoint {root} is larger than broker.max_frame_bytes={max_bytes}: "
