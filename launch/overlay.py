@@ -157,7 +157,23 @@ def _save(fig, path: Path, formats) -> list[Path]:
     return out
 
 
-def _legend(fig, axes, ncol: int) -> None:
+def legend_columns(labels: list[str], width_in: float, chars_per_in: float = 13.0, handle_chars: int = 6) -> int:
+    """How many legend columns of ``labels`` fit across a figure ``width_in`` inches wide (at most 3):
+    a legend wider than its figure is cut at both edges."""
+    if not labels:
+        return 1
+    widest = max(len(lab) for lab in labels) + handle_chars
+    return max(1, min(3, len(labels), int(width_in * chars_per_in // widest)))
+
+
+def wrap_runs(what: str, labels: list[str], width: int = 95) -> str:
+    """A title: ``what`` then "runs: a, b, ..." wrapped at ``width`` characters, breaking after commas."""
+    import textwrap
+
+    return "\n".join([what] + textwrap.wrap("runs: " + ", ".join(labels), width=width, break_long_words=False))
+
+
+def _legend(fig, axes, ncol: int | None = None) -> None:
     handles, labels = [], []
     for ax in axes:
         h, lab = ax.get_legend_handles_labels()
@@ -166,12 +182,13 @@ def _legend(fig, axes, ncol: int) -> None:
                 handles.append(hh)
                 labels.append(ll)
     if handles:
+        ncol = min(ncol or 3, legend_columns(labels, fig.get_figwidth()))
         fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize="small", frameon=False)
 
 
 def _title(runs: list[Run], what: str) -> str:
     data = sorted({f"{r.dataset} ({r.split})" for r in runs})
-    return f"{what} — {', '.join(data)}\nruns: {', '.join(r.label for r in runs)}"
+    return wrap_runs(f"{what} — {', '.join(data)}", [r.label for r in runs])
 
 
 def plot_learning(runs: list[Run], path: Path, formats, metric: str = "ndcg@10") -> list[Path]:
@@ -246,6 +263,7 @@ def plot_loss(runs: list[Run], path: Path, formats) -> list[Path]:
 def plot_gap(runs: list[Run], path: Path, formats) -> list[Path]:
     fig, (ax,) = _figure(1, 4.0)
     top = 1
+    bounds = {r.max_gap for r in runs if r.source in ("async", None) and r.max_gap is not None}
     for i, r in enumerate(runs):
         c = COLORS[i % len(COLORS)]
         if r.source not in ("async", None):
@@ -254,9 +272,13 @@ def plot_gap(runs: list[Run], path: Path, formats) -> list[Path]:
         if xs:
             ax.plot(xs, gaps, drawstyle="steps-post", color=c, label=f"{r.label} ({r.source})")
             top = max(top, max(gaps))
-        if r.max_gap is not None:
+        if r.max_gap is not None and len(bounds) > 1:  # runs bounded differently: a line each
             ax.axhline(r.max_gap, color=c, ls=":", lw=1, label=f"{r.label} max_gap = {r.max_gap}")
             top = max(top, r.max_gap)
+    if len(bounds) == 1:  # one bound shared by every async run: one line
+        (bound,) = bounds
+        ax.axhline(bound, color="0.3", ls=":", lw=1, label=f"max_gap = {bound}")
+        top = max(top, bound)
     if not any(r.source in ("async", None) for r in runs):
         ax.text(0.5, 0.5, "no async run: in-batch and static negatives have no gap", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")

@@ -25,6 +25,21 @@ from ance.run.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
+def last_error(log_path: Path, tail_bytes: int = 16384) -> str | None:
+    """The last one-line error (``ance <cmd>: error: ...``) in the tail of a role's log, if any: what the
+    launcher repeats when that role ends the run, so the reason is on the console, not only in the log."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - tail_bytes))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("ance ") and ": error: " in line:
+            return line.strip()[:1000]
+    return None
+
+
 @dataclass
 class ProcSpec:
     """One supervised process: how to start it and whether to restart it."""
@@ -228,7 +243,8 @@ class Supervisor:
                             pass
                     if not p.spec.restart:
                         trainer_rc = rc
-                        self.request_stop(f"{p.spec.name} exited with code {rc}")
+                        why = last_error(RunDir(self.run_dir).log(p.spec.name)) if rc else None
+                        self.request_stop(f"{p.spec.name} exited with code {rc}" + (f": {why}" if why else ""))
                         break
                     if p.restarts >= self.max_restarts:
                         self.request_stop(f"{p.spec.name} crashed {p.restarts + 1} times; giving up "

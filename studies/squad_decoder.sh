@@ -7,7 +7,7 @@
 # decoder is no retriever); ANCE starts from in-batch negatives and refreshes with its own model.
 #   DATA=/tmp/data/squad DEC=/path/SmolLM2-135M-Instruct.Q4_1.gguf STATIC=static-0-30.tsv ROOT=/tmp/dec \
 #     OUT=$OUT bash studies/squad_decoder.sh
-# Env: STEPS (600), EVAL_EVERY (100), SEEDS ("13 14"), FULL ("train.lora.r=0 train.lr=5e-5 broker.send_weights=false"; empty: no full
+# Env: STEPS (350), EVAL_EVERY (175), SEEDS ("13 14"), FULL ("train.lora.r=0 train.lr=5e-5 broker.send_weights=false"; empty: no full
 # run; a full checkpoint is too large to ship: its inferencer reads it from the run dir), EXTRA_ALL (more overrides; CPU smoke: subsets), EVAL_ARGS, JOB_TIMEOUT (1500), BACKEND (torch), GPU (0),
 # MINER (when STATIC is not there yet: mine it with this model, studies/mine_static.sh 0 30), MPS (1: every
 # process under one CUDA MPS daemon of this script's own where a GPU and nvidia-cuda-mps-control are there and
@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export DATA BACKEND=${BACKEND:-torch} CFG=${CFG:-configs/squad-smollm2-lora-gpu.yaml} GPUS=${GPU-0}
-ROOT=${ROOT:-runs/squad-decoder}; OUT=${OUT:-$ROOT/out}; STEPS=${STEPS:-600}; EVAL_EVERY=${EVAL_EVERY:-100}
+ROOT=${ROOT:-runs/squad-decoder}; OUT=${OUT:-$ROOT/out}; STEPS=${STEPS:-350}; EVAL_EVERY=${EVAL_EVERY:-175}
 SEEDS=${SEEDS:-"13 14"}; FULL=${FULL-"train.lora.r=0 train.lr=5e-5 broker.send_weights=false"}
 mkdir -p "$ROOT/lora" "$ROOT/full" "$OUT"
 log() { echo "=== $(date +%T) $*"; }

@@ -75,3 +75,11 @@ def test_on_off_choices_read_as_yaml_writes_them(tmp_path):
         load_config(None, ["inferencer.compile=fast"])
     with pytest.raises(ConfigError, match="data.format: expected a string"):  # other keys stay strict
         load_config(None, ["data.format=off"])
+
+
+def test_send_weights_needs_a_frame_with_room_for_weights():
+    # 1 MiB of every frame is the job itself: at the 1 MiB minimum no checkpoint could ever be shipped
+    with pytest.raises(ConfigError, match=r"broker.max_frame_bytes=1048576 leaves no room.*send_weights=false"):
+        load_config(None, ["broker.send_weights=true", "broker.max_frame_bytes=1048576"])
+    load_config(None, ["broker.send_weights=false", "broker.max_frame_bytes=1048576"])  # nothing to ship: fine
+    load_config(None, ["broker.send_weights=true", "broker.max_frame_bytes=2097152"])

@@ -79,3 +79,26 @@ def test_report_overlays_three_runs_in_three_formats(tmp_path, capsys):
     assert main(["report", *map(str, runs)]) == 2  # several runs need --out
     with pytest.raises(Exception):
         Run(tmp_path / "nothing")
+
+
+def test_legend_columns_fit_the_figure_width():
+    from ance.launch.overlay import legend_columns
+
+    short = ["ANCE", "static", "in-batch"]
+    assert legend_columns(short, 8.0) == 3
+    # five labels of ~35 characters: 8 in x 13 chars/in = 104 chars, each column 41 -> 2 columns
+    long = [f"LoRA ANCE seed {s} (async) max_gap = 100" for s in range(5)]
+    assert legend_columns(long, 8.0) == 104 // (len(long[0]) + 6)
+    assert legend_columns(["x" * 200], 8.0) == 1  # never zero columns
+    assert legend_columns([], 8.0) == 1
+
+
+def test_titles_wrap_the_run_names_after_commas():
+    from ance.launch.overlay import wrap_runs
+
+    labels = [f"LoRA static seed {s}" for s in range(8)]
+    title = wrap_runs("Learning curves: ndcg@10 — squad (dev)", labels, width=60)
+    lines = title.split("\n")
+    assert lines[0] == "Learning curves: ndcg@10 — squad (dev)"
+    assert all(len(line) <= 60 for line in lines[1:]) and len(lines) > 2
+    assert " ".join(lines[1:]) == "runs: " + ", ".join(labels)  # nothing lost, only wrapped

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ance.launch.supervisor import ProcSpec, Supervisor, plan
+from ance.launch.supervisor import ProcSpec, Supervisor, last_error, plan
 
 
 def alive(pid: int) -> bool:
@@ -146,3 +146,13 @@ def test_children_go_when_the_launcher_is_killed_hard(tmp_path):
     while time.time() < deadline and [p for p in pids_with_arg(token) if alive(p)]:
         time.sleep(0.1)
     assert not [p for p in pids_with_arg(token) if alive(p)]
+
+
+def test_last_error_finds_the_roles_one_line_reason(tmp_path):
+    log = tmp_path / "trainer-0.log"
+    assert last_error(log) is None  # no log yet
+    log.write_text("INFO starting\nance train: error: old reason\nINFO more\n"
+                   "ance train: error: checkpoint too large; raise broker.max_frame_bytes\nINFO bye\n")
+    assert last_error(log) == "ance train: error: checkpoint too large; raise broker.max_frame_bytes"
+    log.write_text("x" * 50000 + "\nINFO nothing wrong\n")
+    assert last_error(log) is None  # only the tail is read, and it holds no error

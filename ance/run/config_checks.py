@@ -131,6 +131,10 @@ def check_ranges(cfg: Any) -> None:
     if not MIN_FRAME_BYTES <= b.max_frame_bytes <= MAX_FRAME_BYTES:
         raise ConfigError(f"broker.max_frame_bytes={b.max_frame_bytes}: must be in {MIN_FRAME_BYTES}.."
                           f"{MAX_FRAME_BYTES} (1 MiB..2 GiB)")
+    if b.send_weights and b.max_frame_bytes < 2 * MIN_FRAME_BYTES:  # 1 MiB of each frame is the job itself
+        raise ConfigError(f"broker.max_frame_bytes={b.max_frame_bytes} leaves no room for weights with "
+                          "broker.send_weights=true (1 MiB of a frame is the job itself): raise it to at least "
+                          f"{2 * MIN_FRAME_BYTES}, or set broker.send_weights=false")
     port = cfg.telemetry.prometheus_port
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError(f"telemetry.prometheus_port={port}: must be in 0..65535 (0: any free port), or null "

@@ -121,7 +121,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "broker.worker_timeout_s": (MAY, "a worker silent this long is dropped (>= 2 x heartbeat_s)"),
     "broker.chunk_queries": (MAY, "queries per streamed negatives chunk"),
     "broker.max_frame_bytes": (MAY, "largest message (1 MiB..2 GiB); the same on every process"),
-    "broker.send_weights": (MAY, "ship checkpoint files in jobs (inferencers without the run directory)"),
+    "broker.send_weights": (MAY, "ship checkpoint files in jobs (inferencers without the run directory); each checkpoint must fit in broker.max_frame_bytes less 1 MiB, or the trainer stops with exit 2 (use LoRA, or raise the limit)"),
     "broker.curve_keys": (MAY, "folder made by `ance keys`; required to bind off loopback"),
     "broker.client_keys": (MAY, "per-worker keys (broker only): the allow-list folder DIR/clients of "
                            "`ance keys issue DIR --name NAME`; the broker then admits only those keys, each under "
