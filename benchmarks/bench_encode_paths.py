@@ -202,20 +202,27 @@ def bench_cold(args) -> dict:
     encode_corpus(model, TokenCache.open(corpus.passages()[:512], model.tokenizer, 254, tempfile.mkdtemp(), "w",
                                          progress=False), max_length=256, batch_size=256, device=DEVICE,
                   progress=False)  # CUDA context and kernels: not what "cold" measures
+    from ance.model import tokcache
+
     out = {"data": str(args.cold), "docs": len(corpus)}
-    for batch in (256, 512):
-        with tempfile.TemporaryDirectory() as root:
-            sync()
-            t = time.perf_counter()
-            cache = TokenCache.open(corpus.passages(), model.tokenizer, corpus_max_tokens(model.tokenizer, 256),
-                                    root, corpus.source_hash, progress=False)
-            t1 = time.perf_counter()
-            encode_corpus(model, cache, max_length=256, batch_size=batch, device=DEVICE, progress=False)
-            sync()
-            t2 = time.perf_counter()
-        out[f"batch_{batch}"] = {"tokenize_s": round(t1 - t, 3), "encode_s": round(t2 - t1, 3),
-                                 "docs_per_s_cold": round(len(corpus) / (t2 - t))}
-        print(f"cold batch {batch}: {out[f'batch_{batch}']}", file=sys.stderr, flush=True)
+    # side by side: the tokenizer's __call__ (the previous path) and the Rust batch call without offsets
+    for path, fast in (("call", False), ("fast", True), ("call_again", False), ("fast_again", True)):
+        tokcache.FAST_TOKENIZE = fast
+        for batch in (256, 512):
+            with tempfile.TemporaryDirectory() as root:
+                sync()
+                t = time.perf_counter()
+                cache = TokenCache.open(corpus.passages(), model.tokenizer,
+                                        corpus_max_tokens(model.tokenizer, 256), root, corpus.source_hash,
+                                        progress=False)
+                t1 = time.perf_counter()
+                encode_corpus(model, cache, max_length=256, batch_size=batch, device=DEVICE, progress=False)
+                sync()
+                t2 = time.perf_counter()
+            out[f"{path}_batch_{batch}"] = {"tokenize_s": round(t1 - t, 3), "encode_s": round(t2 - t1, 3),
+                                            "docs_per_s_cold": round(len(corpus) / (t2 - t))}
+            print(f"cold {path} batch {batch}: {out[f'{path}_batch_{batch}']}", file=sys.stderr, flush=True)
+    tokcache.FAST_TOKENIZE = True
     return out
 
 

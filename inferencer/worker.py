@@ -37,7 +37,7 @@ from ance.run.config import Config
 from ance.data.dataset import load_for_config
 from ance.run.device import describe_device, resolve_device, resolve_precision
 from ance.model.encode import (corpus_max_tokens, corpus_tokens, encode_corpus, encode_token_lists, prefixed_hash,
-                               query_tokens)
+                               query_tokens, shared_token_root)
 from ance.model.inference import copy_weights, for_inference, same_architecture
 from ance.run.errors import AnceError, CheckpointError, ProtocolError
 from ance.wire.protocol import pack_array
@@ -354,7 +354,8 @@ class Worker:
             t = time.perf_counter()
             self._cache = corpus_tokens(self.data.corpus, tokenizer, max_length=m.passage_max_length,
                                         long_doc=m.long_doc, n_windows=m.maxp_windows,
-                                        cache_root=RunDir(self.run_dir).cache, progress=False, prefix=prefix)
+                                        cache_root=RunDir(self.run_dir).cache, progress=False, prefix=prefix,
+                                        shared_root=shared_token_root(self.cfg))
             log.info("token cache ready in %.1fs", time.perf_counter() - t)
         return self._cache
 

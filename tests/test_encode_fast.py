@@ -111,7 +111,7 @@ def test_a_compiling_inferencer_keeps_its_model_and_takes_each_checkpoints_weigh
     from helpers_refresh import free_port, make_checkpoint, write_config
 
     from ance.run.config import load_config
-    from inferencer.worker import Worker
+    from ance.inferencer.worker import Worker
 
     cfg = load_config(write_config(tmp_path, free_port(), inferencer={"compile": "on"}))
     worker = Worker(cfg, device="cpu", name="c")
@@ -135,7 +135,7 @@ def test_a_compiling_inferencer_keeps_its_model_and_takes_each_checkpoints_weigh
 def test_the_trainers_evaluation_encodes_as_the_inferencers_do():
     """On a GPU the in-loop evaluation takes a bf16 copy (what `ance retrieve` and the inferencers hold);
     on the CPU, and in fp32, the model itself."""
-    from trainer.evaluator import inference_copy
+    from ance.trainer.evaluator import inference_copy
 
     m = BiEncoder.load(resolve_model("tiny-bert"))
     assert inference_copy(m, "cpu", "auto") is m and inference_copy(m, "cpu", "bf16") is m

@@ -279,3 +279,77 @@ def test_release_drops_the_pages_read_and_keeps_the_ids(tok, tmp_path):
     cache.release()
     assert _rss_of_mapping(ids) < 100
     assert all(np.array_equal(a, cache[i]) for a, i in zip(before, range(0, 600, 7)))
+
+
+def _texts_for_fast_path():
+    base = TEXTS + ["query: what causes rain? passage: clouds release water </s> <|endoftext|> <pad>",
+                    "Instruct: retrieve documents\nQuery: vitamin d", "  leading and trailing  ", "a" * 500]
+    return [f"{t} {i}" for i in range(60) for t in base]  # > FAST_MIN_TEXTS
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, tok):
+    """token_ids through the Rust tokenizer's offset-free batch call == the tokenizer's __call__, for
+    WordPiece (MiniLM) and the byte-level BPEs of the decoder families, either truncation side, special
+    tokens written in the text, long texts cut; and the cache built through it holds the same ids."""
+    if family == "bert":
+        t = __import__("copy").deepcopy(tok)
+    else:
+        from helpers_models import tiny_tokenizer
+
+        t = tiny_tokenizer(family)
+    t.truncation_side = side
+    texts = _texts_for_fast_path()
+    before = t.backend_tokenizer.truncation
+    backend = tokcache.fast_backend(t, 12)
+    assert backend is not None and t.backend_tokenizer.truncation == before  # a copy is set, not the tokenizer
+    fast = tokcache.token_ids(t, texts, 12, backend)
+    assert fast == reference_ids(t, texts, 12) and max(map(len, fast)) == 12
+
+
+def test_the_cache_is_the_same_through_either_path(tok, tmp_path, monkeypatch):
+    texts = _texts_for_fast_path()
+    fast = TokenCache.open(texts, tok, 10, tmp_path / "fast", "src", progress=False)
+    monkeypatch.setattr(tokcache, "FAST_TOKENIZE", False)
+    assert tokcache.fast_backend(tok, 10) is None
+    slow = TokenCache.open(texts, tok, 10, tmp_path / "slow", "src", progress=False)
+    assert fast.built and slow.built
+    assert np.array_equal(fast._ids, slow._ids) and np.array_equal(fast.lengths, slow.lengths)
+
+
+def test_a_wrapped_or_slow_tokenizer_takes_the_call_path(tok):
+    assert tokcache.fast_backend(Counting(tok), 16) is None  # not a fast tokenizer itself: its __call__ counts
+    counting = Counting(tok)
+    assert tokcache.token_ids(counting, TEXTS, 16) == reference_ids(tok, TEXTS, 16) and counting.calls == 1
+
+
+def test_shared_root_links_a_complete_cache_and_publishes_a_new_one(tok, tmp_path):
+    shared = tmp_path / "shared"
+    a = TokenCache.open(TEXTS, Counting(tok), 16, tmp_path / "run1", "src", progress=False, shared_root=shared)
+    assert a.built and (shared / a.path.name / "meta.json").is_file()  # published
+    counting = Counting(tok)
+    b = TokenCache.open(TEXTS, counting, 16, tmp_path / "run2", "src", progress=False, shared_root=shared)
+    assert not b.built and counting.calls == 0 and b.path == tmp_path / "run2" / a.path.name
+    assert [b[i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)
+    assert sorted(p.name for p in shared.iterdir()) == [a.path.name]  # no temp dirs left behind
+    assert sorted(p.name for p in (tmp_path / "run2").iterdir()) == [a.path.name]
+
+
+def test_a_damaged_shared_cache_is_not_linked_in(tok, tmp_path):
+    shared = tmp_path / "shared"
+    a = TokenCache.open(TEXTS, tok, 16, tmp_path / "run1", "src", progress=False, shared_root=shared)
+    ids = shared / a.path.name / "ids.int32"
+    ids.unlink()  # the run's own link stays whole
+    ids.write_bytes(b"\0" * 8)  # truncated
+    counting = Counting(tok)
+    b = TokenCache.open(TEXTS, counting, 16, tmp_path / "run2", "src", progress=False, shared_root=shared)
+    assert b.built and counting.calls == 1  # tokenized anew (a warning says why), not linked
+    assert [b[i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)
+
+
+def test_an_unwritable_shared_root_only_costs_the_sharing(tok, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    c = TokenCache.open(TEXTS, tok, 16, tmp_path / "run", "src", progress=False, shared_root=blocker / "sub")
+    assert c.built and [c[i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)

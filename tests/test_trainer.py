@@ -331,7 +331,8 @@ def test_maxp_token_cache_is_the_same_from_trainer_and_inferencer(tmp_path):
     from ance.trainer.loop import Trainer
 
     cfg = load_config(CONFIG, [f"run_dir={tmp_path / 'trainer'}", *SMALL, "model.long_doc=maxp",
-                               "model.maxp_windows=3", "train.max_steps=1", "negatives.source=inbatch"])
+                               "model.maxp_windows=3", "train.max_steps=1", "negatives.source=inbatch",
+                               "data.shared_token_cache=false"])
     trainer = Trainer(cfg)
     trainer.metrics.close()
     worker = Worker(dataclasses.replace(cfg, run_dir=str(tmp_path / "inferencer")), device="cpu", name="w",
@@ -370,3 +371,31 @@ def test_replayed_refresh_is_not_logged_twice():
     assert client.latest_complete == 7
     client._handle(pack_message("version_done", version=5, n_shards=2, stats={"replayed": True}))  # stale replay
     assert len(metrics.events) == 2 and client.latest_complete == 7
+
+
+def test_a_later_run_links_the_tokenized_corpus_from_the_shared_cache(tmp_path, monkeypatch):
+    """data.shared_token_cache: the first run's trainer tokenizes and publishes into $ANCE_CACHE_DIR; a second
+    run's inferencer (another run dir) links it (same inode, nothing tokenized); off, it builds its own."""
+    import dataclasses
+
+    from ance.inferencer.worker import Worker
+    from ance.trainer.loop import Trainer
+
+    monkeypatch.setenv("ANCE_CACHE_DIR", str(tmp_path / "user-cache"))
+    cfg = load_config(CONFIG, [f"run_dir={tmp_path / 'run1'}", *SMALL, "train.max_steps=1",
+                               "negatives.source=inbatch"])
+    trainer = Trainer(cfg)
+    trainer.metrics.close()
+    first = trainer.passages
+    shared = tmp_path / "user-cache" / first.path.name
+    assert first.built and (shared / "meta.json").is_file()
+    worker = Worker(dataclasses.replace(cfg, run_dir=str(tmp_path / "run2")), device="cpu", name="w",
+                    dataset=trainer.data)
+    second = worker._token_cache(trainer.tokenizer)
+    assert not second.built and second.path.parent == tmp_path / "run2" / "cache"
+    assert (second.path / "ids.int32").stat().st_ino == (first.path / "ids.int32").stat().st_ino  # a hard link
+    assert all(np.array_equal(first[i], second[i]) for i in range(len(first)))
+    off = Worker(dataclasses.replace(cfg, run_dir=str(tmp_path / "run3"),
+                                     data=dataclasses.replace(cfg.data, shared_token_cache=False)),
+                 device="cpu", name="w3", dataset=trainer.data)
+    assert off._token_cache(trainer.tokenizer).built

@@ -19,7 +19,7 @@ from ance.run.config import save_config
 from ance.run.config_checks import check_model_lengths
 from ance.data.dataset import load_for_config
 from ance.run.device import autocast_dtype, describe_device, device_type, resolve_device
-from ance.model.encode import corpus_tokens, query_tokens
+from ance.model.encode import corpus_tokens, query_tokens, shared_token_root
 from ance.run.errors import AnceError, CheckpointError, ConfigError
 from ance.learn.losses import BidirectionalInfoNCE, InfoNCE
 from ance.model import tuning
@@ -121,7 +121,7 @@ class TrainerSetup:
         self.passages = corpus_tokens(self.data.corpus, self.tokenizer, max_length=m.passage_max_length,
                                       long_doc=m.long_doc, n_windows=m.maxp_windows,
                                       cache_root=RunDir(self.run_dir).cache, progress=self.is_main,
-                                      prefix=self.model.prompt("passage"))
+                                      prefix=self.model.prompt("passage"), shared_root=shared_token_root(self.cfg))
         self.query_tokens = query_tokens(self.split.texts, self.tokenizer, m.query_max_length,
                                          prefix=self.model.prompt("query"))
 

@@ -36,6 +36,7 @@ from ance.run.device import autocast
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import fsync_dir
 from ance.model import prompts as prompting
+from ance.model import tokcache
 from ance.model.inference import half_weights
 from ance.model.tokcache import FlatTokens, TokenCache, build_padded_inputs, windows
 
@@ -83,8 +84,16 @@ def prefixed_hash(source_hash: str, prefix: str) -> str:
     return f"{source_hash}+prompt-{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
 
 
+def shared_token_root(cfg) -> Path | None:
+    """Where runs share tokenized corpora (``data.shared_token_cache``): the user's cache dir, or None."""
+    from ance.run.fsio import default_cache_dir
+
+    return default_cache_dir() if cfg.data.shared_token_cache else None
+
+
 def corpus_tokens(corpus, tokenizer: Any, *, max_length: int, long_doc: str = "firstp", n_windows: int = 1,
-                  cache_root: str | Path, progress: bool = True, prefix: str = "") -> TokenCache:
+                  cache_root: str | Path, progress: bool = True, prefix: str = "",
+                  shared_root: str | Path | None = None) -> TokenCache:
     """The corpus's token cache for this encoding, built on first use: the one token budget
     (:func:`corpus_max_tokens`) of every role, so trainer, inferencers and ``ance encode`` of one
     run share one cache.
@@ -97,7 +106,7 @@ def corpus_tokens(corpus, tokenizer: Any, *, max_length: int, long_doc: str = "f
     prompting.check_fits(tokenizer, prefix, max_tokens if long_doc == "firstp" else max_tokens // int(n_windows),
                          "model.passage_prefix", "model.passage_max_length")
     return TokenCache.open(prompting.apply(prefix, corpus.passages()), tokenizer, max_tokens, cache_root,
-                           prefixed_hash(corpus.source_hash, prefix), progress=progress)
+                           prefixed_hash(corpus.source_hash, prefix), progress=progress, shared_root=shared_root)
 
 
 def query_tokens(texts: Sequence[str], tokenizer: Any, max_length: int, prefix: str = "", *,
@@ -106,8 +115,9 @@ def query_tokens(texts: Sequence[str], tokenizer: Any, max_length: int, prefix: 
     for the special tokens of ``max_length``."""
     room = int(max_length) - n_special_tokens(tokenizer)
     prompting.check_fits(tokenizer, prefix, room, key, length_key)
-    return tokenizer(list(prompting.apply(prefix, texts)), add_special_tokens=False, truncation=True,
-                     max_length=max(room, 1), return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    texts = list(prompting.apply(prefix, texts))
+    backend = tokcache.fast_backend(tokenizer, max(room, 1)) if len(texts) >= tokcache.FAST_MIN_TEXTS else None
+    return tokcache.token_ids(tokenizer, texts, max(room, 1), backend)
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -30,6 +30,9 @@ KEYS: dict[str, tuple[str, str]] = {
                      "guessed from common names (anchor/query, positive/pos, negative/neg), else by position"),
     "data.eval_path": (FIXED, "evaluation queries and positives from this file or dataset (any format) instead of "
                        "data.eval_split of data.path; indexed against the same corpus"),
+    "data.shared_token_cache": (MAY, "link the tokenized corpus from the user's cache ($ANCE_CACHE_DIR, else "
+                                "~/.cache/ance) when a run with the same data and tokenizer made it, and publish "
+                                "it there when this run makes it (hard links; false: the run dir's cache only)"),
     "data.train_split": (FIXED, "split whose queries are trained on"),
     "data.eval_split": (FIXED, "split evaluated at every refresh (nDCG@10, recall@100); null: none"),
     "data.max_docs": (FIXED, "corpus subset: every judged document of the kept queries, then a seeded sample "

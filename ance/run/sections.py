@@ -20,6 +20,7 @@ class DataConfig:
     corpus: str | None = None        # record formats: what is indexed (else the union of the file's passages)
     columns: dict[str, Any] | None = None  # pairs: {query: COL, positive: COL, negatives: [COL, ...]}
     eval_path: str | None = None     # the eval split's queries and positives from this file/dataset instead
+    shared_token_cache: bool = True  # reuse/publish the tokenized corpus in $ANCE_CACHE_DIR across runs
 
 
 @dataclass
