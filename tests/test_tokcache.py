@@ -1,5 +1,6 @@
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,11 @@ class Counting:
 
     def __getattr__(self, name):
         return getattr(self._tok, name)
+
+
+def entries(root):
+    """What a cache root holds, its lock files aside (they stay, empty, for the next build of the key)."""
+    return sorted(p.name for p in Path(root).iterdir() if not p.name.startswith(".lock-tokens-"))
 
 
 def reference_ids(tok, texts, max_tokens):
@@ -112,7 +118,7 @@ def test_second_open_reuses_the_cache(tok, tmp_path):
     assert not b[3].flags.owndata and not b[3].flags.writeable  # a read-only view of the map, no copy
     meta = json.loads((a.path / "meta.json").read_text())
     assert meta["n"] == 5 and meta["max_tokens"] == 16 and meta["source_hash"] == "src"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [a.path.name]  # no temp dirs left behind
+    assert entries(tmp_path) == [a.path.name]  # no temp dirs left behind
 
 
 def test_key_depends_on_max_tokens_source_and_tokenizer(tok, tmp_path):
@@ -135,7 +141,7 @@ def test_incomplete_dir_is_rebuilt(tok, tmp_path):
     b = TokenCache.open(TEXTS, counting, 16, tmp_path, "src", progress=False)
     assert b.built and counting.calls == 1 and b.path == a.path and (b.path / "meta.json").is_file()
     assert [b[i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [b.path.name]
+    assert entries(tmp_path) == [b.path.name]
 
 
 def test_a_build_that_loses_the_race_uses_the_winners(tok, tmp_path, monkeypatch):
@@ -152,7 +158,7 @@ def test_a_build_that_loses_the_race_uses_the_winners(tok, tmp_path, monkeypatch
     theirs = winner["cache"]
     assert theirs.built and ours.path == theirs.path
     assert (ours.path / "meta.json").read_text() == (theirs.path / "meta.json").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [ours.path.name]  # our temp dir is gone
+    assert entries(tmp_path) == [ours.path.name]  # our temp dir is gone
 
 
 def test_cache_of_other_texts_under_the_same_hash_is_refused(tok, tmp_path):
@@ -332,8 +338,8 @@ def test_shared_root_links_a_complete_cache_and_publishes_a_new_one(tok, tmp_pat
     b = TokenCache.open(TEXTS, counting, 16, tmp_path / "run2", "src", progress=False, shared_root=shared)
     assert not b.built and counting.calls == 0 and b.path == tmp_path / "run2" / a.path.name
     assert [b[i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)
-    assert sorted(p.name for p in shared.iterdir()) == [a.path.name]  # no temp dirs left behind
-    assert sorted(p.name for p in (tmp_path / "run2").iterdir()) == [a.path.name]
+    assert entries(shared) == [a.path.name]  # no temp dirs left behind
+    assert entries(tmp_path / "run2") == [a.path.name]
 
 
 def test_a_damaged_shared_cache_is_not_linked_in(tok, tmp_path):
@@ -353,3 +359,67 @@ def test_an_unwritable_shared_root_only_costs_the_sharing(tok, tmp_path):
     blocker.write_text("x")
     c = TokenCache.open(TEXTS, tok, 16, tmp_path / "run", "src", progress=False, shared_root=blocker / "sub")
     assert c.built and [c[i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)
+
+
+def _hold_lock(path, ready_file):
+    """A child process that holds a cache's build lock until killed or 30 s pass."""
+    import subprocess
+    import sys
+
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644); "
+            "fcntl.lockf(fd, fcntl.LOCK_EX); open(sys.argv[2], 'w').close(); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(path), str(ready_file)])
+    for _ in range(200):
+        if ready_file.exists():
+            return child
+        time.sleep(0.05)
+    child.kill()
+    raise AssertionError("the lock holder did not start")
+
+
+def test_a_process_waits_for_anothers_build_and_a_killed_holder_frees_it(tok, tmp_path):
+    """Another process holding the key's build lock (the trainer tokenizing) makes open() wait rather than
+    tokenize alongside; kill -9 of the holder frees the lock and the waiter builds."""
+    import signal
+    import threading
+
+    key = cache_key(tok, 16, "src")
+    child = _hold_lock(tmp_path / f".lock-tokens-{key}", tmp_path.parent / f"{tmp_path.name}-ready")
+    try:
+        done = {}
+        waiter = threading.Thread(target=lambda: done.setdefault(
+            "cache", TokenCache.open(TEXTS, tok, 16, tmp_path, "src", progress=False)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and "cache" not in done  # waiting for the holder, not tokenizing
+        os.kill(child.pid, signal.SIGKILL)
+        waiter.join(10)
+        assert not waiter.is_alive() and done["cache"].built
+        assert [done["cache"][i].tolist() for i in range(len(TEXTS))] == reference_ids(tok, TEXTS, 16)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_waiter_uses_the_cache_its_holder_built(tok, tmp_path, monkeypatch):
+    """The holder finishes its build and lets go: the waiter opens that build, tokenizing nothing."""
+    import threading
+
+    key = cache_key(tok, 16, "src")
+    child = _hold_lock(tmp_path / f".lock-tokens-{key}", tmp_path.parent / f"{tmp_path.name}-ready2")
+    try:
+        done, builds, real_build = {}, [], tokcache._build
+        monkeypatch.setattr(tokcache, "_build", lambda *a, **k: (builds.append(1), real_build(*a, **k)))
+        waiter = threading.Thread(target=lambda: done.setdefault(
+            "cache", TokenCache.open(TEXTS, tok, 16, tmp_path, "src", progress=False)))
+        waiter.start()
+        waiter.join(0.5)
+        built = TokenCache._open_or_build(TEXTS, tok, 16, tmp_path, tmp_path / f"tokens-{key}", key, "src", 2048,
+                                          False, None)  # what the holder does under its lock
+        assert built.built and waiter.is_alive()
+        child.kill()
+        waiter.join(10)
+        assert not done["cache"].built and len(builds) == 1 and done["cache"].path == built.path  # one build
+    finally:
+        child.kill()
+        child.wait()

@@ -18,7 +18,9 @@ build, and the first rename wins; the others use the winner's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import itertools
 import json
@@ -185,6 +187,15 @@ class TokenCache:
         final = root / f"tokens-{key}"
         if (final / "meta.json").is_file():
             return cls(final, key, built=False, n_expected=len(texts))
+        with _build_lock(root, key):  # processes on one host wait for one build rather than each tokenizing
+            return cls._open_or_build(texts, tokenizer, max_tokens, root, final, key, source_hash, batch_size,
+                                      progress, shared_root)
+
+    @classmethod
+    def _open_or_build(cls, texts, tokenizer, max_tokens, root: Path, final: Path, key: str, source_hash: str,
+                       batch_size: int, progress: bool, shared_root) -> "TokenCache":
+        if (final / "meta.json").is_file():  # built by the process we waited for
+            return cls(final, key, built=False, n_expected=len(texts))
         shared = Path(shared_root) / final.name if shared_root is not None else None
         if shared is not None and shared != final and (shared / "meta.json").is_file():
             try:
@@ -264,6 +275,44 @@ def _build(tmp: Path, texts: Sequence[str], tokenizer: Any, max_tokens: int, key
     _write(tmp / "meta.json", json.dumps(meta, indent=1).encode())  # last: marks the cache complete
     fsync_dir(tmp)
     log.info("tokenized %d texts (%d tokens) in %.1fs", n, meta["n_tokens"], meta["build_s"])
+
+
+LOCK_WAIT_S = 3600.0  # longer: build anyway (the rename keeps the race safe), with a warning
+LOCK_BUILDS = True  # False: every process builds (benchmarks/bench_tokcache_startup.py compares)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path, key: str, poll_s: float = 0.2):
+    """Hold ``root/.lock-tokens-<key>`` (a POSIX record lock) while the cache is looked up and built, so
+    the trainer and the inferencers of one run tokenize a corpus once instead of all at once. The kernel
+    drops a dead holder's lock (kill -9 included). Only an economy: where locks are not to be had (a
+    file system without them), or after ``LOCK_WAIT_S``, it goes on unlocked, as the atomic rename allows."""
+    try:
+        if not LOCK_BUILDS:
+            raise OSError("locking off")
+        fd = os.open(root / f".lock-tokens-{key}", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        deadline, said = time.monotonic() + LOCK_WAIT_S, False
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    break  # no locks here (ENOLCK, ...): go on without
+                if time.monotonic() > deadline:
+                    log.warning("token cache %s: still locked after %.0fs; building anyway", key, LOCK_WAIT_S)
+                    break
+                if not said:
+                    log.info("token cache %s: another process is building it; waiting", key)
+                    said = True
+                time.sleep(poll_s)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 CACHE_FILES = ("ids.int32", "offsets.int64", "meta.json")
