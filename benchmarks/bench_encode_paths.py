@@ -202,12 +202,12 @@ def bench_cold(args) -> dict:
     encode_corpus(model, TokenCache.open(corpus.passages()[:512], model.tokenizer, 254, tempfile.mkdtemp(), "w",
                                          progress=False), max_length=256, batch_size=256, device=DEVICE,
                   progress=False)  # CUDA context and kernels: not what "cold" measures
-    from ance.model import tokcache
+    from ance.model import tokenize as tokenizing
 
     out = {"data": str(args.cold), "docs": len(corpus)}
     # side by side: the tokenizer's __call__ (the previous path) and the Rust batch call without offsets
     for path, fast in (("call", False), ("fast", True), ("call_again", False), ("fast_again", True)):
-        tokcache.FAST_TOKENIZE = fast
+        tokenizing.FAST_TOKENIZE = fast
         for batch in (256, 512):
             with tempfile.TemporaryDirectory() as root:
                 sync()
@@ -222,7 +222,7 @@ def bench_cold(args) -> dict:
             out[f"{path}_batch_{batch}"] = {"tokenize_s": round(t1 - t, 3), "encode_s": round(t2 - t1, 3),
                                             "docs_per_s_cold": round(len(corpus) / (t2 - t))}
             print(f"cold {path} batch {batch}: {out[f'{path}_batch_{batch}']}", file=sys.stderr, flush=True)
-    tokcache.FAST_TOKENIZE = True
+    tokenizing.FAST_TOKENIZE = True
     return out
 
 

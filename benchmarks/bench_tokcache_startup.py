@@ -25,9 +25,9 @@ def _open(args, root, shared, lock, start, out):
     from transformers import AutoTokenizer
 
     from ance.data.dataset import load_dataset
-    from ance.model import tokcache
+    from ance.model import cachedirs, tokcache
 
-    tokcache.LOCK_BUILDS = lock
+    cachedirs.LOCK_BUILDS = lock
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     corpus = load_dataset(args.data).corpus
     texts = corpus.passages()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ance.model import tokcache
+from ance.model import tokenize as tokenizing
 from ance.run.errors import ConfigError, DataError
 from ance.model.tokcache import TokenCache, build_inputs, cache_key, windows
 
@@ -308,26 +309,26 @@ def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, 
     t.truncation_side = side
     texts = _texts_for_fast_path()
     before = t.backend_tokenizer.truncation
-    backend = tokcache.fast_backend(t, 12)
+    backend = tokenizing.fast_backend(t, 12)
     assert backend is not None and t.backend_tokenizer.truncation == before  # a copy is set, not the tokenizer
-    fast = tokcache.token_ids(t, texts, 12, backend)
+    fast = tokenizing.token_ids(t, texts, 12, backend)
     assert fast == reference_ids(t, texts, 12) and max(map(len, fast)) == 12
 
 
 def test_the_cache_is_the_same_through_either_path(tok, tmp_path, monkeypatch):
     texts = _texts_for_fast_path()
     fast = TokenCache.open(texts, tok, 10, tmp_path / "fast", "src", progress=False)
-    monkeypatch.setattr(tokcache, "FAST_TOKENIZE", False)
-    assert tokcache.fast_backend(tok, 10) is None
+    monkeypatch.setattr(tokenizing, "FAST_TOKENIZE", False)
+    assert tokenizing.fast_backend(tok, 10) is None
     slow = TokenCache.open(texts, tok, 10, tmp_path / "slow", "src", progress=False)
     assert fast.built and slow.built
     assert np.array_equal(fast._ids, slow._ids) and np.array_equal(fast.lengths, slow.lengths)
 
 
 def test_a_wrapped_or_slow_tokenizer_takes_the_call_path(tok):
-    assert tokcache.fast_backend(Counting(tok), 16) is None  # not a fast tokenizer itself: its __call__ counts
+    assert tokenizing.fast_backend(Counting(tok), 16) is None  # not a fast tokenizer itself: its __call__ counts
     counting = Counting(tok)
-    assert tokcache.token_ids(counting, TEXTS, 16) == reference_ids(tok, TEXTS, 16) and counting.calls == 1
+    assert tokenizing.token_ids(counting, TEXTS, 16) == reference_ids(tok, TEXTS, 16) and counting.calls == 1
 
 
 def test_shared_root_links_a_complete_cache_and_publishes_a_new_one(tok, tmp_path):

@@ -36,7 +36,7 @@ from ance.run.device import autocast
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import fsync_dir
 from ance.model import prompts as prompting
-from ance.model import tokcache
+from ance.model import tokenize as tokenizing
 from ance.model.inference import half_weights
 from ance.model.tokcache import FlatTokens, TokenCache, build_padded_inputs, windows
 
@@ -116,8 +116,8 @@ def query_tokens(texts: Sequence[str], tokenizer: Any, max_length: int, prefix: 
     room = int(max_length) - n_special_tokens(tokenizer)
     prompting.check_fits(tokenizer, prefix, room, key, length_key)
     texts = list(prompting.apply(prefix, texts))
-    backend = tokcache.fast_backend(tokenizer, max(room, 1)) if len(texts) >= tokcache.FAST_MIN_TEXTS else None
-    return tokcache.token_ids(tokenizer, texts, max(room, 1), backend)
+    backend = tokenizing.fast_backend(tokenizer, max(room, 1)) if len(texts) >= tokenizing.FAST_MIN_TEXTS else None
+    return tokenizing.token_ids(tokenizer, texts, max(room, 1), backend)
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -18,9 +18,6 @@ build, and the first rename wins; the others use the winner's.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import itertools
 import json
@@ -38,7 +35,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ance.model.cachedirs import build_lock as _build_lock, install as _install, publish as _publish
 from ance.model.decoder import special_frame
+from ance.model.tokenize import FAST_MIN_TEXTS, fast_backend, token_ids
 from ance.run.errors import ConfigError, DataError
 from ance.run.fsio import fsync_dir
 
@@ -48,44 +47,6 @@ FORMAT_VERSION = 1
 
 
 _last_vocab: tuple[dict | None, str] = (None, "")
-
-# False: always through the tokenizer's __call__ (benchmarks/bench_encode_paths.py compares the two paths)
-FAST_TOKENIZE = True
-FAST_MIN_TEXTS = 256  # fewer: not worth copying the Rust tokenizer (20 ms for BERT's, more for large vocabularies)
-
-
-def fast_backend(tokenizer: Any, max_tokens: int) -> Any | None:
-    """A copy of a fast tokenizer's Rust tokenizer set to cut at ``max_tokens`` as ``tokenizer(...,
-    truncation=True, max_length=max_tokens)`` does, for :func:`token_ids`; None where there is none (a
-    slow tokenizer, or an older ``tokenizers`` without ``encode_batch_fast``)."""
-    import copy
-
-    try:
-        from transformers import PreTrainedTokenizerFast
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return None
-    backend = getattr(tokenizer, "backend_tokenizer", None) if isinstance(tokenizer, PreTrainedTokenizerFast) else None
-    if not FAST_TOKENIZE or backend is None or not hasattr(backend, "encode_batch_fast"):
-        return None
-    backend = copy.deepcopy(backend)  # the tokenizer's own keeps whatever padding/truncation it had
-    backend.no_padding()
-    backend.enable_truncation(max_tokens, stride=0, strategy="longest_first",
-                              direction=getattr(tokenizer, "truncation_side", "right"))
-    if hasattr(backend, "encode_special_tokens"):
-        backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-    return backend
-
-
-def token_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int, backend: Any = None) -> list[list[int]]:
-    """Content ids of ``texts``, each cut to ``max_tokens``, no special tokens: exactly
-    ``tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]``,
-    through ``backend`` (:func:`fast_backend`) where given: the Rust tokenizer's batch call without
-    character offsets, about 30% less time on SciFact's abstracts."""
-    if backend is not None:
-        return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
-    return tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens,
-                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-
 
 def _vocab_sha256(vocab: dict) -> str:
     """sha256 of the tokenizer's vocabulary; the last one is remembered.
@@ -275,97 +236,6 @@ def _build(tmp: Path, texts: Sequence[str], tokenizer: Any, max_tokens: int, key
     _write(tmp / "meta.json", json.dumps(meta, indent=1).encode())  # last: marks the cache complete
     fsync_dir(tmp)
     log.info("tokenized %d texts (%d tokens) in %.1fs", n, meta["n_tokens"], meta["build_s"])
-
-
-LOCK_WAIT_S = 3600.0  # longer: build anyway (the rename keeps the race safe), with a warning
-LOCK_BUILDS = True  # False: every process builds (benchmarks/bench_tokcache_startup.py compares)
-
-
-@contextlib.contextmanager
-def _build_lock(root: Path, key: str, poll_s: float = 0.2):
-    """Hold ``root/.lock-tokens-<key>`` (a POSIX record lock) while the cache is looked up and built, so
-    the trainer and the inferencers of one run tokenize a corpus once instead of all at once. The kernel
-    drops a dead holder's lock (kill -9 included). Only an economy: where locks are not to be had (a
-    file system without them), or after ``LOCK_WAIT_S``, it goes on unlocked, as the atomic rename allows."""
-    try:
-        if not LOCK_BUILDS:
-            raise OSError("locking off")
-        fd = os.open(root / f".lock-tokens-{key}", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield
-        return
-    try:
-        deadline, said = time.monotonic() + LOCK_WAIT_S, False
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EACCES, errno.EAGAIN):
-                    break  # no locks here (ENOLCK, ...): go on without
-                if time.monotonic() > deadline:
-                    log.warning("token cache %s: still locked after %.0fs; building anyway", key, LOCK_WAIT_S)
-                    break
-                if not said:
-                    log.info("token cache %s: another process is building it; waiting", key)
-                    said = True
-                time.sleep(poll_s)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-CACHE_FILES = ("ids.int32", "offsets.int64", "meta.json")
-
-
-def _publish(src: Path, final: Path) -> bool:
-    """Put the complete cache ``src`` at ``final`` (another root) as ``_install`` does, atomically: its
-    files hard-linked into a temporary dir beside ``final`` (copied where links cannot cross file
-    systems), ``meta.json`` last, then renamed. False, logged, where that fails: a shared cache only
-    saves time, and the caller goes on without it."""
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    except OSError as e:
-        log.warning("token cache: cannot use %s (%s); going on without it", final.parent, e)
-        return False
-    try:
-        for name in CACHE_FILES:  # meta.json last: a half-linked dir stays incomplete
-            if not (src / name).is_file():
-                return False
-            try:
-                os.link(src / name, tmp / name)
-            except OSError:
-                shutil.copyfile(src / name, tmp / name)
-        fsync_dir(tmp)
-        _install(tmp, final)
-        return (final / "meta.json").is_file()
-    except OSError as e:
-        log.warning("token cache: cannot put %s at %s (%s); going on without it", src, final, e)
-        return False
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _install(tmp: Path, final: Path) -> None:
-    """Rename the built ``tmp`` to ``final``, replacing an incomplete ``final``; a complete one wins."""
-    if final.exists() and not (final / "meta.json").is_file():
-        log.warning("%s is incomplete (no meta.json); rebuilding it", final)
-        trash = Path(tempfile.mkdtemp(prefix=f".trash-{final.name}-", dir=final.parent))
-        try:
-            os.replace(final, trash / final.name)
-        except FileNotFoundError:
-            pass  # another process set it aside first
-        shutil.rmtree(trash)
-    try:
-        os.replace(tmp, final)
-    except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / "meta.json").is_file():
-            raise
-        log.info("%s was built by another process meanwhile; using it", final)
-        return
-    fsync_dir(final.parent)
 
 
 # --------------------------------------------------------------------------- model inputs

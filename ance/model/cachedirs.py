@@ -1,0 +1,111 @@
+"""The file-system side of cache directories (the token cache, :mod:`ance.model.tokcache`): a per-key build
+lock, atomic installs of a built directory, and publishing a complete one into another root (the shared
+cache) by hard links. Every step is a rename or a lock the kernel drops with its holder, so a process
+killed at any point leaves either nothing or a complete directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ance.run.fsio import fsync_dir
+
+log = logging.getLogger("ance.model.tokcache")
+
+LOCK_WAIT_S = 3600.0  # longer: build anyway (the rename keeps the race safe), with a warning
+LOCK_BUILDS = True  # False: every process builds (benchmarks/bench_tokcache_startup.py compares)
+
+
+@contextlib.contextmanager
+def build_lock(root: Path, key: str, poll_s: float = 0.2):
+    """Hold ``root/.lock-tokens-<key>`` (a POSIX record lock) while the cache is looked up and built, so
+    the trainer and the inferencers of one run tokenize a corpus once instead of all at once. The kernel
+    drops a dead holder's lock (kill -9 included). Only an economy: where locks are not to be had (a
+    file system without them), or after ``LOCK_WAIT_S``, it goes on unlocked, as the atomic rename allows."""
+    try:
+        if not LOCK_BUILDS:
+            raise OSError("locking off")
+        fd = os.open(root / f".lock-tokens-{key}", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        deadline, said = time.monotonic() + LOCK_WAIT_S, False
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    break  # no locks here (ENOLCK, ...): go on without
+                if time.monotonic() > deadline:
+                    log.warning("token cache %s: still locked after %.0fs; building anyway", key, LOCK_WAIT_S)
+                    break
+                if not said:
+                    log.info("token cache %s: another process is building it; waiting", key)
+                    said = True
+                time.sleep(poll_s)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+CACHE_FILES = ("ids.int32", "offsets.int64", "meta.json")
+
+
+def publish(src: Path, final: Path) -> bool:
+    """Put the complete cache ``src`` at ``final`` (another root) as ``_install`` does, atomically: its
+    files hard-linked into a temporary dir beside ``final`` (copied where links cannot cross file
+    systems), ``meta.json`` last, then renamed. False, logged, where that fails: a shared cache only
+    saves time, and the caller goes on without it."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    except OSError as e:
+        log.warning("token cache: cannot use %s (%s); going on without it", final.parent, e)
+        return False
+    try:
+        for name in CACHE_FILES:  # meta.json last: a half-linked dir stays incomplete
+            if not (src / name).is_file():
+                return False
+            try:
+                os.link(src / name, tmp / name)
+            except OSError:
+                shutil.copyfile(src / name, tmp / name)
+        fsync_dir(tmp)
+        install(tmp, final)
+        return (final / "meta.json").is_file()
+    except OSError as e:
+        log.warning("token cache: cannot put %s at %s (%s); going on without it", src, final, e)
+        return False
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def install(tmp: Path, final: Path) -> None:
+    """Rename the built ``tmp`` to ``final``, replacing an incomplete ``final``; a complete one wins."""
+    if final.exists() and not (final / "meta.json").is_file():
+        log.warning("%s is incomplete (no meta.json); rebuilding it", final)
+        trash = Path(tempfile.mkdtemp(prefix=f".trash-{final.name}-", dir=final.parent))
+        try:
+            os.replace(final, trash / final.name)
+        except FileNotFoundError:
+            pass  # another process set it aside first
+        shutil.rmtree(trash)
+    try:
+        os.replace(tmp, final)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / "meta.json").is_file():
+            raise
+        log.info("%s was built by another process meanwhile; using it", final)
+        return
+    fsync_dir(final.parent)
