@@ -91,6 +91,12 @@ def test_load_beir(tmp_path):
     c = ds.corpus
     assert len(c) == 5 and c.passage(0) == "Alpha first doc" and c.passage(1) == "second doc"
     assert c.passages()[3] == "Delta fourth" and c.index_of["d4"] == 3
+    # a view joined on access, not a copy: indexing, negative indices, slices (lists), iteration, equality
+    view, joined = c.passages(), [c.passage(i) for i in range(len(c))]
+    assert len(view) == 5 and view[-1] == joined[-1] and view[1:4] == joined[1:4] and list(view) == joined
+    assert view == joined and view == c.passages() and view != joined[:4]
+    with pytest.raises(IndexError):
+        view[5]
     assert c.path == root / "corpus.jsonl" and len(c.source_hash) == 16 and "~" not in c.source_hash
     tr = ds.split("train")
     assert tr.ids == ["q2", "q1", "q3"] and tr.texts == ["query two", "query one", "query three"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -66,8 +67,40 @@ class Corpus:
         """Title and text joined as BEIR does."""
         return (self.titles[i] + " " + self.texts[i]).strip()
 
-    def passages(self) -> list[str]:
-        return [(t + " " + x).strip() for t, x in zip(self.titles, self.texts)]
+    def passages(self) -> "Passages":
+        """Every document's passage, joined on access: a tokenizer reads them in blocks, and a token cache
+        already built needs only their number, so 8.8M of them are never held twice."""
+        return Passages(self)
+
+
+class Passages(Sequence):
+    """``corpus.passage(i)`` for every i, as a read-only sequence (slices are lists)."""
+
+    def __init__(self, corpus: Corpus):
+        self._corpus = corpus
+
+    def __len__(self) -> int:
+        return len(self._corpus.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._corpus.passage(j) for j in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"passage {i} of a corpus of {len(self)}")
+        return self._corpus.passage(i)
+
+    def __eq__(self, other) -> bool:  # compares as the list it stands for
+        if isinstance(other, (Passages, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Passages({len(self)} of {self._corpus!r})"
 
     @cached_property
     def index_of(self) -> dict[str, int]:
