@@ -63,3 +63,35 @@ def kill_9_at_pause(script: str, *args: str, flag: Path, timeout: float = 60) ->
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited but not reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def pids_mentioning(token: str | Path) -> list[int]:
+    """Live processes (never this one) whose command line holds ``token``, e.g. a run dir every role names."""
+    needle, out = str(token).encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(needle in a for a in argv) and alive(int(entry.name)):
+                out.append(int(entry.name))
+    return out
+
+
+def kill_mentioning(token: str | Path) -> None:
+    """SIGKILL every process :func:`pids_mentioning` finds (a launcher killed on timeout leaves its roles)."""
+    for pid in pids_mentioning(token):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -9,8 +9,6 @@ version, so at least one is consumed. Without a corpus the run says once, in its
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ance.run.telemetry import read_metrics
-from helpers_proc import finish, proc_env
+from helpers_proc import finish, kill_mentioning, proc_env
 from helpers_refresh import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,21 +52,6 @@ def data(tmp_path_factory) -> Path:
     return out
 
 
-def kill_leftovers(run_dir: Path) -> None:
-    """SIGKILL, by pid, any process of this run still there (a launcher killed on timeout leaves its roles)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(str(run_dir).encode() in a for a in argv):
-                try:
-                    os.kill(int(entry.name), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
 def launch(run_dir: Path, *overrides: str) -> list[dict]:
     log = run_dir.parent / f"{run_dir.name}.log"
     argv = [sys.executable, "-m", "ance.cli", "launch", str(ROOT / "configs" / "tiny-async-cpu.yaml"),
@@ -80,7 +63,7 @@ def launch(run_dir: Path, *overrides: str) -> list[dict]:
     try:
         finish(proc, log, timeout=240)
     finally:
-        kill_leftovers(run_dir)
+        kill_mentioning(run_dir)
     events = read_metrics(run_dir)
     steps = [ev for ev in events if ev["event"] == "step"]
     assert [ev["step"] for ev in steps] == list(range(1, 9))

@@ -6,7 +6,6 @@ every process and exits 2 too. Real processes: launcher, broker, trainer, one CP
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,35 +15,12 @@ import pytest
 
 from ance.run.rundir import shipped_bytes, weights_limit
 from ance.run.telemetry import read_metrics
-from helpers_proc import proc_env
+from helpers_proc import alive, kill_mentioning, pids_mentioning, proc_env
 from helpers_refresh import free_port, needs_scifact
 
 pytestmark = [needs_scifact, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = 2 << 20  # 1 MiB of weights a frame (weights_limit), far less than a tiny-bert checkpoint (~9 MB)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, exited but not reaped, is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def of_run(run_dir: Path) -> list[int]:
-    """Pids of processes whose command line names ``run_dir`` (every role of the run does)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(str(run_dir).encode() in a for a in argv) and alive(int(entry.name)):
-                out.append(int(entry.name))
-    return out
 
 
 @pytest.mark.timeout(180)
@@ -95,12 +71,8 @@ def test_launch_stops_when_a_checkpoint_is_too_large_to_send(tmp_path):
         started = {e["name"]: e["pid"] for e in events if e["event"] == "process" and e.get("state") == "started"}
         assert set(started) == {"broker", "trainer-0", "inferencer-0"}, started
         assert not [n for n, pid in started.items() if alive(pid)], "processes left running"
-        assert of_run(run_dir) == [], "processes of the run left running"
+        assert pids_mentioning(run_dir) == [], "processes of the run left running"
     finally:
         if proc.poll() is None:
             proc.kill()
-        for pid in of_run(run_dir):  # a failed assertion above must not leave the roles running
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        kill_mentioning(run_dir)  # a failed assertion above must not leave the roles running
