@@ -25,7 +25,8 @@ def _open(args, root, shared, lock, start, out):
     from transformers import AutoTokenizer
 
     from ance.data.dataset import load_dataset
-    from ance.model import cachedirs, tokcache
+    from ance.model import tokcache
+    from ance.run import cachedirs
 
     cachedirs.LOCK_BUILDS = lock
     tok = AutoTokenizer.from_pretrained(args.tokenizer)

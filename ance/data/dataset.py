@@ -34,6 +34,7 @@ from ance.data.formats import RECORD_FORMATS, add_split, detect_file, read_recor
 from ance.data.hfdata import is_hf_folder
 from ance.data.records import RawData, RawSplit
 from ance.run.errors import ConfigError, DataError
+from ance.data.snapshot import read_corpus_cached
 from ance.data.readers import (read_beir_corpus_hashed, read_beir_queries, read_msmarco_collection_hashed,
                       read_msmarco_queries, read_qrels_located)
 
@@ -190,7 +191,9 @@ class _Layout:
     def read_corpus(self) -> tuple[list[str], list[str], list[str], str]:
         if not self.corpus.is_file():
             raise DataError(self.corpus, None, f"file not found; a {self.fmt} folder needs it")
-        return (read_beir_corpus_hashed if self.fmt == "beir" else read_msmarco_collection_hashed)(self.corpus)
+        if self.fmt == "beir":
+            return read_corpus_cached(self.corpus, "beir-corpus", read_beir_corpus_hashed)
+        return read_corpus_cached(self.corpus, "msmarco-collection", read_msmarco_collection_hashed)
 
     def read_queries(self, split: str) -> dict[str, str]:
         path = self.queries(split)

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from ance.data.hfdata import PREFIX as HF_PREFIX, HFSplits, is_hf_folder
 from ance.data.pairs import pair_records, resolve_columns
 from ance.data.readers import read_beir_corpus_hashed, read_msmarco_collection_hashed
+from ance.data.snapshot import read_corpus_cached
 from ance.data.records import CorpusBuilder, RawData, Record, build, build_split, corpus_hash
 from ance.data.rows import TABLE_SUFFIXES, columns_of, suffix, table_rows
 from ance.data.tevatron import corpus_rows, ids_only, is_tevatron, tevatron_records
@@ -86,9 +87,11 @@ def read_corpus(spec: str) -> tuple[list[str], list[str], list[str], str, Path]:
     root = Path(spec)
     if not spec.startswith(HF_PREFIX) and root.is_dir():
         if (root / "corpus.jsonl").is_file():
-            return (*read_beir_corpus_hashed(root / "corpus.jsonl"), root / "corpus.jsonl")
+            return (*read_corpus_cached(root / "corpus.jsonl", "beir-corpus", read_beir_corpus_hashed),
+                    root / "corpus.jsonl")
         if (root / "collection.tsv").is_file():
-            return (*read_msmarco_collection_hashed(root / "collection.tsv"), root / "collection.tsv")
+            return (*read_corpus_cached(root / "collection.tsv", "msmarco-collection", read_msmarco_collection_hashed),
+                    root / "collection.tsv")
     if spec.startswith(HF_PREFIX) or is_hf_folder(root) or suffix(root) == ".arrow":
         hf = HFSplits(spec)
         split = hf.split(hf.names()[0], first=True) if hf.names() else hf.split("corpus", first=True)
@@ -99,7 +102,7 @@ def read_corpus(spec: str) -> tuple[list[str], list[str], list[str], str, Path]:
                                     "{docid, title, text}, a BEIR corpus.jsonl or folder, or an MS MARCO "
                                     "collection.tsv")
     if suffix(root) == ".tsv":
-        return (*read_msmarco_collection_hashed(root), root)
+        return (*read_corpus_cached(root, "msmarco-collection", read_msmarco_collection_hashed), root)
     ids, titles, texts = corpus_rows(table_rows(root), root)
     return ids, titles, texts, corpus_hash(ids, titles, texts), root
 

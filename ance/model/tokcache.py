@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ance.model.cachedirs import build_lock as _build_lock, install as _install, publish as _publish
+from ance.run.cachedirs import build_lock as _build_lock, install as _install, publish as _publish
 from ance.model.decoder import special_frame
 from ance.model.tokenize import FAST_MIN_TEXTS, fast_backend, token_ids
 from ance.run.errors import ConfigError, DataError

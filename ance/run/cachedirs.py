@@ -1,6 +1,6 @@
-"""The file-system side of cache directories (the token cache, :mod:`ance.model.tokcache`): a per-key build
-lock, atomic installs of a built directory, and publishing a complete one into another root (the shared
-cache) by hard links. Every step is a rename or a lock the kernel drops with its holder, so a process
+"""The file-system side of cache directories (the token cache, :mod:`ance.model.tokcache`; corpus snapshots,
+:mod:`ance.data.snapshot`): a per-key build lock, atomic installs of a built directory, and publishing a
+complete one into another root (the shared cache) by hard links. Every step is a rename or a lock the kernel drops with its holder, so a process
 killed at any point leaves either nothing or a complete directory.
 """
 
@@ -18,22 +18,22 @@ from pathlib import Path
 
 from ance.run.fsio import fsync_dir
 
-log = logging.getLogger("ance.model.tokcache")
+log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 3600.0  # longer: build anyway (the rename keeps the race safe), with a warning
 LOCK_BUILDS = True  # False: every process builds (benchmarks/bench_tokcache_startup.py compares)
 
 
 @contextlib.contextmanager
-def build_lock(root: Path, key: str, poll_s: float = 0.2):
-    """Hold ``root/.lock-tokens-<key>`` (a POSIX record lock) while the cache is looked up and built, so
+def build_lock(root: Path, key: str, poll_s: float = 0.2, prefix: str = "tokens"):
+    """Hold ``root/.lock-<prefix>-<key>`` (a POSIX record lock) while the cache is looked up and built, so
     the trainer and the inferencers of one run tokenize a corpus once instead of all at once. The kernel
     drops a dead holder's lock (kill -9 included). Only an economy: where locks are not to be had (a
     file system without them), or after ``LOCK_WAIT_S``, it goes on unlocked, as the atomic rename allows."""
     try:
         if not LOCK_BUILDS:
             raise OSError("locking off")
-        fd = os.open(root / f".lock-tokens-{key}", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(root / f".lock-{prefix}-{key}", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         yield
         return
@@ -47,10 +47,10 @@ def build_lock(root: Path, key: str, poll_s: float = 0.2):
                 if e.errno not in (errno.EACCES, errno.EAGAIN):
                     break  # no locks here (ENOLCK, ...): go on without
                 if time.monotonic() > deadline:
-                    log.warning("token cache %s: still locked after %.0fs; building anyway", key, LOCK_WAIT_S)
+                    log.warning("%s cache %s: still locked after %.0fs; building anyway", prefix, key, LOCK_WAIT_S)
                     break
                 if not said:
-                    log.info("token cache %s: another process is building it; waiting", key)
+                    log.info("%s cache %s: another process is building it; waiting", prefix, key)
                     said = True
                 time.sleep(poll_s)
         yield
@@ -70,7 +70,7 @@ def publish(src: Path, final: Path) -> bool:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     except OSError as e:
-        log.warning("token cache: cannot use %s (%s); going on without it", final.parent, e)
+        log.warning("cache: cannot use %s (%s); going on without it", final.parent, e)
         return False
     try:
         for name in CACHE_FILES:  # meta.json last: a half-linked dir stays incomplete
@@ -84,7 +84,7 @@ def publish(src: Path, final: Path) -> bool:
         install(tmp, final)
         return (final / "meta.json").is_file()
     except OSError as e:
-        log.warning("token cache: cannot put %s at %s (%s); going on without it", src, final, e)
+        log.warning("cache: cannot put %s at %s (%s); going on without it", src, final, e)
         return False
     finally:
         if tmp.exists():

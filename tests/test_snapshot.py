@@ -1,0 +1,125 @@
+"""Corpus snapshots (ance.data.snapshot): parsed once, read back the same; an edited file, a damaged
+snapshot, a NUL in the text or an unwritable cache dir fall back to parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ance.data import snapshot
+from ance.data.readers import read_beir_corpus_hashed, read_msmarco_collection_hashed
+
+
+def write_beir(path: Path, n: int, titles: bool = True, extra: str = "") -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps({"_id": f"d{i}", "title": f"T{i}" if titles and i % 3 else "",
+                                "text": f"passage {i} ünï — \t tab\nnewline{extra}"}) + "\n")
+    return path
+
+
+class Counting:
+    def __init__(self, parse):
+        self.parse, self.calls = parse, 0
+
+    def __call__(self, path):
+        self.calls += 1
+        return self.parse(path)
+
+
+@pytest.fixture(autouse=True)
+def small_min_docs(monkeypatch):
+    monkeypatch.setattr(snapshot, "MIN_DOCS", 10)
+
+
+@pytest.mark.parametrize("titles", [True, False])
+def test_a_second_read_comes_from_the_snapshot_and_is_the_same(tmp_path, titles):
+    path, root = write_beir(tmp_path / "corpus.jsonl", 40, titles), tmp_path / "cache"
+    first, second = Counting(read_beir_corpus_hashed), Counting(read_beir_corpus_hashed)
+    a = snapshot.read_corpus_cached(path, "beir-corpus", first, root)
+    b = snapshot.read_corpus_cached(path, "beir-corpus", second, root)
+    assert first.calls == 1 and second.calls == 0
+    assert a == b == read_beir_corpus_hashed(path)
+    (snap,) = root.iterdir()
+    assert sorted(p.name for p in snap.iterdir()) == sorted(["ids.bin", "texts.bin", "meta.json"]
+                                                            + (["titles.bin"] if titles else []))
+
+
+def test_msmarco_collections_too(tmp_path):
+    path, root = tmp_path / "collection.tsv", tmp_path / "cache"
+    path.write_text("".join(f"{i}\tpassage {i}\n" for i in range(30)))
+    a = snapshot.read_corpus_cached(path, "msmarco-collection", read_msmarco_collection_hashed, root)
+    again = Counting(read_msmarco_collection_hashed)
+    assert snapshot.read_corpus_cached(path, "msmarco-collection", again, root) == a and again.calls == 0
+
+
+def test_an_edited_or_replaced_file_is_parsed_again(tmp_path):
+    path, root = write_beir(tmp_path / "corpus.jsonl", 40), tmp_path / "cache"
+    snapshot.read_corpus_cached(path, "beir-corpus", read_beir_corpus_hashed, root)
+    write_beir(path, 41)  # other content, size and mtime
+    counting = Counting(read_beir_corpus_hashed)
+    got = snapshot.read_corpus_cached(path, "beir-corpus", counting, root)
+    assert counting.calls == 1 and len(got[0]) == 41 and got == read_beir_corpus_hashed(path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: parsed again, to be safe
+    counting = Counting(read_beir_corpus_hashed)
+    snapshot.read_corpus_cached(path, "beir-corpus", counting, root)
+    assert counting.calls == 1
+
+
+def test_a_damaged_snapshot_is_parsed_again_and_replaced(tmp_path):
+    path, root = write_beir(tmp_path / "corpus.jsonl", 40), tmp_path / "cache"
+    want = snapshot.read_corpus_cached(path, "beir-corpus", read_beir_corpus_hashed, root)
+    (snap,) = root.iterdir()
+    texts = snap / "texts.bin"
+    texts.write_bytes(texts.read_bytes()[:-5])  # truncated
+    counting = Counting(read_beir_corpus_hashed)
+    assert snapshot.read_corpus_cached(path, "beir-corpus", counting, root) == want and counting.calls == 1
+    (snap / "meta.json").write_text("{not json")
+    assert snapshot.load(snap, "beir-corpus") is None
+    assert snapshot.load(snap, "msmarco-collection") is None
+
+
+def test_no_snapshot_for_small_corpora_nul_characters_or_an_unwritable_cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    small = write_beir(tmp_path / "small.jsonl", 5)
+    snapshot.read_corpus_cached(small, "beir-corpus", read_beir_corpus_hashed, root)
+    assert not root.exists()
+    nul = write_beir(tmp_path / "nul.jsonl", 40, extra="\u0000")
+    got = snapshot.read_corpus_cached(nul, "beir-corpus", read_beir_corpus_hashed, root)
+    assert got == read_beir_corpus_hashed(nul) and not any(root.glob("corpus-*"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    ok = write_beir(tmp_path / "ok.jsonl", 40)
+    assert snapshot.read_corpus_cached(ok, "beir-corpus", read_beir_corpus_hashed, blocker / "sub") == \
+        read_beir_corpus_hashed(ok)
+
+
+def test_bad_input_still_fails_as_before(tmp_path):
+    from ance.run.errors import DataError
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"_id": f"d{i % 20}", "text": "x"}) + "\n" for i in range(40)))
+    with pytest.raises(DataError, match="corpus.jsonl:21"):
+        snapshot.read_corpus_cached(path, "beir-corpus", read_beir_corpus_hashed, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_load_dataset_reads_a_folder_through_the_snapshot(tmp_path, monkeypatch):
+    from ance.data.dataset import load_dataset
+
+    monkeypatch.setenv("ANCE_CACHE_DIR", str(tmp_path / "user"))
+    root = tmp_path / "b"
+    root.mkdir()
+    write_beir(root / "corpus.jsonl", 40)
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "a query"}) + "\n")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    a = load_dataset(root)
+    assert len(list((tmp_path / "user" / "corpus").glob("corpus-*"))) == 1
+    b = load_dataset(root)
+    assert (a.corpus.ids, a.corpus.titles, a.corpus.texts, a.corpus.source_hash, a.fingerprint) == \
+        (b.corpus.ids, b.corpus.titles, b.corpus.texts, b.corpus.source_hash, b.fingerprint)
