@@ -424,3 +424,21 @@ def test_the_waiter_uses_the_cache_its_holder_built(tok, tmp_path, monkeypatch):
     finally:
         child.kill()
         child.wait()
+
+
+def test_publishing_never_copies_but_linking_in_may(tok, tmp_path, monkeypatch):
+    """Across file systems (hard links refused) a run's new cache is not copied into the shared root, while
+    a shared cache is still copied into a run (cheaper than tokenizing)."""
+    from ance.run import cachedirs
+
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(cachedirs.os, "link", no_links)
+    shared = tmp_path / "shared"
+    a = TokenCache.open(TEXTS, tok, 16, tmp_path / "run1", "src", progress=False, shared_root=shared)
+    assert a.built and not (shared / a.path.name).exists()
+    assert cachedirs.publish(a.path, shared / a.path.name)  # copy allowed: what linking in does
+    b = TokenCache.open(TEXTS, tok, 16, tmp_path / "run2", "src", progress=False, shared_root=shared)
+    assert not b.built  # linked in (by copy), not tokenized
+    assert (b.path / "ids.int32").stat().st_ino != (shared / a.path.name / "ids.int32").stat().st_ino  # a copy

@@ -135,8 +135,8 @@ class TokenCache:
 
         ``shared_root`` (the user's cache, ``data.shared_token_cache``): a complete cache of the same key
         there is linked into ``cache_root`` instead of tokenizing again (hard links, a copy across file
-        systems), and one built here is published there the same way, so later runs over the same data
-        with the same tokenizer skip tokenization.
+        systems), and one built here is published there by hard links (not where that would take a
+        copy), so later runs over the same data with the same tokenizer skip tokenization.
         """
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -175,7 +175,7 @@ class TokenCache:
             if tmp.exists():  # not renamed: failed, or another process won the race
                 shutil.rmtree(tmp, ignore_errors=True)
         if shared is not None and shared != final and not (shared / "meta.json").is_file():
-            _publish(final, shared)
+            _publish(final, shared, copy=False)  # links only: never a second copy of a large cache
         return cls(final, key, built=True, n_expected=len(texts))
 
     def __len__(self) -> int:

@@ -61,11 +61,11 @@ def build_lock(root: Path, key: str, poll_s: float = 0.2, prefix: str = "tokens"
 CACHE_FILES = ("ids.int32", "offsets.int64", "meta.json")
 
 
-def publish(src: Path, final: Path) -> bool:
-    """Put the complete cache ``src`` at ``final`` (another root) as ``_install`` does, atomically: its
+def publish(src: Path, final: Path, copy: bool = True) -> bool:
+    """Put the complete cache ``src`` at ``final`` (another root) as ``install`` does, atomically: its
     files hard-linked into a temporary dir beside ``final`` (copied where links cannot cross file
-    systems), ``meta.json`` last, then renamed. False, logged, where that fails: a shared cache only
-    saves time, and the caller goes on without it."""
+    systems, if ``copy``), ``meta.json`` last, then renamed. False, logged, where that fails: a shared
+    cache only saves time, and the caller goes on without it."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
@@ -79,6 +79,9 @@ def publish(src: Path, final: Path) -> bool:
             try:
                 os.link(src / name, tmp / name)
             except OSError:
+                if not copy:
+                    log.info("cache: %s and %s are on different file systems; not shared", src, final.parent)
+                    return False
                 shutil.copyfile(src / name, tmp / name)
         fsync_dir(tmp)
         install(tmp, final)
