@@ -4,7 +4,9 @@ side in one process, as every role of a run does at its start (issue 26).
     python benchmarks/bench_corpus_snapshot.py --docs 1000000 --out benchmarks/results/corpus-snapshot-cpu.json
 
 Writes a BEIR corpus.jsonl of ``--docs`` MS MARCO-length passages (~330 characters) to a temp dir,
-then, ``--repeat`` times, parses it (the code before) and loads it through its snapshot.
+then, ``--repeat`` times, parses it (the code before) and loads it through its snapshot; then, in a
+fresh process each, the memory a process holds after either read (VmRSS) and its peak (VmHWM): the
+snapshot's texts stay in the memory-mapped file, so a process holds only the ids (and titles).
 """
 
 from __future__ import annotations
@@ -12,10 +14,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+_MEMORY = """
+import sys
+from pathlib import Path
+from ance.data import snapshot
+from ance.data.readers import read_beir_corpus_hashed
+path, root, way = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+if way == "parse":
+    got = read_beir_corpus_hashed(path)
+else:
+    got = snapshot.read_corpus_cached(path, "beir-corpus", read_beir_corpus_hashed, root)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(int(status["VmRSS"].split()[0]) // 1024, int(status["VmHWM"].split()[0]) // 1024, len(got[0]))
+"""
+
+
+def _memory(way: str, path: Path, root: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", _MEMORY, str(path), str(root), way], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return {"rss_after_read": int(out[0]), "peak": int(out[1]), "docs": int(out[2])}
 
 
 def main(argv=None) -> int:
@@ -47,7 +71,8 @@ def main(argv=None) -> int:
             loaded = snapshot.read_corpus_cached(path, "beir-corpus", read_beir_corpus_hashed, root)
             load.append(time.perf_counter() - t)
             assert loaded == parsed == first
-        result = {"docs": args.docs, "file_mb": round(os.path.getsize(path) / 2**20, 1), "cpus": os.cpu_count(),
+        memory = {way: _memory(way, path, root) for way in ("parse", "snapshot")}
+        result = {"memory_mib": memory, "docs": args.docs, "file_mb": round(os.path.getsize(path) / 2**20, 1), "cpus": os.cpu_count(),
                   "first_read_with_snapshot_write_s": round(first_s, 3), "parse_s": [round(x, 3) for x in parse],
                   "snapshot_load_s": [round(x, 3) for x in load],
                   "ratio_best": round(min(load) / min(parse), 3)}

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ance.data import snapshot
@@ -43,8 +44,13 @@ def test_a_second_read_comes_from_the_snapshot_and_is_the_same(tmp_path, titles)
     b = snapshot.read_corpus_cached(path, "beir-corpus", second, root)
     assert first.calls == 1 and second.calls == 0
     assert a == b == read_beir_corpus_hashed(path)
+    texts = b[2]  # read through the memory map, decoded on access
+    assert type(texts).__name__ == "MappedTexts" and texts[-1] == a[2][-1] and texts[3:7] == a[2][3:7]
+    assert list(texts) == a[2] and texts == a[2] and texts != a[2][:-1]
+    with pytest.raises(IndexError):
+        texts[len(texts)]
     (snap,) = root.iterdir()
-    assert sorted(p.name for p in snap.iterdir()) == sorted(["ids.bin", "texts.bin", "meta.json"]
+    assert sorted(p.name for p in snap.iterdir()) == sorted(["ids.bin", "texts.bin", "texts.offsets", "meta.json"]
                                                             + (["titles.bin"] if titles else []))
 
 
@@ -78,6 +84,11 @@ def test_a_damaged_snapshot_is_parsed_again_and_replaced(tmp_path):
     texts.write_bytes(texts.read_bytes()[:-5])  # truncated
     counting = Counting(read_beir_corpus_hashed)
     assert snapshot.read_corpus_cached(path, "beir-corpus", counting, root) == want and counting.calls == 1
+    assert snapshot.load(snap, "beir-corpus") == want  # replaced by a whole one
+    assert [p.name for p in root.iterdir()] == [snap.name]  # nothing set aside is left
+    offsets = snap / "texts.offsets"
+    offsets.write_bytes(offsets.read_bytes()[:-8] + (10**9).to_bytes(8, "little"))  # size kept, content wrong
+    assert snapshot.load(snap, "beir-corpus") is None
     (snap / "meta.json").write_text("{not json")
     assert snapshot.load(snap, "beir-corpus") is None
     assert snapshot.load(snap, "msmarco-collection") is None
@@ -123,3 +134,28 @@ def test_load_dataset_reads_a_folder_through_the_snapshot(tmp_path, monkeypatch)
     b = load_dataset(root)
     assert (a.corpus.ids, a.corpus.titles, a.corpus.texts, a.corpus.source_hash, a.fingerprint) == \
         (b.corpus.ids, b.corpus.titles, b.corpus.texts, b.corpus.source_hash, b.fingerprint)
+
+
+def test_a_token_cache_built_from_mapped_texts_is_the_same(tmp_path, monkeypatch):
+    """SciFact through its snapshot: the passages (title + mapped text) tokenize to exactly the ids the
+    parsed corpus gives, and subsetting (data.max_docs) picks the same documents."""
+    from ance.data.dataset import load_dataset
+    from ance.model.biencoder import resolve_model
+    from ance.model.tokcache import TokenCache
+
+    scifact = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+    if not (scifact / "corpus.jsonl").is_file():
+        pytest.skip("SciFact not found (shared test data)")
+    monkeypatch.setenv("ANCE_CACHE_DIR", str(tmp_path / "user"))
+    parsed = load_dataset(scifact)
+    mapped = load_dataset(scifact)  # the snapshot written by the first load
+    assert type(mapped.corpus.texts).__name__ == "MappedTexts" and type(parsed.corpus.texts) is list
+    assert mapped.corpus.passages() == parsed.corpus.passages() and mapped.fingerprint == parsed.fingerprint
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny-bert"))
+    a = TokenCache.open(parsed.corpus.passages(), tok, 30, tmp_path / "a", parsed.corpus.source_hash, progress=False)
+    b = TokenCache.open(mapped.corpus.passages(), tok, 30, tmp_path / "b", mapped.corpus.source_hash, progress=False)
+    assert a.key == b.key and np.array_equal(a._ids, b._ids) and np.array_equal(a.lengths, b.lengths)
+    small_a, small_b = load_dataset(scifact, max_docs=300), load_dataset(scifact, max_docs=300)
+    assert small_b.corpus.ids == small_a.corpus.ids and small_b.corpus.texts == small_a.corpus.texts
