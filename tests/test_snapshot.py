@@ -159,3 +159,12 @@ def test_a_token_cache_built_from_mapped_texts_is_the_same(tmp_path, monkeypatch
     assert a.key == b.key and np.array_equal(a._ids, b._ids) and np.array_equal(a.lengths, b.lengths)
     small_a, small_b = load_dataset(scifact, max_docs=300), load_dataset(scifact, max_docs=300)
     assert small_b.corpus.ids == small_a.corpus.ids and small_b.corpus.texts == small_a.corpus.texts
+
+
+def test_snapshots_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANCE_CORPUS_SNAPSHOTS", "0")
+    path, root = write_beir(tmp_path / "corpus.jsonl", 40), tmp_path / "cache"
+    counting = Counting(read_beir_corpus_hashed)
+    for _ in range(2):
+        snapshot.read_corpus_cached(path, "beir-corpus", counting, root)
+    assert counting.calls == 2 and not root.exists()

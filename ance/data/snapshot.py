@@ -17,7 +17,7 @@ name and the snapshot format, so an edited or replaced file is parsed again. A s
 only for corpora of at least ``MIN_DOCS`` documents with no NUL character in them; it is built in a
 temporary directory and renamed into place (``ance.run.cachedirs``), so a reader never sees half of
 one, and one that fails its checks is ignored and parsed again. Writing one is an economy: where the
-cache dir cannot be written, the corpus is parsed as before.
+cache dir cannot be written, the corpus is parsed as before. ``ANCE_CORPUS_SNAPSHOTS=0`` turns them off.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def read_corpus_cached(path: Path, reader: str, parse: Callable[[Path], Parsed],
                        root: str | Path | None = None) -> Parsed:
     """``parse(path)``, through a snapshot under ``root`` (default: the user's cache dir /corpus)."""
     path = Path(path)
+    if os.environ.get("ANCE_CORPUS_SNAPSHOTS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return parse(path)
     try:
         key = snapshot_key(path, reader)
     except OSError:
