@@ -95,6 +95,8 @@ def test_load_beir(tmp_path):
     view, joined = c.passages(), [c.passage(i) for i in range(len(c))]
     assert len(view) == 5 and view[-1] == joined[-1] and view[1:4] == joined[1:4] and list(view) == joined
     assert view == joined and view == c.passages() and view != joined[:4]
+    bare = type(c)(list(c.ids), list(c.titles), list(c.texts), c.path, c.source_hash)  # not through a loader
+    assert bare.index_of == c.index_of and bare.index_of["d4"] == 3
     with pytest.raises(IndexError):
         view[5]
     assert c.path == root / "corpus.jsonl" and len(c.source_hash) == 16 and "~" not in c.source_hash

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import operator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,9 +31,10 @@ import numpy as np
 from ance.data.download import resolve_data_path
 from ance.data.formats import RECORD_FORMATS, add_split, detect_file, read_records
 from ance.data.hfdata import is_hf_folder
+from ance.data.lazylist import LazyList
 from ance.data.records import RawData, RawSplit
-from ance.run.errors import ConfigError, DataError
 from ance.data.snapshot import read_corpus_cached
+from ance.run.errors import ConfigError, DataError
 from ance.data.readers import (read_beir_corpus_hashed, read_beir_queries, read_msmarco_collection_hashed,
                       read_msmarco_queries, read_qrels_located)
 
@@ -73,8 +73,13 @@ class Corpus:
         already built needs only their number, so 8.8M of them are never held twice."""
         return Passages(self)
 
+    @cached_property
+    def index_of(self) -> dict[str, int]:
+        """Doc id -> corpus index."""
+        return {d: i for i, d in enumerate(self.ids)}
 
-class Passages(Sequence):
+
+class Passages(LazyList):
     """``corpus.passage(i)`` for every i, as a read-only sequence (slices are lists)."""
 
     def __init__(self, corpus: Corpus):
@@ -83,30 +88,11 @@ class Passages(Sequence):
     def __len__(self) -> int:
         return len(self._corpus.ids)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._corpus.passage(j) for j in range(*i.indices(len(self)))]
-        i = operator.index(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"passage {i} of a corpus of {len(self)}")
+    def _one(self, i: int) -> str:
         return self._corpus.passage(i)
-
-    def __eq__(self, other) -> bool:  # compares as the list it stands for
-        if isinstance(other, (Passages, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"Passages({len(self)} of {self._corpus!r})"
-
-    @cached_property
-    def index_of(self) -> dict[str, int]:
-        """Doc id -> corpus index."""
-        return {d: i for i, d in enumerate(self.ids)}
 
 
 @dataclass(repr=False)

@@ -26,17 +26,15 @@ import hashlib
 import json
 import logging
 import mmap
-import operator
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from ance.run.cachedirs import install
+from ance.run.cachedirs import building_dir, install, set_aside
+from ance.data.lazylist import LazyList
 from ance.run.fsio import default_cache_dir, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -71,12 +69,7 @@ def read_corpus_cached(path: Path, reader: str, parse: Callable[[Path], Parsed],
         return got
     parsed = parse(path)
     if final.exists():  # damaged: set it aside, so the new one can take its place
-        try:
-            trash = Path(tempfile.mkdtemp(prefix=f".trash-{final.name}-", dir=final.parent))
-            os.replace(final, trash / final.name)
-            shutil.rmtree(trash, ignore_errors=True)
-        except OSError:
-            pass
+        set_aside(final)
     if len(parsed[0]) >= MIN_DOCS:
         save(final, reader, parsed)
     return parsed
@@ -105,40 +98,21 @@ def nul_offsets(blob: bytes, n: int, chunk: int = 1 << 26) -> np.ndarray:
     return out
 
 
-class MappedTexts(Sequence):
+class MappedTexts(LazyList):
     """The texts of a snapshot, decoded on access from its memory-mapped ``texts.bin``."""
 
     def __init__(self, path: Path, offsets: np.ndarray):
         self._offsets = offsets
-        size = os.path.getsize(path)
-        if size:
+        self._map = b""
+        if os.path.getsize(path):
             with open(path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        else:
-            self._map = b""
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     def _one(self, i: int) -> str:
         return self._map[int(self._offsets[i]):int(self._offsets[i + 1]) - 1].decode("utf-8", "surrogatepass")
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._one(j) for j in range(*i.indices(len(self)))]
-        i = operator.index(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"text {i} of {len(self)}")
-        return self._one(i)
-
-    def __eq__(self, other) -> bool:  # compares as the list it stands for
-        if isinstance(other, (Sequence, list)) and not isinstance(other, (str, bytes)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"MappedTexts({len(self)})"
@@ -155,33 +129,25 @@ def save(final: Path, reader: str, parsed: Parsed) -> bool:
         log.info("corpus %s holds a NUL character; not snapshotted", final.name)
         return False
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    except OSError as e:
-        log.info("corpus snapshot: cannot write under %s (%s); parsing each time", final.parent, e)
-        return False
-    try:
-        for name, data in blobs.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        offsets = nul_offsets(blobs["texts.bin"], len(texts))
-        offsets.tofile(tmp / "texts.offsets")
-        blobs["texts.offsets"] = b"\0" * offsets.nbytes  # its size, for meta.json
-        meta = {"format": FORMAT, "reader": reader, "n": len(ids), "source_hash": source_hash,
-                "sizes": {name: len(data) for name, data in blobs.items()}, "created": time.time()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks the snapshot complete
-        fsync_dir(tmp)
-        install(tmp, final)
+        with building_dir(final) as tmp:
+            for name, data in blobs.items():
+                with open(tmp / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            offsets = nul_offsets(blobs["texts.bin"], len(texts))
+            offsets.tofile(tmp / "texts.offsets")
+            sizes = {name: len(data) for name, data in blobs.items()} | {"texts.offsets": offsets.nbytes}
+            meta = {"format": FORMAT, "reader": reader, "n": len(ids), "source_hash": source_hash,
+                    "sizes": sizes, "created": time.time()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks the snapshot complete
+            fsync_dir(tmp)
+            install(tmp, final)
         log.info("corpus snapshot %s: %d docs in %.1fs", final, len(ids), time.perf_counter() - t0)
         return True
     except OSError as e:
         log.info("corpus snapshot: cannot write %s (%s); parsing each time", final, e)
         return False
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load(final: Path, reader: str) -> Parsed | None:

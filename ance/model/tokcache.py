@@ -25,8 +25,6 @@ import logging
 import mmap
 import operator
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -35,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ance.run.cachedirs import build_lock as _build_lock, install as _install, publish as _publish
+from ance.run.cachedirs import build_lock as _build_lock, building_dir, install as _install, publish as _publish
 from ance.model.decoder import special_frame
 from ance.model.tokenize import FAST_MIN_TEXTS, fast_backend, token_ids
 from ance.run.errors import ConfigError, DataError
@@ -47,6 +45,7 @@ FORMAT_VERSION = 1
 
 
 _last_vocab: tuple[dict | None, str] = (None, "")
+
 
 def _vocab_sha256(vocab: dict) -> str:
     """sha256 of the tokenizer's vocabulary; the last one is remembered.
@@ -158,7 +157,8 @@ class TokenCache:
         if (final / "meta.json").is_file():  # built by the process we waited for
             return cls(final, key, built=False, n_expected=len(texts))
         shared = Path(shared_root) / final.name if shared_root is not None else None
-        if shared is not None and shared != final and (shared / "meta.json").is_file():
+        shared = None if shared == final else shared  # the run's own cache is not "shared" with itself
+        if shared is not None and (shared / "meta.json").is_file():
             try:
                 cls(shared, key, built=False, n_expected=len(texts)).release()
             except DataError as e:  # damaged: tokenize anew rather than link it in
@@ -167,14 +167,10 @@ class TokenCache:
                 if _publish(shared, final):
                     log.info("token cache %s: from the shared cache %s", final.name, shared.parent)
                     return cls(final, key, built=False, n_expected=len(texts))
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-tokens-{key}-", dir=root))
-        try:
+        with building_dir(final) as tmp:
             _build(tmp, texts, tokenizer, max_tokens, key, source_hash, batch_size, progress)
             _install(tmp, final)
-        finally:
-            if tmp.exists():  # not renamed: failed, or another process won the race
-                shutil.rmtree(tmp, ignore_errors=True)
-        if shared is not None and shared != final and not (shared / "meta.json").is_file():
+        if shared is not None and not (shared / "meta.json").is_file():
             _publish(final, shared, copy=False)  # links only: never a second copy of a large cache
         return cls(final, key, built=True, n_expected=len(texts))
 

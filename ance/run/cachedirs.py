@@ -67,43 +67,57 @@ def publish(src: Path, final: Path, copy: bool = True) -> bool:
     systems, if ``copy``), ``meta.json`` last, then renamed. False, logged, where that fails: a shared
     cache only saves time, and the caller goes on without it."""
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    except OSError as e:
-        log.warning("cache: cannot use %s (%s); going on without it", final.parent, e)
-        return False
-    try:
-        for name in CACHE_FILES:  # meta.json last: a half-linked dir stays incomplete
-            if not (src / name).is_file():
-                return False
-            try:
-                os.link(src / name, tmp / name)
-            except OSError:
-                if not copy:
-                    log.info("cache: %s and %s are on different file systems; not shared", src, final.parent)
+        with building_dir(final) as tmp:
+            for name in CACHE_FILES:  # meta.json last: a half-linked dir stays incomplete
+                if not (src / name).is_file():
                     return False
-                shutil.copyfile(src / name, tmp / name)
-        fsync_dir(tmp)
-        install(tmp, final)
+                try:
+                    os.link(src / name, tmp / name)
+                except OSError:
+                    if not copy:
+                        log.info("cache: %s and %s are on different file systems; not shared", src, final.parent)
+                        return False
+                    shutil.copyfile(src / name, tmp / name)
+            fsync_dir(tmp)
+            install(tmp, final)
         return (final / "meta.json").is_file()
     except OSError as e:
         log.warning("cache: cannot put %s at %s (%s); going on without it", src, final, e)
         return False
+
+
+@contextlib.contextmanager
+def building_dir(final: Path):
+    """A fresh temporary dir beside ``final`` to build it in (then :func:`install` it), removed on the way
+    out unless installed. OSError where the parent cannot be made or written."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
     finally:
-        if tmp.exists():
+        if tmp.exists():  # not renamed: failed, or another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def set_aside(final: Path) -> None:
+    """Move ``final`` out of the way (into a trash dir beside it, then delete it): a reader sees it whole or
+    not at all; another process setting it aside first is fine."""
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=f".trash-{final.name}-", dir=final.parent))
+    except OSError:
+        return
+    try:
+        os.replace(final, trash / final.name)
+    except OSError:
+        pass  # gone already (another process set it aside first)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def install(tmp: Path, final: Path) -> None:
     """Rename the built ``tmp`` to ``final``, replacing an incomplete ``final``; a complete one wins."""
     if final.exists() and not (final / "meta.json").is_file():
         log.warning("%s is incomplete (no meta.json); rebuilding it", final)
-        trash = Path(tempfile.mkdtemp(prefix=f".trash-{final.name}-", dir=final.parent))
-        try:
-            os.replace(final, trash / final.name)
-        except FileNotFoundError:
-            pass  # another process set it aside first
-        shutil.rmtree(trash)
+        set_aside(final)
     try:
         os.replace(tmp, final)
     except OSError as e:
