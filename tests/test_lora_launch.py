@@ -55,3 +55,45 @@ def test_launch_tiny_decoder_with_lora(tmp_path):
     assert last.pooling == "last" and last.prompts["query"] == "Instruct: find the evidence\nQuery: "
     st = json.loads((ckpts[-1] / "config_sentence_transformers.json").read_text())
     assert st["prompts"]["query"] == last.prompts["query"]
+
+
+@pytest.mark.timeout(420)
+def test_lora_training_resumes_exactly(tmp_path):
+    """A LoRA run resumed from its step-2 checkpoint (the later one removed, as a kill -9 before it would
+    leave it) logs the same losses at steps 3 and 4 as the run that never stopped: adapter weights,
+    optimizer, schedule, RNG (LoRA dropout is on) and data position all come back from an adapter
+    checkpoint."""
+    import shutil
+
+    base = tiny_decoder("llama", tmp_path / "tiny-llama")
+    common = [str(REPO / "configs" / "tiny-async-cpu.yaml"), f"model.name_or_path={base}", "model.pooling=last",
+              "train.lora.r=4", "train.lora.alpha=8", "train.lora.dropout=0.1", "train.lr=1e-3",
+              "train.max_steps=4", "train.checkpoint_every=2", "negatives.source=inbatch", "data.max_docs=200",
+              "data.max_queries=32", "eval.every=null", "telemetry.tensorboard=false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
+           "OMP_NUM_THREADS": "1"}
+
+    def train(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "ance.cli", "train", *args], cwd=str(REPO), env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def losses(run: Path) -> dict[int, float]:
+        out = {}
+        for e in read_metrics(run):
+            if e.get("event") == "step":
+                out[e["step"]] = e["loss"]  # a resumed run logs steps again: the newer record wins
+        return out
+
+    train(*common, f"run_dir={tmp_path / 'straight'}")
+    stopped = tmp_path / "stopped"
+    train(*common, f"run_dir={stopped}")
+    for ckpt in (stopped / "checkpoints").glob("step-00000[34]"):
+        shutil.rmtree(ckpt)  # as if killed before checkpoint 4 was written
+    assert (stopped / "checkpoints" / "step-000002" / "adapter_model.safetensors").is_file()
+    train("--resume", str(stopped))
+    resumes = [e for e in read_metrics(stopped) if e.get("event") == "resume"]
+    assert resumes and resumes[-1]["step"] == 2, resumes
+    want, got = losses(tmp_path / "straight"), losses(stopped)
+    assert sorted(want) == sorted(got) == [1, 2, 3, 4]
+    assert [got[s] for s in (3, 4)] == [want[s] for s in (3, 4)], (got, want)

@@ -103,3 +103,30 @@ def test_prefix_longer_than_max_length_is_refused(e5like, tmp_path):
                       prefix="represent this scientific passage for retrieval: ")
     with pytest.raises(ConfigError, match="query_max_length"):
         query_tokens(["x"], model.tokenizer, 6, prefix="represent this question for retrieval: ")
+
+
+def test_a_trained_prompted_checkpoint_encodes_as_sentence_transformers_with_prompt_name(e5like, tmp_path):
+    """After training (two steps of `ance train`, weights changed), the trainer's checkpoint carries the
+    prompts and sentence-transformers' prompt_name reproduces ance's vectors (max abs diff <= 1e-4)."""
+    from pathlib import Path
+
+    from ance.cli import main
+
+    scifact = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+    if not (scifact / "corpus.jsonl").is_file():
+        pytest.skip("SciFact not found (shared test data)")
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    rc = main(["train", str(root / "configs" / "tiny-cpu.yaml"), f"run_dir={run_dir}", f"data.path={scifact}",
+               f"model.name_or_path={e5like}", "model.passage_max_length=48", "model.query_max_length=32",
+               "train.max_steps=2", "train.batch_size=4", "train.lr=1e-3", "train.checkpoint_every=2",
+               "negatives.source=inbatch", "data.max_docs=100", "data.max_queries=16", "eval.every=null",
+               "data.eval_split=null", "telemetry.tensorboard=false"])
+    assert rc == 0
+    ckpt = run_dir / "checkpoints" / "step-000002"
+    trained = BiEncoder.load(str(ckpt))
+    assert trained.prompts == E5
+    before = BiEncoder.load(str(e5like))
+    moved = encode_texts(trained, TEXTS, 48, kind="passage", batch_size=2, device="cpu")
+    assert np.abs(moved - encode_texts(before, TEXTS, 48, kind="passage", batch_size=2, device="cpu")).max() > 1e-3
+    assert _st_diff(trained, ckpt, 48) <= 1e-4
