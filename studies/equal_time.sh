@@ -14,6 +14,9 @@
 # ST_RECIPES / ANCE_RECIPES (lines NAME|args: st_reference.py options / ance overrides), EVAL_EVERY (100),
 # EXTRA_ALL (ance overrides for every run), ST_EXTRA, EVAL_ARGS, MINE_ARGS (CPU smoke: subsets),
 # REUSE_BUDGETS, JOB_TIMEOUT (900), BACKEND (torch), GPU (0; empty on CPU). OUT/budgets.json appears once the probes are done.
+# KNOWN_RATES: a rates.json of an earlier study on the same machine kind; recipes named there are not
+# probed again. SEED_SWEEP: an earlier study's runs.tgz; its sweep results (sweep/NAME/*-13.dev.json)
+# are taken as they are, so those recipes join the pick without running again (same split, same budgets).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MODEL DATA BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-900}
@@ -26,6 +29,10 @@ ANCE_RECIPES=${ANCE_RECIPES:-"a64|
 a64r95|negatives.denoise_ratio=0.95
 a256|train.batch_size=256 train.lr=2e-4"}
 mkdir -p "$ROOT/sweep" "$ROOT/final" "$ROOT/probe" "$OUT"
+[ -n "${SEED_SWEEP:-}" ] && tar -C "$ROOT" -xzf "$SEED_SWEEP" --wildcards 'sweep/*/*-13.dev.json' && ls "$ROOT"/sweep/*/
+known() {  # known NAME: prints the earlier study's rates.json entry for NAME, fails when there is none
+  [ -n "${KNOWN_RATES:-}" ] && python -c "import json,sys; e=json.load(open(sys.argv[1])).get(sys.argv[2]); print(json.dumps(e)) if e else sys.exit(1)" "$KNOWN_RATES" "$1"
+}
 log() { echo "=== $(date +%T) $*"; }
 common="model.name_or_path=$MODEL telemetry.tensorboard=false ${EXTRA_ALL:-}"
 
@@ -42,6 +49,7 @@ if [ -n "${REUSE_BUDGETS:-}" ] && [ -s "$OUT/budgets.json" ]; then log "budgets 
 echo "{" > "$ROOT/rates.json"; sep=""
 while IFS='|' read -r name args; do
   [ -z "${name// }" ] && continue
+  if e=$(known "$name"); then echo "$sep\"$name\": $e" >> "$ROOT/rates.json"; sep=","; log "known $name"; continue; fi
   timeout "$JOB_TIMEOUT" python studies/st_reference.py --model "$MODEL" --data "$DATA" --negatives static \
       --static-file "$ROOT/final/static-0-30.tsv" --precision bf16 --probe-steps "$PROBE" --out "$ROOT/probe/$name" \
       $args ${ST_EXTRA:-} > "$ROOT/probe/$name.log" 2>&1
@@ -51,6 +59,7 @@ while IFS='|' read -r name args; do
 done <<< "$ST_RECIPES"
 while IFS='|' read -r name args; do
   [ -z "${name// }" ] && continue
+  if e=$(known "$name"); then echo "$sep\"$name\": $e" >> "$ROOT/rates.json"; sep=","; log "known $name"; continue; fi
   timeout "$JOB_TIMEOUT" ance train $CFG $common data.path=$DATA run_dir="$ROOT/probe/$name" negatives.source=static \
       negatives.static_file="$ROOT/final/static-0-30.tsv" train.max_steps=$((PROBE + 20)) train.checkpoint_every=100000 \
       eval.every=null ${GPUS:+train.device=cuda:$GPUS} $args > "$ROOT/probe/$name.log" 2>&1
@@ -78,6 +87,7 @@ run_st() {  # run_st NAME SEED DATA STATIC DIR (a result already there is kept: 
       > "$5/st-$2.dev.json" 2>/dev/null || rm -f "$5/st-$2.dev.json"
 }
 run_ance() {  # run_ance NAME METHOD SEED DATA STATIC DIR [more overrides] (call: port=$((port + 1)); run_ance ... &)
+  [ -s "$6/$2-$3.dev.json" ] && return 0
   local steps args; steps=$(steps_of "$1"); args=$(args_of "$1")  # read before OUT is set for quality.sh
   WINDOW="0 30" STATIC="$5" OUT="$6" METHODS=$2 SEEDS=$3 DATA="$4" \
     EXTRA="$common $args train.max_steps=$steps broker.address=tcp://127.0.0.1:$port ${7:-}" \

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--negatives", choices=("none", "static"), default="none")
     ap.add_argument("--static-file", default=None, help="an `ance mine` file (required with --negatives static)")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--mini-batch", type=int, default=32, help="CachedMNRL mini_batch_size")
+    ap.add_argument("--mini-batch", type=int, default=32, help="CachedMNRL mini_batch_size; 0: plain MultipleNegativesRankingLoss (no gradient cache)")
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=None,
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
+    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
 
     model = SentenceTransformer(args.model, device=args.device).float()
     model.max_seq_length = args.max_length
-    loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch)
+    loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch) if args.mini_batch
+            else MultipleNegativesRankingLoss(model))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps_per_epoch = len(rows) // args.batch
     total = args.max_steps or steps_per_epoch * args.epochs
