@@ -56,6 +56,17 @@ EXIT_REFUSED = 2
 _FLUSH_WAIT_S = 10.0
 
 
+
+def search_spans(n: int, chunk: int, block: int | None) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` query ranges of a shard's search calls: whole chunks of ``chunk`` queries,
+    as many as fit in ``block`` (the queries an index scores at once; at least one chunk), so a
+    GPU index scoring 4,096 queries a tile is not handed 2,048 at a time. Chunk boundaries, and so
+    the ``topk`` frames the broker receives, stay the same."""
+    if n < 0 or chunk < 1:
+        raise ValueError(f"n must be >= 0 and chunk >= 1, got {n}, {chunk}")
+    span = chunk * max(1, (block or chunk) // chunk)
+    return [(lo, min(lo + span, n)) for lo in range(0, n, span)]
+
 class JobCancelled(Exception):
     """The worker is stopping in the middle of a job."""
 
@@ -266,15 +277,15 @@ class Worker:
 
     def _search(self, job, model, index, owner: np.ndarray, split: str, texts, depth: int,
                 times: dict[str, float]) -> None:
-        """Search ``texts`` in chunks, sending ``topk`` each; add the seconds of each part to ``times``."""
+        """Search ``texts`` and send ``topk`` chunk by chunk; add the seconds of each part to ``times``.
+        One search call takes as many whole chunks as the index scores at once (:func:`search_spans`)."""
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
         tokens = self._query_tokens(split, texts, model.tokenizer, model.prompt("query"))
-        n = len(tokens)
-        n_chunks = (n + job.chunk_queries - 1) // job.chunk_queries
-        for c in range(n_chunks):
+        n, chunk = len(tokens), job.chunk_queries
+        n_chunks = (n + chunk - 1) // chunk
+        for lo, hi in search_spans(n, chunk, getattr(index, "query_block", None)):
             self._check_stop()
-            lo, hi = c * job.chunk_queries, min((c + 1) * job.chunk_queries, n)
             t0 = time.perf_counter()
             q = encode_token_lists(model, tokens, np.arange(lo, hi), model.tokenizer, m.query_max_length,
                                    kind="query", batch_size=self.cfg.inferencer.batch_size, device=self.device,
@@ -287,10 +298,12 @@ class Worker:
                 scores, pos = index.search(q, depth)
                 ids = np.where(pos >= 0, owner[np.maximum(pos, 0)], -1)
             t2 = time.perf_counter()
-            self.link.send("topk", job_id=job.job_id, version=job.version, shard=job.shard, chunk=c,
-                           n_chunks=n_chunks, q_lo=lo, q_hi=hi, split=split,
-                           ids=pack_array(np.ascontiguousarray(ids, dtype=np.int64)),
-                           scores=pack_array(np.ascontiguousarray(scores, dtype=np.float32)))
+            for c_lo in range(lo, hi, chunk):
+                c_hi = min(c_lo + chunk, hi)
+                self.link.send("topk", job_id=job.job_id, version=job.version, shard=job.shard, chunk=c_lo // chunk,
+                               n_chunks=n_chunks, q_lo=c_lo, q_hi=c_hi, split=split,
+                               ids=pack_array(np.ascontiguousarray(ids[c_lo - lo:c_hi - lo], dtype=np.int64)),
+                               scores=pack_array(np.ascontiguousarray(scores[c_lo - lo:c_hi - lo], dtype=np.float32)))
             times["query_encode_s"] += t1 - t0
             times["knn_s"] += t2 - t1
             times["transfer_s"] += time.perf_counter() - t2

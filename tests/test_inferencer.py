@@ -90,14 +90,17 @@ class FakeBroker:
             self.sock = None
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=["faiss", "torch"])
+def setup(request, tmp_path_factory):
+    """A worker process per backend: faiss searches chunk by chunk; the torch index scores many
+    queries a tile, so the worker hands it several chunks per call (search_spans) and still streams
+    one ``topk`` per chunk."""
     from ance.data.dataset import load_for_config as dataset_from_config
     from ance.run.config import load_config
 
     tmp = tmp_path_factory.mktemp("infer")
     port = free_port()
-    cfg_path = write_config(tmp, port)
+    cfg_path = write_config(tmp, port, inferencer={"backend": request.param})
     cfg = load_config(cfg_path)
     data = dataset_from_config(cfg)
     ckpt = make_checkpoint(tmp / "run", 1)
@@ -263,3 +266,15 @@ def test_host_cores_are_shared_only_for_gpu_workers_without_omp_num_threads(monk
     assert share_host_cores("cpu") is None  # CPU workers: the launcher's OMP_NUM_THREADS decides
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert share_host_cores("cuda:0") is None  # the user's (or the launcher's) choice wins
+
+
+def test_search_spans_are_whole_chunks_filling_the_index_block():
+    from ance.inferencer.worker import search_spans
+
+    assert search_spans(10, 4, None) == [(0, 4), (4, 8), (8, 10)]        # no block: chunk by chunk
+    assert search_spans(10, 4, 3) == [(0, 4), (4, 8), (8, 10)]           # a block under a chunk: one chunk
+    assert search_spans(10, 4, 9) == [(0, 8), (8, 10)]                   # whole chunks only
+    assert search_spans(4096 * 3, 2048, 4096) == [(0, 4096), (4096, 8192), (8192, 12288)]
+    assert search_spans(0, 4, 8) == []
+    with pytest.raises(ValueError):
+        search_spans(5, 0, 8)

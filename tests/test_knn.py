@@ -102,3 +102,12 @@ def test_exact_scores_across_blocks():
     got = exact_scores(torch.from_numpy(q), list(torch.from_numpy(c).split(300)), ids)
     want = np.einsum("qd,qkd->qk", q, c[ids.numpy()])
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_query_block_is_the_score_tile_width_search_uses():
+    idx = TorchIndex(8, block_size=1024)
+    assert idx.query_block == TorchIndex._SCORE_BUDGET              # empty: one row per block
+    idx.add(np.zeros((300, 8), np.float32))
+    assert idx.query_block == TorchIndex._SCORE_BUDGET // 300
+    idx.add(np.zeros((2000, 8), np.float32))
+    assert idx.query_block == TorchIndex._SCORE_BUDGET // 1024      # full blocks bound the tile

@@ -306,6 +306,14 @@ class TorchIndex:
         return f"torch-{self.device}"
 
     @property
+    def query_block(self) -> int:
+        """Queries :meth:`search` scores against one corpus block at a time (its score tile's width).
+        A caller holding fewer queries at once (a worker's chunk) gets narrower tiles and pays the
+        per-tile work more often; on a GPU it may search several chunks in one call."""
+        budget = self._SCORE_BUDGET_GPU if self.device.type == "cuda" else self._SCORE_BUDGET
+        return max(1, budget // max(1, min(self.block_size, self._ntotal)))
+
+    @property
     def ntotal(self) -> int:
         return self._ntotal
 
@@ -346,8 +354,7 @@ class TorchIndex:
         if m == 0 or self._ntotal == 0:
             return _pads(m, k)
         kk = min(k, self._ntotal)
-        budget = self._SCORE_BUDGET_GPU if self.device.type == "cuda" else self._SCORE_BUDGET
-        q_block = max(1, budget // min(self.block_size, self._ntotal))
+        q_block = self.query_block
         out_s = np.empty((m, kk), np.float32)
         out_i = np.empty((m, kk), np.int64)
         low_precision = self.dtype != torch.float32
