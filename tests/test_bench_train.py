@@ -46,3 +46,18 @@ def test_profile_train_times_each_phase_of_each_variant(tmp_path):
     for row in got.values():
         assert all(row[k] > 0 for k in ("build", "step", "clip", "adamw"))
         assert row["total_ms"] == pytest.approx(sum(row[k] for k in ("build", "step", "clip", "adamw")), abs=0.05)
+
+
+def test_profile_encode_groups_the_forward_by_kernel_kind(tmp_path):
+    from ance.model.biencoder import resolve_model
+
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "profile_encode.py"), "--tokenizer", resolve_model("tiny-bert"),
+                           "--shape", "tiny", "--device", "cpu", "--batch", "4", "--length", "16", "--iters", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["docs_per_s"] > 0 and got["tflops"] > 0 and got["top"]
+    assert sum(c["share"] for c in got["categories"].values()) == pytest.approx(1.0)
+    assert "matmul" in got["categories"]
