@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,22 @@ def test_holdout_folder_moves_n_training_questions_to_dev_and_drops_the_real_dev
     assert holdout_split.main([str(data), str(out), "--n", "5"]) == 0  # again: the same folder
     assert {r[0] for r in read("dev")[1:]} == held_q
     assert holdout_split.main([str(data), str(tmp_path / "x"), "--n", "30"]) == 2
+
+
+@pytest.mark.parametrize("mini_batch", ["2", "0"])  # CachedMNRL, then plain MNRL (no gradient cache)
+def test_st_reference_probe_runs_with_and_without_its_gradient_cache(tmp_path, mini_batch):
+    pytest.importorskip("sentence_transformers")
+    from helpers_refresh import SCIFACT
+
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip("needs ../shared/data/scifact")
+    from ance.model.biencoder import resolve_model
+
+    proc = subprocess.run([sys.executable, str(REPO / "studies" / "st_reference.py"), "--model",
+                           resolve_model("tiny-bert"), "--data", str(SCIFACT), "--device", "cpu", "--batch", "4",
+                           "--mini-batch", mini_batch, "--max-pairs", "64", "--max-length", "32", "--probe-steps", "2",
+                           "--out", str(tmp_path / "st")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["steps_per_s"] > 0 and got["probe_steps"] == 2 and got["batch"] == 4
