@@ -29,7 +29,7 @@ ANCE_RECIPES=${ANCE_RECIPES:-"a64|
 a64r95|negatives.denoise_ratio=0.95
 a256|train.batch_size=256 train.lr=2e-4"}
 mkdir -p "$ROOT/sweep" "$ROOT/final" "$ROOT/probe" "$OUT"
-[ -n "${SEED_SWEEP:-}" ] && tar -C "$ROOT" -xzf "$SEED_SWEEP" --wildcards 'sweep/*/*-13.dev.json' && ls "$ROOT"/sweep/*/
+[ -n "${SEED_SWEEP:-}" ] && tar -C "$ROOT" -xzf "$SEED_SWEEP" --wildcards '*sweep/*/*-13.dev.json' && ls "$ROOT"/sweep/*/
 known() {  # known NAME: prints the earlier study's rates.json entry for NAME, fails when there is none
   [ -n "${KNOWN_RATES:-}" ] && python -c "import json,sys; e=json.load(open(sys.argv[1])).get(sys.argv[2]); print(json.dumps(e)) if e else sys.exit(1)" "$KNOWN_RATES" "$1"
 }

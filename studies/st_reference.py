@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--mini-batch", type=int, default=32, help="CachedMNRL mini_batch_size; 0: plain MultipleNegativesRankingLoss (no gradient cache)")
     ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--scale", type=float, default=20.0,
+                    help="the loss's similarity scale (1 / temperature; sentence-transformers' default 20 = ance's 0.05)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=None,
                     help="this many steps instead of --epochs passes (the data is reshuffled each pass)")
@@ -86,8 +88,8 @@ def main(argv=None) -> int:
 
     model = SentenceTransformer(args.model, device=args.device).float()
     model.max_seq_length = args.max_length
-    loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch) if args.mini_batch
-            else MultipleNegativesRankingLoss(model))
+    loss = (CachedMultipleNegativesRankingLoss(model, scale=args.scale, mini_batch_size=args.mini_batch)
+            if args.mini_batch else MultipleNegativesRankingLoss(model, scale=args.scale))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps_per_epoch = len(rows) // args.batch
     total = args.max_steps or steps_per_epoch * args.epochs
