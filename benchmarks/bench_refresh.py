@@ -365,7 +365,8 @@ def parse_args(argv):
     p.add_argument("--work-dir", default=None,
                    help="keep everything here (synthetic data is reused); default: a temp dir, removed")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--out", default=None, help="also write the result here: FILE.json the JSON (and FILE.md "
+                   "its tables), any other name both in one file")
     args = p.parse_args(argv)
     if args.msmarco_shape:
         args.synthetic_docs, args.synthetic_queries, args.doc_tokens = 8_800_000, 500_000, 128
@@ -517,8 +518,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         print()
         print(markdown(result))
-        if args.out:
-            Path(args.out).write_text(line + "\n" + "\n" + markdown(result) + "\n", encoding="utf-8")
+        if args.out:  # a .json file holds the JSON alone (its tables beside it, .md); other names both
+            out = Path(args.out)
+            if out.suffix == ".json":
+                out.write_text(line + "\n", encoding="utf-8")
+                out.with_suffix(".md").write_text(markdown(result) + "\n", encoding="utf-8")
+            else:
+                out.write_text(line + "\n" + "\n" + markdown(result) + "\n", encoding="utf-8")
         return 0
     finally:
         if trainer is not None:

@@ -55,8 +55,10 @@ def check(result: dict, stdout: str, tmp_path: Path, workers: int, n_chunks: int
 def test_synthetic_two_workers(tmp_path):
     result, out = run_bench(tmp_path, "--synthetic-docs", "2000", "--doc-tokens", "32", "--synthetic-queries",
                             "200", "--model-config", "tiny", "--workers", "2", "--chunk-queries", "64",
-                            "--depth", "50", "--backend", "torch")
+                            "--depth", "50", "--backend", "torch", "--out", str(tmp_path / "result.json"))
     assert result["mode"] == "synthetic" and result["n_docs"] == 2000 and result["n_queries"] == 200
+    assert json.loads((tmp_path / "result.json").read_text()) == result   # the JSON alone, tables beside it
+    assert "| **latency_all** |" in (tmp_path / "result.md").read_text()
     check(result, out, tmp_path, workers=2, n_chunks=4)
     # The inferencers used the synthetic token cache (32 tokens a passage), not one of their own.
     caches = list(tmp_path.glob("run-*/cache/tokens-*"))

@@ -41,7 +41,9 @@ def test_sweep_runs_settings_side_by_side(tmp_path):
     for setting in summary.values():
         for run in setting.values():
             assert 0 <= run["dev"]["ndcg@10"] <= 1 and run["steps"] == 4
-    assert summary["w30"]["async-13"]["refreshes"] >= 2 and summary["w30"]["async-13"]["max_gap"] <= 4
+    # at least the final refresh (final_refresh); with max_gap 4 over 4 steps the trainer never waits, so on a
+    # loaded machine the inferencer may still be starting when versions 0 and 2 are written (newest wins)
+    assert summary["w30"]["async-13"]["refreshes"] >= 1 and summary["w30"]["async-13"]["max_gap"] <= 4
     # each window's static negatives were mined once, with that window
     for lo, hi in ((0, 30), (0, 50)):
         header = (root / f"static-{lo}-{hi}.tsv").read_text().splitlines()[0]
