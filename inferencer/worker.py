@@ -56,7 +56,6 @@ EXIT_REFUSED = 2
 _FLUSH_WAIT_S = 10.0
 
 
-
 def search_spans(n: int, chunk: int, block: int | None) -> list[tuple[int, int]]:
     """The ``[lo, hi)`` query ranges of a shard's search calls: whole chunks of ``chunk`` queries,
     as many as fit in ``block`` (the queries an index scores at once; at least one chunk), so a
@@ -66,6 +65,7 @@ def search_spans(n: int, chunk: int, block: int | None) -> list[tuple[int, int]]
         raise ValueError(f"n must be >= 0 and chunk >= 1, got {n}, {chunk}")
     span = chunk * max(1, (block or chunk) // chunk)
     return [(lo, min(lo + span, n)) for lo in range(0, n, span)]
+
 
 class JobCancelled(Exception):
     """The worker is stopping in the middle of a job."""
