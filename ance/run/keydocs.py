@@ -63,7 +63,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "train.epochs": (MAY, "alternative to max_steps: passes over the training queries (pairs with "
                           "sample_by=pair), rounded up to whole steps; null: use max_steps"),
     "train.batch_size": (FIXED, "queries per optimizer step (global; divisible by the number of ranks)"),
-    "train.chunk_size": (MAY, "GradCache sub-batch (sequences per forward); null: plain step"),
+    "train.chunk_size": (MAY, "GradCache sub-batch (sequences per forward); null: plain step, one forward "
+                              "of the whole batch: the fastest where it fits in memory (1.47x the steps/s of "
+                              "chunk 64 for MiniLM, batch 64 + 64 negatives, on an H200)"),
     "train.chunk_by_tokens": (MAY, "a chunk holds chunk_size x passage_max_length tokens (more short "
                                    "sequences per forward, same peak memory)"),
     "train.lr": (MAY, "peak learning rate (AdamW, linear warm-up then linear decay to 0 at max_steps; "
