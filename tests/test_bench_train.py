@@ -61,3 +61,13 @@ def test_profile_encode_groups_the_forward_by_kernel_kind(tmp_path):
     assert got["docs_per_s"] > 0 and got["tflops"] > 0 and got["top"]
     assert sum(c["share"] for c in got["categories"].values()) == pytest.approx(1.0)
     assert "matmul" in got["categories"]
+
+
+def test_bench_optimizer_times_each_adamw_variant(tmp_path):
+    out = tmp_path / "opt.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_optimizer.py"), "--model", "tiny-bert", "--steps", "2",
+                           "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert set(got["ms"]) == {"loop", "foreach", "fused"} and all(v > 0 for v in got["ms"].values())
