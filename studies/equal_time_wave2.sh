@@ -6,6 +6,8 @@
 # sentence-transformers), batch 128 and 256, the bidirectional loss.
 # On the GPU machine, after `. scripts/device_env.sh; tar -C /tmp/data -xzf .devdata/squad.tgz`:
 #   DATA=/tmp/data/squad MODEL=$ANCE_DEVICE_MODEL ROOT=/tmp/eq2 OUT=/tmp/eq2/out bash studies/equal_time_wave2.sh
+# MPS first, as the 2026-12-04 run did: export CUDA_MPS_PIPE_DIRECTORY=/tmp/ance-mps-wave
+#   CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log; mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY; nvidia-cuda-mps-control -d
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export KNOWN_RATES=${KNOWN_RATES:-studies/results/equal-time-rates-h200.json}

@@ -10,6 +10,8 @@
 # before calling its row equal time. If a64pw50 is picked, its static finals read the 0-30 mined file.
 # On the GPU machine, after `. scripts/device_env.sh; tar -C /tmp/data -xzf .devdata/squad.tgz`, under MPS:
 #   DATA=/tmp/data/squad MODEL=$ANCE_DEVICE_MODEL ROOT=/tmp/eq3/runs OUT=/tmp/eq3/out bash studies/equal_time_wave3.sh
+# MPS first, as the 2026-12-04 run did: export CUDA_MPS_PIPE_DIRECTORY=/tmp/ance-mps-wave
+#   CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log; mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY; nvidia-cuda-mps-control -d
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export KNOWN_RATES=${KNOWN_RATES:-studies/results/equal-time-3-known-rates.json}
