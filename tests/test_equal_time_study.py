@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "studies"))
 
 import equal_time  # noqa: E402
+from helpers_refresh import SCIFACT, needs_scifact  # noqa: E402
 import holdout_split  # noqa: E402
 
 
@@ -90,18 +91,16 @@ def test_holdout_folder_moves_n_training_questions_to_dev_and_drops_the_real_dev
     assert holdout_split.main([str(data), str(tmp_path / "x"), "--n", "30"]) == 2
 
 
+@needs_scifact
 @pytest.mark.parametrize("mini_batch, scale", [("2", "20"), ("0", "30")])  # CachedMNRL; plain MNRL, scale 30
 def test_st_reference_probe_runs_with_and_without_its_gradient_cache(tmp_path, mini_batch, scale):
     pytest.importorskip("sentence_transformers")
-    from helpers_refresh import SCIFACT
-
-    if not (SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip("needs ../shared/data/scifact")
     from ance.model.biencoder import resolve_model
 
     proc = subprocess.run([sys.executable, str(REPO / "studies" / "st_reference.py"), "--model",
                            resolve_model("tiny-bert"), "--data", str(SCIFACT), "--device", "cpu", "--batch", "4",
-                           "--mini-batch", mini_batch, "--scale", scale, "--max-pairs", "64", "--max-length", "32", "--probe-steps", "2",
+                           "--mini-batch", mini_batch, "--scale", scale, "--max-pairs", "64", "--max-length", "32",
+                           "--probe-steps", "2",
                            "--out", str(tmp_path / "st")], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
