@@ -75,7 +75,7 @@ def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *,
               compile_mode=None):
     """ance's model and its two-part step: ``build(idx)`` (the batch from token ids, on the
     device) and ``run(inputs)`` (the GradCache forward + backward)."""
-    from ance.learn.gradcache import GradCache
+    from ance.learn.gradcache import GradCache, plain_step
     from ance.learn.losses import InfoNCE
     from ance.model.biencoder import BiEncoder
     from ance.model.tokcache import build_inputs
@@ -93,8 +93,9 @@ def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *,
     amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
     # the trainer's default (train.chunk_by_tokens): chunk x max_length tokens a chunk, so the
     # activation memory is that of `chunk` full-length rows, as sentence-transformers' mini-batch
+    # chunk 0: no gradient cache, one forward + backward of the whole batch (train.chunk_size=null)
     gc = GradCache(model, InfoNCE(0.05), chunk, chunk_tokens=chunk * max_length if by_tokens else None,
-                   autocast_dtype=amp, device_type=device.split(":")[0])
+                   autocast_dtype=amp, device_type=device.split(":")[0]) if chunk else None
 
     def build(idx):
         qi = {k: v.to(device, non_blocking=True) for k, v in build_inputs([q_ids[i] for i in idx], tok, 64).items()}
@@ -103,7 +104,11 @@ def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *,
         return qi, pi
 
     def run(inputs):
-        gc.step(*inputs, pos_index=torch.arange(batch, device=device))
+        if gc is None:
+            plain_step(model, InfoNCE(0.05), *inputs, autocast_dtype=amp, device_type=device.split(":")[0],
+                       pos_index=torch.arange(batch, device=device))
+        else:
+            gc.step(*inputs, pos_index=torch.arange(batch, device=device))
 
     return model, build, run
 
@@ -122,13 +127,14 @@ def bench_ance_compiled(model_path, texts, batch, chunk, steps, warmup, device, 
 
 def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
+    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
 
     model = SentenceTransformer(model_path, device=device)
     model = model.float()
     model.max_seq_length = max_length
     model.train()
-    loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=chunk)
+    # chunk 0: their plain MultipleNegativesRankingLoss (no gradient cache), as ance's chunk 0
+    loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=chunk) if chunk else MultipleNegativesRankingLoss(model)
     queries, positives, negatives = texts
     n = len(queries)
     amp = torch.bfloat16 if (precision == "bf16" and device.startswith("cuda")) else None
@@ -164,7 +170,8 @@ def emit(results: dict, out: str | None) -> None:
 
 def main(argv=None) -> int:
     ap = common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--chunk", type=int, default=32,
+                    help="GradCache chunk / CachedMNRL mini-batch; 0: neither tool caches (plain step, plain MNRL)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2,

@@ -29,9 +29,11 @@ def run(script: str, tmp_path: Path, *args: str) -> dict:
 
 
 @needs_scifact
-def test_bench_train_compares_with_sentence_transformers(tmp_path):
+@pytest.mark.parametrize("chunk", ["2", "0"])  # 0: neither tool caches (plain step, plain MNRL)
+def test_bench_train_compares_with_sentence_transformers(tmp_path, chunk):
     pytest.importorskip("sentence_transformers")
-    got = run("bench_train.py", tmp_path, "--chunk", "2", "--steps", "2", "--warmup", "1", "--repeats", "1")
+    got = run("bench_train.py", tmp_path, "--chunk", chunk, "--steps", "2", "--warmup", "1", "--repeats", "1")
+    assert got["chunk"] == int(chunk)
     for precision in ("bf16", "fp32"):
         row = got[precision]
         assert row["ance"]["steps_per_s"] > 0 and row["sentence_transformers"]["steps_per_s"] > 0
