@@ -13,7 +13,9 @@
 # Env: T (GPU seconds per run, 90), ASYNC_SHARE (0.1), PROBE (40), HOLD_N (2000), SEEDS ("13 14"),
 # ST_RECIPES / ANCE_RECIPES (lines NAME|args: st_reference.py options / ance overrides), EVAL_EVERY (100),
 # EXTRA_ALL (ance overrides for every run), ST_EXTRA, EVAL_ARGS, MINE_ARGS (CPU smoke: subsets),
-# REUSE_BUDGETS, JOB_TIMEOUT (900), BACKEND (torch), GPU (0; empty on CPU). OUT/budgets.json appears once the probes are done.
+# REUSE_BUDGETS, JOB_TIMEOUT (900), BACKEND (torch), GPU (0; empty on CPU), PORT_BASE (5700: the brokers take the
+# ports above it; two studies at once need bases apart). OUT/budgets.json appears once the probes are done.
+# A recipe's args may name @STATIC@: the static negatives file of the split it runs on (negatives.warmup=static).
 # KNOWN_RATES: a rates.json of an earlier study on the same machine kind; recipes named there are not
 # probed again. SEED_SWEEP: an earlier study's runs.tgz; its sweep results (sweep/NAME/*-13.dev.json)
 # are taken as they are, so those recipes join the pick without running again (same split, same budgets).
@@ -62,7 +64,7 @@ while IFS='|' read -r name args; do
   if e=$(known "$name"); then echo "$sep\"$name\": $e" >> "$ROOT/rates.json"; sep=","; log "known $name"; continue; fi
   timeout "$JOB_TIMEOUT" ance train $CFG $common data.path=$DATA run_dir="$ROOT/probe/$name" negatives.source=static \
       negatives.static_file="$ROOT/final/static-0-30.tsv" train.max_steps=$((PROBE + 20)) train.checkpoint_every=100000 \
-      eval.every=null ${GPUS:+train.device=cuda:$GPUS} $args > "$ROOT/probe/$name.log" 2>&1
+      eval.every=null ${GPUS:+train.device=cuda:$GPUS} ${args//@STATIC@/$ROOT/final/static-0-30.tsv} > "$ROOT/probe/$name.log" 2>&1
   rate=$(python studies/equal_time.py rate-ance "$ROOT/probe/$name") || rate=0
   echo "$sep\"$name\": {\"system\": \"ance\", \"rate\": $rate, \"args\": \"$args\"}" >> "$ROOT/rates.json"; sep=","
   log "probe $name: $rate steps/s"
@@ -75,7 +77,7 @@ cat "$OUT/budgets.json"
 
 steps_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['steps'])"; }
 args_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['args'])"; }
-port=5700
+port=${PORT_BASE:-5700}
 run_st() {  # run_st NAME SEED DATA STATIC DIR (a result already there is kept: restarts)
   [ -s "$5/st-$2.dev.json" ] && return 0
   local steps; steps=$(steps_of "$1")
@@ -89,6 +91,7 @@ run_st() {  # run_st NAME SEED DATA STATIC DIR (a result already there is kept: 
 run_ance() {  # run_ance NAME METHOD SEED DATA STATIC DIR [more overrides] (call: port=$((port + 1)); run_ance ... &)
   [ -s "$6/$2-$3.dev.json" ] && return 0
   local steps args; steps=$(steps_of "$1"); args=$(args_of "$1")  # read before OUT is set for quality.sh
+  args=${args//@STATIC@/$5}
   WINDOW="0 30" STATIC="$5" OUT="$6" METHODS=$2 SEEDS=$3 DATA="$4" \
     EXTRA="$common $args train.max_steps=$steps broker.address=tcp://127.0.0.1:$port ${7:-}" \
     timeout "$JOB_TIMEOUT" bash studies/quality.sh > "$6/$2-$3.log" 2>&1
@@ -129,7 +132,7 @@ cmp+=("ance-st-pooled:$a:$st" "ance-static-pooled:$a:$stat" "static-st-pooled:$s
 ROOT="$F" DATA="$DATA" bash studies/compare_runs.sh "${cmp[@]}" > "$OUT/compare.jsonl"
 python studies/equal_time.py table "$F" "$OUT/budgets.json" "$OUT/pick.json" --compare "$OUT/compare.jsonl" \
     | tee "$OUT/table.md"
-cp "$ROOT/rates.json" "$OUT/"
+cp "$ROOT/rates.json" "$OUT/" 2>/dev/null  # none where REUSE_BUDGETS gave the budgets
 (cd "$ROOT" && for f in final/*.dev.trec sweep/*/*.dev.trec; do awk '$4 <= 20' "$f" > "$f.top"; done
  tar -czf "$OUT/trec-top20.tgz" final/*.dev.trec.top sweep/*/*.dev.trec.top && rm -f final/*.top sweep/*/*.top)
 (cd "$ROOT" && tar -czf "$OUT/runs.tgz" --exclude=checkpoints --exclude=cache --exclude='*.trec' \

@@ -8,6 +8,8 @@
 # more negatives per question change the step, so a64pn3 is probed. A refresh every 50 steps costs the
 # inferencer twice the GPU time: check its wall clock alone (the reproduction call of docs/results.md)
 # before calling its row equal time. If a64pw50 is picked, its static finals read the 0-30 mined file.
+# a64pws / a64pe50ws (added 2026-12-05): the async run starts from the static mined negatives
+# (negatives.warmup=static) instead of in-batch ones until its first refresh lands (~150 of 1,255 steps).
 # On the GPU machine, after `. scripts/device_env.sh; tar -C /tmp/data -xzf .devdata/squad.tgz`, under MPS:
 #   DATA=/tmp/data/squad MODEL=$ANCE_DEVICE_MODEL ROOT=/tmp/eq3/runs OUT=/tmp/eq3/out bash studies/equal_time_wave3.sh
 # MPS first, as the 2026-12-04 run did: export CUDA_MPS_PIPE_DIRECTORY=/tmp/ance-mps-wave
@@ -33,5 +35,7 @@ a64pt3|train.chunk_size=null model.temperature=0.033
 a64pt2|train.chunk_size=null model.temperature=0.02
 a64pw50|train.chunk_size=null negatives.rank_window=[0,50] negatives.keep=50
 a64pe50|train.chunk_size=null train.checkpoint_every=50
-a64pn3|train.chunk_size=null negatives.n_per_query=3"
+a64pn3|train.chunk_size=null negatives.n_per_query=3
+a64pws|train.chunk_size=null negatives.warmup=static negatives.static_file=@STATIC@
+a64pe50ws|train.chunk_size=null train.checkpoint_every=50 negatives.warmup=static negatives.static_file=@STATIC@"
 exec bash studies/equal_time.sh
