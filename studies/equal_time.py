@@ -2,7 +2,8 @@
 
     python studies/equal_time.py rate-ance RUN_DIR [--skip 20]     # steps/s of a probe run (metrics.jsonl)
     python studies/equal_time.py budget RATES.json T [--async-share 0.1]   # steps each recipe gets in T s
-    python studies/equal_time.py pick SWEEP_DIR BUDGETS.json        # the best recipe of each system (held apart)
+    python studies/equal_time.py pick SWEEP_DIR BUDGETS.json [--prior PICK.json]   # the best recipe of each system
+    python studies/equal_time.py has PICK.json NAME                 # exit 0 when an earlier pick scored NAME
     python studies/equal_time.py table FINAL_DIR BUDGETS.json PICK.json [--compare compare.jsonl]
 
 Equal GPU time: every recipe's steps/s is probed ALONE on the GPU (nothing else running), then a
@@ -46,6 +47,12 @@ def pick(scores: dict[str, float], systems: dict[str, str]) -> dict[str, str]:
     return best
 
 
+def merge_prior(scores: dict[str, float], prior: dict[str, float], names) -> dict[str, float]:
+    """This sweep's held-apart scores, and an earlier pick's for the recipes of ``names`` this sweep did not run
+    (the same split and budgets: a run lost with a machine need not run again)."""
+    return {**{n: float(prior[n]) for n in names if n in prior}, **scores}
+
+
 def _ance_rate(run: Path, skip: int) -> float:
     events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return rate_of_steps([e["step_s"] for e in events if e.get("event") == "step" and e["step"] > skip])
@@ -64,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("rate-ance"); a.add_argument("run"); a.add_argument("--skip", type=int, default=20)
     b = sub.add_parser("budget"); b.add_argument("rates"); b.add_argument("seconds", type=float)
     b.add_argument("--async-share", type=float, default=0.1)
-    c = sub.add_parser("pick"); c.add_argument("sweep"); c.add_argument("budgets")
+    c = sub.add_parser("pick"); c.add_argument("sweep"); c.add_argument("budgets"); c.add_argument("--prior")
+    h = sub.add_parser("has"); h.add_argument("pick"); h.add_argument("name")
     d = sub.add_parser("table"); d.add_argument("final"); d.add_argument("budgets"); d.add_argument("pick")
     d.add_argument("--compare", default=None)
     args = ap.parse_args(argv)
@@ -84,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             s = _score(hits[0]) if hits else None
             if s is not None:
                 scores[name] = s
+        if args.prior:
+            scores = merge_prior(scores, json.loads(Path(args.prior).read_text())["heldout_ndcg@10"], budgets)
         best = pick(scores, {n: budgets[n]["system"] for n in scores})
         print(json.dumps({"heldout_ndcg@10": scores, "best": best}, indent=1))
+    elif args.cmd == "has":
+        return 0 if args.name in json.loads(Path(args.pick).read_text()).get("heldout_ndcg@10", {}) else 1
     else:
         budgets, chosen = json.loads(Path(args.budgets).read_text()), json.loads(Path(args.pick).read_text())["best"]
         final = Path(args.final)

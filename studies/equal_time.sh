@@ -15,6 +15,10 @@
 # EXTRA_ALL (ance overrides for every run), ST_EXTRA, EVAL_ARGS, MINE_ARGS (CPU smoke: subsets),
 # REUSE_BUDGETS, JOB_TIMEOUT (900), BACKEND (torch), GPU (0; empty on CPU), PORT_BASE (5700: the brokers take the
 # ports above it; two studies at once need bases apart). OUT/budgets.json appears once the probes are done.
+# MAX_PAR (8): runs at once in the sweep and the finals (about 50 CUDA processes under one MPS daemon failed
+# runs at random on 2026-12-05). PRIOR_PICK: an earlier study's pick.json on the same split and budgets: the
+# recipes it scored join the pick without running again. Each result's dev.json is copied to OUT/scores/ as
+# it lands, so a machine lost mid-study loses only the runs still going.
 # A recipe's args may name @STATIC@: the static negatives file of the split it runs on (negatives.warmup=static).
 # KNOWN_RATES: a rates.json of an earlier study on the same machine kind; recipes named there are not
 # probed again. SEED_SWEEP: an earlier study's runs.tgz; its sweep results (sweep/NAME/*-13.dev.json)
@@ -78,6 +82,9 @@ cat "$OUT/budgets.json"
 steps_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['steps'])"; }
 args_of() { python -c "import json,sys; print(json.load(open('$OUT/budgets.json'))['$1']['args'])"; }
 port=${PORT_BASE:-5700}
+throttle() { while [ "$(jobs -rp | wc -l)" -ge "${MAX_PAR:-8}" ]; do wait -n; done; }
+keep_score() { [ -s "$1" ] && mkdir -p "$OUT/scores" && cp "$1" "$OUT/scores/$(basename "$(dirname "$1")")-$(basename "$1")"; return 0; }
+prior() { [ -n "${PRIOR_PICK:-}" ] && python studies/equal_time.py has "$PRIOR_PICK" "$1"; }
 run_st() {  # run_st NAME SEED DATA STATIC DIR (a result already there is kept: restarts)
   [ -s "$5/st-$2.dev.json" ] && return 0
   local steps; steps=$(steps_of "$1")
@@ -87,6 +94,7 @@ run_st() {  # run_st NAME SEED DATA STATIC DIR (a result already there is kept: 
   cp "$5/st-$2/dev.trec" "$5/st-$2.dev.trec" 2>/dev/null
   tail -1 "$5/st-$2.log" | python -c "import json,sys; d=json.loads(sys.stdin.read()); print(json.dumps(d))" \
       > "$5/st-$2.dev.json" 2>/dev/null || rm -f "$5/st-$2.dev.json"
+  keep_score "$5/st-$2.dev.json"
 }
 run_ance() {  # run_ance NAME METHOD SEED DATA STATIC DIR [more overrides] (call: port=$((port + 1)); run_ance ... &)
   [ -s "$6/$2-$3.dev.json" ] && return 0
@@ -95,19 +103,22 @@ run_ance() {  # run_ance NAME METHOD SEED DATA STATIC DIR [more overrides] (call
   WINDOW="0 30" STATIC="$5" OUT="$6" METHODS=$2 SEEDS=$3 DATA="$4" \
     EXTRA="$common $args train.max_steps=$steps broker.address=tcp://127.0.0.1:$port ${7:-}" \
     timeout "$JOB_TIMEOUT" bash studies/quality.sh > "$6/$2-$3.log" 2>&1
+  keep_score "$6/$2-$3.dev.json"
 }
 
 # 3. the sweep on the held-apart split, every recipe side by side
 while IFS='|' read -r name args; do
   [ -z "${name// }" ] && continue
-  mkdir -p "$ROOT/sweep/$name"; run_st "$name" 13 "$HOLD" "$ROOT/sweep/static-0-30.tsv" "$ROOT/sweep/$name" &
+  prior "$name" && continue
+  throttle; mkdir -p "$ROOT/sweep/$name"; run_st "$name" 13 "$HOLD" "$ROOT/sweep/static-0-30.tsv" "$ROOT/sweep/$name" &
 done <<< "$ST_RECIPES"
 while IFS='|' read -r name args; do
   [ -z "${name// }" ] && continue
-  mkdir -p "$ROOT/sweep/$name"; port=$((port + 1)); run_ance "$name" async 13 "$HOLD" "$ROOT/sweep/static-0-30.tsv" "$ROOT/sweep/$name" &
+  port=$((port + 1)); prior "$name" && continue
+  throttle; mkdir -p "$ROOT/sweep/$name"; run_ance "$name" async 13 "$HOLD" "$ROOT/sweep/static-0-30.tsv" "$ROOT/sweep/$name" &
 done <<< "$ANCE_RECIPES"
 wait
-python studies/equal_time.py pick "$ROOT/sweep" "$OUT/budgets.json" | tee "$OUT/pick.json"
+python studies/equal_time.py pick "$ROOT/sweep" "$OUT/budgets.json" ${PRIOR_PICK:+--prior "$PRIOR_PICK"} | tee "$OUT/pick.json"
 best() { python -c "import json; print(json.load(open('$OUT/pick.json'))['best'].get('$1', ''))"; }
 BST=$(best st) BANCE=$(best ance)
 log "sweep done: sentence-transformers $BST, ance $BANCE"
@@ -116,9 +127,9 @@ log "sweep done: sentence-transformers $BST, ance $BANCE"
 # 4. the chosen recipes on dev, two seeds each (static gets async's steps: the same recipe)
 F="$ROOT/final"; S="$F/static-0-30.tsv"
 for s in $SEEDS; do
-  run_st "$BST" "$s" "$DATA" "$S" "$F" &
-  port=$((port + 1)); run_ance "$BANCE" async "$s" "$DATA" "$S" "$F" "eval.every=$EVAL_EVERY" &
-  port=$((port + 1)); run_ance "$BANCE" static "$s" "$DATA" "$S" "$F" "eval.every=$EVAL_EVERY" &
+  throttle; run_st "$BST" "$s" "$DATA" "$S" "$F" &
+  port=$((port + 1)); throttle; run_ance "$BANCE" async "$s" "$DATA" "$S" "$F" "eval.every=$EVAL_EVERY" &
+  port=$((port + 1)); throttle; run_ance "$BANCE" static "$s" "$DATA" "$S" "$F" "eval.every=$EVAL_EVERY" &
 done
 wait
 log "final runs done"

@@ -43,6 +43,28 @@ def test_pick_is_the_best_of_each_system_ties_to_the_first_name():
     assert equal_time.pick(scores, systems) == {"ance": "a64", "st": "st64"}
 
 
+def test_pick_merges_an_earlier_picks_scores_for_recipes_not_run_again(tmp_path):
+    budgets = {"st64p": {"system": "st"}, "a64p": {"system": "ance"}, "a64pn3": {"system": "ance"},
+               "a64pn3t3": {"system": "ance"}}
+    (tmp_path / "budgets.json").write_text(json.dumps(budgets))
+    prior = {"heldout_ndcg@10": {"st64p": 0.7977, "a64p": 0.807, "a64pn3": 0.8121, "gone": 0.9}, "best": {}}
+    (tmp_path / "prior.json").write_text(json.dumps(prior))
+    run = tmp_path / "sweep" / "a64pn3t3"
+    run.mkdir(parents=True)
+    (run / "async-13.dev.json").write_text(json.dumps({"ndcg@10": 0.8130}))
+    (tmp_path / "sweep" / "a64p").mkdir()
+    (tmp_path / "sweep" / "a64p" / "async-13.dev.json").write_text(json.dumps({"ndcg@10": 0.80}))  # this sweep's wins
+    out = subprocess.run([sys.executable, str(REPO / "studies" / "equal_time.py"), "pick", str(tmp_path / "sweep"),
+                          str(tmp_path / "budgets.json"), "--prior", str(tmp_path / "prior.json")],
+                         capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert got["heldout_ndcg@10"] == {"st64p": 0.7977, "a64p": 0.80, "a64pn3": 0.8121, "a64pn3t3": 0.8130}
+    assert got["best"] == {"ance": "a64pn3t3", "st": "st64p"}
+    has = [sys.executable, str(REPO / "studies" / "equal_time.py"), "has", str(tmp_path / "prior.json")]
+    assert subprocess.run([*has, "a64pn3"]).returncode == 0
+    assert subprocess.run([*has, "a64pn3t3"]).returncode == 1
+
+
 def test_budget_command_writes_steps_for_every_recipe(tmp_path):
     rates = {"st64": {"system": "st", "rate": 4.939, "args": "--batch 64"},
              "a64": {"system": "ance", "rate": 10.54, "args": ""}}
