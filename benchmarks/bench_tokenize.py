@@ -1,6 +1,8 @@
 """Corpus tokenization, cold: the fast tokenizer's batch call across its own threads (what
-ance.model.tokcache does now) against the corpus cut into shards tokenized by forked processes, each
-single-threaded, their ids sent back through pipes as raw int32 (no pickle). Same ids checked.
+ance.model.tokcache does now, long texts cut at a space first: ance.model.tokenize), against the same
+with every text tokenized whole (`whole`), the tokenizer's own __call__ (`call`), and the corpus cut into
+shards tokenized by forked processes, each single-threaded, their ids sent back through pipes as raw
+int32 (no pickle). Same ids checked.
 
     python benchmarks/bench_tokenize.py --tokenizer MODEL_DIR --data ../shared/data/scifact --procs 4,16 \
         --out tokenize.json
@@ -29,10 +31,13 @@ def load_texts(data: str, limit: int | None = None) -> list[str]:
     return [corpus.passage(i) for i in range(min(len(corpus), limit or len(corpus)))]
 
 
-def by_threads(backend, texts: list[str], batch: int) -> tuple[np.ndarray, np.ndarray]:
+def by_threads(backend, texts: list[str], batch: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+    """``backend`` (ance.model.tokenize.fast_backend's), or None: ``tokenizer``'s own __call__."""
+    from ance.model.tokenize import token_ids
+
     lengths, flat = [], []
     for lo in range(0, len(texts), batch):
-        ids = [e.ids for e in backend.encode_batch_fast(texts[lo:lo + batch], add_special_tokens=False)]
+        ids = token_ids(tokenizer, texts[lo:lo + batch], backend.max_tokens if backend else MAX_TOKENS, backend)
         lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
         flat.append(np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(lengths[-1].sum())))
     return np.concatenate(lengths), np.concatenate(flat)
@@ -79,6 +84,9 @@ def by_processes(backend, texts: list[str], procs: int) -> tuple[np.ndarray, np.
     return np.concatenate(lengths), np.concatenate(flat)
 
 
+MAX_TOKENS = 254
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokenizer", required=True)
@@ -88,16 +96,27 @@ def main(argv=None) -> int:
     ap.add_argument("--procs", default="4,16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="the first N passages only (tests)")
+    ap.add_argument("--join", type=int, default=1, help="K consecutive passages joined into one text "
+                                                          "(long documents, as MS MARCO's or Robust04's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
 
+    import dataclasses
+
     from ance.model.tokenize import fast_backend
 
+    global MAX_TOKENS
+    MAX_TOKENS = args.max_tokens
     texts = load_texts(args.data, args.limit)
-    backend = fast_backend(AutoTokenizer.from_pretrained(args.tokenizer), args.max_tokens)
-    ref = by_threads(backend, texts, args.batch)
-    modes = {"threads": lambda: by_threads(backend, texts, args.batch)}
+    texts = [" ".join(texts[i:i + args.join]) for i in range(0, len(texts), args.join)]
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    backend = fast_backend(tokenizer, args.max_tokens)
+    whole = dataclasses.replace(backend, cut=False)
+    ref = by_threads(whole, texts, args.batch)
+    modes = {"call": lambda: by_threads(None, texts, args.batch, tokenizer),
+             "whole": lambda: by_threads(whole, texts, args.batch),
+             "threads": lambda: by_threads(backend, texts, args.batch)}
     for p in [int(x) for x in args.procs.split(",") if x]:
         modes[f"procs{p}"] = (lambda p=p: by_processes(backend, texts, p))
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -107,8 +126,8 @@ def main(argv=None) -> int:
             got = fn()
             times[name].append(time.perf_counter() - t0)
             if not (np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])):
-                raise SystemExit(f"{name}: ids differ from the batch call's")
-    out = {"docs": len(texts), "chars": sum(map(len, texts)), "cores": os.cpu_count(), "max_tokens": args.max_tokens,
+                raise SystemExit(f"{name}: ids differ from the whole texts' batch call")
+    out = {"docs": len(texts), "join": args.join, "chars": sum(map(len, texts)), "cores": os.cpu_count(), "max_tokens": args.max_tokens,
            "modes": {m: {"s": [round(t, 4) for t in ts], "best_s": round(min(ts), 4),
                          "docs_per_s": round(len(texts) / min(ts))} for m, ts in times.items()}}
     text = json.dumps(out, indent=1)

@@ -290,16 +290,22 @@ def test_release_drops_the_pages_read_and_keeps_the_ids(tok, tmp_path):
 
 def _texts_for_fast_path():
     base = TEXTS + ["query: what causes rain? passage: clouds release water </s> <|endoftext|> <pad>",
-                    "Instruct: retrieve documents\nQuery: vitamin d", "  leading and trailing  ", "a" * 500]
+                    "Instruct: retrieve documents\nQuery: vitamin d", "  leading and trailing  ", "a" * 500,
+                    "the quick brown fox jumps over the lazy dog. " * 12,  # cut at a space, long enough
+                    " ".join("abcdefghijklmnopqrstuvwxyz") * 10,  # one token a letter: a short cut, told again
+                    "supercalifragilistic  expialidocious\n\nretrieval\t" * 9 + "x" * 300]
     return [f"{t} {i}" for i in range(60) for t in base]  # > FAST_MIN_TEXTS
 
 
 @pytest.mark.parametrize("family", ["bert", "llama", "qwen3", "gemma3"])
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, tok):
+@pytest.mark.parametrize("chars_per_token", [6, 1])
+def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, chars_per_token, tok, monkeypatch):
     """token_ids through the Rust tokenizer's offset-free batch call == the tokenizer's __call__, for
     WordPiece (MiniLM) and the byte-level BPEs of the decoder families, either truncation side, special
-    tokens written in the text, long texts cut; and the cache built through it holds the same ids."""
+    tokens written in the text, long texts cut at a space first (at 1 character a token most cuts are
+    too short and those texts are tokenized whole again); and the cache built through it holds the same ids."""
+    monkeypatch.setattr(tokenizing, "CUT_CHARS_PER_TOKEN", chars_per_token)
     if family == "bert":
         t = __import__("copy").deepcopy(tok)
     else:
@@ -313,6 +319,21 @@ def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, 
     assert backend is not None and t.backend_tokenizer.truncation == before  # a copy is set, not the tokenizer
     fast = tokenizing.token_ids(t, texts, 12, backend)
     assert fast == reference_ids(t, texts, 12) and max(map(len, fast)) == 12
+
+
+def test_cut_at_space_keeps_the_end_truncation_keeps():
+    text = "aa bb cc dd ee"
+    assert tokenizing.cut_at_space(text, 20) is text  # short enough: itself
+    assert tokenizing.cut_at_space(text, 4) == "aa bb"  # 4 characters, then on to the next space
+    assert tokenizing.cut_at_space(text, 4, "left") == " dd ee"  # the last 4, back to the space before (kept)
+    assert tokenizing.cut_at_space(text, 5) == "aa bb"  # a space right at the mark
+    assert tokenizing.cut_at_space("x" * 30, 4) == "x" * 30 and tokenizing.cut_at_space("x" * 30, 4, "left") == "x" * 30
+    assert tokenizing.cut_at_space(" " + "x" * 30, 4, "left") == " " + "x" * 30  # cutting at 0 changes nothing
+
+
+def test_a_backend_for_other_lengths_is_refused(tok):
+    with pytest.raises(ValueError, match="12 tokens"):
+        tokenizing.token_ids(tok, TEXTS, 10, tokenizing.fast_backend(tok, 12))
 
 
 def test_the_cache_is_the_same_through_either_path(tok, tmp_path, monkeypatch):
