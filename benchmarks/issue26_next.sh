@@ -4,7 +4,7 @@
 #  2. the trainer against sentence-transformers, bf16, batch 64 + 64 hard negatives: neither caching
 #     (chunk 0: ance's plain step, their MNRL) and both caching (chunk 32: GradCache, CachedMNRL);
 #  3. where an encoder forward's time goes, MiniLM and BERT-base shapes (profile_encode.py).
-# With FULL=1 also (about 12 minutes more):
+# With FULL=1 also (about 12 minutes more; SKIP_QUICK=1 leaves out 1-3):
 #  4. the MS MARCO-shaped refresh again, the worker now searching two 2,048-query chunks per call
 #     (search_spans): against benchmarks/results/msmarco-shape-minilm-1gpu.json (133.5 s, k-NN 22.0 s);
 #  5. a BERT-base-shaped refresh at 1M passages x 128 tokens, 100k queries (the 8.8M one takes ~9 min a refresh).
@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-runs/issue26}; mkdir -p "$OUT_DIR"
 TOK=${ANCE_DEVICE_MODEL:?needs scripts/device_env.sh (the MiniLM pack) or ANCE_DEVICE_MODEL}
 SCIFACT=${SCIFACT:-/tmp/data/scifact}
+if [ -z "${SKIP_QUICK:-}" ]; then   # SKIP_QUICK=1 FULL=1: the two refreshes alone
 python benchmarks/bench_tokenize.py --tokenizer "$TOK" --data "$SCIFACT" --procs 4,8,16 --repeats 3 \
     --out "$OUT_DIR/tokenize-scifact-h200.json" 2>&1 | tail -25
 for chunk in 0 32; do
@@ -26,6 +27,7 @@ for shape in minilm bert-base; do
   python benchmarks/profile_encode.py --tokenizer "$TOK" --shape $shape --batch 1024 --length 128 \
       --out "$OUT_DIR/profile-encode-$shape-h200.json" 2>&1 | tail -22
 done
+fi
 [ -n "${FULL:-}" ] || exit 0
 timeout 560 python benchmarks/bench_refresh.py --msmarco-shape --model-config minilm --tokenizer "$TOK" --device cuda \
     --backend torch --batch-size 1024 --chunk-queries 2048 --workers 1 --repeat 1 --work-dir /tmp/mmw \
