@@ -4,6 +4,7 @@
 #  2. the trainer against sentence-transformers, bf16, batch 64 + 64 hard negatives: neither caching
 #     (chunk 0: ance's plain step, their MNRL) and both caching (chunk 32: GradCache, CachedMNRL);
 #  3. where an encoder forward's time goes, MiniLM and BERT-base shapes (profile_encode.py).
+#  0. the encoder's forward in fewer kernels (bench_encode_kernels.py: lean / tanh epilogue / compiled);
 # With FULL=1 also (about 12 minutes more; SKIP_QUICK=1 leaves out 1-3):
 #  4. the MS MARCO-shaped refresh again, the worker now searching two 2,048-query chunks per call
 #     (search_spans): against benchmarks/results/msmarco-shape-minilm-1gpu.json (133.5 s, k-NN 22.0 s);
@@ -17,6 +18,10 @@ OUT_DIR=${OUT_DIR:-runs/issue26}; mkdir -p "$OUT_DIR"
 TOK=${ANCE_DEVICE_MODEL:?needs scripts/device_env.sh (the MiniLM pack) or ANCE_DEVICE_MODEL}
 SCIFACT=${SCIFACT:-/tmp/data/scifact}
 if [ -z "${SKIP_QUICK:-}" ]; then   # SKIP_QUICK=1 FULL=1: the two refreshes alone
+python benchmarks/bench_encode_kernels.py --tokenizer "$TOK" --shapes minilm --ragged \
+    --out "$OUT_DIR/encode-kernels-minilm-h200.json" 2>&1 | tail -12
+python benchmarks/bench_encode_kernels.py --tokenizer "$TOK" --shapes bert-base --variants hf lean lean-tanh lean-compile \
+    --out "$OUT_DIR/encode-kernels-bert-base-h200.json" 2>&1 | tail -8
 python benchmarks/bench_tokenize.py --tokenizer "$TOK" --data "$SCIFACT" --procs 4,8,16 --repeats 3 \
     --out "$OUT_DIR/tokenize-scifact-h200.json" 2>&1 | tail -25
 for chunk in 0 32; do
