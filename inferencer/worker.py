@@ -351,7 +351,8 @@ class Worker:
         if compiled is not None and not lora.is_lora(fresh) and same_architecture(compiled, fresh):
             copy_weights(compiled, fresh)  # the compiled towers stay: no recompiling per checkpoint
             return compiled.eval()
-        model = for_inference(fresh, self.device, self.precision, self.cfg.inferencer.compile)
+        model = for_inference(fresh, self.device, self.precision, self.cfg.inferencer.compile,
+                              self.cfg.inferencer.kernels)
         self._lora_model = model if lora.is_lora(model) else None
         if self.cfg.inferencer.compile != "off" and self._lora_model is None:
             self._compiled = model
@@ -409,7 +410,8 @@ class Worker:
                 from ance.model import lora
 
                 lora.apply(model, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.target_modules)
-                self._lora_model = for_inference(model, self.device, self.precision, self.cfg.inferencer.compile)
+                self._lora_model = for_inference(model, self.device, self.precision, self.cfg.inferencer.compile,
+                                                 self.cfg.inferencer.kernels)
             del model
             self._query_tokens("train", self.train.texts, tokenizer, query_prompt)
             if self.eval is not None:

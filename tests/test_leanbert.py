@@ -103,3 +103,22 @@ def test_other_towers_keep_their_forward():
     assert not leanbert.supports(tiny("relu"))
     with pytest.raises(ValueError, match="gelu must be one of"):
         leanbert.install(tiny(), "fast")
+
+
+def test_a_lora_wrapped_tower_keeps_its_forward():
+    from ance.model import lora
+
+    enc = BiEncoder.load(resolve_model("tiny-bert")).eval()
+    lora.apply(enc, 4, 8, 0.0, ["query", "value"])
+    assert not any(leanbert.install(t) for t in enc.towers())
+
+
+def test_for_inference_installs_the_named_kernels():
+    from ance.model.inference import for_inference
+    from ance.run.errors import ConfigError
+
+    enc = for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu", "auto", kernels="lean")
+    assert all("forward" in vars(t) for t in enc.towers())
+    assert "forward" not in vars(for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu").query_encoder)
+    with pytest.raises(ConfigError, match="inferencer.kernels must be one of"):
+        for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu", kernels="fast")

@@ -16,6 +16,8 @@ from ance.run.device import autocast_dtype
 from ance.run.errors import ConfigError
 
 COMPILE_MODES = {"off": None, "on": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+#: the towers' forward (``ance.model.leanbert``): transformers', or the lean one with exact / epilogue GELU
+KERNELS = {"hf": None, "lean": "exact", "lean-tanh": "epilogue"}
 
 
 def half_weights(model: nn.Module) -> bool:
@@ -26,17 +28,26 @@ def half_weights(model: nn.Module) -> bool:
     return False
 
 
-def for_inference(model, device: str, precision: str = "auto", compile: str = "off"):
+def for_inference(model, device: str, precision: str = "auto", compile: str = "off", kernels: str = "hf"):
     """``model`` (a :class:`~ance.model.biencoder.BiEncoder`) on ``device`` in eval mode, its weights
     cast in place to the half precision ``precision`` names on CUDA (bf16 for ``auto``), each tower
     compiled in place with ``torch.compile`` when ``compile`` is ``on`` / ``max-autotune`` (CUDA only:
-    a CPU compile costs more than it saves on the batches a CPU encodes). The vectors differ from
-    autocast's by bf16 rounding (tests/test_encode_fast.py)."""
+    a CPU compile costs more than it saves on the batches a CPU encodes), each BERT-family tower given
+    the lean forward of ``ance.model.leanbert`` where ``kernels`` names one (``lean`` / ``lean-tanh``;
+    other towers keep theirs). The vectors differ from autocast's by bf16 rounding
+    (tests/test_encode_fast.py, tests/test_leanbert.py)."""
     if compile not in COMPILE_MODES:
         raise ConfigError(f"inferencer.compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    if kernels not in KERNELS:
+        raise ConfigError(f"inferencer.kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     cuda = str(device).startswith("cuda")
     dtype = autocast_dtype(str(device), precision) if cuda else None
     model = model.to(device=device, dtype=dtype).eval()  # dtype None: moved only
+    if KERNELS[kernels]:
+        from ance.model import leanbert
+
+        for tower in model.towers():
+            leanbert.install(tower, KERNELS[kernels])
     if cuda and COMPILE_MODES[compile]:
         for tower in model.towers():
             tower.compile(mode=COMPILE_MODES[compile])  # in place: names and state_dict keys unchanged

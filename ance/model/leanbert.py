@@ -22,7 +22,7 @@ import types
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 #: forward variants: exact GELU as its own kernel, or bias + tanh-GELU in the GEMM's epilogue
 GELU_MODES = ("exact", "epilogue")
@@ -36,7 +36,16 @@ def supports(tower) -> bool:
             and getattr(config, "position_embedding_type", "absolute") == "absolute"
             and not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False)
             and getattr(config, "hidden_act", None) in _EXACT_ACTS
-            and hasattr(tower, "embeddings") and hasattr(tower, "encoder"))
+            and hasattr(tower, "embeddings") and hasattr(tower, "encoder")
+            and all(type(m) is nn.Linear for layer in tower.encoder.layer for m in _linears(layer)))
+
+
+def _linears(layer) -> tuple:
+    """A layer's projections; a LoRA (or any other) wrapper around one disqualifies the tower, whose
+    forward would then read only the wrapped weight."""
+    att = layer.attention.self
+    return (att.query, att.key, att.value, layer.attention.output.dense, layer.intermediate.dense,
+            layer.output.dense)
 
 
 def install(tower, gelu: str = "exact") -> bool:

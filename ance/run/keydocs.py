@@ -144,6 +144,10 @@ KEYS: dict[str, tuple[str, str]] = {
     "inferencer.compile": (MAY, "torch.compile the towers on a GPU (on: default mode; max-autotune: tuned "
                                 "kernels, minutes of compiling); compiled once, each checkpoint's weights "
                                 "copied in; off on the CPU"),
+    "inferencer.kernels": (MAY, "the towers' encode forward: hf (transformers'); lean (BERT-family towers: one QKV "
+                                "GEMM, attention on strided views, same vectors); lean-tanh (lean with bias + GELU "
+                                "in the GEMM epilogue, tanh approximation on a GPU: bf16-rounding-sized change "
+                                "for exact-GELU models); other towers keep transformers' forward"),
     # telemetry
     "eval.every": (MAY, "steps between the trainer's evaluations of data.eval_split (trainer/evaluator.py); null: "
                    "at step 0 and the last step for inbatch/static, none for async (its refreshes evaluate); 0: never"),

@@ -118,6 +118,7 @@ class InferencerConfig:
     precision: str = "auto"
     warm_up: bool = True          # tokenize the corpus and initialise the device before the first job
     compile: str = "off"          # torch.compile the towers on a GPU: off | on | max-autotune
+    kernels: str = "hf"           # the towers' forward: hf (transformers') | lean | lean-tanh (BERT only)
 
 
 @dataclass
@@ -190,6 +191,7 @@ _CHOICES = {
     "inferencer.backend": ("auto", "faiss", "torch"),
     "inferencer.precision": ("auto", "bf16", "fp16", "fp32"),
     "inferencer.compile": ("off", "on", "max-autotune"),
+    "inferencer.kernels": ("hf", "lean", "lean-tanh"),
 }
 
 _POSITIVE = (
