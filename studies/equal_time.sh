@@ -26,6 +26,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MODEL DATA BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-900}
+# configs/squad-minilm-gpu.yaml took issue 29's pick on 2026-12-05; the recipes here start from the one before it:
+export BASE_OVERRIDES=${BASE_OVERRIDES-"negatives.n_per_query=1 train.checkpoint_every=100 negatives.warmup=inbatch"}
 export CFG=${CFG:-configs/squad-minilm-gpu.yaml} GPUS=${GPU-0}
 ROOT=${ROOT:-runs/equal-time}; OUT=${OUT:-$ROOT/out}; T=${T:-90}; PROBE=${PROBE:-40}
 SEEDS=${SEEDS:-"13 14"}; EVAL_EVERY=${EVAL_EVERY:-100}
@@ -40,7 +42,7 @@ known() {  # known NAME: prints the earlier study's rates.json entry for NAME, f
   [ -n "${KNOWN_RATES:-}" ] && python -c "import json,sys; e=json.load(open(sys.argv[1])).get(sys.argv[2]); print(json.dumps(e)) if e else sys.exit(1)" "$KNOWN_RATES" "$1"
 }
 log() { echo "=== $(date +%T) $*"; }
-common="model.name_or_path=$MODEL telemetry.tensorboard=false ${EXTRA_ALL:-}"
+common="model.name_or_path=$MODEL telemetry.tensorboard=false ${BASE_OVERRIDES:-} ${EXTRA_ALL:-}"
 
 # 1. the held-apart split and the static negatives of both
 HOLD="$ROOT/hold-data"

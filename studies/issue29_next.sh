@@ -3,6 +3,8 @@
 # (2026-12-05 ran the SciFact scrutiny beside the third sweep: about 50 CUDA processes under one daemon, and
 # runs of both failed at random):
 #  1. the fourth SQuAD sweep (studies/equal_time_wave4.sh: every rate known, no probe; sweep, then finals);
+#     SKIP_WAVE=1: none, the pick and budgets read from PICK (default studies/results/equal-time-4.json, the
+#     sweep of 2026-12-05) and the static negatives mined;
 #  2. the shipped config's reproduction with the picked recipe's overrides (the exact `ance launch` a user
 #     runs), seeds 13 and 14 side by side, evaluated by the launcher;
 #  3. the SciFact GPU config's scrutiny (studies/scifact_scrutiny.sh, equal steps).
@@ -18,9 +20,18 @@ R=${ROOT:-runs/issue29}; O=${OUT:-$R/out}; SCIFACT=${SCIFACT:-../shared/data/sci
 mkdir -p "$O/eq4" "$O/sf" "$O/repro"
 log() { echo "=== $(date +%T) $*"; }
 
-log "SQuAD wave 4"
-ROOT="$R/eq4" OUT="$O/eq4" bash studies/equal_time_wave4.sh > "$O/eq4.log" 2>&1; echo "rc $?" >> "$O/eq4.log"
-log "SQuAD wave done: $(tail -1 "$O/eq4.log")"
+if [ -n "${SKIP_WAVE:-}" ]; then  # the sweep done before: its pick and budgets from PICK (an equal-time-N.json)
+  PICK=${PICK:-studies/results/equal-time-4.json}
+  python -c "import json,sys; d=json.load(open(sys.argv[1])); json.dump(d['pick'], open(sys.argv[2], 'w')); json.dump(d['budgets'], open(sys.argv[3], 'w'))" \
+      "$PICK" "$O/eq4/pick.json" "$O/eq4/budgets.json" || exit 1
+  mkdir -p "$R/eq4/final"
+  [ -s "$R/eq4/final/static-0-30.tsv" ] || bash studies/mine_static.sh 0 30 "$R/eq4/final/static-0-30.tsv" 2>&1 | tail -1
+  log "SQuAD pick from $PICK"
+else
+  log "SQuAD wave 4"
+  ROOT="$R/eq4" OUT="$O/eq4" bash studies/equal_time_wave4.sh > "$O/eq4.log" 2>&1; echo "rc $?" >> "$O/eq4.log"
+  log "SQuAD wave done: $(tail -1 "$O/eq4.log")"
+fi
 
 scifact_scrutiny() {
   log "SciFact scrutiny starts"

@@ -49,7 +49,7 @@ while IFS='|' read -r name methods seeds extra window; do
       while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
       port=$((port + 1))
       echo "=== $(date +%T) start $name $m seed $s"
-      WINDOW="$window" STATIC="$STATIC" OUT="$ROOT/$name" METHODS=$m SEEDS=$s EXTRA="$extra broker.address=tcp://127.0.0.1:$port" \
+      WINDOW="$window" STATIC="$STATIC" OUT="$ROOT/$name" METHODS=$m SEEDS=$s EXTRA="${BASE_OVERRIDES:-} $extra broker.address=tcp://127.0.0.1:$port" \
         timeout "${JOB_TIMEOUT:-540}" bash studies/quality.sh > "$ROOT/$name.$m-$s.log" 2>&1 &
     done
   done

@@ -8,6 +8,8 @@
 #   DATA=/tmp/data/squad MODEL=$ANCE_DEVICE_MODEL OUT=$OUT bash studies/squad_followup.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# configs/squad-minilm-gpu.yaml took issue 29's pick on 2026-12-05; the recipes here start from the one before it:
+export BASE_OVERRIDES=${BASE_OVERRIDES-"negatives.n_per_query=1 train.checkpoint_every=100 negatives.warmup=inbatch"}
 export CFG=configs/squad-minilm-gpu.yaml BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-480}
 ROOT=${ROOT:-runs/squad-followup}; OUT=${OUT:-runs/squad-followup-out}; mkdir -p "$ROOT" "$OUT"
 S="train.max_steps=${STEPS:-1000} train.checkpoint_every=25 negatives.max_gap=100"

@@ -10,6 +10,8 @@
 # TRAIN_S (360), MAX_STEPS (4000), STEPS (skip the probe), JOB_TIMEOUT (480), MPS (1), KEEP_TREC (20), ROOT, OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# configs/squad-minilm-gpu.yaml took issue 29's pick on 2026-12-05; the recipes here start from the one before it:
+export BASE_OVERRIDES=${BASE_OVERRIDES-"negatives.n_per_query=1 train.checkpoint_every=100 negatives.warmup=inbatch"}
 export CFG=configs/squad-minilm-gpu.yaml BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-480}
 ROOT=${ROOT:-runs/squad-long}; OUT=${OUT:-runs/squad-long-out}; mkdir -p "$ROOT" "$OUT"
 JOBS=${JOBS:-6}
@@ -20,7 +22,7 @@ if [ "${MPS:-1}" = 1 ]; then
 fi
 STATIC="$ROOT/static-0-30.tsv"; mkdir -p "$ROOT"
 [ -s "$STATIC" ] || MODEL=$MODEL DATA=$DATA bash studies/mine_static.sh 0 30 "$STATIC" 2>&1 | tail -1
-common="model.name_or_path=$MODEL data.path=$DATA telemetry.tensorboard=false"
+common="model.name_or_path=$MODEL data.path=$DATA telemetry.tensorboard=false ${BASE_OVERRIDES:-}"
 if [ -z "${STEPS:-}" ]; then
   t0=$SECONDS
   for i in $(seq $JOBS); do

@@ -13,6 +13,8 @@
 # ROOT (runs/squad), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# configs/squad-minilm-gpu.yaml took issue 29's pick on 2026-12-05; the recipes here start from the one before it:
+export BASE_OVERRIDES=${BASE_OVERRIDES-"negatives.n_per_query=1 train.checkpoint_every=100 negatives.warmup=inbatch"}
 export CFG=configs/squad-minilm-gpu.yaml BACKEND=${BACKEND:-torch} JOB_TIMEOUT=${JOB_TIMEOUT:-450}
 ROOT=${ROOT:-runs/squad}; OUT=${OUT:-runs/squad-out}; mkdir -p "$ROOT" "$OUT"
 S="train.max_steps=${STEPS:-600} ${EXTRA_ALL:-}"

@@ -94,13 +94,15 @@ class FakeBroker:
 def setup(request, tmp_path_factory):
     """A worker process per backend: faiss searches chunk by chunk; the torch index scores many
     queries a tile, so the worker hands it several chunks per call (search_spans) and still streams
-    one ``topk`` per chunk."""
+    one ``topk`` per chunk. The torch worker also runs its towers through ``inferencer.kernels: lean-tanh``
+    (on the CPU the same numbers as transformers' forward, so the exact search below still holds)."""
     from ance.data.dataset import load_for_config as dataset_from_config
     from ance.run.config import load_config
 
     tmp = tmp_path_factory.mktemp("infer")
     port = free_port()
-    cfg_path = write_config(tmp, port, inferencer={"backend": request.param})
+    lean = {"kernels": "lean-tanh"} if request.param == "torch" else {}
+    cfg_path = write_config(tmp, port, inferencer={"backend": request.param, **lean})
     cfg = load_config(cfg_path)
     data = dataset_from_config(cfg)
     ckpt = make_checkpoint(tmp / "run", 1)
