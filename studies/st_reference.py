@@ -133,10 +133,15 @@ def main(argv=None) -> int:
     train_s = time.time() - t0
     out = Path(args.out)
     model.save(str(out / "model"))
+    # the retrieval runs in a child: give the GPU back first (2026-12-05: two such retrievals died with CUDA
+    # out of memory while seven runs shared the GPU, this process still holding its model and optimizer)
+    del model, opt, sched, loss
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
     run = out / "dev.trec"
-    subprocess.run([sys.executable, "-m", "ance.cli", "retrieve", "--model", str(out / "model"), "--data", args.data,
-                    "--split", "dev", "--out", str(run), "--max-length", str(args.max_length),
-                    "--query-max-length", str(args.query_max_length), "--quiet", *args.eval_args.split()], check=True)
+    retrying([sys.executable, "-m", "ance.cli", "retrieve", "--model", str(out / "model"), "--data", args.data,
+              "--split", "dev", "--out", str(run), "--max-length", str(args.max_length),
+              "--query-max-length", str(args.query_max_length), "--quiet", *args.eval_args.split()])
     res = subprocess.run([sys.executable, "-m", "ance.cli", "eval", "--run", str(run), "--qrels",
                           str(Path(args.data) / "qrels" / "dev.tsv")], check=True, capture_output=True, text=True)
     result = {"negatives": args.negatives, "seed": args.seed, "steps": total, "train_s": round(train_s, 1),
@@ -145,6 +150,17 @@ def main(argv=None) -> int:
     (out / "result.json").write_text(json.dumps(result))
     print(json.dumps(result))
     return 0
+
+
+def retrying(cmd: list[str], tries: int = 3, wait_s: float = 30.0) -> None:
+    """Run ``cmd``; on failure (a GPU full for a moment) wait and run it again, ``tries`` times in all."""
+    for attempt in range(1, tries + 1):
+        if subprocess.run(cmd).returncode == 0:
+            return
+        if attempt < tries:
+            print(f"st_reference: {cmd[3]} failed (attempt {attempt} of {tries}); again in {wait_s:.0f} s", flush=True)
+            time.sleep(wait_s)
+    raise SystemExit(f"st_reference: {cmd[3]} failed {tries} times: {' '.join(cmd)}")
 
 
 if __name__ == "__main__":

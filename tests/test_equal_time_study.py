@@ -128,3 +128,19 @@ def test_st_reference_probe_runs_with_and_without_its_gradient_cache(tmp_path, m
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["steps_per_s"] > 0 and got["probe_steps"] == 2 and got["batch"] == 4
+
+
+def test_st_reference_retries_a_failed_step_then_gives_up(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("st_reference", REPO / "studies" / "st_reference.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    marker = tmp_path / "tries"
+    # fails the first time, succeeds the second (a GPU full for a moment)
+    flaky = [sys.executable, "-c", f"import pathlib,sys; p=pathlib.Path({str(marker)!r}); n=len(p.read_text()) "
+             "if p.exists() else 0; p.write_text('x'*(n+1)); sys.exit(0 if n else 1)", "retrieve"]
+    st.retrying(flaky, tries=3, wait_s=0)
+    assert marker.read_text() == "xx"
+    with pytest.raises(SystemExit, match="failed 2 times"):
+        st.retrying([sys.executable, "-c", "import sys; sys.exit(1)", "retrieve"], tries=2, wait_s=0)
