@@ -72,7 +72,7 @@ def timed_steps(model, step, n, batch, steps, warmup, device) -> dict:
 
 
 def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *, by_tokens=True, prepared=None,
-              compile_mode=None):
+              compile_mode=None, lean=False):
     """ance's model and its two-part step: ``build(idx)`` (the batch from token ids, on the
     device) and ``run(inputs)`` (the GradCache forward + backward)."""
     from ance.learn.gradcache import GradCache, plain_step
@@ -82,6 +82,10 @@ def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *,
 
     model = BiEncoder.load(model_path).to(device).train()
     model.prepared_masks = prepared
+    if lean:  # train.kernels=lean: ance.model.leanbert's forward on each tower
+        from ance.model import leanbert
+
+        assert all(leanbert.install(t) for t in model.towers())
     if compile_mode:  # each tower through torch.compile (shapes vary by chunk: dynamic after the first)
         model.query_encoder = torch.compile(model.query_encoder, mode=compile_mode)
     tok = model.tokenizer
@@ -113,9 +117,10 @@ def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *,
     return model, build, run
 
 
-def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision, compile_mode=None):
+def bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision, compile_mode=None,
+               lean=False):
     model, build, run = ance_step(model_path, texts, batch, chunk, device, max_length, precision,
-                                  compile_mode=compile_mode)
+                                  compile_mode=compile_mode, lean=lean)
     return timed_steps(model, lambda idx: run(build(idx)), len(texts[0]), batch, steps, warmup, device)
 
 
@@ -123,6 +128,11 @@ def bench_ance_compiled(model_path, texts, batch, chunk, steps, warmup, device, 
     """ance's step with the tower through torch.compile (more warm-up steps: it compiles per shape)."""
     return bench_ance(model_path, texts, batch, chunk, steps, max(warmup, 8), device, max_length, precision,
                       compile_mode="default")
+
+
+def bench_ance_lean(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
+    """ance's step with ``train.kernels=lean`` (the lean BERT forward, its dropout included)."""
+    return bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision, lean=True)
 
 
 def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
@@ -178,6 +188,7 @@ def main(argv=None) -> int:
                     help="the four configurations run this many times, interleaved; the best median is kept")
     ap.add_argument("--memory-sweep", default=None, help="comma-separated batch sizes: ance peak memory only")
     ap.add_argument("--compiled", action="store_true", help="also ance with torch.compile'd towers (bf16 only)")
+    ap.add_argument("--lean", action="store_true", help="also ance with train.kernels=lean")
     ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
     args = ap.parse_args(argv)
     model = args.model or default_model()
@@ -205,6 +216,8 @@ def main(argv=None) -> int:
                 tools = [("ance", bench_ance), ("sentence_transformers", bench_st)]
                 if args.compiled and precision == "bf16":
                     tools.append(("ance_compiled", bench_ance_compiled))
+                if args.lean:
+                    tools.append(("ance_lean", bench_ance_lean))
                 for name, fn in tools:
                     try:
                         r = fn(model, texts, args.batch, args.chunk, args.steps, args.warmup, args.device,
@@ -221,9 +234,11 @@ def main(argv=None) -> int:
             a, s = runs[(precision, "ance")], runs[(precision, "sentence_transformers")]
             results[precision] = {"ance": a, "sentence_transformers": s,
                                   "speedup": a["steps_per_s"] / s["steps_per_s"]}
-            if (precision, "ance_compiled") in runs:
-                c = runs[(precision, "ance_compiled")]
-                results[precision].update(ance_compiled=c, speedup_compiled=c["steps_per_s"] / s["steps_per_s"])
+            for variant in ("compiled", "lean"):
+                if (precision, f"ance_{variant}") in runs:
+                    c = runs[(precision, f"ance_{variant}")]
+                    results[precision].update({f"ance_{variant}": c,
+                                               f"speedup_{variant}": c["steps_per_s"] / s["steps_per_s"]})
             print(json.dumps({precision: results[precision]}), file=sys.stderr)
         if "fp32" in args.precisions and "bf16" in args.precisions:
             results["speedup_default"] = (results["bf16"]["ance"]["steps_per_s"]

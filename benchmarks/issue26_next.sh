@@ -28,7 +28,7 @@ python benchmarks/bench_tokenize.py --tokenizer "$TOK" --data "$SCIFACT" --procs
     --out "$OUT_DIR/tokenize-scifact-h200.json" 2>&1 | tail -25
 for chunk in 0 32; do
   python benchmarks/bench_train.py --model "$TOK" --data "$SCIFACT" --device cuda --batch 64 --chunk $chunk \
-      --precisions bf16 --repeats 3 --steps 30 --warmup 8 --out "$OUT_DIR/train-chunk$chunk-h200.json" 2>&1 | tail -4
+      --precisions bf16 --repeats 3 --steps 30 --warmup 8 --lean --out "$OUT_DIR/train-chunk$chunk-h200.json" 2>&1 | tail -4
 done
 for shape in minilm bert-base; do
   python benchmarks/profile_encode.py --tokenizer "$TOK" --shape $shape --batch 1024 --length 128 \

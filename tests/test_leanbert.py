@@ -101,6 +101,9 @@ def test_other_towers_keep_their_forward():
     relative = tiny(position_embedding_type="relative_key")
     assert not leanbert.supports(relative)
     assert not leanbert.supports(tiny("relu"))
+    checkpointed = tiny()
+    checkpointed.gradient_checkpointing_enable()
+    assert not leanbert.supports(checkpointed)
     with pytest.raises(ValueError, match="gelu must be one of"):
         leanbert.install(tiny(), "fast")
 
@@ -122,3 +125,81 @@ def test_for_inference_installs_the_named_kernels():
     assert "forward" not in vars(for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu").query_encoder)
     with pytest.raises(ConfigError, match="inferencer.kernels must be one of"):
         for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu", kernels="fast")
+
+
+def test_training_without_dropout_gives_transformers_loss_and_gradients():
+    ids, mask, tt = batch()
+    grads = []
+    for lean in (False, True):
+        model = tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+        if lean:
+            assert leanbert.install(model)
+        out = model(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+        loss = (out * mask[..., None]).pow(2).sum()
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ref_loss, ref), (got_loss, got) = grads
+    torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=0)
+    assert ref.keys() == got.keys()  # the pooler gets no gradient either way
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_in_training_only_and_gradcache_replays_it():
+    from test_gradcache import B, InfoNCE, TinyEncoder, GradCache, assert_tensors_close, plain_step, tokens
+
+    model = tiny(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    leanbert.install(model)
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        model.train()
+        a, b = (model(input_ids=ids, attention_mask=mask).last_hidden_state for _ in range(2))
+        model.eval()
+        c, d = (model(input_ids=ids, attention_mask=mask).last_hidden_state for _ in range(2))
+    assert not torch.allclose(a, b) and torch.equal(c, d)
+
+    gen = torch.Generator().manual_seed(1)
+    queries, passages = tokens(B, 7, gen), tokens(2 * B, 11, gen)
+    pos, loss_fn = torch.arange(B), InfoNCE(0.05)
+
+    def step(run):
+        torch.manual_seed(0)
+        enc = TinyEncoder(0.1).train()
+        assert leanbert.install(enc.bert)
+        torch.manual_seed(123)
+        loss = run(enc)
+        return loss, {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    ref = step(lambda m: plain_step(m, loss_fn, queries, passages, chunk_size=3, pos_index=pos))
+    got = step(lambda m: GradCache(m, loss_fn, 3).step(queries, passages, pos_index=pos))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=0)
+    assert_tensors_close(got[1], ref[1])
+
+
+def test_ance_train_with_lean_kernels(tmp_path):
+    """`ance train ... train.kernels=lean` trains (two steps, tiny BERT, SciFact), its losses those of a run
+    with transformers' forward up to dropout's draws; a wrong value is a one-line config error."""
+    from pathlib import Path
+
+    from ance.cli import main as ance_main
+    from ance.run.config import load_config
+    from ance.run.errors import ConfigError
+    from ance.run.telemetry import read_metrics
+
+    root = Path(__file__).resolve().parents[1]
+    scifact = root.parent / "shared" / "data" / "scifact"
+    if not (scifact / "corpus.jsonl").is_file():
+        pytest.skip(f"no SciFact at {scifact}")
+    losses = {}
+    for kernels in ("hf", "lean"):
+        run = tmp_path / kernels
+        assert ance_main(["train", str(root / "configs" / "tiny-cpu.yaml"), f"run_dir={run}", f"data.path={scifact}",
+                          "data.eval_split=null", "data.max_docs=200", "data.max_queries=40",
+                          "model.passage_max_length=32", "train.batch_size=4", "train.chunk_size=4",
+                          "train.max_steps=2", "train.checkpoint_every=100", "train.device=cpu",
+                          "negatives.source=inbatch", "telemetry.tensorboard=false", f"train.kernels={kernels}"]) == 0
+        losses[kernels] = [ev["loss"] for ev in read_metrics(run) if ev["event"] == "step"]
+    assert len(losses["lean"]) == 2 and all(x > 0 for x in losses["lean"])
+    assert losses["lean"][0] == pytest.approx(losses["hf"][0], rel=0.2)
+    with pytest.raises(ConfigError, match="train.kernels"):
+        load_config(root / "configs" / "tiny-cpu.yaml", ["train.kernels=fast"])

@@ -22,7 +22,7 @@ from ance.run.device import autocast_dtype, describe_device, device_type, resolv
 from ance.model.encode import corpus_tokens, query_tokens, shared_token_root
 from ance.run.errors import AnceError, CheckpointError, ConfigError
 from ance.learn.losses import BidirectionalInfoNCE, InfoNCE
-from ance.model import tuning
+from ance.model import leanbert, tuning
 from ance.model.biencoder import BiEncoder, resolve_model
 from ance.run.rundir import TRAINER_STATE, RunDir
 from ance.run.resume import flatten
@@ -104,6 +104,10 @@ class TrainerSetup:
         """The model of ``cfg.model``, from ``checkpoint`` when resuming; DDP-wrapped under torchrun."""
         self.model = BiEncoder.from_config(self.cfg.model, checkpoint)
         tuning.for_training(self.model, self.cfg.train)  # LoRA adapters, gradient checkpointing
+        if self.cfg.train.kernels == "lean":
+            for tower in self.model.towers():
+                if not leanbert.install(tower):
+                    log.info("train.kernels=lean: %s keeps transformers' forward", type(tower).__name__)
         self.model.to(self.device)
         self.model.train()
         check_model_lengths(self.cfg, getattr(self.model.query_encoder.config, "max_position_embeddings", None),

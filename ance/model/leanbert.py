@@ -12,8 +12,13 @@ rounding, so it is a choice (``inferencer.kernels: lean-tanh``), not the default
 The forward is installed on the tower itself (:func:`install`), reading the tower's own parameters:
 its class, ``state_dict`` and ``load_state_dict`` are unchanged, so a checkpoint's weights copy in as
 before (``ance.model.inference.copy_weights``) and ``torch.compile`` of the tower compiles this forward.
-Only absolute-position BERT-shaped towers without cross-attention qualify (:func:`supports`); any other
-tower keeps transformers' forward.
+Only absolute-position BERT-shaped towers without cross-attention, LoRA wrappers or gradient checkpointing
+qualify (:func:`supports`); any other tower keeps transformers' forward.
+
+It trains too (``train.kernels: lean``): in train mode it applies dropout where transformers' BERT does
+(attention probabilities through SDPA's ``dropout_p``, each sub-layer's output before its residual add).
+Its Python is a fraction of transformers' (no output classes, mask preparation, or attention-interface
+dispatch per layer): on a host-bound small model's training step that is the time that counts.
 """
 
 from __future__ import annotations
@@ -37,7 +42,16 @@ def supports(tower) -> bool:
             and not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False)
             and getattr(config, "hidden_act", None) in _EXACT_ACTS
             and hasattr(tower, "embeddings") and hasattr(tower, "encoder")
+            and not _checkpointing(tower)
             and all(type(m) is nn.Linear for layer in tower.encoder.layer for m in _linears(layer)))
+
+
+def _checkpointing(tower) -> bool:
+    """Whether gradient (activation) checkpointing is on: transformers 5 marks the layers and the model,
+    4.x the encoder."""
+    if getattr(tower, "is_activation_checkpointing", False) or getattr(tower.encoder, "gradient_checkpointing", False):
+        return True
+    return any(getattr(layer, "gradient_checkpointing", False) for layer in tower.encoder.layer)
 
 
 def _linears(layer) -> tuple:
@@ -94,17 +108,20 @@ def lean_forward(tower, input_ids: Tensor | None = None, attention_mask: Tensor 
     heads = config.num_attention_heads
     mask = attention_bias(attention_mask, x.dtype)
     approximate = _EXACT_ACTS[config.hidden_act]
+    train = tower.training  # dropout where transformers' BERT has it (the embeddings apply their own)
+    p_attn = config.attention_probs_dropout_prob if train else 0.0
+    p_hidden = config.hidden_dropout_prob if train else 0.0
     for layer in tower.encoder.layer:
         att, out_att = layer.attention.self, layer.attention.output
         w = torch.cat((att.query.weight, att.key.weight, att.value.weight))
         b = torch.cat((att.query.bias, att.key.bias, att.value.bias))
         qkv = F.linear(x, w, b).view(n, length, 3, heads, d // heads)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [n, heads, L, d/heads], strided
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_attn)
         ctx = ctx.transpose(1, 2).reshape(n, length, d)
         ln = out_att.LayerNorm
-        x = F.layer_norm(F.linear(ctx, out_att.dense.weight, out_att.dense.bias) + x, (d,), ln.weight, ln.bias,
-                         ln.eps)
+        h = F.dropout(F.linear(ctx, out_att.dense.weight, out_att.dense.bias), p_hidden, train)
+        x = F.layer_norm(h + x, (d,), ln.weight, ln.bias, ln.eps)
         inter, out = layer.intermediate.dense, layer.output
         flat = x.reshape(n * length, d)
         if gelu == "epilogue":
@@ -112,6 +129,6 @@ def lean_forward(tower, input_ids: Tensor | None = None, attention_mask: Tensor 
         else:
             h = F.gelu(F.linear(flat, inter.weight, inter.bias), approximate=approximate)
         ln = out.LayerNorm
-        x = F.layer_norm(F.linear(h, out.dense.weight, out.dense.bias).view(n, length, d) + x, (d,), ln.weight,
-                         ln.bias, ln.eps)
+        h = F.dropout(F.linear(h, out.dense.weight, out.dense.bias), p_hidden, train)
+        x = F.layer_norm(h.view(n, length, d) + x, (d,), ln.weight, ln.bias, ln.eps)
     return _Output(x)

@@ -89,6 +89,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "train.checkpoint_every": (MAY, "checkpoint (and, async, refresh) every this many steps"),
     "train.keep_checkpoints": (MAY, "checkpoints kept (those still in use are kept too)"),
     "train.precision": (MAY, "auto: bf16 on GPU, fp32 on CPU"),
+    "train.kernels": (MAY, "the towers' forward while training: hf (transformers'); lean (BERT-family towers without "
+                           "LoRA or gradient checkpointing: ance.model.leanbert, the same computation and dropout, "
+                           "a fraction of the host time a step); other towers keep transformers'"),
     "train.log_every": (MAY, "a `step` event in metrics.jsonl every this many steps"),
     "train.device": (MAY, "auto: cuda:$LOCAL_RANK when CUDA is there, else cpu; cpu | cuda | cuda:N"),
     "train.progress_every_s": (MAY, "terminal progress of `ance train`: a line every this many seconds "

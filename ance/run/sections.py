@@ -67,6 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
     precision: str = "auto"
+    kernels: str = "hf"              # the towers' forward while training: hf (transformers') | lean (BERT only)
     log_every: int = 1
     device: str = "auto"
     progress_every_s: float = 30.0   # `ance train` terminal progress; 0: none
@@ -185,6 +186,7 @@ _CHOICES = {
     "model.long_doc": ("firstp", "maxp"),
     "train.loss": ("infonce", "bidirectional"), "train.sample_by": ("query", "pair"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "train.kernels": ("hf", "lean"),
     "negatives.source": ("inbatch", "static", "async"),
     "negatives.warmup": ("inbatch", "bm25", "static"),
     "negatives.sampling": ("uniform", "top", "rank", "score"),
