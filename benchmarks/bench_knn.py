@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ance.search import fused  # noqa: E402
 from ance.search.knn import GROUP, block_search  # noqa: E402
 
 
@@ -56,6 +57,34 @@ def new_search(q: torch.Tensor, blocks, k: int, q_block: int, group: int = GROUP
         out_s.append(s.cpu().numpy())
         out_i.append(i.cpu().numpy())
     return np.concatenate(out_s), np.concatenate(out_i)
+
+
+def fused_run(q: torch.Tensor, blocks, k: int, q_block: int):
+    out_s, out_i = [], []
+    for q0 in range(0, q.shape[0], q_block):
+        s, i = fused.fused_search(q[q0:q0 + q_block], blocks, k)
+        out_s.append(s.cpu().numpy())
+        out_i.append(i.cpu().numpy())
+    return np.concatenate(out_s), np.concatenate(out_i)
+
+
+def tune_fused(q, blocks, k, q_block, n_queries):
+    """Each kernel shape (rows, queries, warps, stages per program) on the first n_queries: seconds."""
+    keep = (fused.BLOCK_ROWS, fused.BLOCK_QUERIES, fused.NUM_WARPS, fused.NUM_STAGES)
+    out = {}
+    for cfg in [(128, 128, 8, 3), (128, 128, 4, 4), (256, 128, 8, 3), (128, 256, 8, 3), (64, 128, 4, 4)]:
+        fused.BLOCK_ROWS, fused.BLOCK_QUERIES, fused.NUM_WARPS, fused.NUM_STAGES = cfg
+        try:
+            fused_run(q[:q_block], blocks, k, q_block)
+            out["x".join(map(str, cfg))] = round(timed(lambda: fused_run(q[:n_queries], blocks, k, q_block))[0], 3)
+        except Exception as exc:  # a shape this GPU cannot hold: said
+            out["x".join(map(str, cfg))] = f"{type(exc).__name__}: {exc}"[:120]
+    fused.BLOCK_ROWS, fused.BLOCK_QUERIES, fused.NUM_WARPS, fused.NUM_STAGES = keep
+    times = {c: t for c, t in out.items() if isinstance(t, float)}
+    if times:
+        best = min(times, key=times.get)
+        fused.BLOCK_ROWS, fused.BLOCK_QUERIES, fused.NUM_WARPS, fused.NUM_STAGES = map(int, best.split("x"))
+    return out
 
 
 def faiss_search(q: torch.Tensor, corpus: torch.Tensor, k: int, q_block: int):
@@ -98,6 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--group", type=int, default=GROUP, help="corpus rows per group (default ance.search.knn.GROUP)")
     p.add_argument("--skip-previous", action="store_true", help="leave out the previous search (slow)")
     p.add_argument("--faiss", action="store_true", help="also faiss-gpu GpuIndexFlatIP (fp16)")
+    p.add_argument("--fused", action="store_true", help="also the fused kernel (ance.search.fused), after --tune")
+    p.add_argument("--tune", type=int, default=0, metavar="Q",
+                   help="time the fused kernel's shapes on the first Q queries and keep the fastest")
     p.add_argument("--profile", action="store_true", help="profile 4 query blocks of the new search, print the top ops")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -128,6 +160,19 @@ def main(argv=None) -> int:
     out["new_s"] = round(t_new, 2)
     out["new_gemm_tflops_equiv"] = round(gemm_flop / t_new / 1e12, 1)
     out["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.fused:
+        if args.tune:
+            out["fused_tune_s"] = tune_fused(q, blocks, args.k, new_qb, args.tune)
+        out["fused_config"] = [fused.BLOCK_ROWS, fused.BLOCK_QUERIES, fused.NUM_WARPS, fused.NUM_STAGES]
+        fused_run(q[:new_qb], blocks, args.k, new_qb)  # warm-up (compiles)
+        torch.cuda.reset_peak_memory_stats()
+        t_f, (s_f, i_f) = timed(lambda: fused_run(q, blocks, args.k, new_qb))
+        out["fused_s"] = round(t_f, 2)
+        out["fused_gemm_tflops_equiv"] = round(gemm_flop / t_f / 1e12, 1)
+        out["fused_speedup_vs_new"] = round(t_new / t_f, 2)
+        out["agreement_fused"] = round(agreement(i_new, i_f), 5)
+        out["fused_max_score_diff"] = float(np.abs(s_f[:2000] - s_new[:2000]).max())
+        out["fused_gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if not args.skip_previous:
         old_blocks = list(corpus.split(65536))
         old_qb = max(1, (1 << 26) // 65536)

@@ -17,6 +17,7 @@ hits (MaxP).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -28,8 +29,11 @@ try:
 except ImportError:  # optional: TorchIndex serves without it
     faiss = None
 
+from ance.search.fused import fused_available, fused_search
 from ance.search.knn import block_search
 from ance.search.topk import _check_k, _sort_rows, maxp_collapse, merge_topk  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 # Rows converted to float32 at a time when adding, so a float16 memmap of the
 # whole corpus is never copied to float32 in one piece.
@@ -286,7 +290,9 @@ class TorchIndex:
     _SCORE_BUDGET = 1 << 26  # query rows x corpus rows per score tile (float32, CPU: 256 MB)
     _SCORE_BUDGET_GPU = 1 << 30  # float16 tiles on a GPU (2 GB): fewer, larger GEMMs
 
-    def __init__(self, dim: int, device: str = "cpu", block_size: int | None = None):
+    def __init__(self, dim: int, device: str = "cpu", block_size: int | None = None, kernel: str = "auto"):
+        if kernel not in ("auto", "tiles", "fused"):
+            raise ValueError(f"kernel must be 'auto', 'tiles' or 'fused', got {kernel!r}")
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if block_size is None:
@@ -298,6 +304,9 @@ class TorchIndex:
         self.block_size = int(block_size)
         self.device = _torch_device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        if kernel == "auto":
+            kernel = "fused" if fused_available(self.device) else "tiles"
+        self.kernel = kernel  # "fused": ance.search.fused (score tiles never written), "tiles": ance.search.knn
         self._blocks: list = []  # each block_size rows, the last one possibly fewer
         self._ntotal = 0
 
@@ -361,10 +370,22 @@ class TorchIndex:
         with torch.inference_mode():
             for q0 in range(0, m, q_block):
                 q = self._to_device(queries[q0 : q0 + q_block])
-                best_s, best_i = block_search(q, self._blocks, kk, rescore=low_precision)
+                best_s, best_i = self._search_block(q, kk, low_precision)
                 out_s[q0 : q0 + q.shape[0]] = best_s.cpu().numpy()
                 out_i[q0 : q0 + q.shape[0]] = best_i.cpu().numpy()
         return _sort_rows(out_s, out_i, k)
+
+    def _search_block(self, q, k: int, rescore: bool):
+        if self.kernel == "fused":
+            try:
+                return fused_search(q, self._blocks, k)
+            except Exception as exc:  # noqa: BLE001  (a Triton that cannot compile here: the tiles, said once)
+                if self.device.type != "cuda" or isinstance(exc, self._torch.cuda.OutOfMemoryError):
+                    raise
+                log.warning("fused k-NN kernel failed on %s (%s: %s); searching with score tiles instead",
+                            self.device, type(exc).__name__, str(exc)[:200])
+                self.kernel = "tiles"
+        return block_search(q, self._blocks, k, rescore=rescore)
 
 
 # --------------------------------------------------------------------------- factory
