@@ -7,8 +7,9 @@
 #  0. the encoder's forward in fewer kernels (bench_encode_kernels.py: lean / tanh epilogue / compiled);
 # With FULL=1 also (about 12 minutes more; SKIP_QUICK=1 leaves out 1-3):
 #  4. the MS MARCO-shaped refresh again, the worker now searching two 2,048-query chunks per call
-#     (search_spans), with the lean compiled encoder (inferencer.kernels=lean-tanh, compile=on) and then without
-#     it: against benchmarks/results/msmarco-shape-minilm-1gpu.json (133.5 s, k-NN 22.0 s);
+#     (search_spans), with the lean compiled encoder (inferencer.kernels=lean-tanh, compile=on) and the fused
+#     k-NN kernel (inferencer.knn_kernel=fused), then with neither: against
+#     benchmarks/results/msmarco-shape-minilm-1gpu.json (133.5 s, k-NN 22.0 s);
 #  5. a BERT-base-shaped refresh at 1M passages x 128 tokens, 100k queries, lean compiled (the 8.8M one takes
 #     ~9 min a refresh).
 # On the GPU machine, after `. scripts/device_env.sh` (carry .device-model, .whl, .devdata):
@@ -37,14 +38,18 @@ done
 fi
 [ -n "${FULL:-}" ] || exit 0
 # the MS MARCO-shaped refresh with the lean, compiled encoder, then as before (kernels hf, compile off), same work dir
-for kv in "lean-tanh on" "hf off"; do
+# KINDS: "encoder-kernels compile knn-kernel" triples split by '|' (default: the new path, then the previous one);
+# SKIP_BERT=1 leaves out step 5
+IFS='|' read -ra kinds <<< "${KINDS:-lean-tanh on fused|hf off tiles}"
+for kv in "${kinds[@]}"; do
   set -- $kv
   timeout 560 python benchmarks/bench_refresh.py --msmarco-shape --model-config minilm --tokenizer "$TOK" --device cuda \
       --backend torch --batch-size 1024 --chunk-queries 2048 --workers 1 --repeat 1 --work-dir /tmp/mmw \
-      --start-timeout 600 --timeout 500 --set inferencer.kernels=$1 inferencer.compile=$2 \
-      --out "$OUT_DIR/msmarco-shape-minilm-1gpu-$1.json" 2>&1 | tail -30
+      --start-timeout 600 --timeout 500 --set inferencer.kernels=$1 inferencer.compile=$2 inferencer.knn_kernel=$3 \
+      --out "$OUT_DIR/msmarco-shape-minilm-1gpu-$1-$3.json" 2>&1 | tail -30
 done
+[ -z "${SKIP_BERT:-}" ] || exit 0
 timeout 400 python benchmarks/bench_refresh.py --synthetic-docs 1000000 --doc-tokens 128 --synthetic-queries 100000 \
     --model-config bert-base --tokenizer "$TOK" --device cuda --backend torch --batch-size 1024 --chunk-queries 2048 \
-    --workers 1 --repeat 1 --work-dir /tmp/bbw --set inferencer.kernels=lean inferencer.compile=on \
+    --workers 1 --repeat 1 --work-dir /tmp/bbw --set inferencer.kernels=lean inferencer.compile=on inferencer.knn_kernel=auto \
     --out "$OUT_DIR/refresh-1m-bert-base-1gpu.json" 2>&1 | tail -30

@@ -240,7 +240,8 @@ class Worker:
         load_s = time.perf_counter() - t_job
 
         t = time.perf_counter()
-        index = make_index(self.cfg.inferencer.backend, int(model.dim), self.device)
+        index = make_index(self.cfg.inferencer.backend, int(model.dim), self.device,
+                           knn_kernel=self.cfg.inferencer.knn_kernel)
         # a torch index on the GPU takes the vectors where they are made: none cross to the host
         on_device = index.backend_name.startswith("torch-cuda")
         emb, owner = encode_corpus(model, cache, lo=job.doc_lo, hi=job.doc_hi, max_length=m.passage_max_length,

@@ -263,7 +263,7 @@ def test_torch_cuda_matches_cpu():
     cpu.add(x)
     gpu.add(x)
     (s1, i1), (s2, i2) = cpu.search(q, 100), gpu.search(q, 100)
-    assert gpu.backend_name == "torch-cuda:0"
+    assert gpu.backend_name.startswith("torch-cuda:0")
     assert (i1[:, :10] == i2[:, :10]).mean() > 0.95  # float16 storage: near-ties may swap
     np.testing.assert_allclose(s1, s2, atol=5e-3)
 

@@ -151,6 +151,9 @@ KEYS: dict[str, tuple[str, str]] = {
                                 "GEMM, attention on strided views, same vectors); lean-tanh (lean with bias + GELU "
                                 "in the GEMM epilogue, tanh approximation on a GPU: bf16-rounding-sized change "
                                 "for exact-GELU models); other towers keep transformers' forward"),
+    "inferencer.knn_kernel": (MAY, "the torch backend's exact top-k: tiles (float16 score tiles, group maxima); fused "
+                                  "(one Triton kernel keeps only the scores above each query's running k-th, the "
+                                  "tiles never written; CUDA GPUs with Triton); auto: fused where it runs, else tiles"),
     # telemetry
     "eval.every": (MAY, "steps between the trainer's evaluations of data.eval_split (trainer/evaluator.py); null: "
                    "at step 0 and the last step for inbatch/static, none for async (its refreshes evaluate); 0: never"),

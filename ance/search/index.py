@@ -312,7 +312,7 @@ class TorchIndex:
 
     @property
     def backend_name(self) -> str:
-        return f"torch-{self.device}"
+        return f"torch-{self.device}" + ("-fused" if self.kernel == "fused" else "")
 
     @property
     def query_block(self) -> int:
@@ -391,13 +391,13 @@ class TorchIndex:
 # --------------------------------------------------------------------------- factory
 
 
-def make_index(backend: str, dim: int, device: str = "cpu") -> SearchIndex:
+def make_index(backend: str, dim: int, device: str = "cpu", knn_kernel: str = "auto") -> SearchIndex:
     """Build an empty index.
 
     ``backend``: ``"faiss"``, ``"torch"`` or ``"auto"``. ``auto`` takes faiss
     when it is importable, except when a GPU is asked for (``device`` ``cuda``
     or ``cuda:i``) and the installed faiss has none: then torch on that GPU,
-    rather than an error. For torch, ``device="auto"`` means the first CUDA GPU
+    rather than an error. ``knn_kernel``: the torch index's top-k (:class:`TorchIndex` ``kernel``). For torch, ``device="auto"`` means the first CUDA GPU
     when torch has one.
     """
     if backend not in ("auto", "faiss", "torch"):
@@ -408,4 +408,4 @@ def make_index(backend: str, dim: int, device: str = "cpu") -> SearchIndex:
         backend = "faiss" if use_faiss else "torch"
     if backend == "faiss":
         return FaissIndex(dim, device=device)
-    return TorchIndex(dim, device=device)
+    return TorchIndex(dim, device=device, kernel=knn_kernel)
