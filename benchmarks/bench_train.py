@@ -135,6 +135,12 @@ def bench_ance_lean(model_path, texts, batch, chunk, steps, warmup, device, max_
     return bench_ance(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision, lean=True)
 
 
+def bench_ance_lean_compiled(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
+    """``train.kernels=lean`` with the tower through torch.compile (fewer, fused kernels for a host-bound step)."""
+    return bench_ance(model_path, texts, batch, chunk, steps, max(warmup, 8), device, max_length, precision,
+                      compile_mode="default", lean=True)
+
+
 def bench_st(model_path, texts, batch, chunk, steps, warmup, device, max_length, precision):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
@@ -218,6 +224,8 @@ def main(argv=None) -> int:
                     tools.append(("ance_compiled", bench_ance_compiled))
                 if args.lean:
                     tools.append(("ance_lean", bench_ance_lean))
+                if args.lean and args.compiled and precision == "bf16":
+                    tools.append(("ance_lean_compiled", bench_ance_lean_compiled))
                 for name, fn in tools:
                     try:
                         r = fn(model, texts, args.batch, args.chunk, args.steps, args.warmup, args.device,
@@ -234,7 +242,7 @@ def main(argv=None) -> int:
             a, s = runs[(precision, "ance")], runs[(precision, "sentence_transformers")]
             results[precision] = {"ance": a, "sentence_transformers": s,
                                   "speedup": a["steps_per_s"] / s["steps_per_s"]}
-            for variant in ("compiled", "lean"):
+            for variant in ("compiled", "lean", "lean_compiled"):
                 if (precision, f"ance_{variant}") in runs:
                     c = runs[(precision, f"ance_{variant}")]
                     results[precision].update({f"ance_{variant}": c,
