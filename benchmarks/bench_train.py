@@ -86,8 +86,10 @@ def ance_step(model_path, texts, batch, chunk, device, max_length, precision, *,
         from ance.model import leanbert
 
         assert all(leanbert.install(t) for t in model.towers())
-    if compile_mode:  # each tower through torch.compile (shapes vary by chunk: dynamic after the first)
-        model.query_encoder = torch.compile(model.query_encoder, mode=compile_mode)
+    if compile_mode:  # train.compile: each tower through torch.compile, in place (as the trainer does)
+        from ance.model.tuning import compile_towers
+
+        compile_towers(model, {"default": "on"}.get(compile_mode, compile_mode), device)
     tok = model.tokenizer
     queries, positives, negatives = texts
     # Pre-tokenized, as the trainer does with its token cache.

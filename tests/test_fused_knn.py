@@ -117,8 +117,9 @@ def test_fused_search_equals_tiled_search_on_gpu():
     corpus = torch.nn.functional.normalize(torch.randn(300_000, 384, device="cuda", generator=g), dim=1).half()
     q = torch.nn.functional.normalize(torch.randn(1000, 384, device="cuda", generator=g), dim=1).half()
     blocks = list(corpus.split(32768))
-    s1, i1 = fused_search(q, blocks, 100)
-    s2, i2 = block_search(q, blocks, 100, rescore=True)
-    same = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(i1.tolist(), i2.tolist())])
-    assert same > 0.999
-    torch.testing.assert_close(s1, s2, rtol=2e-3, atol=2e-3)
+    exact_s, exact_i = (q.float() @ corpus.float().T).topk(100, dim=1)
+    for s, i in (fused_search(q, blocks, 100), block_search(q, blocks, 100, rescore=True)):
+        # float16 scores choose among near-ties at the 100th place (2026-12-05, H200: 0.998 of the members)
+        same = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(i.tolist(), exact_i.tolist())])
+        assert same > 0.995
+        torch.testing.assert_close(s[:, :90], exact_s[:, :90], rtol=2e-3, atol=2e-3)

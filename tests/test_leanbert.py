@@ -197,7 +197,8 @@ def test_ance_train_with_lean_kernels(tmp_path):
                           "data.eval_split=null", "data.max_docs=200", "data.max_queries=40",
                           "model.passage_max_length=32", "train.batch_size=4", "train.chunk_size=4",
                           "train.max_steps=2", "train.checkpoint_every=100", "train.device=cpu",
-                          "negatives.source=inbatch", "telemetry.tensorboard=false", f"train.kernels={kernels}"]) == 0
+                          "negatives.source=inbatch", "telemetry.tensorboard=false", f"train.kernels={kernels}",
+                          "train.compile=on"]) == 0   # on the CPU: not compiled (tests/test_train_compile.py)
         losses[kernels] = [ev["loss"] for ev in read_metrics(run) if ev["event"] == "step"]
     assert len(losses["lean"]) == 2 and all(x > 0 for x in losses["lean"])
     assert losses["lean"][0] == pytest.approx(losses["hf"][0], rel=0.2)

@@ -110,6 +110,8 @@ class TrainerSetup:
                     log.info("train.kernels=lean: %s keeps transformers' forward", type(tower).__name__)
         self.model.to(self.device)
         self.model.train()
+        if tuning.compile_towers(self.model, self.cfg.train.compile, self.device):
+            log.info("train.compile=%s: the towers compile during the first steps", self.cfg.train.compile)
         check_model_lengths(self.cfg, getattr(self.model.query_encoder.config, "max_position_embeddings", None),
                             str(checkpoint or self.cfg.model.name_or_path))
         self.tokenizer = self.model.tokenizer

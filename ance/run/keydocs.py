@@ -92,6 +92,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "train.kernels": (MAY, "the towers' forward while training: hf (transformers'); lean (BERT-family towers without "
                            "LoRA or gradient checkpointing: ance.model.leanbert, the same computation and dropout, "
                            "a fraction of the host time a step); other towers keep transformers'"),
+    "train.compile": (MAY, "torch.compile the towers on a GPU (on: default mode; max-autotune: tuned kernels, minutes "
+                           "of compiling): with train.kernels=lean, 3.2x sentence-transformers' steps/s on an H200 "
+                           "(docs/benchmarks.md); the first steps compile; off on the CPU"),
     "train.log_every": (MAY, "a `step` event in metrics.jsonl every this many steps"),
     "train.device": (MAY, "auto: cuda:$LOCAL_RANK when CUDA is there, else cpu; cpu | cuda | cuda:N"),
     "train.progress_every_s": (MAY, "terminal progress of `ance train`: a line every this many seconds "

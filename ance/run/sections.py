@@ -68,6 +68,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     precision: str = "auto"
     kernels: str = "hf"              # the towers' forward while training: hf (transformers') | lean (BERT only)
+    compile: str = "off"             # torch.compile the towers on a GPU: off | on | max-autotune
     log_every: int = 1
     device: str = "auto"
     progress_every_s: float = 30.0   # `ance train` terminal progress; 0: none
@@ -188,6 +189,7 @@ _CHOICES = {
     "train.loss": ("infonce", "bidirectional"), "train.sample_by": ("query", "pair"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.kernels": ("hf", "lean"),
+    "train.compile": ("off", "on", "max-autotune"),
     "negatives.source": ("inbatch", "static", "async"),
     "negatives.warmup": ("inbatch", "bm25", "static"),
     "negatives.sampling": ("uniform", "top", "rank", "score"),

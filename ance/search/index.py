@@ -29,7 +29,7 @@ try:
 except ImportError:  # optional: TorchIndex serves without it
     faiss = None
 
-from ance.search.fused import fused_available, fused_search
+from ance.search.fused import fused_search
 from ance.search.knn import block_search
 from ance.search.topk import _check_k, _sort_rows, maxp_collapse, merge_topk  # noqa: F401  (re-exported)
 
@@ -304,8 +304,8 @@ class TorchIndex:
         self.block_size = int(block_size)
         self.device = _torch_device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        if kernel == "auto":
-            kernel = "fused" if fused_available(self.device) else "tiles"
+        if kernel == "auto":  # the tiles: the fused kernel ran no faster on an H200 (docs/benchmarks.md)
+            kernel = "tiles"
         self.kernel = kernel  # "fused": ance.search.fused (score tiles never written), "tiles": ance.search.knn
         self._blocks: list = []  # each block_size rows, the last one possibly fewer
         self._ntotal = 0
