@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ance.search import fused, groupmax  # noqa: E402
+from ance.search import fused  # noqa: E402
 from ance.search.knn import GROUP, block_search  # noqa: E402
 
 
@@ -131,8 +131,6 @@ def main(argv=None) -> int:
     p.add_argument("--tune", type=int, default=0, metavar="Q",
                    help="time the fused kernel's shapes on the first Q queries and keep the fastest")
     p.add_argument("--qblock", type=int, default=0, help="queries per score tile (default: 2^30 / block, as TorchIndex)")
-    p.add_argument("--gmax", choices=["triton", "torch", "both"], default="triton",
-                   help="group maxima by the Triton kernel (ance.search.groupmax) or torch's amax; both: side by side")
     p.add_argument("--profile", action="store_true", help="profile 4 query blocks of the new search, print the top ops")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -151,8 +149,6 @@ def main(argv=None) -> int:
            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     new_qb = args.qblock or max(1, (1 << 30) // args.block)
     out["qblock"] = new_qb
-    groupmax.USE_TRITON = args.gmax != "torch"
-    out["gmax"] = args.gmax
     new_search(q[:new_qb], blocks, args.k, new_qb, args.group)  # warm-up
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -166,14 +162,6 @@ def main(argv=None) -> int:
     out["new_s"] = round(t_new, 2)
     out["new_gemm_tflops_equiv"] = round(gemm_flop / t_new / 1e12, 1)
     out["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    if args.gmax == "both":  # the same search with torch's amax for the group maxima
-        groupmax.USE_TRITON = False
-        new_search(q[:new_qb], blocks, args.k, new_qb, args.group)
-        t_am, (s_am, i_am) = timed(lambda: new_search(q, blocks, args.k, new_qb, args.group))
-        groupmax.USE_TRITON = True
-        out["amax_s"] = round(t_am, 2)
-        out["triton_gmax_speedup"] = round(t_am / t_new, 3)
-        out["agreement_amax"] = round(agreement(i_new, i_am), 5)
     if args.fused:
         if args.tune:
             out["fused_tune_s"] = tune_fused(q, blocks, args.k, new_qb, args.tune)

@@ -17,11 +17,13 @@ log() { echo "=== $(date +%T) $*"; }
 log "GPU tests"
 timeout 300 python -m pytest -q -p no:cacheprovider tests/test_groupmax.py tests/test_fused_knn.py \
     tests/test_train_compile.py 2>&1 | tail -4
+if [ -z "${SKIP_KNN:-}" ]; then
 log "k-NN, MS MARCO shape"
 B="python benchmarks/bench_knn.py --queries 500000 --docs 8800000 --dim 384 --k 200 --skip-previous"
 timeout 150 $B --gmax both --out "$O/knn-msmarco-gmax-h200.json" 2>&1 | tail -1
 timeout 90 $B --qblock 8192 --out "$O/knn-msmarco-q8192-h200.json" 2>&1 | tail -1
 timeout 90 $B --profile 2>&1 | tail -24   # where a tile's time goes now (4 query blocks)
+fi
 mps_on() {
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/ance-mps-wave CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d

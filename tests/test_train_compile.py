@@ -25,7 +25,7 @@ def _gpu_model():
 
 
 def test_compile_is_off_on_the_cpu_and_checks_its_mode():
-    model = _tiny()
+    model = _gpu_model()
     keys = list(model.state_dict())
     assert compile_towers(model, "on", "cpu") is False
     assert compile_towers(model, "off", "cuda") is False

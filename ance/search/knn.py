@@ -25,8 +25,6 @@ from typing import Sequence
 
 import torch
 
-from ance.search.groupmax import group_max
-
 # Corpus rows per group for the group-maxima stage (see the module docstring): 16, 32 and 64 ran
 # within 10% of each other at the MS MARCO shape on an H200 (benchmarks/bench_knn.py); 32 keeps the
 # first tile's candidate set (k x G) small.
@@ -55,7 +53,7 @@ def tile_topk(scores_t: torch.Tensor, k: int, group: int = GROUP) -> tuple[torch
     if grouped is None:
         return _plain_topk(scores_t, k)
     q = scores_t.shape[1]
-    _, top_groups = group_max(scores_t, group).t().contiguous().topk(k, dim=1)      # [Q, k]
+    _, top_groups = grouped.amax(dim=1).t().contiguous().topk(k, dim=1)      # [Q, k]
     cand = grouped[top_groups, :, torch.arange(q, device=scores_t.device).unsqueeze(1)]  # [Q, k, G]
     values, pos = cand.reshape(q, k * group).topk(k, dim=1)
     rows = top_groups.gather(1, pos // group) * group + pos % group
@@ -74,7 +72,7 @@ def tile_above(scores_t: torch.Tensor, floor: torch.Tensor, k: int, group: int =
     if grouped is None:
         return tile_topk(scores_t, k, group)
     q = scores_t.shape[1]
-    hit = group_max(scores_t, group) > floor.to(scores_t.dtype).unsqueeze(0)   # [B / G, Q]; a tie is left out
+    hit = grouped.amax(dim=1) > floor.to(scores_t.dtype).unsqueeze(0)   # [B / G, Q]; a tie is left out
     counts = hit.sum(dim=0)
     m = int(counts.max())
     if m == 0:
