@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune", type=int, default=0, metavar="Q",
                    help="time the fused kernel's shapes on the first Q queries and keep the fastest")
     p.add_argument("--qblock", type=int, default=0, help="queries per score tile (default: 2^30 / block, as TorchIndex)")
+    p.add_argument("--also-qblocks", default="", metavar="N,N",
+                   help="also time score tiles of these many queries, side by side, with their agreement and GPU peak")
     p.add_argument("--profile", action="store_true", help="profile 4 query blocks of the new search, print the top ops")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -162,6 +164,13 @@ def main(argv=None) -> int:
     out["new_s"] = round(t_new, 2)
     out["new_gemm_tflops_equiv"] = round(gemm_flop / t_new / 1e12, 1)
     out["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    for qb in [int(x) for x in args.also_qblocks.split(",") if x.strip()]:
+        torch.cuda.reset_peak_memory_stats()
+        new_search(q[:qb], blocks, args.k, qb, args.group)  # warm-up
+        t_qb, (s_qb, i_qb) = timed(lambda: new_search(q, blocks, args.k, qb, args.group))
+        out[f"qblock_{qb}"] = {"s": round(t_qb, 2), "speedup": round(t_new / t_qb, 3),
+                               "agreement": round(agreement(i_new, i_qb), 5),
+                               "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     if args.fused:
         if args.tune:
             out["fused_tune_s"] = tune_fused(q, blocks, args.k, new_qb, args.tune)
