@@ -1,6 +1,7 @@
 """Corpus tokenization, cold: the fast tokenizer's batch call across its own threads (what
-ance.model.tokcache does now, long texts cut at a space first: ance.model.tokenize), against the same
-with every text tokenized whole (`whole`), the tokenizer's own __call__ (`call`), and the corpus cut into
+ance.model.tokcache does now, long texts cut at a space first and, for a BERT normaliser, plain ASCII texts
+lowercased by Python and tokenized without it: ance.model.tokenize), against the same with every text through
+the normaliser (`normalised`), every text tokenized whole and normalised (`whole`), the tokenizer's own __call__ (`call`), and the corpus cut into
 shards tokenized by forked processes, each single-threaded, their ids sent back through pipes as raw
 int32 (no pickle). Same ids checked.
 
@@ -112,10 +113,12 @@ def main(argv=None) -> int:
     texts = [" ".join(texts[i:i + args.join]) for i in range(0, len(texts), args.join)]
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     backend = fast_backend(tokenizer, args.max_tokens)
-    whole = dataclasses.replace(backend, cut=False)
+    whole = dataclasses.replace(backend, cut=False, plain=None)
+    normalised = dataclasses.replace(backend, plain=None)  # every text through the normaliser (before 2026-12-06)
     ref = by_threads(whole, texts, args.batch)
     modes = {"call": lambda: by_threads(None, texts, args.batch, tokenizer),
              "whole": lambda: by_threads(whole, texts, args.batch),
+             "normalised": lambda: by_threads(normalised, texts, args.batch),
              "threads": lambda: by_threads(backend, texts, args.batch)}
     for p in [int(x) for x in args.procs.split(",") if x]:
         modes[f"procs{p}"] = (lambda p=p: by_processes(backend, texts, p))

@@ -25,5 +25,5 @@ def test_bench_tokenize_processes_give_the_batch_calls_ids(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
-    assert got["docs"] == 300 and set(got["modes"]) == {"call", "whole", "threads", "procs1", "procs3"}
+    assert got["docs"] == 300 and set(got["modes"]) == {"call", "whole", "normalised", "threads", "procs1", "procs3"}
     assert all(m["docs_per_s"] > 0 for m in got["modes"].values())

@@ -293,11 +293,14 @@ def _texts_for_fast_path():
                     "Instruct: retrieve documents\nQuery: vitamin d", "  leading and trailing  ", "a" * 500,
                     "the quick brown fox jumps over the lazy dog. " * 12,  # cut at a space, long enough
                     " ".join("abcdefghijklmnopqrstuvwxyz") * 10,  # one token a letter: a short cut, told again
-                    "supercalifragilistic  expialidocious\n\nretrieval\t" * 9 + "x" * 300]
+                    "supercalifragilistic  expialidocious\n\nretrieval\t" * 9 + "x" * 300,
+                    # what a BERT normaliser does more than lowercase: these take the whole path (tokenize.py)
+                    "UPPER Case [CLS] inside [Sep] and [mask]", "a bell\x07 a nul\x00 a del\x7f end",
+                    "tab\tnew\nline\r\nCR  Mixed", "Café naïve RÉSUMÉ", "中文 characters 漢字", "[UNK]", "[unk]"]
     return [f"{t} {i}" for i in range(60) for t in base]  # > FAST_MIN_TEXTS
 
 
-@pytest.mark.parametrize("family", ["bert", "llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["bert", "bert-cased", "llama", "qwen3", "gemma3"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("chars_per_token", [6, 1])
 def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, chars_per_token, tok, monkeypatch):
@@ -306,8 +309,12 @@ def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, 
     tokens written in the text, long texts cut at a space first (at 1 character a token most cuts are
     too short and those texts are tokenized whole again); and the cache built through it holds the same ids."""
     monkeypatch.setattr(tokenizing, "CUT_CHARS_PER_TOKEN", chars_per_token)
-    if family == "bert":
+    if family.startswith("bert"):
         t = __import__("copy").deepcopy(tok)
+        if family == "bert-cased":  # a cased BERT normaliser: plain ASCII texts go through unchanged
+            from tokenizers.normalizers import BertNormalizer
+
+            t.backend_tokenizer.normalizer = BertNormalizer(lowercase=False, strip_accents=False)
     else:
         from helpers_models import tiny_tokenizer
 
@@ -317,8 +324,22 @@ def test_the_fast_batch_path_gives_exactly_the_tokenizers_own_ids(family, side, 
     before = t.backend_tokenizer.truncation
     backend = tokenizing.fast_backend(t, 12)
     assert backend is not None and t.backend_tokenizer.truncation == before  # a copy is set, not the tokenizer
+    assert (backend.plain is not None) == family.startswith("bert") and backend.lowercase == (family == "bert")
     fast = tokenizing.token_ids(t, texts, 12, backend)
     assert fast == reference_ids(t, texts, 12) and max(map(len, fast)) == 12
+
+
+def test_plain_ascii_texts_skip_only_a_bert_normaliser(tok):
+    """BERT's normaliser is skipped for plain ASCII texts (lowercased by Python instead), never for others,
+    and never for tokenizers with another normaliser."""
+    from helpers_models import tiny_tokenizer
+
+    b = tokenizing.fast_backend(tok, 12)
+    assert b.plain is not None and b.lowercase and "[cls]" in b.added
+    assert tokenizing._plain_ascii(b, "Hello World\tagain") == "hello world\tagain"
+    for text in ("Café", "bell\x07", "a [CLS] b", "a [cls] b", "漢字"):
+        assert tokenizing._plain_ascii(b, text) is None
+    assert tokenizing.fast_backend(tiny_tokenizer("llama"), 12).plain is None
 
 
 def test_cut_at_space_keeps_the_end_truncation_keeps():

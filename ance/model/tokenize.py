@@ -11,10 +11,19 @@ and those lie beyond the margin. Where it gives fewer (a text of very long token
 tokenized again. So the ids are exactly the tokenizer's own (tests/test_tokcache.py), and the normaliser
 and WordPiece never see the rest of a long document (benchmarks/bench_tokenize.py, ``threads`` against
 ``whole``: 1.08x on SciFact's abstracts at 254 tokens, 1.61x at 126, 4.5x on 15k-character documents at 510).
+
+A BERT-style tokenizer (``BertNormalizer``: MiniLM, bge, e5, ...) spends about a third of its batch call in
+the normaliser, which tracks every character's alignment. For a text that is plain ASCII, without control
+characters and without an added token's text, that normaliser only lowercases (or does nothing, cased):
+no accents to strip, no CJK characters to pad, and the pre-tokenizer splits at ``\t\n\r`` as at the space
+``clean_text`` makes of them. Such texts are lowercased by Python's ``str.lower`` (exact on ASCII) and
+tokenized by a copy of the Rust tokenizer without a normaliser (:class:`FastBackend` ``plain``); every
+other text goes through the whole tokenizer. Same ids (tests/test_tokcache.py).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,6 +33,8 @@ FAST_MIN_TEXTS = 256  # fewer: not worth copying the Rust tokenizer (20 ms for B
 CUT_TEXTS = True         # False: every text tokenized whole (benchmarks/bench_tokenize.py compares the two)
 CUT_CHARS_PER_TOKEN = 6  # SciFact at 254 tokens: 8 of 5,183 abstracts needed their whole text after all
 CUT_MARGIN = 16          # tokens beyond max_tokens the cut text must still give
+PRENORMALIZE = True      # False: BERT-style texts through the normaliser too (bench_tokenize.py compares the two)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # what clean_text drops; \t \n \r it makes spaces
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,9 @@ class FastBackend:
     max_tokens: int
     side: str
     cut: bool
+    plain: Any = None        # the same without its BertNormalizer, for plain ASCII texts (module docstring)
+    lowercase: bool = False  # that normaliser lowercased
+    added: tuple[str, ...] = ()  # the added tokens' texts, lowercased: a text holding one takes the whole path
 
 
 def cut_at_space(text: str, n_chars: int, side: str = "right") -> str:
@@ -70,17 +84,52 @@ def fast_backend(tokenizer: Any, max_tokens: int) -> FastBackend | None:
     backend.enable_truncation(int(max_tokens) + CUT_MARGIN, stride=0, strategy="longest_first", direction=side)
     if hasattr(backend, "encode_special_tokens"):
         backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-    return FastBackend(backend, int(max_tokens), side, CUT_TEXTS and backend.pre_tokenizer is not None)
+    cut = CUT_TEXTS and backend.pre_tokenizer is not None
+    norm = backend.normalizer
+    if not PRENORMALIZE or type(norm).__name__ != "BertNormalizer" or backend.pre_tokenizer is None:
+        return FastBackend(backend, int(max_tokens), side, cut)
+    plain = copy.deepcopy(backend)
+    plain.normalizer = None
+    added = getattr(backend, "get_added_tokens_decoder", dict)().values()
+    return FastBackend(backend, int(max_tokens), side, cut, plain, bool(norm.lowercase),
+                       tuple(sorted({str(getattr(t, "content", t)).lower() for t in added} - {""})))
+
+
+def _plain_ascii(b: FastBackend, text: str) -> str | None:
+    """``text`` as ``b.plain`` takes it (lowercased where the normaliser lowercases), or None where it needs
+    the normaliser: not ASCII, a control character, or an added token's text in any case."""
+    if not text.isascii() or _CONTROL.search(text):
+        return None
+    low = text.lower()
+    if any(a in low for a in b.added):
+        return None
+    return low if b.lowercase else text
+
+
+def _encode(b: FastBackend, texts: list[str]) -> list[list[int]]:
+    if b.plain is None:
+        return [e.ids for e in b.rust.encode_batch_fast(texts, add_special_tokens=False)]
+    shown = [_plain_ascii(b, t) for t in texts]
+    easy = [i for i, t in enumerate(shown) if t is not None]
+    ids: list = [None] * len(texts)
+    if easy:
+        for i, e in zip(easy, b.plain.encode_batch_fast([shown[i] for i in easy], add_special_tokens=False)):
+            ids[i] = e.ids
+    hard = [i for i, t in enumerate(shown) if t is None]
+    if hard:
+        for i, e in zip(hard, b.rust.encode_batch_fast([texts[i] for i in hard], add_special_tokens=False)):
+            ids[i] = e.ids
+    return ids
 
 
 def _fast_ids(b: FastBackend, texts: list[str]) -> list[list[int]]:
     room = b.max_tokens + CUT_MARGIN
     shown = [cut_at_space(t, CUT_CHARS_PER_TOKEN * room, b.side) for t in texts] if b.cut else texts
-    ids = [e.ids for e in b.rust.encode_batch_fast(shown, add_special_tokens=False)]
+    ids = _encode(b, shown)
     again = [i for i, (s, t) in enumerate(zip(shown, texts)) if s is not t and len(ids[i]) < room]
     if again:  # cut too short to be sure: the whole text
-        for i, e in zip(again, b.rust.encode_batch_fast([texts[i] for i in again], add_special_tokens=False)):
-            ids[i] = e.ids
+        for i, x in zip(again, _encode(b, [texts[i] for i in again])):
+            ids[i] = x
     m = b.max_tokens
     if b.side == "left":
         return [x[-m:] if len(x) > m else x for x in ids]
