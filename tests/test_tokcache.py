@@ -340,6 +340,11 @@ def test_plain_ascii_texts_skip_only_a_bert_normaliser(tok):
     for text in ("Café", "bell\x07", "a [CLS] b", "a [cls] b", "漢字"):
         assert tokenizing._plain_ascii(b, text) is None
     assert tokenizing.fast_backend(tiny_tokenizer("llama"), 12).plain is None
+    from tokenizers.pre_tokenizers import Metaspace
+
+    odd = __import__("copy").deepcopy(tok)  # BERT's normaliser before a splitter that treats \t unlike a space
+    odd.backend_tokenizer.pre_tokenizer = Metaspace()
+    assert tokenizing.fast_backend(odd, 12).plain is None
 
 
 def test_cut_at_space_keeps_the_end_truncation_keeps():

@@ -34,6 +34,8 @@ CUT_TEXTS = True         # False: every text tokenized whole (benchmarks/bench_t
 CUT_CHARS_PER_TOKEN = 6  # SciFact at 254 tokens: 8 of 5,183 abstracts needed their whole text after all
 CUT_MARGIN = 16          # tokens beyond max_tokens the cut text must still give
 PRENORMALIZE = True      # False: BERT-style texts through the normaliser too (bench_tokenize.py compares the two)
+# pre-tokenizers that split at any whitespace, so a \t \n \r left in place splits as clean_text's space would
+_WHITESPACE_SPLITTERS = ("BertPreTokenizer", "Whitespace", "WhitespaceSplit")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # what clean_text drops; \t \n \r it makes spaces
 
 
@@ -86,7 +88,8 @@ def fast_backend(tokenizer: Any, max_tokens: int) -> FastBackend | None:
         backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
     cut = CUT_TEXTS and backend.pre_tokenizer is not None
     norm = backend.normalizer
-    if not PRENORMALIZE or type(norm).__name__ != "BertNormalizer" or backend.pre_tokenizer is None:
+    if (not PRENORMALIZE or type(norm).__name__ != "BertNormalizer"
+            or type(backend.pre_tokenizer).__name__ not in _WHITESPACE_SPLITTERS):
         return FastBackend(backend, int(max_tokens), side, cut)
     plain = copy.deepcopy(backend)
     plain.normalizer = None
