@@ -11,7 +11,9 @@
 #     no BERT-base); SKIP_REFRESH=1;
 #  5. the trainer against sentence-transformers with train.kernels=lean + train.compile=on (bench_train.py,
 #     which now compiles through the trainer's compile_towers); SKIP_TRAIN=1;
-#  6. issue 29's SciFact scrutiny (studies/scifact_scrutiny.sh), under MPS. SKIP_SCIFACT=1 leaves it out.
+#  6. issue 29's SciFact scrutiny (studies/scifact_scrutiny.sh), under MPS. SKIP_SCIFACT=1 leaves it out;
+#  7. issue 29's fifth SQuAD sweep and its finals (studies/equal_time_wave5.sh: a refresh every 25 steps, the
+#     temperature 0.033, sentence-transformers' scale 30 / 50), under MPS, about 10 minutes. SKIP_WAVE5=1.
 # Run after `. scripts/device_env.sh > LOG` (not in a pipe: its exports must reach this shell) and
 # `tar -C /tmp/data -xJf .devdata/squad.txz` (xz: the model pack, the wheels, SciFact, SQuAD and the tree fit in
 # one call's 64 MiB only so), with OUT_DIR set (DIR/out).
@@ -58,5 +60,14 @@ if [ -z "${SKIP_SCIFACT:-}" ]; then
   DATA=/tmp/data/scifact ROOT=/tmp/i29/sf OUT="$O/i29/sf" PORT_BASE=5900 MODEL="$ANCE_DEVICE_MODEL" \
       bash studies/scifact_scrutiny.sh > "$O/i29/sf.log" 2>&1; echo "rc $?" >> "$O/i29/sf.log"
   mps_off
+fi
+if [ -z "${SKIP_WAVE5:-}" ]; then
+  log "issue 29 fifth SQuAD sweep"
+  mps_on
+  mkdir -p "$O/i29/eq5"
+  DATA=/tmp/data/squad MODEL="$ANCE_DEVICE_MODEL" ROOT=/tmp/i29/eq5 OUT="$O/i29/eq5" PORT_BASE=6100 \
+      bash studies/equal_time_wave5.sh > "$O/i29/eq5.log" 2>&1; echo "rc $?" >> "$O/i29/eq5.log"
+  mps_off
+  log "fifth sweep: $(tail -1 "$O/i29/eq5.log")"
 fi
 log "job done"
