@@ -16,7 +16,18 @@
 #     temperature 0.033, sentence-transformers' scale 30 / 50), under MPS, about 10 minutes. SKIP_WAVE5=1.
 # Run after `. scripts/device_env.sh > LOG` (not in a pipe: its exports must reach this shell) and
 # `tar -C /tmp/data -xJf .devdata/squad.txz` (xz: the model pack, the wheels, SciFact, SQuAD and the tree fit in
-# one call's 64 MiB only so), with OUT_DIR set (DIR/out).
+# one call's 64 MiB only so), with OUT_DIR set (DIR/out). Here, before the first call:
+#   ../shared/device/pack-gpu-extras.sh model && mv .device .device-model      # pyzmq + MiniLM (40 MB)
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl pytrec-eval-terrier \
+#       ir-measures cwl-eval bm25s prometheus-client rich markdown-it-py mdurl pygments
+#   mkdir -p .devdata && tar -czf .devdata/scifact.tgz -C ../shared/data scifact &&
+#       tar -C ../shared/data -cf - squad | xz -9 > .devdata/squad.txz
+# The device call (carry .device-model, .whl, .devdata), then `bash scripts/detached.sh follow /tmp/job 540`
+# call after call:
+#   . scripts/device_env.sh > /tmp/envlog 2>&1; tar -C /tmp/data -xJf .devdata/squad.txz &&
+#   bash scripts/detached.sh start /tmp/job env PYTHONPATH=$PYTHONPATH PATH=$PATH ANCE_DEVICE_MODEL=$ANCE_DEVICE_MODEL \
+#       HF_HUB_OFFLINE=1 PYTHONSAFEPATH=1 SKIP_REPRO=1 SKIP_TRAIN=1 OUT_DIR=/tmp/job/out bash benchmarks/issue26_29_job.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 O=${OUT_DIR:?}; mkdir -p "$O"
