@@ -290,3 +290,30 @@ def test_sort_rows_equals_the_lexsort_rule_on_ties_pads_and_infinities():
         np.testing.assert_array_equal(got_i[:, :n], want_i)
         np.testing.assert_array_equal(got_s[:, :n], want_s)
         assert (got_i[:, n:] == -1).all() and (got_s[:, n:] == -np.inf).all()
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+@pytest.mark.parametrize("block", [7, 64])
+def test_torch_index_orders_ties_by_id_and_pads_as_merge_topk_does(block, on_device, monkeypatch):
+    """Integer vectors: many exact ties. The torch index's rows are in the brute-force order (score
+    descending, the smaller id first) with its scores; which of the ids tied at the k-th place make the
+    cut is the search's choice, so the ids are compared exactly where the whole corpus fits (k >= 50,
+    then padded)."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-1, 2, size=(50, 8)).astype(np.float32)
+    q = rng.integers(-1, 2, size=(9, 8)).astype(np.float32)
+    monkeypatch.setattr(TorchIndex, "_ORDER_ON_DEVICE", on_device)  # True: the GPU's path, run by torch here
+    idx = TorchIndex(8, device="cpu", block_size=block)
+    idx.add(x)
+    full = q @ x.T
+    for k in (5, 50, 60):
+        want_s, want_i = brute_topk([[(full[r, d], d) for d in range(50)] for r in range(9)], k)
+        got_s, got_i = idx.search(q, k)
+        assert got_s.shape == (9, k) and got_s.dtype == np.float32 and got_i.dtype == np.int64
+        np.testing.assert_array_equal(got_s, want_s)
+        valid = got_i >= 0
+        np.testing.assert_array_equal(got_s[valid], full[np.nonzero(valid)[0], got_i[valid]])
+        same_score = got_s[:, 1:] == got_s[:, :-1]
+        assert np.all(got_i[:, 1:][same_score & valid[:, 1:]] > got_i[:, :-1][same_score & valid[:, 1:]])
+        if k >= 50:
+            np.testing.assert_array_equal(got_i, want_i)

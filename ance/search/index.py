@@ -89,6 +89,18 @@ def _pads(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
 
 
+def _order_rows(values, ids):
+    """A torch search's rows (every id valid) in :func:`ance.search.topk.merge_topk`'s order, where they are:
+    score descending, the smaller id first on ties, NaN as -inf, -0.0 as 0.0. On a GPU this replaces a
+    sort of every row on the host (about 10 ms for 4,096 queries x 200, the GPU idle meanwhile)."""
+    values = values.float()
+    values = torch.where(torch.isnan(values), float("-inf"), values) + 0.0
+    by_id = ids.argsort(dim=1, stable=True)
+    values, ids = values.gather(1, by_id), ids.gather(1, by_id)
+    values, order = values.sort(dim=1, descending=True, stable=True)
+    return values, ids.gather(1, order)
+
+
 class FaissIndex:
     """Exact inner-product index (flat) through faiss, on CPU or GPU(s).
 
@@ -289,6 +301,9 @@ class TorchIndex:
 
     _SCORE_BUDGET = 1 << 26  # query rows x corpus rows per score tile (float32, CPU: 256 MB)
     _SCORE_BUDGET_GPU = 1 << 30  # float16 tiles on a GPU (2 GB): fewer, larger GEMMs
+    # rows put in merge_topk's order by torch where they were found (None: on a GPU, where it spares the host
+    # a sort while the GPU waits; on a CPU numpy's integer-key sort is faster: 9.8 against 27 ms for 4,096 x 200)
+    _ORDER_ON_DEVICE: bool | None = None
 
     def __init__(self, dim: int, device: str = "cpu", block_size: int | None = None, kernel: str = "auto"):
         if kernel not in ("auto", "tiles", "fused"):
@@ -367,13 +382,21 @@ class TorchIndex:
         out_s = np.empty((m, kk), np.float32)
         out_i = np.empty((m, kk), np.int64)
         low_precision = self.dtype != torch.float32
+        on_device = self.device.type == "cuda" if self._ORDER_ON_DEVICE is None else self._ORDER_ON_DEVICE
         with torch.inference_mode():
             for q0 in range(0, m, q_block):
                 q = self._to_device(queries[q0 : q0 + q_block])
                 best_s, best_i = self._search_block(q, kk, low_precision)
+                if on_device:
+                    best_s, best_i = _order_rows(best_s, best_i)
                 out_s[q0 : q0 + q.shape[0]] = best_s.cpu().numpy()
                 out_i[q0 : q0 + q.shape[0]] = best_i.cpu().numpy()
-        return _sort_rows(out_s, out_i, k)
+        if not on_device:
+            return _sort_rows(out_s, out_i, k)
+        if kk == k:
+            return out_s, out_i
+        pad_s, pad_i = _pads(m, k - kk)
+        return np.concatenate([out_s, pad_s], axis=1), np.concatenate([out_i, pad_i], axis=1)
 
     def _search_block(self, q, k: int, rescore: bool):
         if self.kernel == "fused":
