@@ -67,6 +67,25 @@ def search_spans(n: int, chunk: int, block: int | None) -> list[tuple[int, int]]
     return [(lo, min(lo + span, n)) for lo in range(0, n, span)]
 
 
+
+def consecutive_start(owner: np.ndarray) -> int | None:
+    """``owner[0]`` where the owner array is one run of consecutive ids (FirstP: ``arange(doc_lo, doc_hi)``),
+    else None (MaxP). Checked once a job, so each search's ids come from :func:`doc_ids` without a gather."""
+    n = len(owner)
+    if n and np.array_equal(owner, np.arange(int(owner[0]), int(owner[0]) + n, dtype=owner.dtype)):
+        return int(owner[0])
+    return None
+
+
+def doc_ids(pos: np.ndarray, owner: np.ndarray, start: int | None) -> np.ndarray:
+    """Global document ids of index positions ``pos`` (``-1`` stays ``-1``): ``owner[pos]``, or ``pos + start``
+    where the owner is consecutive from ``start`` (:func:`consecutive_start`), which spares a random gather
+    over the shard's ids: 8 ms against 2 for 4,096 x 200 positions in 8.8M, each search."""
+    if start is not None:
+        return np.where(pos >= 0, pos + start, -1)
+    return np.where(pos >= 0, owner[np.maximum(pos, 0)], -1)
+
+
 class JobCancelled(Exception):
     """The worker is stopping in the middle of a job."""
 
@@ -282,6 +301,7 @@ class Worker:
         One search call takes as many whole chunks as the index scores at once (:func:`search_spans`)."""
         m = self.cfg.model
         maxp = m.long_doc == "maxp"
+        start = None if maxp else consecutive_start(owner)
         tokens = self._query_tokens(split, texts, model.tokenizer, model.prompt("query"))
         n, chunk = len(tokens), job.chunk_queries
         n_chunks = (n + chunk - 1) // chunk
@@ -297,7 +317,7 @@ class Worker:
                 scores, ids = maxp_collapse(scores, pos, owner, depth)
             else:
                 scores, pos = index.search(q, depth)
-                ids = np.where(pos >= 0, owner[np.maximum(pos, 0)], -1)
+                ids = doc_ids(pos, owner, start)
             t2 = time.perf_counter()
             for c_lo in range(lo, hi, chunk):
                 c_hi = min(c_lo + chunk, hi)

@@ -280,3 +280,16 @@ def test_search_spans_are_whole_chunks_filling_the_index_block():
     assert search_spans(0, 4, 8) == []
     with pytest.raises(ValueError):
         search_spans(5, 0, 8)
+
+
+def test_doc_ids_offset_where_the_owner_is_consecutive_and_gather_where_not():
+    from ance.inferencer.worker import consecutive_start, doc_ids
+
+    pos = np.array([[3, 0, -1], [1, 2, -1]])
+    first_p = np.arange(100, 105)
+    assert consecutive_start(first_p) == 100
+    np.testing.assert_array_equal(doc_ids(pos, first_p, 100), [[103, 100, -1], [101, 102, -1]])
+    for owner in (np.array([0, 2, 2, 3, 4]), np.array([7, 7, 8, 8, 9]), np.array([0, 1, 3, 2, 4])):
+        assert consecutive_start(owner) is None  # MaxP windows, or any order but one run
+        np.testing.assert_array_equal(doc_ids(pos, owner, None), np.where(pos >= 0, owner[np.maximum(pos, 0)], -1))
+    assert consecutive_start(np.zeros(0, np.int64)) is None
