@@ -47,6 +47,7 @@ from ance.model.tokcache import FlatTokens, cache_key
 from ance.search.topk import maxp_collapse
 
 from .link import InferencerLink
+from .spans import consecutive_start, doc_ids, search_spans
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +55,10 @@ EXIT_REFUSED = 2
 # At the end of a shard, wait at most this long for the link thread to hand the topk frames to the socket
 # (they stay queued after it either way; the wait only makes ``transfer_s`` mean what it says).
 _FLUSH_WAIT_S = 10.0
-
-
-def search_spans(n: int, chunk: int, block: int | None) -> list[tuple[int, int]]:
-    """The ``[lo, hi)`` query ranges of a shard's search calls: whole chunks of ``chunk`` queries,
-    as many as fit in ``block`` (the queries an index scores at once; at least one chunk), so a
-    GPU index scoring 4,096 queries a tile is not handed 2,048 at a time. Chunk boundaries, and so
-    the ``topk`` frames the broker receives, stay the same."""
-    if n < 0 or chunk < 1:
-        raise ValueError(f"n must be >= 0 and chunk >= 1, got {n}, {chunk}")
-    span = chunk * max(1, (block or chunk) // chunk)
-    return [(lo, min(lo + span, n)) for lo in range(0, n, span)]
-
-
-
-def consecutive_start(owner: np.ndarray) -> int | None:
-    """``owner[0]`` where the owner array is one run of consecutive ids (FirstP: ``arange(doc_lo, doc_hi)``),
-    else None (MaxP). Checked once a job, so each search's ids come from :func:`doc_ids` without a gather."""
-    n = len(owner)
-    if n and np.array_equal(owner, np.arange(int(owner[0]), int(owner[0]) + n, dtype=owner.dtype)):
-        return int(owner[0])
-    return None
-
-
-def doc_ids(pos: np.ndarray, owner: np.ndarray, start: int | None) -> np.ndarray:
-    """Global document ids of index positions ``pos`` (``-1`` stays ``-1``): ``owner[pos]``, or ``pos + start``
-    where the owner is consecutive from ``start`` (:func:`consecutive_start`), which spares a random gather
-    over the shard's ids: 8 ms against 2 for 4,096 x 200 positions in 8.8M, each search."""
-    if start is not None:
-        return np.where(pos >= 0, pos + start, -1)
-    return np.where(pos >= 0, owner[np.maximum(pos, 0)], -1)
+# A torch index on a GPU: the queries encoded once for many search calls and kept on the GPU, this many bytes
+# of vectors at a time (500k MiniLM queries in one go; a 4,096-dim decoder's 65k)
+_QUERY_ENCODE_BYTES = 512 << 20
+_ENCODE_QUERIES_TOGETHER: bool | None = None  # None: with a torch index on a GPU (tests set it on the CPU)
 
 
 class JobCancelled(Exception):
@@ -305,13 +280,36 @@ class Worker:
         tokens = self._query_tokens(split, texts, model.tokenizer, model.prompt("query"))
         n, chunk = len(tokens), job.chunk_queries
         n_chunks = (n + chunk - 1) // chunk
-        for lo, hi in search_spans(n, chunk, getattr(index, "query_block", None)):
+        spans = search_spans(n, chunk, getattr(index, "query_block", None))
+        # a torch index on a GPU takes the queries there: encoded for many calls at once, never via the host
+        on_device = str(getattr(index, "backend_name", "")).startswith("torch-cuda")
+        together = on_device if _ENCODE_QUERIES_TOGETHER is None else _ENCODE_QUERIES_TOGETHER
+        group = max(1, _QUERY_ENCODE_BYTES // (2 * int(model.dim) * (spans[0][1] - spans[0][0]))) if (
+            together and spans) else 1
+        for g in range(0, len(spans), group):
+            part = spans[g:g + group]
             self._check_stop()
             t0 = time.perf_counter()
-            q = encode_token_lists(model, tokens, np.arange(lo, hi), model.tokenizer, m.query_max_length,
-                                   kind="query", batch_size=self.cfg.inferencer.batch_size, device=self.device,
-                                   precision=self.precision, progress=False)
+            q_part = encode_token_lists(model, tokens, np.arange(part[0][0], part[-1][1]), model.tokenizer,
+                                        m.query_max_length, kind="query", batch_size=self.cfg.inferencer.batch_size,
+                                        device=self.device, precision=self.precision, progress=False,
+                                        on_device=on_device)
+            if on_device:
+                torch.cuda.synchronize(self.device)  # the encode's own time, not the first search's
+            times["query_encode_s"] += time.perf_counter() - t0
+            self._search_part(job, index, owner, start, split, q_part, part, depth, n_chunks, chunk, times)
+
+    def _search_part(self, job, index, owner: np.ndarray, start: int | None, split: str, q_part, part, depth: int,
+                     n_chunks: int, chunk: int, times: dict[str, float]) -> None:
+        """The search calls of the spans ``part`` over their queries ``q_part`` (encoded together), each
+        call's ``topk`` frames sent chunk by chunk."""
+        m = self.cfg.model
+        maxp = m.long_doc == "maxp"
+        base = part[0][0]
+        for lo, hi in part:
+            self._check_stop()
             t1 = time.perf_counter()
+            q = q_part[lo - base:hi - base]
             if maxp:  # windows first, then the best window per document
                 scores, pos = index.search(q, depth * m.maxp_windows)
                 scores, ids = maxp_collapse(scores, pos, owner, depth)
@@ -325,7 +323,6 @@ class Worker:
                                n_chunks=n_chunks, q_lo=c_lo, q_hi=c_hi, split=split,
                                ids=pack_array(np.ascontiguousarray(ids[c_lo - lo:c_hi - lo], dtype=np.int64)),
                                scores=pack_array(np.ascontiguousarray(scores[c_lo - lo:c_hi - lo], dtype=np.float32)))
-            times["query_encode_s"] += t1 - t0
             times["knn_s"] += t2 - t1
             times["transfer_s"] += time.perf_counter() - t2
 

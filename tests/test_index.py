@@ -317,3 +317,17 @@ def test_torch_index_orders_ties_by_id_and_pads_as_merge_topk_does(block, on_dev
         assert np.all(got_i[:, 1:][same_score & valid[:, 1:]] > got_i[:, :-1][same_score & valid[:, 1:]])
         if k >= 50:
             np.testing.assert_array_equal(got_i, want_i)
+
+
+def test_torch_index_takes_a_tensor_on_its_device_as_it_is():
+    import torch
+
+    x, q = data(1)
+    idx = TorchIndex(32, device="cpu", block_size=700)
+    idx.add(x)
+    s1, i1 = idx.search(q, 20)
+    s2, i2 = idx.search(torch.from_numpy(q), 20)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(s1, s2)
+    with pytest.raises(ValueError, match="shape"):
+        idx.search(torch.zeros(3, 31), 5)

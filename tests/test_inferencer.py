@@ -293,3 +293,48 @@ def test_doc_ids_offset_where_the_owner_is_consecutive_and_gather_where_not():
         assert consecutive_start(owner) is None  # MaxP windows, or any order but one run
         np.testing.assert_array_equal(doc_ids(pos, owner, None), np.where(pos >= 0, owner[np.maximum(pos, 0)], -1))
     assert consecutive_start(np.zeros(0, np.int64)) is None
+
+
+@pytest.mark.parametrize("long_doc", ["firstp", "maxp"])
+def test_queries_encoded_together_send_the_same_frames(long_doc, monkeypatch):
+    """The worker's search with the queries encoded span by span (faiss, a CPU index) and encoded many spans
+    at once then sliced (a torch index on a GPU; forced here on the CPU, in groups of two spans): the same
+    topk frames, chunk by chunk, and query encoding timed apart from the k-NN."""
+    from types import SimpleNamespace
+
+    from ance.inferencer import worker as w
+    from ance.model.biencoder import BiEncoder, resolve_model
+    from ance.model.tokcache import FlatTokens
+    from ance.search.index import TorchIndex
+
+    model = BiEncoder.load(resolve_model("tiny-bert")).eval()
+    rng = np.random.default_rng(0)
+    index = TorchIndex(model.dim, device="cpu")
+    index.add(rng.standard_normal((300, model.dim)).astype(np.float32))
+    windows = 2 if long_doc == "maxp" else 1
+    owner = np.repeat(np.arange(150, 300), 2) if long_doc == "maxp" else np.arange(150, 450)
+    texts = [f"query number {i} about topic {i % 7}" for i in range(23)]
+    tokens = FlatTokens.from_lists(model.tokenizer(texts, add_special_tokens=False)["input_ids"])
+    job = SimpleNamespace(job_id=3, version=1, shard=0, chunk_queries=4)
+
+    def run(together):
+        sent = []
+        fake = SimpleNamespace(
+            cfg=SimpleNamespace(model=SimpleNamespace(long_doc=long_doc, query_max_length=16, maxp_windows=windows),
+                                inferencer=SimpleNamespace(batch_size=5)),
+            link=SimpleNamespace(send=lambda kind, **kw: sent.append((kind, kw))), device="cpu", precision="fp32",
+            _check_stop=lambda: None, _query_tokens=lambda *a: tokens)
+        fake._search_part = lambda *a: w.Worker._search_part(fake, *a)
+        monkeypatch.setattr(w, "_ENCODE_QUERIES_TOGETHER", together)
+        monkeypatch.setattr(w, "_QUERY_ENCODE_BYTES", 2 * model.dim * 8 * 2)  # two spans of 8 a group
+        monkeypatch.setattr(TorchIndex, "query_block", 8)
+        times = {"query_encode_s": 0.0, "knn_s": 0.0, "transfer_s": 0.0}
+        w.Worker._search(fake, job, model, index, owner, "train", texts, 10, times)
+        assert times["query_encode_s"] > 0 and times["knn_s"] > 0
+        return sent
+
+    apart, together = run(False), run(True)
+    assert [kw["chunk"] for _, kw in apart] == list(range(6)) and len(together) == len(apart)
+    for (_, a), (_, b) in zip(apart, together):
+        assert (a["q_lo"], a["q_hi"], a["chunk"], a["n_chunks"]) == (b["q_lo"], b["q_hi"], b["chunk"], b["n_chunks"])
+        assert a["ids"] == b["ids"] and a["scores"] == b["scores"]

@@ -368,12 +368,19 @@ class TorchIndex:
         self._ntotal += n
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: ``(scores float32 [m, k], ids int64 [m, k])``, -1/-inf padded."""
+        """Top-k by inner product: ``(scores float32 [m, k], ids int64 [m, k])``, -1/-inf padded. ``queries``:
+        numpy, or a torch tensor, taken as it is where it already lies on the index's device (a worker's
+        queries encoded on the GPU: no round trip through the host)."""
         torch = self._torch
         k = _check_k(k)
-        if isinstance(queries, torch.Tensor):
+        if isinstance(queries, torch.Tensor) and queries.device != self.device:
             queries = queries.detach().cpu().numpy()
-        queries = _as_matrix(queries, self.dim, "queries")
+        if isinstance(queries, torch.Tensor):
+            if queries.ndim != 2 or queries.shape[1] != self.dim or not queries.is_floating_point():
+                raise ValueError(f"queries must be a float tensor of shape [n, {self.dim}], got "
+                                 f"{queries.dtype} {tuple(queries.shape)}")
+        else:
+            queries = _as_matrix(queries, self.dim, "queries")
         m = queries.shape[0]
         if m == 0 or self._ntotal == 0:
             return _pads(m, k)
