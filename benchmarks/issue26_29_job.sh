@@ -33,7 +33,8 @@ cd "$(dirname "$0")/.."
 O=${OUT_DIR:?}; mkdir -p "$O"
 log() { echo "=== $(date +%T) $*"; }
 log "GPU tests"
-timeout 300 python -m pytest -q -p no:cacheprovider tests/test_fused_knn.py tests/test_train_compile.py 2>&1 | tail -4
+timeout 300 python -m pytest -q -p no:cacheprovider tests/test_fused_knn.py tests/test_train_compile.py \
+    tests/test_index.py 2>&1 | tail -4
 log "cold tokenization of SciFact: plain ASCII texts without the BERT normaliser against every text through it"
 timeout 120 python benchmarks/bench_tokenize.py --tokenizer "$ANCE_DEVICE_MODEL" --data /tmp/data/scifact --procs 16 \
     --repeats 3 --out "$O/tokenize-scifact-prenorm-h200.json" 2>&1 | grep -A2 '"normalised"\|"threads"'

@@ -266,6 +266,15 @@ def test_torch_cuda_matches_cpu():
     assert gpu.backend_name.startswith("torch-cuda:0")
     assert (i1[:, :10] == i2[:, :10]).mean() > 0.95  # float16 storage: near-ties may swap
     np.testing.assert_allclose(s1, s2, atol=5e-3)
+    # the rows ordered on the GPU (score descending, smaller id first), a query tensor on the GPU as it is,
+    # and k above the corpus size padded
+    assert np.all(np.diff(s2, axis=1) <= 0)
+    s3, i3 = gpu.search(torch.from_numpy(q).cuda().half(), 100)
+    np.testing.assert_array_equal(i3, gpu.search(q.astype(np.float16), 100)[1])
+    small = TorchIndex(64, "cuda")
+    small.add(x[:50])
+    s4, i4 = small.search(q[:3], 60)
+    assert (i4[:, 50:] == -1).all() and np.isneginf(s4[:, 50:]).all() and sorted(i4[0, :50]) == list(range(50))
 
 
 def test_sort_rows_equals_the_lexsort_rule_on_ties_pads_and_infinities():
