@@ -63,6 +63,12 @@ def test_length_sorted_batches():
     assert (np.diff(lengths[flat]) <= 0).all()
     assert flat[:2].tolist() == [1, 3]  # ties keep their order
     assert length_sorted_batches(np.zeros(0, np.int32), 4) == []
+    # the 16-bit radix path and the 64-bit one give the same order (lengths past 32,767 take the latter)
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 300, 5000)
+    want = np.argsort(-many, kind="stable")
+    assert np.array_equal(np.concatenate(length_sorted_batches(many, 64)), want)
+    assert np.array_equal(np.concatenate(length_sorted_batches(many * 200, 64)), want)
     with pytest.raises(ConfigError, match="batch_size"):
         length_sorted_batches(lengths, 0)
 

@@ -125,7 +125,9 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     lengths = np.asarray(lengths)
-    order = np.argsort(-lengths.astype(np.int64), kind="stable")
+    # numpy's stable sort of 16-bit integers is a radix sort: 0.10 s against 0.62 s for 8.8M lengths
+    key = -lengths.astype(np.int16) if lengths.size and int(lengths.max()) < 32768 else -lengths.astype(np.int64)
+    order = np.argsort(key, kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), int(batch_size))]
 
 
