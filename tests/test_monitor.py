@@ -283,3 +283,17 @@ def test_the_view_fits_80_columns_with_an_eta():
         assert needle in text, f"{needle!r} not in\n{text}"
     plain = _text(render(summarize(EVENTS + [SHARD_1_DONE, REFRESH], CONFIG)))
     assert "by shard" not in plain and "stages (slowest shard)" not in plain  # a refresh without them
+
+
+def test_tail_of_a_run_dir_made_between_its_check_and_its_open(tmp_path, monkeypatch):
+    """The run directory appears after read() checked for it and before it opens the path (a launch just
+    starting): the tail follows the metrics file inside, not an IsADirectoryError (CI, 2026-12-06)."""
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    tail = MetricsTail(run)  # nothing there yet: taken as the metrics file's own path
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"event": "step", "step": 1}\n')
+    real, calls = Path.is_dir, []
+    monkeypatch.setattr(Path, "is_dir", lambda self: bool(calls.append(self)) or (len(calls) > 1 and real(self)))
+    assert tail.read() == [{"event": "step", "step": 1}]

@@ -392,6 +392,9 @@ class MetricsTail:
             fh = open(self.path, "rb")
         except FileNotFoundError:
             return []
+        except IsADirectoryError:  # the run directory appeared between the check above and the open
+            self.path = self.path / METRICS
+            return self.read()
         with fh:
             st = os.fstat(fh.fileno())
             if (self._inode is not None and st.st_ino != self._inode) or st.st_size < self.offset:
