@@ -19,7 +19,8 @@ def search_spans(n: int, chunk: int, block: int | None) -> list[tuple[int, int]]
 
 def consecutive_start(owner: np.ndarray) -> int | None:
     """``owner[0]`` where the owner array is one run of consecutive ids (FirstP: ``arange(doc_lo, doc_hi)``),
-    else None (MaxP). Checked once a job, so each search's ids come from :func:`doc_ids` without a gather."""
+    else None (MaxP). Checked once for each split searched, so each search's ids come from :func:`doc_ids`
+    without a gather."""
     n = len(owner)
     if n and np.array_equal(owner, np.arange(int(owner[0]), int(owner[0]) + n, dtype=owner.dtype)):
         return int(owner[0])
