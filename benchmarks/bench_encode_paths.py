@@ -16,7 +16,9 @@ as two; 2.9 GFLOP for MiniLM at 128 tokens). Before 2026-12-03 17:20 the script 
 benchmarks/results/encode-paths-h200.json's ``tflops`` fields are twice the true rate.
 
 ``--cold DIR`` also times SciFact-style cold encoding: the token cache built from the texts (the fast
-tokenizer's batch API over all cores) plus the first encode, as docs/s.
+tokenizer's batch API over all cores) plus the first encode, as docs/s: every text through BERT's normaliser
+(``normalised``, before 2026-12-06), plain ASCII texts without it (``prenorm``), and that with each batch
+encoded as it is tokenized (``stream``, ance.model.stream), side by side, each twice.
 
     python benchmarks/bench_encode_paths.py --tokenizer $MODEL --shapes minilm bert-base --docs 200000 \
         --text ../shared/data/squad --cold ../shared/data/scifact --out encode-paths.json
@@ -204,25 +206,35 @@ def bench_cold(args) -> dict:
                   progress=False)  # CUDA context and kernels: not what "cold" measures
     from ance.model import tokenize as tokenizing
 
+    from ance.model.stream import tokenize_and_encode
+
     out = {"data": str(args.cold), "docs": len(corpus)}
-    # side by side: the tokenizer's __call__ (the previous path) and the Rust batch call without offsets
-    for path, fast in (("call", False), ("fast", True), ("call_again", False), ("fast_again", True)):
-        tokenizing.FAST_TOKENIZE = fast
+    # side by side, twice over: every text through the BERT normaliser (before 2026-12-06), plain ASCII texts
+    # without it (tokenize.PRENORMALIZE), and that with each batch encoded as it is tokenized (ance.model.stream)
+    for path, prenorm, streamed in (("normalised", False, False), ("prenorm", True, False),
+                                    ("stream", True, True)) * 2:
+        tokenizing.PRENORMALIZE = prenorm
         for batch in (256, 512):
             with tempfile.TemporaryDirectory() as root:
                 sync()
                 t = time.perf_counter()
-                cache = TokenCache.open(corpus.passages(), model.tokenizer,
-                                        corpus_max_tokens(model.tokenizer, 256), root, corpus.source_hash,
-                                        progress=False)
-                t1 = time.perf_counter()
-                encode_corpus(model, cache, max_length=256, batch_size=batch, device=DEVICE, progress=False)
+                if streamed:
+                    tokenize_and_encode(model, corpus, max_length=256, cache_root=root, batch_size=batch,
+                                        device=DEVICE, progress=False)
+                    t1 = t
+                else:
+                    cache = TokenCache.open(corpus.passages(), model.tokenizer,
+                                            corpus_max_tokens(model.tokenizer, 256), root, corpus.source_hash,
+                                            progress=False)
+                    t1 = time.perf_counter()
+                    encode_corpus(model, cache, max_length=256, batch_size=batch, device=DEVICE, progress=False)
                 sync()
                 t2 = time.perf_counter()
-            out[f"{path}_batch_{batch}"] = {"tokenize_s": round(t1 - t, 3), "encode_s": round(t2 - t1, 3),
-                                            "docs_per_s_cold": round(len(corpus) / (t2 - t))}
-            print(f"cold {path} batch {batch}: {out[f'{path}_batch_{batch}']}", file=sys.stderr, flush=True)
-    tokenizing.FAST_TOKENIZE = True
+            row = {"tokenize_s": round(t1 - t, 3), "encode_s": round(t2 - t1, 3),
+                   "docs_per_s_cold": round(len(corpus) / (t2 - t))}
+            out.setdefault(f"{path}_batch_{batch}", []).append(row)
+            print(f"cold {path} batch {batch}: {row}", file=sys.stderr, flush=True)
+    tokenizing.PRENORMALIZE = True
     return out
 
 

@@ -2,7 +2,8 @@
 # One detached job on one H200 for issues 26 and 29, most needed first (first run 2026-12-06, docs/benchmarks.md;
 # set SKIP_* for what is done):
 #  1. the GPU tests of what is new (tests/test_fused_knn.py, tests/test_train_compile.py), and SciFact's cold
-#     tokenization on the host's cores, the BERT normaliser skipped for plain ASCII texts or not (bench_tokenize.py);
+#     encode (bench_encode_paths.py --cold): the BERT normaliser skipped for plain ASCII texts or not, and each
+#     batch encoded as it is tokenized (ance.model.stream) or after the whole cache;
 #  2. the k-NN at the MS MARCO shape: score tiles of 4,096 (TorchIndex's) against 6,144 and 8,192 queries, side
 #     by side with their agreement (bench_knn.py --also-qblocks, random unit vectors, about a minute); SKIP_KNN=1;
 #  3. issue 29's reproduction of the shipped SQuAD config (issue29_next.sh SKIP_WAVE=1 SKIP_SCIFACT=1), under MPS;
@@ -35,9 +36,9 @@ log() { echo "=== $(date +%T) $*"; }
 log "GPU tests"
 timeout 300 python -m pytest -q -p no:cacheprovider tests/test_fused_knn.py tests/test_train_compile.py \
     tests/test_index.py 2>&1 | tail -4
-log "cold tokenization of SciFact: plain ASCII texts without the BERT normaliser against every text through it"
-timeout 120 python benchmarks/bench_tokenize.py --tokenizer "$ANCE_DEVICE_MODEL" --data /tmp/data/scifact --procs 16 \
-    --repeats 3 --out "$O/tokenize-scifact-prenorm-h200.json" 2>&1 | grep -A2 '"normalised"\|"threads"'
+log "cold SciFact encode: normalised / prenorm / stream (tokenize while encoding), side by side"
+timeout 240 python benchmarks/bench_encode_paths.py --tokenizer "$ANCE_DEVICE_MODEL" --shapes --cold /tmp/data/scifact \
+    --out "$O/cold-scifact-stream-h200.json" 2>&1 | grep '^cold'
 if [ -z "${SKIP_KNN:-}" ]; then
 log "k-NN, MS MARCO shape"
 B="python benchmarks/bench_knn.py --queries 500000 --docs 8800000 --dim 384 --k 200 --skip-previous"

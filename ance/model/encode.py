@@ -93,7 +93,7 @@ def shared_token_root(cfg) -> Path | None:
 
 def corpus_tokens(corpus, tokenizer: Any, *, max_length: int, long_doc: str = "firstp", n_windows: int = 1,
                   cache_root: str | Path, progress: bool = True, prefix: str = "",
-                  shared_root: str | Path | None = None) -> TokenCache:
+                  shared_root: str | Path | None = None, batch_size: int = 2048, on_batch=None) -> TokenCache:
     """The corpus's token cache for this encoding, built on first use: the one token budget
     (:func:`corpus_max_tokens`) of every role, so trainer, inferencers and ``ance encode`` of one
     run share one cache.
@@ -106,7 +106,8 @@ def corpus_tokens(corpus, tokenizer: Any, *, max_length: int, long_doc: str = "f
     prompting.check_fits(tokenizer, prefix, max_tokens if long_doc == "firstp" else max_tokens // int(n_windows),
                          "model.passage_prefix", "model.passage_max_length")
     return TokenCache.open(prompting.apply(prefix, corpus.passages()), tokenizer, max_tokens, cache_root,
-                           prefixed_hash(corpus.source_hash, prefix), progress=progress, shared_root=shared_root)
+                           prefixed_hash(corpus.source_hash, prefix), batch_size=batch_size, progress=progress,
+                           shared_root=shared_root, on_batch=on_batch)
 
 
 def query_tokens(texts: Sequence[str], tokenizer: Any, max_length: int, prefix: str = "", *,

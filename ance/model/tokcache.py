@@ -27,7 +27,7 @@ import operator
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from ance.run.fsio import fsync_dir
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+OnBatch = Callable[[int, np.ndarray, np.ndarray], None]  # TokenCache.open's on_batch(lo, flat, offsets)
 
 
 _last_vocab: tuple[dict | None, str] = (None, "")
@@ -126,7 +127,7 @@ class TokenCache:
     @classmethod
     def open(cls, texts: Sequence[str], tokenizer: Any, max_tokens: int, cache_root: str | Path,
              source_hash: str, batch_size: int = 2048, progress: bool = True,
-             shared_root: str | Path | None = None) -> "TokenCache":
+             shared_root: str | Path | None = None, on_batch: OnBatch | None = None) -> "TokenCache":
         """The cache of ``texts`` under ``cache_root``, tokenized now if no complete one exists.
 
         ``source_hash`` identifies ``texts`` (``Corpus.source_hash``): the texts
@@ -149,11 +150,11 @@ class TokenCache:
             return cls(final, key, built=False, n_expected=len(texts))
         with _build_lock(root, key):  # processes on one host wait for one build rather than each tokenizing
             return cls._open_or_build(texts, tokenizer, max_tokens, root, final, key, source_hash, batch_size,
-                                      progress, shared_root)
+                                      progress, shared_root, on_batch)
 
     @classmethod
     def _open_or_build(cls, texts, tokenizer, max_tokens, root: Path, final: Path, key: str, source_hash: str,
-                       batch_size: int, progress: bool, shared_root) -> "TokenCache":
+                       batch_size: int, progress: bool, shared_root, on_batch=None) -> "TokenCache":
         if (final / "meta.json").is_file():  # built by the process we waited for
             return cls(final, key, built=False, n_expected=len(texts))
         shared = Path(shared_root) / final.name if shared_root is not None else None
@@ -168,7 +169,7 @@ class TokenCache:
                     log.info("token cache %s: from the shared cache %s", final.name, shared.parent)
                     return cls(final, key, built=False, n_expected=len(texts))
         with building_dir(final) as tmp:
-            _build(tmp, texts, tokenizer, max_tokens, key, source_hash, batch_size, progress)
+            _build(tmp, texts, tokenizer, max_tokens, key, source_hash, batch_size, progress, on_batch)
             _install(tmp, final)
         if shared is not None and not (shared / "meta.json").is_file():
             _publish(final, shared, copy=False)  # links only: never a second copy of a large cache
@@ -204,7 +205,7 @@ class TokenCache:
 
 
 def _build(tmp: Path, texts: Sequence[str], tokenizer: Any, max_tokens: int, key: str, source_hash: str,
-           batch_size: int, progress: bool) -> None:
+           batch_size: int, progress: bool, on_batch: OnBatch | None = None) -> None:
     if not getattr(tokenizer, "is_fast", False):
         log.warning("%s is not a fast tokenizer; tokenizing the corpus will be slow", type(tokenizer).__name__)
     t0 = time.perf_counter()
@@ -222,6 +223,8 @@ def _build(tmp: Path, texts: Sequence[str], tokenizer: Any, max_tokens: int, key
             flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
             f.write(flat.tobytes())
             offsets[lo + 1:lo + 1 + len(ids)] = offsets[lo] + np.cumsum(lengths)
+            if on_batch is not None:
+                on_batch(lo, flat, offsets[lo:lo + 1 + len(ids)] - offsets[lo])
             bar.update(len(batch))
         f.flush()
         os.fsync(f.fileno())

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from ance.data.dataset import detect_format, load_dataset
-from ance.model.encode import corpus_tokens, encode_corpus, encode_texts, read_embeddings
+from ance.model.encode import encode_texts, read_embeddings
+from ance.model.stream import tokenize_and_encode
 from ance.model.inference import for_inference
 from ance.run.errors import AnceError, ConfigError
 from ance.run.fsio import default_cache_dir
@@ -117,11 +118,10 @@ def retrieve(model, dataset, split: str, *, k: int = 1000, max_length: int = 256
     """
 
     queries = dataset.split(split)
-    cache = corpus_tokens(dataset.corpus, model.tokenizer, max_length=max_length, long_doc=long_doc,
-                          n_windows=n_windows, cache_root=cache_root or default_cache_dir(), progress=progress,
-                          prefix=model.prompt("passage"))
-    emb, owner = encode_corpus(model, cache, max_length=max_length, long_doc=long_doc, n_windows=n_windows,
-                               batch_size=batch_size, device=device, precision=precision, progress=progress)
+    _, emb, owner = tokenize_and_encode(model, dataset.corpus, max_length=max_length, long_doc=long_doc,
+                                        n_windows=n_windows, cache_root=cache_root or default_cache_dir(),
+                                        batch_size=batch_size, device=device, precision=precision, progress=progress,
+                                        prefix=model.prompt("passage"))
     index = make_index(backend, model.dim, device)
     index.add(emb)
     del emb
