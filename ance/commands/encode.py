@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
             "encode_s": round(t2 - t1, 3), "tokenized_now": cache.built}  # then encode_s counts tokenizing too
     write_embeddings(out, emb, owner, [corpus.ids[o] for o in owner.tolist()], meta)
     print(f"ance encode: docs [{lo}, {hi}) of {len(corpus)}, {len(emb)} vectors, {device}: tokens "
-          f"{'tokenized while encoding' if cache.built else 'cached'} (loading {t1 - t0:.1f}s), encode {t2 - t1:.1f}s "
+          f"{'built while encoding' if cache.built else 'cached'} (loading {t1 - t0:.1f}s), encode {t2 - t1:.1f}s "
           f"({(hi - lo) / max(t2 - t1, 1e-9):.0f} docs/s) -> {out}", file=sys.stderr)
     return 0
