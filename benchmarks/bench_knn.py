@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ance.search import fused  # noqa: E402
+from ance.search.index import TorchIndex  # noqa: E402
 from ance.search.knn import GROUP, block_search  # noqa: E402
 
 
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--fused", action="store_true", help="also the fused kernel (ance.search.fused), after --tune")
     p.add_argument("--tune", type=int, default=0, metavar="Q",
                    help="time the fused kernel's shapes on the first Q queries and keep the fastest")
-    p.add_argument("--qblock", type=int, default=0, help="queries per score tile (default: 2^30 / block, as TorchIndex)")
+    p.add_argument("--qblock", type=int, default=0, help="queries per score tile (default: TorchIndex's tile budget / block)")
     p.add_argument("--also-qblocks", default="", metavar="N,N",
                    help="also time score tiles of these many queries, side by side, with their agreement and GPU peak")
     p.add_argument("--profile", action="store_true", help="profile 4 query blocks of the new search, print the top ops")
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     gemm_flop = 2.0 * args.queries * args.docs * args.dim
     out = {"group": args.group, "queries": args.queries, "docs": args.docs, "dim": args.dim, "k": args.k, "block": args.block,
            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    new_qb = args.qblock or max(1, (1 << 30) // args.block)
+    new_qb = args.qblock or max(1, TorchIndex._SCORE_BUDGET_GPU // args.block)
     out["qblock"] = new_qb
     new_search(q[:new_qb], blocks, args.k, new_qb, args.group)  # warm-up
     if args.profile:

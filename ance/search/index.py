@@ -294,13 +294,16 @@ class TorchIndex:
 
     Vectors live on ``device`` (float16 on GPU, float32 on CPU) in blocks of
     ``block_size`` rows (262,144 on a GPU by default). A search takes the queries in blocks too, so
-    a score tile holds at most ``2**26`` float32 scores on the CPU (256 MB) or ``2**30`` float16
-    scores on a GPU (2 GB), keeps a running top-k per query block and merges each tile's top-k into
+    a score tile holds at most ``2**26`` float32 scores on the CPU (256 MB) or ``1.5 * 2**30`` float16
+    scores on a GPU (3 GB), keeps a running top-k per query block and merges each tile's top-k into
     it; on a GPU the winners are rescored in float32.
     """
 
     _SCORE_BUDGET = 1 << 26  # query rows x corpus rows per score tile (float32, CPU: 256 MB)
-    _SCORE_BUDGET_GPU = 1 << 30  # float16 tiles on a GPU (2 GB): fewer, larger GEMMs
+    # float16 tiles on a GPU (3 GB; 6,144 queries x 262,144 rows): fewer, larger GEMMs and less per-tile work.
+    # 1.06x faster than 2 GB tiles, same results, GPU peak +0.4 GiB (MS MARCO shape, docs/benchmarks.md
+    # 2026-12-06); 8,192 queries was 1% faster again but a tile of 2^31 scores, at int32's edge
+    _SCORE_BUDGET_GPU = 3 << 29
     # rows put in merge_topk's order by torch where they were found (None: on a GPU, where it spares the host
     # a sort while the GPU waits; on a CPU numpy's integer-key sort is faster: 9.8 against 27 ms for 4,096 x 200)
     _ORDER_ON_DEVICE: bool | None = None
