@@ -105,6 +105,31 @@ def test_firstp_sorted_batches_equal_one_by_one(model, cache):
     np.testing.assert_allclose(emb, naive(model, cache.take(range(lo, hi))), atol=1e-5)
 
 
+def test_on_device_results_land_at_their_positions(model, monkeypatch):
+    """``on_device`` writes each length-sorted batch through positions uploaded once (no per-batch copy from
+    pageable memory, which can synchronise a GPU stream): same vectors as the host path, as a tensor."""
+    import ance.model.encode as encoding
+
+    rng = np.random.default_rng(1)
+    lists = [rng.integers(1000, 2000, size=int(n)) for n in rng.integers(1, 70, size=90)]  # ragged
+    idx = rng.permutation(90)[:75]
+    kw = dict(kind="passage", batch_size=16, device="cpu", progress=False)
+    host = encode_token_lists(model, lists, idx, model.tokenizer, MAX_LENGTH, **kw)
+    uploads = []
+    real = encoding._Results.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        uploads.append(self.order)
+
+    monkeypatch.setattr(encoding._Results, "__init__", spy)
+    dev = encode_token_lists(model, lists, idx, model.tokenizer, MAX_LENGTH, on_device=True, **kw)
+    assert isinstance(dev, torch.Tensor) and dev.dtype == torch.float32
+    np.testing.assert_allclose(dev.numpy(), host, atol=1e-6)
+    order = uploads[0].numpy()  # every batch's positions, longest first: not the identity
+    assert sorted(order.tolist()) == list(range(75)) and order.tolist() != list(range(75))
+
+
 def test_encode_token_lists_sources_and_training_mode(model):
     rng = np.random.default_rng(0)
     lists = [rng.integers(1000, 2000, size=n) for n in (5, 40, 1, 17, 70, 3)]  # 70 is cut to MAX_LENGTH

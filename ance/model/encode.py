@@ -156,14 +156,22 @@ def parse_shard(s: str) -> tuple[int, int]:
 class _Results:
     """Batch outputs into one array. CPU: float32 numpy. CUDA: float16 (the index keeps float16 on a
     GPU, and the host never holds the corpus in float32), either in a GPU tensor (``on_device``:
-    nothing crosses to the host) or in numpy through two pinned buffers, one batch behind."""
+    nothing crosses to the host) or in numpy through two pinned buffers, one batch behind.
 
-    def __init__(self, n: int, dim: int, batch_size: int, device: str, on_device: bool = False):
+    ``on_device`` writes each batch at its positions through ``order`` (every batch's positions in the
+    order they come, uploaded once): a batch's positions copied from pageable host memory each time let the
+    driver synchronise with the stream (CUDA's "API synchronization behavior"), which idles the GPU between
+    batches. On a CPU ``on_device`` gives a float32 tensor (the same code, which the CPU tests run)."""
+
+    def __init__(self, n: int, dim: int, batch_size: int, device: str, on_device: bool = False,
+                 order: np.ndarray | None = None):
         self.cuda = device.startswith("cuda")
-        self.on_device = self.cuda and on_device
+        self.on_device = on_device
         self.pending = None  # (event, host tensor, positions)
         if self.on_device:
-            self.out = torch.empty((n, dim), dtype=torch.float16, device=device)
+            self.out = torch.empty((n, dim), dtype=torch.float16 if self.cuda else torch.float32, device=device)
+            self.order = None if order is None else torch.from_numpy(np.asarray(order, np.int64)).to(device)
+            self.cursor = 0
         else:
             self.out = np.empty((n, dim), dtype=np.float16 if self.cuda else np.float32)
         if self.cuda and not self.on_device:
@@ -172,7 +180,12 @@ class _Results:
 
     def put(self, reps: torch.Tensor, pos: np.ndarray) -> None:
         if self.on_device:
-            self.out[torch.from_numpy(pos).to(self.out.device, non_blocking=True)] = reps.half()
+            if self.order is not None:  # this batch's positions, already on the device
+                at = self.order[self.cursor:self.cursor + len(pos)]
+                self.cursor += len(pos)
+            else:
+                at = torch.from_numpy(np.asarray(pos, np.int64)).to(self.out.device, non_blocking=True)
+            self.out[at] = reps.to(self.out.dtype)
             return
         if not self.cuda:
             self.out[pos] = reps.float().numpy()
@@ -247,7 +260,7 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
                        batch_size: int, device: str, precision: str = "auto", progress: bool = True,
                        desc: str = "encode", on_device: bool = False):
     """Encode the token lists ``indices`` of a source: ``[len(indices), d]`` in ``indices`` order,
-    float32 numpy on the CPU, float16 on CUDA (numpy, or a tensor on the GPU with ``on_device``).
+    float32 numpy on the CPU, float16 on CUDA (numpy, or a tensor on ``device`` with ``on_device``).
 
     ``token_lists_fn_or_cache``: a ``TokenCache`` or ``FlatTokens`` (``.lengths``,
     ``.padded``), a sequence of token-id lists, or a callable ``fn(indices) ->
@@ -286,7 +299,8 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
 
     was_training = model.training
     model.to(device).eval()
-    results = _Results(len(indices), model.dim, int(batch_size), device, on_device)
+    order = np.concatenate(batches) if on_device and batches else None  # the order _prefetched yields them
+    results = _Results(len(indices), model.dim, int(batch_size), device, on_device, order)
     try:
         with torch.inference_mode(), amp:
             for pos, (inputs, dense) in tqdm(_prefetched(make, batches), total=len(batches), desc=desc,
