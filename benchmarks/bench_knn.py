@@ -51,10 +51,10 @@ def previous_search(q: torch.Tensor, blocks, k: int, q_block: int):
     return np.concatenate(out_s), np.concatenate(out_i)
 
 
-def new_search(q: torch.Tensor, blocks, k: int, q_block: int, group: int = GROUP):
+def new_search(q: torch.Tensor, blocks, k: int, q_block: int, group: int = GROUP, overlap: bool = False):
     out_s, out_i = [], []
     for q0 in range(0, q.shape[0], q_block):
-        s, i = block_search(q[q0:q0 + q_block], blocks, k, group=group, rescore=True)
+        s, i = block_search(q[q0:q0 + q_block], blocks, k, group=group, rescore=True, overlap=overlap)
         out_s.append(s.cpu().numpy())
         out_i.append(i.cpu().numpy())
     return np.concatenate(out_s), np.concatenate(out_i)
@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--qblock", type=int, default=0, help="queries per score tile (default: TorchIndex's tile budget / block)")
     p.add_argument("--also-qblocks", default="", metavar="N,N",
                    help="also time score tiles of these many queries, side by side, with their agreement and GPU peak")
+    p.add_argument("--overlap", action="store_true",
+                   help="also the tiles with each selection on a second stream (block_search overlap=True), side by side")
     p.add_argument("--profile", action="store_true", help="profile 4 query blocks of the new search, print the top ops")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -172,6 +174,14 @@ def main(argv=None) -> int:
         out[f"qblock_{qb}"] = {"s": round(t_qb, 2), "speedup": round(t_new / t_qb, 3),
                                "agreement": round(agreement(i_new, i_qb), 5),
                                "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    if args.overlap:
+        torch.cuda.reset_peak_memory_stats()
+        new_search(q[:new_qb], blocks, args.k, new_qb, args.group, overlap=True)  # warm-up
+        t_ov, (s_ov, i_ov) = timed(lambda: new_search(q, blocks, args.k, new_qb, args.group, overlap=True))
+        out["overlap"] = {"s": round(t_ov, 2), "speedup": round(t_new / t_ov, 3),
+                          "agreement": round(agreement(i_new, i_ov), 5),
+                          "max_score_diff": float(np.abs(s_ov - s_new).max()),
+                          "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     if args.fused:
         if args.tune:
             out["fused_tune_s"] = tune_fused(q, blocks, args.k, new_qb, args.tune)

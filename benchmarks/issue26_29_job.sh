@@ -4,12 +4,14 @@
 #  1. the GPU tests of what is new (tests/test_fused_knn.py, tests/test_train_compile.py), and SciFact's cold
 #     encode (bench_encode_paths.py --cold): the BERT normaliser skipped for plain ASCII texts or not, and each
 #     batch encoded as it is tokenized (ance.model.stream) or after the whole cache;
-#  2. the k-NN at the MS MARCO shape: score tiles of 4,096 (TorchIndex's) against 6,144 and 8,192 queries, side
-#     by side with their agreement (bench_knn.py --also-qblocks, random unit vectors, about a minute); SKIP_KNN=1;
+#  2. the k-NN at the MS MARCO shape: TorchIndex's tiles (6,144 queries since 2026-12-06) against 4,096 and 8,192,
+#     and with each tile's selection on a second stream (--overlap), side by side with their agreement
+#     (bench_knn.py, random unit vectors, about two minutes); SKIP_KNN=1;
 #  3. issue 29's reproduction of the shipped SQuAD config (issue29_next.sh SKIP_WAVE=1 SKIP_SCIFACT=1), under MPS;
 #     SKIP_REPRO=1 (done 2026-12-06: docs/results.md);
-#  4. the MS MARCO-shaped refresh with the lean compiled encoder (issue26_next.sh FULL, KINDS "lean-tanh on tiles",
-#     no BERT-base); SKIP_REFRESH=1;
+#  4. the MS MARCO-shaped refresh with the lean compiled encoder, k-NN kernel overlap then tiles (issue26_next.sh
+#     FULL, REFRESH_KINDS "lean-tanh on overlap|lean-tanh on tiles", no BERT-base; about 5 minutes each);
+#     SKIP_REFRESH=1;
 #  5. the trainer against sentence-transformers with train.kernels=lean + train.compile=on (bench_train.py,
 #     which now compiles through the trainer's compile_towers); SKIP_TRAIN=1;
 #  6. issue 29's SciFact scrutiny (studies/scifact_scrutiny.sh), under MPS. SKIP_SCIFACT=1 leaves it out;
@@ -28,13 +30,13 @@
 # call after call:
 #   . scripts/device_env.sh > /tmp/envlog 2>&1; tar -C /tmp/data -xJf .devdata/squad.txz &&
 #   bash scripts/detached.sh start /tmp/job env PYTHONPATH=$PYTHONPATH PATH=$PATH ANCE_DEVICE_MODEL=$ANCE_DEVICE_MODEL \
-#       HF_HUB_OFFLINE=1 PYTHONSAFEPATH=1 SKIP_REPRO=1 SKIP_TRAIN=1 OUT_DIR=/tmp/job/out bash benchmarks/issue26_29_job.sh
+#       HF_HUB_OFFLINE=1 PYTHONSAFEPATH=1 SKIP_REPRO=1 SKIP_TRAIN=1 SKIP_SCIFACT=1 OUT_DIR=/tmp/job/out bash benchmarks/issue26_29_job.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 O=${OUT_DIR:?}; mkdir -p "$O"
 log() { echo "=== $(date +%T) $*"; }
 log "GPU tests"
-timeout 300 python -m pytest -q -p no:cacheprovider tests/test_fused_knn.py tests/test_train_compile.py \
+timeout 300 python -m pytest -q -p no:cacheprovider tests/test_fused_knn.py tests/test_train_compile.py tests/test_knn.py \
     tests/test_index.py 2>&1 | tail -4
 log "cold SciFact encode: normalised / prenorm / stream (tokenize while encoding), side by side"
 timeout 240 python benchmarks/bench_encode_paths.py --tokenizer "$ANCE_DEVICE_MODEL" --shapes --cold /tmp/data/scifact \
@@ -42,7 +44,7 @@ timeout 240 python benchmarks/bench_encode_paths.py --tokenizer "$ANCE_DEVICE_MO
 if [ -z "${SKIP_KNN:-}" ]; then
 log "k-NN, MS MARCO shape"
 B="python benchmarks/bench_knn.py --queries 500000 --docs 8800000 --dim 384 --k 200 --skip-previous"
-timeout 200 $B --also-qblocks 6144,8192 --out "$O/knn-msmarco-qblocks-h200.json" 2>&1 | tail -1
+timeout 240 $B --also-qblocks 4096,8192 --overlap --out "$O/knn-msmarco-qblocks-overlap.json" 2>&1 | tail -1
 fi
 mps_on() {
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/ance-mps-wave CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
@@ -58,7 +60,8 @@ mps_off
 fi
 if [ -z "${SKIP_REFRESH:-}" ]; then
   log "MS MARCO-shaped refresh, lean compiled encoder"
-  KINDS="lean-tanh on tiles" SKIP_QUICK=1 FULL=1 SKIP_BERT=1 OUT_DIR="$O" bash benchmarks/issue26_next.sh
+  KINDS="${REFRESH_KINDS:-lean-tanh on overlap|lean-tanh on tiles}" SKIP_QUICK=1 FULL=1 SKIP_BERT=1 OUT_DIR="$O" \
+      bash benchmarks/issue26_next.sh
 fi
 if [ -z "${SKIP_TRAIN:-}" ]; then
   log "trainer vs sentence-transformers, lean + compile"

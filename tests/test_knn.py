@@ -111,3 +111,44 @@ def test_query_block_is_the_score_tile_width_search_uses():
     assert idx.query_block == TorchIndex._SCORE_BUDGET // 300
     idx.add(np.zeros((2000, 8), np.float32))
     assert idx.query_block == TorchIndex._SCORE_BUDGET // 1024      # full blocks bound the tile
+
+
+@pytest.mark.parametrize("rescore", [False, True])
+def test_overlapped_selection_gives_the_same_top_k(rescore):
+    """overlap=True queues each tile's product before the previous tile's selection (on a second stream on a
+    GPU): on a CPU the same deferred order, which must give exactly the plain loop's results."""
+    rng = np.random.default_rng(13)
+    c = rng.standard_normal((30 * 2048 + 555, 16)).astype(np.float32)  # a short last block
+    q = torch.from_numpy(rng.standard_normal((40, 16)).astype(np.float32))
+    blocks = list(torch.from_numpy(c).split(2048))
+    plain = block_search(q, blocks, 25, group=8, rescore=rescore)
+    over = block_search(q, blocks, 25, group=8, rescore=rescore, overlap=True)
+    assert torch.equal(plain[1], over[1]) and torch.equal(plain[0], over[0])
+    one = block_search(q, blocks[:1], 25, group=8, overlap=True)  # a single tile: selected after the loop
+    assert torch.equal(one[1], block_search(q, blocks[:1], 25, group=8)[1])
+
+
+def test_torch_index_overlap_kernel_equals_tiles():
+    rng = np.random.default_rng(17)
+    c = rng.standard_normal((150000, 8)).astype(np.float32)   # three CPU blocks
+    q = rng.standard_normal((90, 8)).astype(np.float32)
+    tiles, over = TorchIndex(8, kernel="tiles"), TorchIndex(8, kernel="overlap")
+    tiles.add(c); over.add(c)
+    assert over.backend_name == "torch-cpu-overlap"
+    s1, i1 = tiles.search(q, 50)
+    s2, i2 = over.search(q, 50)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(s1, s2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch has no CUDA GPU here")
+def test_overlap_on_two_streams_equals_the_plain_loop_on_a_gpu():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    c = torch.nn.functional.normalize(torch.randn(40 * 65536, 64, device="cuda", generator=g), dim=1).half()
+    q = torch.nn.functional.normalize(torch.randn(3000, 64, device="cuda", generator=g), dim=1).half()
+    blocks = list(c.split(65536))
+    plain = block_search(q, blocks, 100, rescore=True)
+    over = block_search(q, blocks, 100, rescore=True, overlap=True)
+    torch.cuda.synchronize()
+    assert (plain[1] == over[1]).float().mean().item() == 1.0
+    assert torch.equal(plain[0], over[0])

@@ -156,7 +156,9 @@ KEYS: dict[str, tuple[str, str]] = {
                                 "for exact-GELU models); other towers keep transformers' forward"),
     "inferencer.knn_kernel": (MAY, "the torch backend's exact top-k: tiles (float16 score tiles, group maxima); fused "
                                   "(one Triton kernel keeps only the scores above each query's running k-th, the "
-                                  "tiles never written; CUDA GPUs with Triton); auto: fused where it runs, else tiles"),
+                                  "tiles never written; CUDA GPUs with Triton); overlap (the tiles, each tile's "
+                                  "selection on a second CUDA stream behind the next tile's GEMM; not yet timed); "
+                                  "auto: tiles (fused ran no faster on an H200)"),
     # telemetry
     "eval.every": (MAY, "steps between the trainer's evaluations of data.eval_split (trainer/evaluator.py); null: "
                    "at step 0 and the last step for inbatch/static, none for async (its refreshes evaluate); 0: never"),

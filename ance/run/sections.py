@@ -121,7 +121,7 @@ class InferencerConfig:
     warm_up: bool = True          # tokenize the corpus and initialise the device before the first job
     compile: str = "off"          # torch.compile the towers on a GPU: off | on | max-autotune
     kernels: str = "hf"           # the towers' forward: hf (transformers') | lean | lean-tanh (BERT only)
-    knn_kernel: str = "auto"      # the torch backend's exact top-k: auto | tiles | fused (Triton, GPU)
+    knn_kernel: str = "auto"      # the torch backend's exact top-k: auto | tiles | fused (Triton, GPU) | overlap
 
 
 @dataclass
@@ -197,7 +197,7 @@ _CHOICES = {
     "inferencer.precision": ("auto", "bf16", "fp16", "fp32"),
     "inferencer.compile": ("off", "on", "max-autotune"),
     "inferencer.kernels": ("hf", "lean", "lean-tanh"),
-    "inferencer.knn_kernel": ("auto", "tiles", "fused"),
+    "inferencer.knn_kernel": ("auto", "tiles", "fused", "overlap"),
 }
 
 _POSITIVE = (

@@ -309,8 +309,8 @@ class TorchIndex:
     _ORDER_ON_DEVICE: bool | None = None
 
     def __init__(self, dim: int, device: str = "cpu", block_size: int | None = None, kernel: str = "auto"):
-        if kernel not in ("auto", "tiles", "fused"):
-            raise ValueError(f"kernel must be 'auto', 'tiles' or 'fused', got {kernel!r}")
+        if kernel not in ("auto", "tiles", "fused", "overlap"):
+            raise ValueError(f"kernel must be 'auto', 'tiles', 'fused' or 'overlap', got {kernel!r}")
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if block_size is None:
@@ -324,13 +324,15 @@ class TorchIndex:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         if kernel == "auto":  # the tiles: the fused kernel ran no faster on an H200 (docs/benchmarks.md)
             kernel = "tiles"
-        self.kernel = kernel  # "fused": ance.search.fused (score tiles never written), "tiles": ance.search.knn
+        # "fused": ance.search.fused (score tiles never written); "tiles": ance.search.knn; "overlap": the tiles
+        # with each tile's selection on a second CUDA stream behind the next GEMM (block_search's overlap)
+        self.kernel = kernel
         self._blocks: list = []  # each block_size rows, the last one possibly fewer
         self._ntotal = 0
 
     @property
     def backend_name(self) -> str:
-        return f"torch-{self.device}" + ("-fused" if self.kernel == "fused" else "")
+        return f"torch-{self.device}" + (f"-{self.kernel}" if self.kernel in ("fused", "overlap") else "")
 
     @property
     def query_block(self) -> int:
@@ -418,7 +420,7 @@ class TorchIndex:
                 log.warning("fused k-NN kernel failed on %s (%s: %s); searching with score tiles instead",
                             self.device, type(exc).__name__, str(exc)[:200])
                 self.kernel = "tiles"
-        return block_search(q, self._blocks, k, rescore=rescore)
+        return block_search(q, self._blocks, k, rescore=rescore, overlap=self.kernel == "overlap")
 
 
 # --------------------------------------------------------------------------- factory

@@ -103,29 +103,94 @@ def merge_running(best: tuple[torch.Tensor, torch.Tensor] | None, values: torch.
 
 
 def block_search(queries: torch.Tensor, blocks: Sequence[torch.Tensor], k: int, *,
-                 group: int = GROUP, rescore: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 group: int = GROUP, rescore: bool = False, overlap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of ``queries [Q, d]`` over the corpus held as row ``blocks`` (ids continue from
     block to block; every block but the last the same size): ``(scores float32 [Q, k'], ids int64
     [Q, k'])`` sorted descending, ``k'`` = ``min(k, rows)``. The first tiles go through
     :func:`tile_topk`; once ``k'`` scores are held, :func:`tile_above` keeps only what beats the
-    running ``k'``-th. ``rescore``: recompute the winners' scores in float32 (low-precision tiles)."""
+    running ``k'``-th. ``rescore``: recompute the winners' scores in float32 (low-precision tiles).
+
+    ``overlap``: each tile's GEMM is queued before the previous tile's selection, which runs on a second
+    CUDA stream (:class:`_Streams`). The selection waits on the host twice a tile (how many groups beat
+    the floor; ``nonzero``'s size); on one stream the GPU idles while the host then queues the rest, and
+    with the next GEMM already queued on another stream it has work meanwhile. Two score tiles are alive
+    at once. Same results (tests/test_knn.py); on a CPU the same order of work without streams."""
     k = min(int(k), sum(int(b.shape[0]) for b in blocks))
+    streams = _Streams(queries.device, overlap)
     best = None
+    pending = None  # (scores, offset, ready) of the tile whose selection is still to run
+
+    def select(tile) -> None:
+        nonlocal best
+        s, offset, ready = tile
+        with streams.side(ready, s):
+            if best is None or best[0].shape[1] < k:
+                found = tile_topk(s, k, group)
+            else:
+                found = tile_above(s, best[0][:, -1], k, group)
+            if found is not None:
+                best = merge_running(best, found[0], found[1] + offset, k)
+
     offset = 0
     for block in blocks:
         s = block @ queries.T                         # corpus-major tile [B, Q]
-        if best is None or best[0].shape[1] < k:
-            found = tile_topk(s, k, group)
-        else:
-            found = tile_above(s, best[0][:, -1], k, group)
-        if found is not None:
-            best = merge_running(best, found[0], found[1] + offset, k)
+        tile = (s, offset, streams.ready())
         offset += block.shape[0]
-    values, ids = best
-    if rescore:
-        values = exact_scores(queries, blocks, ids)
-    values, order = values.float().sort(dim=1, descending=True, stable=True)
-    return values, ids.gather(1, order)
+        if not overlap:
+            select(tile)
+            continue
+        if pending is not None:
+            select(pending)
+        pending = tile
+    if pending is not None:
+        select(pending)
+    with streams.side(None, None):
+        values, ids = best
+        if rescore:
+            values = exact_scores(queries, blocks, ids)
+        values, order = values.float().sort(dim=1, descending=True, stable=True)
+        ids = ids.gather(1, order)
+    return streams.join(values, ids)
+
+
+class _Streams:
+    """:func:`block_search`'s second CUDA stream for the tiles' selection (``overlap`` on a GPU); nothing on
+    a CPU or with ``overlap`` off, where every step runs on the current stream in the same order."""
+
+    def __init__(self, device: torch.device, overlap: bool):
+        self.on = bool(overlap) and device.type == "cuda"
+        if self.on:
+            self.main = torch.cuda.current_stream(device)
+            self.other = torch.cuda.Stream(device)
+
+    def ready(self):
+        """An event after the work queued so far on the main stream (a tile's GEMM), or None."""
+        if not self.on:
+            return None
+        event = torch.cuda.Event()
+        event.record(self.main)
+        return event
+
+    def side(self, ready, scores):
+        """Run on the side stream once ``ready`` has passed; ``scores`` (made on the main stream) is not
+        reused by the allocator until the side stream's work on it is done."""
+        import contextlib
+
+        if not self.on:
+            return contextlib.nullcontext()
+        if ready is not None:
+            self.other.wait_event(ready)
+        if scores is not None:
+            scores.record_stream(self.other)
+        return torch.cuda.stream(self.other)
+
+    def join(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The main stream waits for the side stream; the results are the main stream's from here on."""
+        if self.on:
+            self.main.wait_stream(self.other)
+            for t in tensors:
+                t.record_stream(self.main)
+        return tensors
 
 
 def exact_scores(queries: torch.Tensor, blocks: Sequence[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
