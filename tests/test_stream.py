@@ -99,3 +99,15 @@ def test_a_tokenizer_failure_is_raised_here_and_leaves_no_cache(model, corpus, t
                                    device="cpu", progress=False)
     assert not list(tmp_path.glob("tokens-*/meta.json"))  # no half-built cache installed
     assert isinstance(TokenCache, type)
+
+
+def test_streamed_on_device_fills_one_tensor(model, corpus, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(stream, "STREAM_BATCH", 200)
+    _, emb, owner = stream.tokenize_and_encode(model, corpus, lo=100, hi=650, max_length=MAX_LENGTH, on_device=True,
+                                               cache_root=tmp_path / "a", batch_size=32, device="cpu", progress=False)
+    _, ref, _ = sequential(model, corpus, tmp_path / "b", 100, 650)
+    assert isinstance(emb, torch.Tensor) and emb.shape == (550, model.dim)
+    np.testing.assert_allclose(emb.numpy(), ref, atol=2e-5)
+    np.testing.assert_array_equal(owner, np.arange(100, 650))

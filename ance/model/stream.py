@@ -64,12 +64,17 @@ def tokenize_and_encode(model, corpus, *, lo: int = 0, hi: int | None = None, ma
 
     thread = threading.Thread(target=build, name="ance-tokenize", daemon=True)
     thread.start()
-    parts, covered = [], 0
+    emb, covered = None, 0  # written in place: a concatenation at the end would hold the corpus twice
     try:
         while (item := batches.get()) is not _DONE:
             start, tokens, i, j = item
-            parts.append(encode_token_lists(model, tokens, np.arange(i, j), model.tokenizer, max_length,
-                                            kind="passage", progress=False, on_device=on_device, **enc))
+            part = encode_token_lists(model, tokens, np.arange(i, j), model.tokenizer, max_length, kind="passage",
+                                      progress=False, on_device=on_device, **enc)
+            if emb is None:
+                shape = (hi - lo, part.shape[1])
+                emb = (torch.empty(shape, dtype=part.dtype, device=part.device) if isinstance(part, torch.Tensor)
+                       else np.empty(shape, dtype=part.dtype))
+            emb[start - lo:start - lo + len(part)] = part
             covered += j - i
     finally:
         thread.join()
@@ -79,5 +84,4 @@ def tokenize_and_encode(model, corpus, *, lo: int = 0, hi: int | None = None, ma
     if covered != hi - lo:  # found complete (or linked): nothing was streamed
         return cache, *encode_corpus(model, cache, lo=lo, hi=hi, max_length=max_length, progress=progress,
                                      on_device=on_device, **enc)
-    emb = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
     return cache, emb, np.arange(lo, hi, dtype=np.int64)
