@@ -9,7 +9,7 @@ import numpy as np
 def search_spans(n: int, chunk: int, block: int | None) -> list[tuple[int, int]]:
     """The ``[lo, hi)`` query ranges of a shard's search calls: whole chunks of ``chunk`` queries,
     as many as fit in ``block`` (the queries an index scores at once; at least one chunk), so a
-    GPU index scoring 4,096 queries a tile is not handed 2,048 at a time. Chunk boundaries, and so
+    GPU index scoring 6,144 queries a tile is not handed 2,048 at a time. Chunk boundaries, and so
     the ``topk`` frames the broker receives, stay the same."""
     if n < 0 or chunk < 1:
         raise ValueError(f"n must be >= 0 and chunk >= 1, got {n}, {chunk}")
