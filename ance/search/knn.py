@@ -21,6 +21,7 @@ scores returned are not rounded to float16 (the choice at the k-th place is, tie
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -174,8 +175,6 @@ class _Streams:
     def side(self, ready, scores):
         """Run on the side stream once ``ready`` has passed; ``scores`` (made on the main stream) is not
         reused by the allocator until the side stream's work on it is done."""
-        import contextlib
-
         if not self.on:
             return contextlib.nullcontext()
         if ready is not None:
