@@ -41,10 +41,13 @@ def tokenize_and_encode(model, corpus, *, lo: int = 0, hi: int | None = None, ma
     kw = dict(max_length=max_length, long_doc=long_doc, n_windows=n_windows, cache_root=cache_root,
               progress=progress, prefix=prefix, shared_root=shared_root)
     enc = dict(batch_size=batch_size, device=device, precision=precision)
-    if not stream or long_doc != "firstp" or not 0 <= lo < hi <= n:
-        cache = corpus_tokens(corpus, model.tokenizer, **kw)
+
+    def from_cache(cache: TokenCache) -> tuple[TokenCache, Any, np.ndarray]:
         return cache, *encode_corpus(model, cache, lo=lo, hi=hi, max_length=max_length, long_doc=long_doc,
                                      n_windows=n_windows, progress=progress, on_device=on_device, **enc)
+
+    if not stream or long_doc != "firstp" or not 0 <= lo < hi <= n:
+        return from_cache(corpus_tokens(corpus, model.tokenizer, **kw))
 
     batches: queue.Queue = queue.Queue()
     built: dict[str, Any] = {}
@@ -82,6 +85,5 @@ def tokenize_and_encode(model, corpus, *, lo: int = 0, hi: int | None = None, ma
         raise built["error"]
     cache = built["cache"]
     if covered != hi - lo:  # found complete (or linked): nothing was streamed
-        return cache, *encode_corpus(model, cache, lo=lo, hi=hi, max_length=max_length, progress=progress,
-                                     on_device=on_device, **enc)
+        return from_cache(cache)
     return cache, emb, np.arange(lo, hi, dtype=np.int64)
