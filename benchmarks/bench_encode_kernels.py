@@ -9,6 +9,8 @@ docs/benchmarks.md):
 * ``lean-tanh``     ``lean`` with bias + GELU in the GEMM's epilogue (tanh approximation);
 * ``hf-compile``    ``hf`` through ``torch.compile(dynamic=False)``;
 * ``lean-compile``, ``lean-tanh-compile``: the lean ones compiled the same way;
+* ``lean-fp8``      ``lean`` with float8 projections (``inferencer.kernels: lean-fp8``; H100/H200);
+* ``lean-fp8-compile``: compiled the same way;
 * ``lean-autotune`` ``lean`` through ``max-autotune-no-cudagraphs`` (GEMM templates with fused
   epilogues; minutes of compile; only with ``--autotune``).
 
@@ -37,7 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_encode_paths as paths  # noqa: E402
 
-VARIANTS = ("hf", "lean", "lean-tanh", "hf-compile", "lean-compile", "lean-tanh-compile", "lean-autotune")
+VARIANTS = ("hf", "lean", "lean-tanh", "hf-compile", "lean-compile", "lean-tanh-compile", "lean-fp8",
+            "lean-fp8-compile", "lean-autotune")
 
 
 def build(base, name: str, device: str):
@@ -47,7 +50,8 @@ def build(base, name: str, device: str):
     model = for_inference(copy.deepcopy(base), device, "bf16")
     for tower in model.towers():
         if name.startswith("lean"):
-            assert leanbert.install(tower, "epilogue" if "tanh" in name else "exact")
+            mode = "epilogue" if "tanh" in name else "fp8" if "fp8" in name else "exact"
+            assert leanbert.install(tower, mode)
         if name.endswith("compile"):
             tower.compile(dynamic=False)
         elif name == "lean-autotune":
@@ -108,7 +112,12 @@ def ragged_check(base, names, device: str, batch: int, length: int) -> dict:
 
 
 def bench_shape(args, shape: str) -> dict:
-    base = paths.random_bert(shape, args.tokenizer)
+    if args.pretrained and shape == "minilm":  # the real weights (the float8 rounding's effect is theirs)
+        from ance.model.biencoder import BiEncoder
+
+        base = BiEncoder.load(args.tokenizer)
+    else:
+        base = paths.random_bert(shape, args.tokenizer)
     cfg = base.query_encoder.config
     ids = torch.randint(1000, 29000, (args.batch, args.length), device=args.device)
     mask, tt = torch.ones_like(ids), torch.zeros_like(ids)
@@ -156,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ragged", action="store_true", help="also compare on a padded batch of random lengths")
+    ap.add_argument("--pretrained", action="store_true",
+                    help="the minilm shape with the weights of --tokenizer's model dir (default: random)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -164,7 +175,7 @@ def main(argv=None) -> int:
     if args.variants[0] != "hf":
         args.variants.insert(0, "hf")
     paths.DEVICE = args.device
-    env = {"torch": torch.__version__,
+    env = {"torch": torch.__version__, "pretrained": args.pretrained,
            "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"}
     results = {"env": env, "shapes": [bench_shape(args, s) for s in args.shapes]}
     if args.out:

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             "n_windows": args.windows if args.long_doc == "maxp" else 1,
             "shard": list(shard) if shard else [0, 1], "lo": lo, "hi": hi, "n_docs": len(corpus),
             "corpus_hash": corpus.source_hash, "data": str(args.data), "precision": args.precision,
+            "kernels": args.kernels,
             "encode_s": round(t2 - t1, 3), "tokenized_now": cache.built}  # then encode_s counts tokenizing too
     write_embeddings(out, emb, owner, [corpus.ids[o] for o in owner.tolist()], meta)
     print(f"ance encode: docs [{lo}, {hi}) of {len(corpus)}, {len(emb)} vectors, {device}: tokens "

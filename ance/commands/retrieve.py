@@ -113,9 +113,21 @@ def add_encoding_arguments(parser: argparse.ArgumentParser, query_length: bool =
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:<i>, or auto (cuda when available)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="autocast dtype; auto = bf16 on GPU, fp32 on CPU")
+    add_kernel_arguments(g)
     g.add_argument("--cache-dir", default=None,
                    help="where tokenized corpora are cached (default: $ANCE_CACHE_DIR, else ~/.cache/ance)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_kernel_arguments(g) -> None:
+    """The encoder's forward, as the inferencer's ``inferencer.kernels`` / ``inferencer.compile`` choose it."""
+    from ance.run.sections import _CHOICES  # torch-free: `ance --help` stays fast
+
+    g.add_argument("--kernels", choices=_CHOICES["inferencer.kernels"], default="hf",
+                   help="the towers' forward: hf (transformers'), lean, lean-tanh, lean-fp8 (float8 projections, "
+                        "H100/H200/L40-class GPUs); as inferencer.kernels (docs/config.md)")
+    g.add_argument("--compile", choices=_CHOICES["inferencer.compile"], default="off",
+                   help="torch.compile the towers on a GPU (the first batches compile); as inferencer.compile")
 
 
 def add_search_arguments(parser: argparse.ArgumentParser, k: int = 1000, k_flag: str = "--k") -> None:
@@ -150,7 +162,8 @@ def setup(args: argparse.Namespace, split: str | None):
                      seed=args.subset_seed, train_split=None if args.train_split == "none" else args.train_split,
                      splits=splits, corpus=args.corpus, columns=args.columns)
     model = load_encoder(args.model, device=device, pooling=args.pooling, normalize=args.normalize, prompts=args,
-                         precision=args.precision)
+                         precision=args.precision, kernels=getattr(args, "kernels", "hf"),
+                         compile=getattr(args, "compile", "off"))
     return device, model, data
 
 

@@ -9,7 +9,7 @@ import time
 
 from ance.run.fsio import check_output_file
 
-from .retrieve import add_data_arguments, add_model_arguments, add_search_arguments, setup
+from .retrieve import add_data_arguments, add_kernel_arguments, add_model_arguments, add_search_arguments, setup
 
 NAME = "search"
 HELP = "Search the embeddings dirs of `ance encode` (shards merged) with a split's queries; write a TREC run."
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:<i>, or auto (cuda when available)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="autocast dtype; auto = bf16 on GPU, fp32 on CPU")
+    add_kernel_arguments(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--out", required=True, help="the TREC run file to write")
     parser.add_argument("--tag", default="ance", help="run tag, the last TREC column")

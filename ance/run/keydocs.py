@@ -153,7 +153,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "inferencer.kernels": (MAY, "the towers' encode forward: hf (transformers'); lean (BERT-family towers: one QKV "
                                 "GEMM, attention on strided views, same vectors); lean-tanh (lean with bias + GELU "
                                 "in the GEMM epilogue, tanh approximation on a GPU: bf16-rounding-sized change "
-                                "for exact-GELU models); other towers keep transformers' forward"),
+                                "for exact-GELU models); lean-fp8 (lean with float8 projections, a scale per token "
+                                "and per channel, tanh-GELU: H100/H200/L40-class GPUs, vectors move by float8 "
+                                "rounding, docs/benchmarks.md); other towers keep transformers' forward"),
     "inferencer.knn_kernel": (MAY, "the torch backend's exact top-k: tiles (float16 score tiles, group maxima); fused "
                                   "(one Triton kernel keeps only the scores above each query's running k-th, the "
                                   "tiles never written; CUDA GPUs with Triton); overlap (the tiles, each tile's "

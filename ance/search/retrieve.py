@@ -29,19 +29,21 @@ log = logging.getLogger(__name__)
 
 
 def load_encoder(name_or_path: str, *, device: str = "cpu", pooling: str | None = None,
-                 normalize: bool | None = None, prompts=None, precision: str | None = None):
+                 normalize: bool | None = None, prompts=None, precision: str | None = None, kernels: str = "hf",
+                 compile: str = "off"):
     """``resolve_model`` + ``BiEncoder.load``, on ``device``, in eval mode; a run's checkpoint alias
     (``RUN_DIR/checkpoints/best`` or ``final``, :func:`ance.run.rundir.resolve_alias`) is followed.
     ``prompts`` (an object with ``query_prefix``, ``passage_prefix``, ``query_template``, ``task``, None =
     the model's) override the model's prompts. With ``precision``, the weights are cast for
-    inference (:func:`ance.model.inference.for_inference`: bf16 on a GPU for ``auto``)."""
+    inference (:func:`ance.model.inference.for_inference`: bf16 on a GPU for ``auto``), the towers given
+    ``kernels``' forward and compiled as ``compile`` says."""
 
     name_or_path = str(resolve_alias(name_or_path))
     model = BiEncoder.load(resolve_model(name_or_path), pooling=pooling, normalize=normalize)
     if prompts is not None:
         model.prompts = prompting.resolve(prompts, model.prompts)
     if precision is not None:
-        return for_inference(model, device, precision)
+        return for_inference(model, device, precision, compile, kernels)
     return model.to(device).eval()
 
 
