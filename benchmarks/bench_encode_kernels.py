@@ -9,8 +9,6 @@ docs/benchmarks.md):
 * ``lean-tanh``     ``lean`` with bias + GELU in the GEMM's epilogue (tanh approximation);
 * ``hf-compile``    ``hf`` through ``torch.compile(dynamic=False)``;
 * ``lean-compile``, ``lean-tanh-compile``: the lean ones compiled the same way;
-* ``lean-fp8``      ``lean`` with float8 projections (``inferencer.kernels: lean-fp8``; H100/H200);
-* ``lean-fp8-compile``: compiled the same way;
 * ``lean-autotune`` ``lean`` through ``max-autotune-no-cudagraphs`` (GEMM templates with fused
   epilogues; minutes of compile; only with ``--autotune``).
 
@@ -39,8 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_encode_paths as paths  # noqa: E402
 
-VARIANTS = ("hf", "lean", "lean-tanh", "hf-compile", "lean-compile", "lean-tanh-compile", "lean-fp8",
-            "lean-fp8-compile", "lean-autotune")
+VARIANTS = ("hf", "lean", "lean-tanh", "hf-compile", "lean-compile", "lean-tanh-compile", "lean-autotune")
 
 
 def build(base, name: str, device: str):
@@ -50,8 +47,7 @@ def build(base, name: str, device: str):
     model = for_inference(copy.deepcopy(base), device, "bf16")
     for tower in model.towers():
         if name.startswith("lean"):
-            mode = "epilogue" if "tanh" in name else "fp8" if "fp8" in name else "exact"
-            assert leanbert.install(tower, mode)
+            assert leanbert.install(tower, "epilogue" if "tanh" in name else "exact")
         if name.endswith("compile"):
             tower.compile(dynamic=False)
         elif name == "lean-autotune":
@@ -112,7 +108,7 @@ def ragged_check(base, names, device: str, batch: int, length: int) -> dict:
 
 
 def bench_shape(args, shape: str) -> dict:
-    if args.pretrained and shape == "minilm":  # the real weights (the float8 rounding's effect is theirs)
+    if args.pretrained and shape == "minilm":  # the real weights: a variant's cosine to hf's is theirs
         from ance.model.biencoder import BiEncoder
 
         base = BiEncoder.load(args.tokenizer)

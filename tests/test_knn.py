@@ -135,6 +135,7 @@ def test_torch_index_overlap_kernel_equals_tiles():
     tiles, over = TorchIndex(8, kernel="tiles"), TorchIndex(8, kernel="overlap")
     tiles.add(c); over.add(c)
     assert over.backend_name == "torch-cpu-overlap"
+    assert TorchIndex(8).kernel == "tiles"  # auto: the tiles on a CPU, the overlapped tiles on a GPU
     s1, i1 = tiles.search(q, 50)
     s2, i2 = over.search(q, 50)
     np.testing.assert_array_equal(i1, i2)

@@ -31,7 +31,7 @@ def batch(n: int = 5, length: int = 11):
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "gelu_pytorch_tanh"])
-@pytest.mark.parametrize("gelu", ["exact", "epilogue"])
+@pytest.mark.parametrize("gelu", leanbert.GELU_MODES)
 def test_same_hidden_states_as_transformers_on_a_ragged_batch(act, gelu):
     model = tiny(act)
     ids, mask, tt = batch()
@@ -42,46 +42,6 @@ def test_same_hidden_states_as_transformers_on_a_ragged_batch(act, gelu):
     keep = mask.bool()
     # on the CPU the epilogue GELU is exact (a GPU's cuBLASLt epilogue takes the tanh approximation)
     assert torch.allclose(ref[keep], got[keep], atol=1e-5), (ref[keep] - got[keep]).abs().max()
-
-
-def test_fp8_rows_hand_computed():
-    # each row's largest magnitude maps to 448; powers of two stay exact; 1.1 / 4 * 448 = 123.2 lies between
-    # 120 and 128 (e4m3 spaces 8 apart there: 3 mantissa bits) and rounds to 120
-    t = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0], [1.1, 0.0, -4.0]])
-    q, scale = leanbert.quantize_rows(t)
-    assert q.dtype == torch.float8_e4m3fn and scale.shape == (3, 1)
-    assert torch.allclose(scale[:, 0], torch.tensor([2.0, 1e-12, 4.0]) / 448)
-    assert torch.equal(q.float()[0], torch.tensor([448.0, -224.0, 112.0]))
-    assert torch.equal(q.float()[1], torch.zeros(3))
-    assert torch.equal(q.float()[2], torch.tensor([120.0, 0.0, -448.0]))
-
-
-def test_fp8_linear_is_linear_within_float8_rounding():
-    gen = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(2, 7, 64, generator=gen), torch.randn(48, 64, generator=gen), torch.randn(48, generator=gen)
-    exact = torch.nn.functional.linear(x, w, b)
-    got = leanbert.fp8_linear(x, w, b)
-    assert got.shape == exact.shape and got.dtype == x.dtype
-    # e4m3 keeps 3 mantissa bits (relative error <= 1/16 a factor); summed over 64 products it averages out
-    err = (got - exact).abs().max() / exact.abs().max()
-    assert 0 < err < 0.05, err
-    # operands already on the float8 grid (powers of two, a row's maximum at 448 * scale) multiply exactly
-    xs = torch.tensor([[1.0, 0.5, -0.25, 0.125]]).repeat(3, 1)
-    ws = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.5, 0.5, 0.5, 0.5]])
-    assert torch.equal(leanbert.fp8_linear(xs, ws, None), xs @ ws.t())
-
-
-@pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh"])
-def test_fp8_forward_within_float8_rounding_of_transformers(act):
-    model = tiny(act)
-    ids, mask, tt = batch()
-    with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
-        assert leanbert.install(model, "fp8")
-        got = model(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
-    keep = mask.bool()
-    cos = torch.nn.functional.cosine_similarity(ref[keep], got[keep], dim=-1)
-    assert cos.min() > 0.99 and not torch.allclose(ref[keep], got[keep], atol=1e-5), cos.min()
 
 
 def test_every_mask_form_gives_the_same_states():
@@ -163,13 +123,6 @@ def test_for_inference_installs_the_named_kernels():
     enc = for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu", "auto", kernels="lean")
     assert all("forward" in vars(t) for t in enc.towers())
     assert "forward" not in vars(for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu").query_encoder)
-    fp8 = for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu", "auto", kernels="lean-fp8")
-    ids, mask, tt = batch(3, 8)
-    ref = BiEncoder.load(resolve_model("tiny-bert")).eval()
-    with torch.no_grad():
-        got, want = fp8(ids, mask, tt, kind="passage"), ref(ids, mask, tt, kind="passage")
-        cos = torch.nn.functional.cosine_similarity(got, want)
-    assert cos.min() > 0.99, cos
     with pytest.raises(ConfigError, match="inferencer.kernels must be one of"):
         for_inference(BiEncoder.load(resolve_model("tiny-bert")), "cpu", kernels="fast")
 
@@ -251,23 +204,3 @@ def test_ance_train_with_lean_kernels(tmp_path):
     assert losses["lean"][0] == pytest.approx(losses["hf"][0], rel=0.2)
     with pytest.raises(ConfigError, match="train.kernels"):
         load_config(root / "configs" / "tiny-cpu.yaml", ["train.kernels=fast"])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                    reason="float8 GEMMs need a GPU of compute capability 8.9+")
-@pytest.mark.parametrize("compile", ["off", "on"])
-def test_fp8_kernels_on_the_gpu_within_float8_rounding_of_bf16(compile):
-    from ance.model.inference import for_inference
-
-    import os
-
-    # the GPU machine's MiniLM where its pack names one (it has no tiny-bert package), else the tiny BERT
-    path = os.environ.get("ANCE_DEVICE_MODEL")
-    path = path if path and os.path.isdir(path) else resolve_model("tiny-bert")
-    ids, mask, tt = (t.cuda() for t in batch(5, 64))
-    ref = for_inference(BiEncoder.load(path), "cuda", "bf16", kernels="lean")
-    fp8 = for_inference(BiEncoder.load(path), "cuda", "bf16", compile, "lean-fp8")
-    with torch.inference_mode():
-        want, got = ref(ids, mask, tt, kind="passage").float(), fp8(ids, mask, tt, kind="passage").float()
-    cos = torch.nn.functional.cosine_similarity(want, got)
-    assert cos.min() > 0.99, cos

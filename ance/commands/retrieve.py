@@ -124,8 +124,8 @@ def add_kernel_arguments(g) -> None:
     from ance.run.sections import _CHOICES  # torch-free: `ance --help` stays fast
 
     g.add_argument("--kernels", choices=_CHOICES["inferencer.kernels"], default="hf",
-                   help="the towers' forward: hf (transformers'), lean, lean-tanh, lean-fp8 (float8 projections, "
-                        "H100/H200/L40-class GPUs); as inferencer.kernels (docs/config.md)")
+                   help="the towers' forward: hf (transformers'), lean, lean-tanh (BERT-family towers: fewer, "
+                        "larger kernels); as inferencer.kernels (docs/config.md)")
     g.add_argument("--compile", choices=_CHOICES["inferencer.compile"], default="off",
                    help="torch.compile the towers on a GPU (the first batches compile); as inferencer.compile")
 

@@ -16,9 +16,8 @@ from ance.run.device import autocast_dtype
 from ance.run.errors import ConfigError
 
 COMPILE_MODES = {"off": None, "on": "default", "max-autotune": "max-autotune-no-cudagraphs"}
-#: the towers' forward (``ance.model.leanbert``): transformers', or the lean one with exact / epilogue GELU,
-#: or with float8 projections
-KERNELS = {"hf": None, "lean": "exact", "lean-tanh": "epilogue", "lean-fp8": "fp8"}
+#: the towers' forward (``ance.model.leanbert``): transformers', or the lean one with exact / epilogue GELU
+KERNELS = {"hf": None, "lean": "exact", "lean-tanh": "epilogue"}
 
 
 def half_weights(model: nn.Module) -> bool:
@@ -34,18 +33,14 @@ def for_inference(model, device: str, precision: str = "auto", compile: str = "o
     cast in place to the half precision ``precision`` names on CUDA (bf16 for ``auto``), each tower
     compiled in place with ``torch.compile`` when ``compile`` is ``on`` / ``max-autotune`` (CUDA only:
     a CPU compile costs more than it saves on the batches a CPU encodes), each BERT-family tower given
-    the lean forward of ``ance.model.leanbert`` where ``kernels`` names one (``lean`` / ``lean-tanh`` /
-    ``lean-fp8``; other towers keep theirs). The vectors differ from autocast's by bf16 rounding
+    the lean forward of ``ance.model.leanbert`` where ``kernels`` names one (``lean`` / ``lean-tanh``;
+    other towers keep theirs). The vectors differ from autocast's by bf16 rounding
     (tests/test_encode_fast.py, tests/test_leanbert.py)."""
     if compile not in COMPILE_MODES:
         raise ConfigError(f"inferencer.compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
     if kernels not in KERNELS:
         raise ConfigError(f"inferencer.kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     cuda = str(device).startswith("cuda")
-    if kernels == "lean-fp8" and cuda and torch.cuda.get_device_capability(torch.device(device)) < (8, 9):
-        name = torch.cuda.get_device_name(torch.device(device))
-        raise ConfigError(f"inferencer.kernels=lean-fp8 needs float8 matrix products (a GPU of compute capability "
-                          f"8.9 or later: H100, H200, L4, L40); {device} is a {name}: use lean-tanh")
     dtype = autocast_dtype(str(device), precision) if cuda else None
     model = model.to(device=device, dtype=dtype).eval()  # dtype None: moved only
     if KERNELS[kernels]:

@@ -7,13 +7,7 @@ strided views of that one output (no per-head copies), and, with ``gelu="epilogu
 GEMM with its bias and GELU in cuBLASLt's epilogue (``torch._addmm_activation``), so the 4·d-wide
 intermediate is written once instead of three times. That GELU is the tanh approximation: for a model
 trained with exact GELU (``hidden_act="gelu"``, MiniLM, BERT) it changes the vectors by about bf16's
-rounding, so it is a choice (``inferencer.kernels: lean-tanh``), not the default. With ``gelu="fp8"``
-(``inferencer.kernels: lean-fp8``) the four projections of each layer run as float8 (e4m3) GEMMs
-(``torch._scaled_mm``; Hopper / Ada GPUs, and the CPU) with one scale per token and per output channel,
-computed at every call from the activations and the tower's own weights (nothing stored, so a checkpoint's
-weights copy in as before), and tanh-GELU; attention, LayerNorm and the residual stream stay in the tower's
-precision. The vectors move by float8's rounding: its effect on retrieval is measured, not assumed
-(docs/benchmarks.md, "float8 projections").
+rounding, so it is a choice (``inferencer.kernels: lean-tanh``), not the default.
 
 The forward is installed on the tower itself (:func:`install`), reading the tower's own parameters:
 its class, ``state_dict`` and ``load_state_dict`` are unchanged, so a checkpoint's weights copy in as
@@ -35,11 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: forward variants: exact GELU as its own kernel, bias + tanh-GELU in the GEMM's epilogue, or float8
-#: projections with tanh-GELU
-GELU_MODES = ("exact", "epilogue", "fp8")
-#: the largest finite float8 e4m3 number: each row is scaled so that its largest magnitude lands there
-E4M3_MAX = 448.0
+#: forward variants: exact GELU as its own kernel, or bias + tanh-GELU in the GEMM's epilogue
+GELU_MODES = ("exact", "epilogue")
 _EXACT_ACTS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_python": "none"}
 
 
@@ -107,26 +98,6 @@ def attention_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return mask.to(dtype)
 
 
-def quantize_rows(t: Tensor) -> tuple[Tensor, Tensor]:
-    """``t`` ``[m, k]`` as float8 e4m3 and the float32 scale of each row ``[m, 1]`` (``t ≈ q * scale``),
-    the row's largest magnitude mapped to :data:`E4M3_MAX`; an all-zero row gets scale 1 / E4M3_MAX."""
-    amax = t.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
-    scale = amax / E4M3_MAX
-    return (t.float() / scale).to(torch.float8_e4m3fn), scale
-
-
-def fp8_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear(x, weight, bias)`` with both operands rounded to float8 e4m3 (a scale per row of ``x``
-    and per output channel of ``weight``), accumulated in float32 and returned in ``x``'s dtype."""
-    shape = x.shape
-    xq, xs = quantize_rows(x.reshape(-1, shape[-1]))
-    wq, ws = quantize_rows(weight)
-    out = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=x.dtype)
-    if bias is not None:
-        out = out + bias
-    return out.view(*shape[:-1], weight.shape[0])
-
-
 def lean_forward(tower, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                  token_type_ids: Tensor | None = None, position_ids: Tensor | None = None, *,
                  gelu: str = "exact", return_dict: bool = True, **_unused) -> _Output:
@@ -137,9 +108,6 @@ def lean_forward(tower, input_ids: Tensor | None = None, attention_mask: Tensor 
     heads = config.num_attention_heads
     mask = attention_bias(attention_mask, x.dtype)
     approximate = _EXACT_ACTS[config.hidden_act]
-    linear = fp8_linear if gelu == "fp8" else F.linear
-    if gelu == "fp8":
-        approximate = "tanh"
     train = tower.training  # dropout where transformers' BERT has it (the embeddings apply their own)
     p_attn = config.attention_probs_dropout_prob if train else 0.0
     p_hidden = config.hidden_dropout_prob if train else 0.0
@@ -147,20 +115,20 @@ def lean_forward(tower, input_ids: Tensor | None = None, attention_mask: Tensor 
         att, out_att = layer.attention.self, layer.attention.output
         w = torch.cat((att.query.weight, att.key.weight, att.value.weight))
         b = torch.cat((att.query.bias, att.key.bias, att.value.bias))
-        qkv = linear(x, w, b).view(n, length, 3, heads, d // heads)
+        qkv = F.linear(x, w, b).view(n, length, 3, heads, d // heads)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [n, heads, L, d/heads], strided
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_attn)
         ctx = ctx.transpose(1, 2).reshape(n, length, d)
         ln = out_att.LayerNorm
-        h = F.dropout(linear(ctx, out_att.dense.weight, out_att.dense.bias), p_hidden, train)
+        h = F.dropout(F.linear(ctx, out_att.dense.weight, out_att.dense.bias), p_hidden, train)
         x = F.layer_norm(h + x, (d,), ln.weight, ln.bias, ln.eps)
         inter, out = layer.intermediate.dense, layer.output
         flat = x.reshape(n * length, d)
         if gelu == "epilogue":
             h = torch._addmm_activation(inter.bias, flat, inter.weight.t(), use_gelu=True)
         else:
-            h = F.gelu(linear(flat, inter.weight, inter.bias), approximate=approximate)
+            h = F.gelu(F.linear(flat, inter.weight, inter.bias), approximate=approximate)
         ln = out.LayerNorm
-        h = F.dropout(linear(h, out.dense.weight, out.dense.bias), p_hidden, train)
+        h = F.dropout(F.linear(h, out.dense.weight, out.dense.bias), p_hidden, train)
         x = F.layer_norm(h.view(n, length, d) + x, (d,), ln.weight, ln.bias, ln.eps)
     return _Output(x)

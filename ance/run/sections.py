@@ -196,7 +196,7 @@ _CHOICES = {
     "inferencer.backend": ("auto", "faiss", "torch"),
     "inferencer.precision": ("auto", "bf16", "fp16", "fp32"),
     "inferencer.compile": ("off", "on", "max-autotune"),
-    "inferencer.kernels": ("hf", "lean", "lean-tanh", "lean-fp8"),
+    "inferencer.kernels": ("hf", "lean", "lean-tanh"),
     "inferencer.knn_kernel": ("auto", "tiles", "fused", "overlap"),
 }
 
