@@ -25,7 +25,7 @@ import numpy as np
 
 from ance.run.errors import AnceError
 from ance.run.fsio import disk_full_error, fsync_dir
-from ance.negatives.files import append_negatives, header_line, read_negatives
+from ance.negatives.files import IdTable, header_line, read_negatives
 from ance.run.rundir import RunDir
 from .refresh import chunk_range, n_chunks
 from .seal import check_seal, write_seal
@@ -65,6 +65,7 @@ class NegativesVersions:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.query_ids = query_ids
         self.doc_ids = doc_ids
+        self._ids = IdTable(query_ids, doc_ids)  # checked once here, not at every chunk of every version
         self.n_train = len(query_ids)
         self.keep = keep
         self.chunk_queries = chunk_queries
@@ -151,8 +152,7 @@ class NegativesVersions:
         cur.neg[q_lo:q_hi] = neg
         cur.chunks.add(chunk)
         with disk_full_error(self._partial.name, f"negatives version {cur.version}"):
-            append_negatives(self._partial, self.query_ids, np.arange(q_lo, q_hi, dtype=np.int32), neg,
-                             self.doc_ids)
+            self._ids.append(self._partial, np.arange(q_lo, q_hi, dtype=np.int32), neg)
 
     def finish(self) -> Path:
         """Make the version in progress complete (fsync, rename, fsync the dir) and ``latest``; return its file."""

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from ance.run.errors import DataError
-from ance.negatives.files import append_negatives, header_line, read_negatives, write_negatives
+from ance.run.errors import AnceError, DataError
+from ance.negatives.files import IdTable, append_negatives, header_line, read_negatives, write_negatives
 from ance.negatives.select import overlap, select_negatives
 
 try:  # property tests run with hypothesis when installed, and with a seeded loop always
@@ -136,6 +136,21 @@ def test_overlap_hand_examples():
     assert math.isnan(overlap(np.full((2, 3), -1), ranked[:2]))
     with pytest.raises(ValueError, match="same queries"):
         overlap(prev, ranked[:2])
+    assert overlap(prev, np.zeros((3, 0), np.int64)) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_overlap_equals_per_row_sets(seed):
+    """The one-searchsorted overlap against Python sets, with pads, repeated ids and ids shared across rows."""
+    rng = np.random.default_rng(seed)
+    prev = rng.integers(-1, 30, (40, 6))
+    ranked = rng.integers(-1, 30, (40, 9))
+    fractions = []
+    for p, r in zip(prev.tolist(), ranked.tolist()):
+        ps = {d for d in p if d >= 0}
+        if ps:
+            fractions.append(len(ps & {d for d in r if d >= 0}) / len(ps))
+    assert overlap(prev, ranked) == pytest.approx(float(np.mean(fractions)))
 
 
 QIDS = ["q0", "q1", "q2"]
@@ -174,6 +189,31 @@ def test_append_partial_file(tmp_path):
     assert header == {"version": 10}
     assert q_idx.tolist() == [2, 0, 1]
     assert neg.tolist() == [[1, -1], [0, 4], [3, -1]]
+
+
+def test_id_table_writes_what_append_negatives_writes(tmp_path):
+    table = IdTable(QIDS, DIDS)
+    neg = np.array([[0, 4], [3, -1], [-1, -1]])  # a full row, a short row, an empty row
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    with open(a, "w", encoding="utf-8") as fh:
+        append_negatives(fh, QIDS, [2, 0, 1], neg, DIDS)
+    with open(b, "w", encoding="utf-8") as fh:
+        table.append(fh, [2, 0, 1], neg)
+    assert b.read_text() == a.read_text()
+    assert table.lines([1], np.array([[4, 3]])) == [f"{QIDS[1]}\t{DIDS[4]},{DIDS[3]}\n"]
+    with pytest.raises(ValueError, match="doc indices outside"):
+        table.lines([0], np.array([[len(DIDS)]]))
+    with pytest.raises(ValueError, match="q_idx holds indices outside"):
+        table.lines([len(QIDS)], np.array([[0]]))
+
+
+def test_id_table_refuses_ids_that_break_the_format_once():
+    with pytest.raises(AnceError, match=r"doc id 'a,b' cannot be written.*rename it in the data"):
+        IdTable(["q0"], ["x", "a,b"])
+    with pytest.raises(AnceError, match="query id 'q.t1' cannot be written"):
+        IdTable(["q0", "q\t1"], ["x"])
+    with pytest.raises(AnceError, match="doc id ''"):
+        IdTable(["q0"], ["x", ""])
 
 
 def test_write_refuses_ids_that_break_the_format(tmp_path):

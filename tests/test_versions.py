@@ -160,3 +160,11 @@ def test_a_version_cut_short_or_edited_is_refused_on_reload(tmp_path, caplog):
     assert make_store(tmp_path).restore().version == 1 and "checksum differs" in caplog.text
     path.write_text(whole)
     assert make_store(tmp_path).restore().version == 3
+
+
+def test_ids_that_cannot_be_written_are_refused_when_the_broker_starts(tmp_path):
+    """Checked once, before any refresh (each chunk is then only formatted): the error names the id."""
+    with pytest.raises(AnceError, match="doc id 'd,3' cannot be written"):
+        NegativesVersions(tmp_path, QIDS, DIDS[:3] + ["d,3"], keep=KEEP, chunk_queries=CQ, fingerprint=FP)
+    with pytest.raises(AnceError, match="query id ''"):
+        NegativesVersions(tmp_path, QIDS + [""], DIDS, keep=KEEP, chunk_queries=CQ, fingerprint=FP)

@@ -20,7 +20,7 @@ from typing import IO, Iterable, Mapping, Sequence
 import numpy as np
 
 from ance.negatives.blocks import _unique
-from ance.run.errors import DataError
+from ance.run.errors import AnceError, DataError
 from ance.run.fsio import atomic_write_lines
 
 MAGIC = "# ance-negatives v1 "
@@ -69,18 +69,61 @@ def _lines(query_ids: Sequence[str], q_idx: Iterable[int], neg: np.ndarray, doc_
         yield f"{qid}\t{','.join(doc_ids[d] for d in row if d >= 0)}\n"
 
 
-def _check_neg(neg: np.ndarray, rows: int, doc_ids: Sequence[str]) -> np.ndarray:
+def _check_all(kind: str, ids: Sequence[str], seps: str) -> None:
+    """:func:`_check_id` of every id, in one scan of them joined where all are fine."""
+    joined = "\x00".join(ids)
+    if any(c in joined for c in seps) or (len(ids) and min(map(len, ids)) == 0):
+        for value in ids:
+            _check_id(kind, value, seps)
+
+
+def _check_shape(neg: np.ndarray, rows: int, n_docs: int) -> np.ndarray:
     neg = np.asarray(neg)
     if neg.ndim != 2 or neg.shape[0] != rows or not np.issubdtype(neg.dtype, np.integer):
         raise ValueError(f"neg must be an integer array with {rows} rows, got {neg.dtype} {neg.shape}")
-    if neg.size and (neg.max() >= len(doc_ids) or neg.min() < -1):
-        raise ValueError(f"neg holds doc indices outside [-1, {len(doc_ids)}): they must index doc_ids")
-    used = [doc_ids[d] for d in _unique(neg[neg >= 0]).tolist()]
-    joined = "\x00".join(used)  # one scan instead of one check per id
-    if any(c in joined for c in "\t\n\r,") or (used and min(map(len, used)) == 0):
-        for did in used:
-            _check_id("doc id", did, "\t\n\r,")
+    if neg.size and (neg.max() >= n_docs or neg.min() < -1):
+        raise ValueError(f"neg holds doc indices outside [-1, {n_docs}): they must index doc_ids")
     return neg
+
+
+def _check_neg(neg: np.ndarray, rows: int, doc_ids: Sequence[str]) -> np.ndarray:
+    neg = _check_shape(neg, rows, len(doc_ids))
+    _check_all("doc id", [doc_ids[d] for d in _unique(neg[neg >= 0]).tolist()], "\t\n\r,")
+    return neg
+
+
+class IdTable:
+    """The query and doc ids of a run's negatives files, checked once (non-empty; no tab, newline, or comma in
+    a doc id) so that each chunk the broker appends (:meth:`append`) is only formatted: the doc ids are held as
+    a numpy object array and a chunk's rows are looked up in one fancy index. Raises :class:`AnceError` naming
+    the first id that cannot be written."""
+
+    def __init__(self, query_ids: Sequence[str], doc_ids: Sequence[str]):
+        try:
+            _check_all("query id", query_ids, "\t\n\r")
+            _check_all("doc id", doc_ids, "\t\n\r,")
+        except ValueError as exc:
+            raise AnceError(f"{exc}; rename it in the data") from None
+        self.query_ids = query_ids
+        self.docs = np.empty(len(doc_ids), dtype=object)
+        self.docs[:] = doc_ids
+
+    def lines(self, q_idx: Sequence[int], neg: np.ndarray) -> list[str]:
+        """The file lines of queries ``q_idx`` with the doc indices ``neg`` (``-1``: none)."""
+        q_idx = np.asarray(q_idx).ravel()
+        neg = _check_shape(neg, len(q_idx), len(self.docs))
+        if q_idx.size and (q_idx.min() < 0 or q_idx.max() >= len(self.query_ids)):
+            raise ValueError(f"q_idx holds indices outside [0, {len(self.query_ids)}): they must index query_ids")
+        rows = self.docs[np.maximum(neg, 0)].tolist()
+        for i in np.flatnonzero((neg < 0).any(axis=1)).tolist():  # short rows: -1 padded
+            rows[i] = [self.docs[d] for d in neg[i].tolist() if d >= 0]
+        return [f"{self.query_ids[q]}\t{','.join(row)}\n" for q, row in zip(q_idx.tolist(), rows)]
+
+    def append(self, fh: IO[str], q_idx: Sequence[int], neg: np.ndarray) -> None:
+        """:func:`append_negatives` with these ids: the lines appended to ``fh``, then fsynced."""
+        fh.writelines(self.lines(q_idx, neg))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_negatives(

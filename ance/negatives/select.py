@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ance.negatives.blocks import BLOCK_ROWS, Rule, _member, _pair_codes, _unique, select_block
+from ance.negatives.blocks import BLOCK_ROWS, Rule, select_block
 from ance.run.config import parse_rank_window
 
 SAMPLING = ("uniform", "top", "rank", "score")
@@ -123,20 +123,21 @@ def overlap(previous: np.ndarray, ranked: np.ndarray) -> float:
             f"previous {previous.shape} and ranked {ranked.shape} must be 2-d with rows for the same queries"
         )
     nq = previous.shape[0]
-    n_codes = int(max(previous.max(initial=-1), ranked.max(initial=-1), 0)) + 1
-
-    def code_set(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.broadcast_to(np.arange(nq, dtype=np.int64)[:, None], a.shape)
-        valid = a >= 0
-        codes = _unique(_pair_codes(rows[valid], a[valid], n_codes))
-        return codes, codes // n_codes
-
-    prev_codes, prev_rows = code_set(previous)
-    if len(prev_codes) == 0:
-        return float("nan")
-    new_codes, _ = code_set(ranked)
-    hit = _member(prev_codes, new_codes)
-    size = np.bincount(prev_rows, minlength=nq)
-    hits = np.bincount(prev_rows[hit], minlength=nq)
+    prev = np.sort(previous, axis=1)
+    valid = prev >= 0
+    valid[:, 1:] &= prev[:, 1:] != prev[:, :-1]  # each id of a row once: a set
+    size = valid.sum(axis=1)
     has = size > 0
+    if not has.any():
+        return float("nan")
+    if ranked.shape[1] == 0:
+        return 0.0
+    # row i's ids as codes i * n_codes + id + 1 (a -1 pad codes below every id of its row): each row sorted,
+    # the rows in order, so the whole is sorted and one searchsorted finds every previous negative in its row
+    n_codes = int(max(prev.max(initial=-1), ranked.max(initial=-1), 0)) + 2
+    offset = np.arange(nq, dtype=np.int64)[:, None] * n_codes
+    new = (np.sort(ranked, axis=1).astype(np.int64) + 1 + offset).ravel()
+    old = prev.astype(np.int64) + 1 + offset
+    pos = np.minimum(np.searchsorted(new, old.ravel()), new.size - 1).reshape(old.shape)
+    hits = ((new[pos] == old) & valid).sum(axis=1)
     return float(np.mean(hits[has] / size[has]))
