@@ -9,9 +9,10 @@
 #     (bench_knn.py, random unit vectors, about two minutes); SKIP_KNN=1;
 #  3. issue 29's reproduction of the shipped SQuAD config (issue29_next.sh SKIP_WAVE=1 SKIP_SCIFACT=1), under MPS;
 #     SKIP_REPRO=1 (done 2026-12-06: docs/results.md);
-#  4. the MS MARCO-shaped refresh with the lean compiled encoder, k-NN kernel overlap then tiles (issue26_next.sh
-#     FULL, REFRESH_KINDS "lean-tanh on overlap|lean-tanh on tiles", no BERT-base; about 5 minutes each);
-#     SKIP_REFRESH=1;
+#  4. the MS MARCO-shaped refresh with the lean compiled encoder and the k-NN kernel auto (the overlapped tiles
+#     on a GPU since 2026-12-06), the broker's per-chunk work halved since the last GPU refresh (issue26_next.sh
+#     FULL, REFRESH_KINDS, default "lean-tanh on auto", no BERT-base; about 5 minutes each); before it the
+#     broker's per-chunk host work on this machine's CPU (bench_broker_chunk.py, about 40 s); SKIP_REFRESH=1;
 #  5. the trainer against sentence-transformers with train.kernels=lean + train.compile=on (bench_train.py,
 #     which now compiles through the trainer's compile_towers); SKIP_TRAIN=1;
 #  6. issue 29's SciFact scrutiny (studies/scifact_scrutiny.sh), under MPS. SKIP_SCIFACT=1 leaves it out;
@@ -26,21 +27,28 @@
 #       ir-measures cwl-eval bm25s prometheus-client rich markdown-it-py mdurl pygments
 #   mkdir -p .devdata && tar -czf .devdata/scifact.tgz -C ../shared/data scifact &&
 #       tar -C ../shared/data -cf - squad | xz -9 > .devdata/squad.txz
+# Done on an H100 (2026-12-06, docs/benchmarks.md): the GPU tests, the cold SciFact paths, the k-NN tiles and the
+# overlap, the SciFact scrutiny, the reproduction; so the next call is SKIP_KNN=1 SKIP_COLD=1 SKIP_REPRO=1
+# SKIP_TRAIN=1 SKIP_SCIFACT=1 (the refresh, then the fifth sweep). To end one step early without killing the
+# job: `bash scripts/detached.sh skip /tmp/job PATTERN` (never `pkill -f PATTERN` in the call: it kills the
+# call's own shell, the machine goes back idle and the job with it).
 # The device call (carry .device-model, .whl, .devdata), then `bash scripts/detached.sh follow /tmp/job 540`
 # call after call:
 #   . scripts/device_env.sh > /tmp/envlog 2>&1; tar -C /tmp/data -xJf .devdata/squad.txz &&
 #   bash scripts/detached.sh start /tmp/job env PYTHONPATH=$PYTHONPATH PATH=$PATH ANCE_DEVICE_MODEL=$ANCE_DEVICE_MODEL \
-#       HF_HUB_OFFLINE=1 PYTHONSAFEPATH=1 SKIP_REPRO=1 SKIP_TRAIN=1 SKIP_SCIFACT=1 OUT_DIR=/tmp/job/out bash benchmarks/issue26_29_job.sh
+#       HF_HUB_OFFLINE=1 PYTHONSAFEPATH=1 SKIP_KNN=1 SKIP_COLD=1 SKIP_REPRO=1 SKIP_TRAIN=1 SKIP_SCIFACT=1 OUT_DIR=/tmp/job/out bash benchmarks/issue26_29_job.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 O=${OUT_DIR:?}; mkdir -p "$O"
 log() { echo "=== $(date +%T) $*"; }
 log "GPU tests"
-timeout 300 python -m pytest -q -p no:cacheprovider tests/test_fused_knn.py tests/test_train_compile.py tests/test_knn.py \
-    tests/test_index.py 2>&1 | tail -4
+timeout 300 python -m pytest -q -p no:cacheprovider -rf tests/test_fused_knn.py tests/test_train_compile.py tests/test_knn.py \
+    tests/test_index.py tests/test_leanbert.py 2>&1 | grep -E "^FAILED|passed|failed" | cut -c1-200
+if [ -z "${SKIP_COLD:-}" ]; then
 log "cold SciFact encode: normalised / prenorm / stream (tokenize while encoding), side by side"
 timeout 240 python benchmarks/bench_encode_paths.py --tokenizer "$ANCE_DEVICE_MODEL" --shapes --cold /tmp/data/scifact \
     --out "$O/cold-scifact-stream-h200.json" 2>&1 | grep '^cold'
+fi
 if [ -z "${SKIP_KNN:-}" ]; then
 log "k-NN, MS MARCO shape"
 B="python benchmarks/bench_knn.py --queries 500000 --docs 8800000 --dim 384 --k 200 --skip-previous"
@@ -59,8 +67,11 @@ SKIP_WAVE=1 SKIP_SCIFACT=1 PICK=studies/results/equal-time-4.json DATA=/tmp/data
 mps_off
 fi
 if [ -z "${SKIP_REFRESH:-}" ]; then
+  log "the broker's per-chunk host work on this CPU, before and now"
+  timeout 120 python benchmarks/bench_broker_chunk.py --queries 500000 --docs 8800000 \
+      --out "$O/broker-chunk-msmarco-device-cpu.json" 2>&1 | tail -2
   log "MS MARCO-shaped refresh, lean compiled encoder"
-  KINDS="${REFRESH_KINDS:-lean-tanh on overlap|lean-tanh on tiles}" SKIP_QUICK=1 FULL=1 SKIP_BERT=1 OUT_DIR="$O" \
+  KINDS="${REFRESH_KINDS:-lean-tanh on auto}" SKIP_QUICK=1 FULL=1 SKIP_BERT=1 OUT_DIR="$O" \
       bash benchmarks/issue26_next.sh
 fi
 if [ -z "${SKIP_TRAIN:-}" ]; then

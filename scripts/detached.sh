@@ -4,6 +4,7 @@
 # 30 s idle: make the next call at once), and follow it call after call.
 #   start:  bash scripts/detached.sh start DIR CMD...   # runs CMD in a copy of the repo (DIR/src)
 #   follow: bash scripts/detached.sh follow DIR SECONDS [ROOT]
+#   skip:   bash scripts/detached.sh skip DIR PATTERN      # end the step whose command matches PATTERN
 # follow prints the log's tail every minute until CMD ends or SECONDS pass, then packs into $OUT
 # what is there so far: DIR/out/* (CMD's own results, write them there) and ROOT's metrics without
 # checkpoints, caches or TREC runs (so a machine lost between calls loses only the rest).
@@ -30,5 +31,12 @@ case "$what" in
         --exclude=cache --exclude='*.trec' --exclude='static-*.tsv' --exclude=negatives . 2>/dev/null
     if [ -e "$dir/rc" ]; then echo "ended, rc $(cat "$dir/rc")"; exit 0; fi
     echo "still running"; exit 3;;
-  *) echo "usage: detached.sh start DIR CMD... | follow DIR SECONDS [ROOT]" >&2; exit 2;;
+  skip)
+    # end the job's step whose command line matches PATTERN (SIGTERM; the job goes on to its next step). Not
+    # `pkill -f PATTERN` in the device call: the call's own shell holds PATTERN in its command line and dies.
+    pattern=$1
+    [ -d "$dir" ] || { echo "no job in $dir (a fresh machine?)" >&2; exit 2; }
+    pids=$(pgrep -f -- "$pattern" | grep -vx -e $$ -e $PPID)
+    [ -n "$pids" ] && { kill -TERM $pids 2>/dev/null; echo "stopped: $(echo $pids)"; } || echo "nothing matches $pattern";;
+  *) echo "usage: detached.sh start DIR CMD... | follow DIR SECONDS [ROOT] | skip DIR PATTERN" >&2; exit 2;;
 esac
