@@ -11,8 +11,9 @@
 #     SKIP_REPRO=1 (done 2026-12-06: docs/results.md);
 #  4. the MS MARCO-shaped refresh with the lean compiled encoder and the k-NN kernel auto (the overlapped tiles
 #     on a GPU since 2026-12-06), the broker's per-chunk work halved since the last GPU refresh (issue26_next.sh
-#     FULL, REFRESH_KINDS, default "lean-tanh on auto", no BERT-base; about 5 minutes each); before it the
-#     broker's per-chunk host work on this machine's CPU (bench_broker_chunk.py, about 40 s); SKIP_REFRESH=1;
+#     FULL, REFRESH_KINDS, default "lean-tanh on auto"; about 5 minutes each); before it the
+#     broker's per-chunk host work on this machine's CPU (bench_broker_chunk.py, about 40 s); then the BERT-base-shaped
+#     refresh, 1M passages x 128 tokens, 100k queries (never run yet; about 4 minutes; SKIP_BERT=1); SKIP_REFRESH=1;
 #  5. the trainer against sentence-transformers with train.kernels=lean + train.compile=on (bench_train.py,
 #     which now compiles through the trainer's compile_towers); SKIP_TRAIN=1;
 #  6. issue 29's SciFact scrutiny (studies/scifact_scrutiny.sh), under MPS. SKIP_SCIFACT=1 leaves it out;
@@ -71,7 +72,7 @@ if [ -z "${SKIP_REFRESH:-}" ]; then
   timeout 120 python benchmarks/bench_broker_chunk.py --queries 500000 --docs 8800000 \
       --out "$O/broker-chunk-msmarco-device-cpu.json" 2>&1 | tail -2
   log "MS MARCO-shaped refresh, lean compiled encoder"
-  KINDS="${REFRESH_KINDS:-lean-tanh on auto}" SKIP_QUICK=1 FULL=1 SKIP_BERT=1 OUT_DIR="$O" \
+  KINDS="${REFRESH_KINDS:-lean-tanh on auto}" SKIP_QUICK=1 FULL=1 SKIP_BERT="${SKIP_BERT:-}" OUT_DIR="$O" \
       bash benchmarks/issue26_next.sh
 fi
 if [ -z "${SKIP_TRAIN:-}" ]; then
