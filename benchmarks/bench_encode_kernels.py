@@ -9,6 +9,9 @@ docs/benchmarks.md):
 * ``lean-tanh``     ``lean`` with bias + GELU in the GEMM's epilogue (tanh approximation);
 * ``hf-compile``    ``hf`` through ``torch.compile(dynamic=False)``;
 * ``lean-compile``, ``lean-tanh-compile``: the lean ones compiled the same way;
+* ``lean-tanh-compile-f32pool``: ``lean-tanh-compile`` pooling as before 2026-12-06 (the last hidden
+  state copied to float32, then masked and summed), side by side with the pooling now (float32 accumulation
+  of the bf16 states, no mask for a batch without padding);
 * ``lean-autotune`` ``lean`` through ``max-autotune-no-cudagraphs`` (GEMM templates with fused
   epilogues; minutes of compile; only with ``--autotune``).
 
@@ -24,6 +27,7 @@ mask) for the lean forward's agreement with ``hf`` on masked batches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -37,7 +41,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_encode_paths as paths  # noqa: E402
 
-VARIANTS = ("hf", "lean", "lean-tanh", "hf-compile", "lean-compile", "lean-tanh-compile", "lean-autotune")
+VARIANTS = ("hf", "lean", "lean-tanh", "hf-compile", "lean-compile", "lean-tanh-compile", "lean-tanh-compile-f32pool",
+            "lean-autotune")
 
 
 def build(base, name: str, device: str):
@@ -48,11 +53,37 @@ def build(base, name: str, device: str):
     for tower in model.towers():
         if name.startswith("lean"):
             assert leanbert.install(tower, "epilogue" if "tanh" in name else "exact")
-        if name.endswith("compile"):
+        if name.endswith("compile") or name.endswith("f32pool"):
             tower.compile(dynamic=False)
         elif name == "lean-autotune":
             tower.compile(dynamic=False, mode="max-autotune-no-cudagraphs")
     return model
+
+
+def f32_pool(hidden, attention_mask, pooling, *, full=False):
+    """The pooling before 2026-12-06: the states copied to float32 whole, masked, then summed."""
+    from ance.model import pooling as p
+
+    hidden = hidden.float()
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    return p.pool(hidden, attention_mask, pooling)
+
+
+@contextlib.contextmanager
+def pooled_as(name: str):
+    """``BiEncoder.forward``'s pooling swapped for :func:`f32_pool` for an ``-f32pool`` variant."""
+    from ance.model import biencoder
+
+    if not name.endswith("f32pool"):
+        yield
+        return
+    now = biencoder.pool
+    biencoder.pool = f32_pool
+    try:
+        yield
+    finally:
+        biencoder.pool = now
 
 
 def sync(device: str) -> None:
@@ -124,7 +155,8 @@ def bench_shape(args, shape: str) -> dict:
     for name in args.variants:
         try:
             model = build(base, name, args.device)
-            s, first, vec = timed(model, ids, mask, tt, args.iters, args.repeats, args.device)
+            with pooled_as(name):
+                s, first, vec = timed(model, ids, mask, tt, args.iters, args.repeats, args.device)
             h = hidden(model, ids, mask, tt)
         except Exception as exc:  # a variant that fails (a compile, a kernel) is reported, the rest go on
             result["variants"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}

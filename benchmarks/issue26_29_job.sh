@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One detached job on one H200 for issues 26 and 29, most needed first (first run 2026-12-06, docs/benchmarks.md;
 # set SKIP_* for what is done):
+#  0. the encoder's forward with the pooling of 2026-12-06 against the pooling before (bench_encode_kernels.py,
+#     best of three repeats each, about two minutes);
 #  1. the GPU tests of what is new (tests/test_fused_knn.py, tests/test_train_compile.py), and SciFact's cold
 #     encode (bench_encode_paths.py --cold): the BERT normaliser skipped for plain ASCII texts or not, and each
 #     batch encoded as it is tokenized (ance.model.stream) or after the whole cache;
@@ -44,7 +46,11 @@ O=${OUT_DIR:?}; mkdir -p "$O"
 log() { echo "=== $(date +%T) $*"; }
 log "GPU tests"
 timeout 300 python -m pytest -q -p no:cacheprovider -rf tests/test_fused_knn.py tests/test_train_compile.py tests/test_knn.py \
-    tests/test_index.py tests/test_leanbert.py 2>&1 | grep -E "^FAILED|passed|failed" | cut -c1-200
+    tests/test_index.py tests/test_leanbert.py tests/test_encode_fast.py tests/test_decoders.py 2>&1 | grep -E "^FAILED|passed|failed" | cut -c1-200
+log "encoder forward: pooling now (float32 accumulation, no mask when unpadded) vs the float32 copy before"
+timeout 300 python benchmarks/bench_encode_kernels.py --tokenizer "$ANCE_DEVICE_MODEL" --shapes minilm bert-base \
+    --variants lean-tanh-compile lean-tanh-compile-f32pool \
+    --out "$O/encode-kernels-pool.json" 2>&1 | grep -E "docs/s|failed"
 if [ -z "${SKIP_COLD:-}" ]; then
 log "cold SciFact encode: normalised / prenorm / stream (tokenize while encoding), side by side"
 timeout 240 python benchmarks/bench_encode_paths.py --tokenizer "$ANCE_DEVICE_MODEL" --shapes --cold /tmp/data/scifact \

@@ -43,6 +43,26 @@ def test_pool_left_and_right_padding_equal_the_unpadded_rows():
             assert pos[i][mask[i].bool()].tolist() == list(range(n))
 
 
+@pytest.mark.parametrize("how", pooling.POOLINGS)
+def test_pool_of_bf16_states_is_the_float32_pool_and_full_is_an_all_ones_mask(how):
+    """bf16 states are pooled with float32 accumulation (no float32 copy): the float32 pool of the same
+    values; ``full`` (a batch without padding) skips the mask and gives the all-ones mask's vectors."""
+    torch.manual_seed(1)
+    hidden = torch.randn(4, 7, 8).bfloat16()
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    got = pooling.pool(hidden, mask, how)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, pooling.pool(hidden.float(), mask, how), rtol=1e-6, atol=1e-6)
+    ones = torch.ones_like(mask)
+    full = pooling.pool(hidden, None, how, full=True)
+    assert full.dtype == torch.float32
+    torch.testing.assert_close(full, pooling.pool(hidden.float(), ones, how), rtol=1e-6, atol=1e-6)
+    leaf = hidden.float().requires_grad_()  # the training path: gradients through the float32 sum
+    pooling.pool(leaf, mask, how).sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
 # --------------------------------------------------------------------------- real towers
 
 
@@ -111,3 +131,17 @@ def test_decoder_without_eos_is_refused(tmp_path):
     path = tiny_decoder("qwen3", tmp_path / "noeos", eos=False)
     with pytest.raises(ConfigError, match="no EOS token"):
         BiEncoder.load(str(path), pooling="last")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("how", pooling.POOLINGS)
+def test_pool_of_bf16_states_on_the_gpu(how):
+    """On a GPU the bf16 sum accumulates in float32 inside the reduction: the float32 pool, to rounding."""
+    torch.manual_seed(2)
+    hidden = torch.randn(64, 128, 384, device="cuda").bfloat16()
+    mask = torch.ones(64, 128, dtype=torch.long, device="cuda")
+    mask[3, 100:] = 0
+    torch.testing.assert_close(pooling.pool(hidden, mask, how), pooling.pool(hidden.float(), mask, how),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pooling.pool(hidden, None, how, full=True),
+                               pooling.pool(hidden.float(), torch.ones_like(mask), how), rtol=1e-5, atol=1e-5)

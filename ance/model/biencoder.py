@@ -288,7 +288,7 @@ class BiEncoder(nn.Module):
         mask = None if dense else sdpa_mask(tower, attention_mask) if prepare else attention_mask
         with attention_kernels(input_ids.device.type):
             out = tower(input_ids=input_ids, attention_mask=mask, return_dict=True, **extra)
-        reps = pool(out.last_hidden_state.float(), attention_mask, self.pooling)
+        reps = pool(out.last_hidden_state, attention_mask, self.pooling, full=dense)
         return F.normalize(reps, p=2, dim=-1) if self.normalize else reps
 
     def encode_query(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
