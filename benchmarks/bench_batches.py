@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ance.model.encode import _Results, encode_token_lists, length_sorted_batches  # noqa: E402
+from ance.model.encode import encode_token_lists, length_sorted_batches  # noqa: E402
+from ance.model.transfer import Results as _Results  # noqa: E402
 from ance.model.tokcache import FlatTokens, build_inputs, build_padded_inputs  # noqa: E402
 from synthetic import MODEL_CONFIGS  # noqa: E402
 
@@ -66,7 +67,7 @@ def host_rate(way: str, n: int, tokens: int, batch: int, threads: int, tok_dir: 
 def old_encode(model, t: FlatTokens, tok, tokens: int, batch: int, device: str) -> np.ndarray:
     """The encode loop before this change: per-batch take + Python padding on the encoding thread."""
     batches = length_sorted_batches(t.lengths, batch)
-    results = _Results(len(t), model.dim, batch, True)
+    results = _Results(len(t), model.dim, batch, device)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         for pos in batches:
             inputs = build_inputs(t.take(pos), tok, tokens)

@@ -46,7 +46,7 @@ O=${OUT_DIR:?}; mkdir -p "$O"
 log() { echo "=== $(date +%T) $*"; }
 log "GPU tests"
 timeout 300 python -m pytest -q -p no:cacheprovider -rf tests/test_fused_knn.py tests/test_train_compile.py tests/test_knn.py \
-    tests/test_index.py tests/test_leanbert.py tests/test_encode_fast.py tests/test_decoders.py 2>&1 | grep -E "^FAILED|passed|failed" | cut -c1-200
+    tests/test_index.py tests/test_leanbert.py tests/test_encode_fast.py tests/test_decoders.py tests/test_encode.py 2>&1 | grep -E "^FAILED|passed|failed" | cut -c1-200
 log "encoder forward: pooling now (float32 accumulation, no mask when unpadded) vs the float32 copy before"
 timeout 300 python benchmarks/bench_encode_kernels.py --tokenizer "$ANCE_DEVICE_MODEL" --shapes minilm bert-base \
     --variants lean-tanh-compile lean-tanh-compile-f32pool \

@@ -108,7 +108,7 @@ def test_firstp_sorted_batches_equal_one_by_one(model, cache):
 def test_on_device_results_land_at_their_positions(model, monkeypatch):
     """``on_device`` writes each length-sorted batch through positions uploaded once (no per-batch copy from
     pageable memory, which can synchronise a GPU stream): same vectors as the host path, as a tensor."""
-    import ance.model.encode as encoding
+    from ance.model import transfer
 
     rng = np.random.default_rng(1)
     lists = [rng.integers(1000, 2000, size=int(n)) for n in rng.integers(1, 70, size=90)]  # ragged
@@ -116,13 +116,13 @@ def test_on_device_results_land_at_their_positions(model, monkeypatch):
     kw = dict(kind="passage", batch_size=16, device="cpu", progress=False)
     host = encode_token_lists(model, lists, idx, model.tokenizer, MAX_LENGTH, **kw)
     uploads = []
-    real = encoding._Results.__init__
+    real = transfer.Results.__init__
 
     def spy(self, *args, **kwargs):
         real(self, *args, **kwargs)
         uploads.append(self.order)
 
-    monkeypatch.setattr(encoding._Results, "__init__", spy)
+    monkeypatch.setattr(transfer.Results, "__init__", spy)
     dev = encode_token_lists(model, lists, idx, model.tokenizer, MAX_LENGTH, on_device=True, **kw)
     assert isinstance(dev, torch.Tensor) and dev.dtype == torch.float32
     np.testing.assert_allclose(dev.numpy(), host, atol=1e-6)
@@ -241,7 +241,7 @@ def test_second_encode_reuses_the_token_cache(tmp_path, capsys):
 
 
 def test_prefetch_keeps_order_and_raises_the_builders_error():
-    from ance.model.encode import _prefetched
+    from ance.model.transfer import prefetched as _prefetched
 
     batches = [np.arange(i, i + 2) for i in range(0, 10, 2)]
     assert [(list(p), x) for p, x in _prefetched(lambda p: int(p.sum()), batches)] == \
@@ -260,3 +260,45 @@ def test_prefetch_keeps_order_and_raises_the_builders_error():
     gen = _prefetched(lambda p: p, batches)  # a consumer that stops early leaves no thread behind
     next(gen)
     gen.close()
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_to_device_makes_what_build_padded_inputs_gives(model, dense):
+    """On a GPU a batch sends its ids (and its mask where it has pads); the zero token types and a full
+    batch's all-ones mask are made on the device: the same inputs as build_padded_inputs'."""
+    from ance.model.tokcache import build_padded_inputs
+    from ance.model.transfer import to_device
+
+    lengths = np.array([5, 5, 5]) if dense else np.array([5, 2, 4])
+    content = np.arange(15, dtype=np.int64).reshape(3, 5) + 1000
+    full = build_padded_inputs(content, lengths, model.tokenizer, MAX_LENGTH)
+    sent = {k: v for k, v in full.items() if k == "input_ids" or (k == "attention_mask" and not dense)}
+    got = to_device(sent, "cpu", "token_type_ids" in full)
+    assert got.keys() == full.keys()
+    for k in full:
+        assert torch.equal(got[k], full[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("on_device", [False, True])
+def test_the_gpu_encode_loop_gives_the_plain_forwards_vectors(model, on_device):
+    """The GPU path (pinned ids, types and full masks made on the device, results back through pinned buffers
+    or kept on the GPU) against one plain forward per text on the same GPU, ragged and full batches."""
+    from ance.model.tokcache import build_padded_inputs
+
+    gpu = model.to("cuda")
+    rng = np.random.default_rng(3)
+    lists = [rng.integers(1000, 2000, size=int(n)) for n in rng.integers(1, 70, size=60)]
+    lists += [rng.integers(1000, 2000, size=80) for _ in range(40)]  # longer than the room: full batches
+    got = encode_token_lists(gpu, lists, np.arange(len(lists)), model.tokenizer, MAX_LENGTH, kind="passage",
+                             batch_size=16, device="cuda", progress=False, on_device=on_device)
+    got = got.float().cpu().numpy() if on_device else got.astype(np.float32)
+    room = MAX_LENGTH - 2
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):  # as the loop computes
+        for i, ids in enumerate(lists):
+            one = build_padded_inputs(ids[None, :room], np.array([min(len(ids), room)]), model.tokenizer, MAX_LENGTH)
+            want = gpu(**{k: v.cuda() for k, v in one.items()}, kind="passage").float().cpu().numpy()[0]
+            cos = float(np.dot(got[i], want) / (np.linalg.norm(got[i]) * np.linalg.norm(want)))
+            assert cos > 0.999, (i, cos)  # bf16's and the batch shapes' rounding only
+            np.testing.assert_allclose(got[i], want, atol=2e-2)
+    model.to("cpu")

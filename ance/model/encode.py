@@ -22,11 +22,9 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +37,7 @@ from ance.model import prompts as prompting
 from ance.model import tokenize as tokenizing
 from ance.model.inference import half_weights
 from ance.model.tokcache import FlatTokens, TokenCache, build_padded_inputs, windows
+from ance.model.transfer import Results, prefetched, to_device
 
 log = logging.getLogger(__name__)
 
@@ -153,59 +152,6 @@ def parse_shard(s: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------- encoding
 
 
-class _Results:
-    """Batch outputs into one array. CPU: float32 numpy. CUDA: float16 (the index keeps float16 on a
-    GPU, and the host never holds the corpus in float32), either in a GPU tensor (``on_device``:
-    nothing crosses to the host) or in numpy through two pinned buffers, one batch behind.
-
-    ``on_device`` writes each batch at its positions through ``order`` (every batch's positions in the
-    order they come, uploaded once): a batch's positions copied from pageable host memory each time let the
-    driver synchronise with the stream (CUDA's "API synchronization behavior"), which idles the GPU between
-    batches. On a CPU ``on_device`` gives a float32 tensor (the same code, which the CPU tests run)."""
-
-    def __init__(self, n: int, dim: int, batch_size: int, device: str, on_device: bool = False,
-                 order: np.ndarray | None = None):
-        self.cuda = device.startswith("cuda")
-        self.on_device = on_device
-        self.pending = None  # (event, host tensor, positions)
-        if self.on_device:
-            self.out = torch.empty((n, dim), dtype=torch.float16 if self.cuda else torch.float32, device=device)
-            self.order = None if order is None else torch.from_numpy(np.asarray(order, np.int64)).to(device)
-            self.cursor = 0
-        else:
-            self.out = np.empty((n, dim), dtype=np.float16 if self.cuda else np.float32)
-        if self.cuda and not self.on_device:
-            self.buffers = [torch.empty((batch_size, dim), dtype=torch.float16, pin_memory=True) for _ in range(2)]
-            self.turn = 0
-
-    def put(self, reps: torch.Tensor, pos: np.ndarray) -> None:
-        if self.on_device:
-            if self.order is not None:  # this batch's positions, already on the device
-                at = self.order[self.cursor:self.cursor + len(pos)]
-                self.cursor += len(pos)
-            else:
-                at = torch.from_numpy(np.asarray(pos, np.int64)).to(self.out.device, non_blocking=True)
-            self.out[at] = reps.to(self.out.dtype)
-            return
-        if not self.cuda:
-            self.out[pos] = reps.float().numpy()
-            return
-        host = self.buffers[self.turn][: len(pos)]
-        self.turn ^= 1
-        host.copy_(reps.half(), non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.flush()  # the previous batch: its copy finished before this batch's kernels ran
-        self.pending = (event, host, pos)
-
-    def flush(self) -> None:
-        if self.pending is not None:
-            event, host, pos = self.pending
-            event.synchronize()
-            self.out[pos] = host.numpy()
-            self.pending = None
-
-
 def _token_table(source: Any, indices: np.ndarray) -> tuple[Any, np.ndarray]:
     """(table with ``.lengths`` and ``.padded(idx, room)``, indices into it) for a TokenCache,
     a :class:`~ance.model.tokcache.FlatTokens`, a callable ``fn(indices) -> token lists`` or a sequence."""
@@ -214,46 +160,6 @@ def _token_table(source: Any, indices: np.ndarray) -> tuple[Any, np.ndarray]:
     if callable(source):  # fetch everything once
         return FlatTokens.from_lists(source(indices)), np.arange(len(indices))
     return FlatTokens.from_lists(source), indices
-
-
-def _prefetched(make: Callable[[np.ndarray], Any], batches: list[np.ndarray], depth: int = 2) -> Iterator:
-    """``(pos, make(pos))`` for each batch, ``make`` running ``depth`` batches ahead on a thread.
-
-    The inputs of batch ``i + 1`` (gather from the memory map, special tokens,
-    pinning) are built while the GPU runs batch ``i``; numpy and the pinned
-    copy release the GIL, so the two overlap.
-    """
-    if len(batches) <= 1:
-        for pos in batches:
-            yield pos, make(pos)
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for pos in batches:
-                if stop.is_set():
-                    return
-                q.put((pos, make(pos), None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put((None, None, exc))
-
-    thread = threading.Thread(target=produce, name="encode-prefetch", daemon=True)
-    thread.start()
-    try:
-        for _ in batches:
-            pos, item, exc = q.get()
-            if exc is not None:
-                raise exc
-            yield pos, item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
 
 def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_length: int, *, kind: str,
@@ -267,7 +173,7 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
     token lists`` (then every list is fetched once up front). Content ids only;
     :func:`ance.model.tokcache.build_padded_inputs` adds the special tokens and cuts
     to ``max_length``, vectorised, on a thread one batch ahead of the model
-    (:func:`_prefetched`). Runs under ``torch.inference_mode`` and autocast
+    (:func:`ance.model.transfer.prefetched`). Runs under ``torch.inference_mode`` and autocast
     (:func:`ance.run.device.autocast`), or in the model's own dtype when :func:`ance.model.inference.for_inference`
     cast it to bf16 / fp16; a batch without padding goes to the towers without a mask (flash
     attention). The model is moved to ``device`` and put in eval mode for the call (its
@@ -295,18 +201,24 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
             read[0] = 0
         inputs = build_padded_inputs(content, cut, tokenizer, max_length)
         dense = DROP_FULL_MASKS and bool(len(cut)) and int(cut.min()) == int(cut.max())  # no padding: no mask
-        return ({k: v.pin_memory() for k, v in inputs.items()} if cuda else inputs), dense
+        if not cuda:
+            return inputs, dense
+        # what only the ids determine is made on the GPU (transfer.to_device): the token types (zeros) and a full
+        # batch's mask (ones) never cross, a third of the bytes a batch sends
+        return {k: v.pin_memory() for k, v in inputs.items()
+                if k == "input_ids" or (k == "attention_mask" and not dense)}, dense
 
+    types = "token_type_ids" in (getattr(tokenizer, "model_input_names", None) or ())  # build_padded_inputs' rule
     was_training = model.training
     model.to(device).eval()
-    order = np.concatenate(batches) if on_device and batches else None  # the order _prefetched yields them
-    results = _Results(len(indices), model.dim, int(batch_size), device, on_device, order)
+    order = np.concatenate(batches) if on_device and batches else None  # the order prefetched yields them
+    results = Results(len(indices), model.dim, int(batch_size), device, on_device, order)
     try:
         with torch.inference_mode(), amp:
-            for pos, (inputs, dense) in tqdm(_prefetched(make, batches), total=len(batches), desc=desc,
+            for pos, (inputs, dense) in tqdm(prefetched(make, batches), total=len(batches), desc=desc,
                                              unit="batch", disable=not progress):
                 if cuda:
-                    inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+                    inputs = to_device(inputs, device, types)
                 reps = model(**inputs, kind=kind, dense=dense)
                 results.put(reps, pos)
             results.flush()
