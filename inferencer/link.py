@@ -30,7 +30,7 @@ import zmq
 
 from ance.wire.brokerlink import BrokerLink, is_unknown_peer
 from ance.run.config import Config
-from ance.wire.protocol import pack_message
+from ance.wire.protocol import check_message
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ class InferencerLink(BrokerLink):
         return self
 
     def send(self, type_: str, **fields: Any) -> None:
-        """Queue one message (checked here, so a bad one fails in the caller; tagged with the session when sent)."""
-        pack_message(type_, **fields)
+        """Queue one message (checked here, so a bad one fails in the caller; encoded and tagged with the
+        session on the link's thread, so a large ``topk`` frame's encoding overlaps the next search)."""
+        check_message(type_, **fields)
         with self._lock:
             self._unsent += 1
         self._outbox.put((type_, fields))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ance.run.errors import ProtocolError
-from ance.wire.protocol import PROTOCOL_VERSION, SPEC, unpack_message, pack_message, pack_array, unpack_array
+from ance.wire.protocol import (PROTOCOL_VERSION, SPEC, check_message, unpack_message, pack_message, pack_array,
+                                unpack_array)
 
 MAX = 1 << 20
 
@@ -161,3 +162,21 @@ def test_malformed_arrays(array, match):
 def test_pack_array_refuses_odd_dtypes():
     with pytest.raises(ValueError, match="not a wire dtype"):
         pack_array(np.array(["a"]))
+
+
+def test_check_message_refuses_what_pack_message_refuses_and_gives_its_fields():
+    """The inferencer's link checks in the caller and encodes on its thread: the same checks, the same fields."""
+    ids = pack_array(np.arange(6, dtype=np.int64).reshape(2, 3))
+    scores = pack_array(np.zeros((2, 3), np.float32))
+    fields = dict(job_id=1, version=2, shard=0, chunk=0, n_chunks=1, q_lo=0, q_hi=2, split="train", ids=ids,
+                  scores=scores)
+    checked = check_message("topk", **fields)
+    packed = msgpack.unpackb(pack_message("topk", **fields), raw=False)
+    assert {k: v for k, v in packed.items() if k not in ("v", "type")} == checked
+    for bad, match in ((dict(fields, bogus=1), "unknown field"), (dict(fields, q_lo="x"), "q_lo")):
+        with pytest.raises(ProtocolError, match=match):
+            check_message("topk", **bad)
+        with pytest.raises(ProtocolError, match=match):
+            pack_message("topk", **bad)
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        check_message("nope")

@@ -238,9 +238,10 @@ def validate(type_: str, fields: dict) -> None:
 # --------------------------------------------------------------------------- pack_message / unpack_message
 
 
-def pack_message(type_: str, *, session: str | None = None, **fields: Any) -> bytes:
-    """One frame for message ``type_``. Unknown fields are refused here (a typo at the sender).
-    ``session``: the sender's session tag, carried in the envelope field ``s``."""
+def check_message(type_: str, **fields: Any) -> dict:
+    """The fields of message ``type_`` as :func:`pack_message` encodes them, checked (unknown fields and
+    invalid values refused here: a typo at the sender), without the encoding: a sender that packs on
+    another thread checks in the caller with this."""
     if type_ not in SPEC:
         raise ProtocolError(f"cannot encode unknown message type {type_!r}; known types: {', '.join(TYPES)}")
     required, optional = SPEC[type_]
@@ -250,6 +251,13 @@ def pack_message(type_: str, *, session: str | None = None, **fields: Any) -> by
                             f"valid: {', '.join(list(required) + list(optional))}")
     fields = {k: _plain(v) for k, v in fields.items() if not (k in optional and v is None)}
     validate(type_, fields)
+    return fields
+
+
+def pack_message(type_: str, *, session: str | None = None, **fields: Any) -> bytes:
+    """One frame for message ``type_`` (:func:`check_message`'s fields).
+    ``session``: the sender's session tag, carried in the envelope field ``s``."""
+    fields = check_message(type_, **fields)
     envelope = {"v": PROTOCOL_VERSION, "type": type_} if session is None else \
         {"v": PROTOCOL_VERSION, "type": type_, "s": session}
     return msgpack.packb({**envelope, **fields}, use_bin_type=True)
