@@ -272,8 +272,8 @@ def test_to_device_makes_what_build_padded_inputs_gives(model, dense):
     lengths = np.array([5, 5, 5]) if dense else np.array([5, 2, 4])
     content = np.arange(15, dtype=np.int64).reshape(3, 5) + 1000
     full = build_padded_inputs(content, lengths, model.tokenizer, MAX_LENGTH)
-    sent = {k: v for k, v in full.items() if k == "input_ids" or (k == "attention_mask" and not dense)}
-    got = to_device(sent, "cpu", "token_type_ids" in full)
+    sent = {k: None if k == "token_type_ids" or (k == "attention_mask" and dense) else v for k, v in full.items()}
+    got = to_device(sent, "cpu")
     assert got.keys() == full.keys()
     for k in full:
         assert torch.equal(got[k], full[k]), k

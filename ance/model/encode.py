@@ -205,10 +205,9 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
             return inputs, dense
         # what only the ids determine is made on the GPU (transfer.to_device): the token types (zeros) and a full
         # batch's mask (ones) never cross, a third of the bytes a batch sends
-        return {k: v.pin_memory() for k, v in inputs.items()
-                if k == "input_ids" or (k == "attention_mask" and not dense)}, dense
+        return {k: None if k == "token_type_ids" or (k == "attention_mask" and dense) else v.pin_memory()
+                for k, v in inputs.items()}, dense
 
-    types = "token_type_ids" in (getattr(tokenizer, "model_input_names", None) or ())  # build_padded_inputs' rule
     was_training = model.training
     model.to(device).eval()
     order = np.concatenate(batches) if on_device and batches else None  # the order prefetched yields them
@@ -218,7 +217,7 @@ def encode_token_lists(model, token_lists_fn_or_cache, indices, tokenizer, max_l
             for pos, (inputs, dense) in tqdm(prefetched(make, batches), total=len(batches), desc=desc,
                                              unit="batch", disable=not progress):
                 if cuda:
-                    inputs = to_device(inputs, device, types)
+                    inputs = to_device(inputs, device)
                 reps = model(**inputs, kind=kind, dense=dense)
                 results.put(reps, pos)
             results.flush()

@@ -105,13 +105,14 @@ def prefetched(make: Callable[[np.ndarray], Any], batches: list[np.ndarray], dep
                 pass
 
 
-def to_device(host: dict[str, torch.Tensor], device: str, types: bool) -> dict[str, torch.Tensor]:
-    """A batch's pinned ``input_ids`` (and ``attention_mask`` where it has pads) copied to ``device``, the
-    all-ones mask of a full batch and the zero token types made there: what ``build_padded_inputs`` gives."""
+#: the inputs a batch leaves for the device to make: ``build_padded_inputs``' token types are zeros, and a
+#: batch without padding has an all-ones mask
+_MADE_ON_DEVICE = {"token_type_ids": torch.zeros_like, "attention_mask": torch.ones_like}
+
+
+def to_device(host: dict[str, torch.Tensor | None], device: str) -> dict[str, torch.Tensor]:
+    """A batch's inputs on ``device``: each pinned tensor copied, each ``None`` (token types; a full batch's
+    mask) made there from ``input_ids``' shape: what ``build_padded_inputs`` gives."""
     ids = host["input_ids"].to(device, non_blocking=True)
-    mask = host.get("attention_mask")
-    out = {"input_ids": ids,
-           "attention_mask": torch.ones_like(ids) if mask is None else mask.to(device, non_blocking=True)}
-    if types:
-        out["token_type_ids"] = torch.zeros_like(ids)
-    return out
+    return {k: ids if k == "input_ids" else _MADE_ON_DEVICE[k](ids) if v is None else v.to(device, non_blocking=True)
+            for k, v in host.items()}
